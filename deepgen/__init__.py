@@ -1,0 +1,1 @@
+"""DeepGen 1.0 library."""

@@ -1,0 +1,7 @@
+"""Loading DeepGen 1.0 from its release layouts, strictly, plus conversion to one fast-loading file."""
+
+from .errors import CheckpointError
+from .release import detect_layout, load_model, load_tokenizer
+from .state_dict_io import read_state_dict
+
+__all__ = ["CheckpointError", "detect_layout", "load_model", "load_tokenizer", "read_state_dict"]

@@ -1,0 +1,101 @@
+"""The VLM LoRA of the official checkpoint: merged into the weights (default) or kept as a PEFT adapter.
+
+Merge: W' = W + (alpha/r)·B·A for Linear layers and E' = E + (alpha/r)·(B·A)ᵀ for the embedding. Alpha is
+not stored in checkpoints; the release uses r=64, alpha=128, i.e. a scaling of 2.0, which is our default.
+`lm_head`'s LoRA is accounted for but not merged: generation never calls lm_head, and in the base model it
+shares its tensor with the embedding, which a merge would corrupt.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, format_keys
+from .keys import split_lora_key
+
+SKIPPED_MODULES = ("lm_head",)
+
+
+def collect_lora(lora_state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """{module path: {"A": tensor, "B": tensor}}, checking that every module has both halves."""
+    pairs: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    for key, value in lora_state.items():
+        module, half = split_lora_key(key)
+        pairs[module][half] = value
+    incomplete = [m for m, p in pairs.items() if set(p) != {"A", "B"}]
+    if incomplete:
+        raise CheckpointError(f"LoRA modules with only one of A/B: {format_keys(incomplete)}")
+    return dict(pairs)
+
+
+def lora_rank(pairs: dict[str, dict[str, torch.Tensor]]) -> int:
+    ranks = {p["A"].shape[0] for p in pairs.values()}
+    if len(ranks) != 1:
+        raise CheckpointError(f"LoRA tensors have mixed ranks {sorted(ranks)}")
+    return ranks.pop()
+
+
+def _resolve(lmm: nn.Module, pairs) -> dict[str, nn.Module]:
+    modules, unknown = {}, []
+    for name in pairs:
+        try:
+            modules[name] = lmm.get_submodule(name)
+        except AttributeError:
+            unknown.append(name)
+    if unknown:
+        raise CheckpointError(f"LoRA keys for modules the VLM does not have: {format_keys(unknown)}. "
+                              "Is this checkpoint for Qwen2.5-VL-3B-Instruct (the DeepGen 1.0 base)?")
+    return modules
+
+
+@torch.no_grad()
+def merge_lora(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], scaling: float) -> list[str]:
+    """Merge in place; returns the modules deliberately left unmerged (lm_head)."""
+    modules = _resolve(lmm, pairs)
+    skipped = []
+    for name, module in modules.items():
+        if name.endswith(SKIPPED_MODULES):
+            skipped.append(name)
+            continue
+        a, b = pairs[name]["A"].float(), pairs[name]["B"].float()
+        if isinstance(module, nn.Embedding):
+            delta = (b @ a).T  # A (r, V), B (d, r) -> (V, d)
+        elif isinstance(module, nn.Linear):
+            delta = b @ a
+        else:
+            raise CheckpointError(f"LoRA on {name}, a {type(module).__name__}; only Linear and Embedding are supported")
+        if delta.shape != module.weight.shape:
+            raise CheckpointError(f"LoRA for {name} gives {tuple(delta.shape)}, the weight is {tuple(module.weight.shape)}")
+        module.weight.copy_((module.weight.float() + scaling * delta).to(module.weight.dtype))
+    return skipped
+
+
+def attach_lora_adapter(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], alpha: float,
+                        dropout: float = 0.0, adapter_name: str = "default") -> nn.Module:
+    """Inject a PEFT LoRA adapter on exactly the checkpoint's modules and load its tensors (strictly)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    modules = _resolve(lmm, pairs)
+    rank = lora_rank(pairs)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=sorted(modules),
+                        init_lora_weights="gaussian")
+    inject_adapter_in_model(config, lmm, adapter_name=adapter_name)
+    own = {k: v for k, v in lmm.state_dict().items() if ".lora_" in k}
+    given = {}
+    for name, halves in pairs.items():
+        for half, tensor in halves.items():
+            embedding = isinstance(modules[name], nn.Embedding)
+            key = (f"{name}.lora_embedding_{half}.{adapter_name}" if embedding
+                   else f"{name}.lora_{half}.{adapter_name}.weight")
+            given[key] = tensor
+    missing, unexpected = set(own) - set(given), set(given) - set(own)
+    if missing or unexpected:
+        raise CheckpointError(f"LoRA adapter keys do not match: missing {format_keys(missing)}; "
+                              f"unexpected {format_keys(unexpected)}")
+    with torch.no_grad():
+        for key, tensor in given.items():
+            own[key].copy_(tensor)
+    return lmm

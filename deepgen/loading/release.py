@@ -1,0 +1,273 @@
+"""One entry point for every release layout: `load_model(...)` returns a ready DeepGenModel.
+
+Layouts (see docs/loading.md):
+- "official": the DeepGen checkpoint (`model.pt` or `.safetensors`: think tokens, SCB, DiT, VLM LoRA) plus
+  the Qwen2.5-VL-3B-Instruct folder (`vlm=`) and the UniPic2 / SD3.5-M diffusers folder (`diffusion=`, with
+  `transformer/`, `vae/`, `scheduler/`).
+- "diffusers": the DeepGen-1.0-diffusers folder: `vlm/` (LoRA merged), `transformer/`, `vae/`, `connector/`,
+  `scheduler/`, tokenizer.
+- "single": one safetensors file written by `deepgen convert`, configs and tokenizer in its metadata.
+Every tensor is accounted for; a mismatch raises CheckpointError naming the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+from ..model.connector import ConnectorConfig
+from ..model.deepgen import DeepGenModel
+from ..model.dit import DeepGenTransformer2DModel
+from . import keys as K
+from .errors import CheckpointError, format_keys
+from .lora import attach_lora_adapter, collect_lora, lora_rank, merge_lora
+from .state_dict_io import read_state_dict
+
+SINGLE_FILE_FORMAT = "deepgen-single"
+Progress = Callable[[str], None]
+
+# Official connector heads: 32 at width 2048 (head_dim 64). Other widths need the head count given.
+OFFICIAL_CONNECTOR = ConnectorConfig()
+
+
+def detect_layout(checkpoint: str | os.PathLike) -> str:
+    """'diffusers' | 'single' | 'official', from the path alone (cheap: reads at most a safetensors header)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        if (path / "connector").is_dir() and (path / "transformer").is_dir():
+            return "diffusers"
+        raise CheckpointError(f"{path} is a folder but not a DeepGen-1.0-diffusers release "
+                              "(expected vlm/, transformer/, vae/, connector/, scheduler/)")
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("format") == SINGLE_FILE_FORMAT:
+                    return "single"
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be truncated") from exc
+    return "official"
+
+
+def load_model(checkpoint: str | os.PathLike, vlm: str | os.PathLike | None = None,
+               diffusion: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.bfloat16,
+               device: str | torch.device = "cpu", lora: str = "merge", lora_alpha: float | None = None,
+               allow_pretrain_checkpoint: bool = False, connector_config: dict | None = None,
+               attn_implementation: str = "sdpa", progress: Progress | None = None) -> DeepGenModel:
+    """Load DeepGen 1.0 from any supported release layout.
+
+    lora: "merge" (W + alpha/r·B·A, fastest at inference) or "peft" (a trainable PEFT adapter).
+    lora_alpha: defaults to 2·rank (the release's r=64, alpha=128).
+    allow_pretrain_checkpoint: accept a checkpoint without DiT and LoRA tensors (stage-1 output); the DiT
+    then comes from `diffusion/transformer`.
+    connector_config: overrides of ConnectorConfig (needed only for non-official widths, e.g. num_attention_heads).
+    """
+    if lora not in ("merge", "peft"):
+        raise ValueError(f"lora must be 'merge' or 'peft', not {lora!r}")
+    say = progress or (lambda message: None)
+    if str(checkpoint) == "tiny":
+        from ..tiny import build_tiny_model
+        return build_tiny_model(dtype=dtype).to(device)
+    layout = detect_layout(checkpoint)
+    if layout == "single":
+        return _load_single_file(Path(checkpoint), dtype, device, attn_implementation, say)
+    if layout == "diffusers":
+        root = Path(checkpoint)
+        vlm, diffusion = root / "vlm", root
+        say("reading connector")
+        trained = K.map_connector_keys(_read_folder_tensors(root / "connector"), str(root / "connector"))
+        connector_config = {**_folder_config(root / "connector"), **(connector_config or {})}
+        dit_from_folder, lora_pairs = True, {}
+    else:
+        if vlm is None or diffusion is None:
+            raise CheckpointError("The official DeepGen checkpoint holds only the trained tensors: also give the "
+                                  "Qwen2.5-VL-3B-Instruct folder (vlm=...) and the UniPic2-SD3.5M folder (diffusion=...)")
+        say("reading checkpoint")
+        trained, _ = read_state_dict(checkpoint)
+        trained, lora_pairs, dit_from_folder = _split_official(trained, str(checkpoint), allow_pretrain_checkpoint)
+
+    say("loading VLM")
+    tokenizer = load_tokenizer(vlm)
+    lmm = _load_vlm(vlm, dtype, attn_implementation)
+    if lora_pairs:
+        say("applying VLM LoRA")
+        rank = lora_rank(lora_pairs)
+        alpha = lora_alpha if lora_alpha is not None else 2.0 * rank
+        if lora == "merge":
+            merge_lora(lmm, lora_pairs, alpha / rank)
+        else:
+            attach_lora_adapter(lmm, lora_pairs, alpha)
+
+    say("loading DiT")
+    transformer = _load_dit(Path(diffusion) / "transformer", trained, dtype, from_folder=dit_from_folder)
+    say("loading VAE")
+    vae = AutoencoderKL.from_pretrained(str(Path(diffusion) / "vae"), torch_dtype=dtype, local_files_only=True)
+    scheduler_config = _scheduler_config(Path(diffusion) / "scheduler")
+
+    say("loading SCB")
+    model = _assemble(lmm, tokenizer, transformer, vae, trained, scheduler_config, connector_config, dtype,
+                      str(checkpoint))
+    return model.to(device).eval()
+
+
+# ---- pieces --------------------------------------------------------------------------------------------
+
+def _split_official(state, source, allow_pretrain):
+    groups = K.group_keys(state)
+    if groups["unknown"] or groups["lmm_other"]:
+        strange = groups["unknown"] + groups["lmm_other"]
+        hint = ("This does not look like a DeepGen 1.0 checkpoint" if not groups["scb"]
+                else "The checkpoint has tensors DeepGen does not use")
+        raise CheckpointError(f"{source}: {hint}: {len(strange)} unrecognised keys: {format_keys(strange)}")
+    if not groups["scb"]:
+        raise CheckpointError(f"{source}: no think-token/SCB tensors (meta_queries, projector_*, connector.*): "
+                              "this is not a DeepGen 1.0 checkpoint")
+    missing_parts = [name for name in ("transformer", "lora") if not groups[name]]
+    if missing_parts and not allow_pretrain:
+        raise CheckpointError(f"{source}: no {' and no '.join(missing_parts)} tensors. A pre-training (stage 1) "
+                              "checkpoint has neither; load it with allow_pretrain_checkpoint=True "
+                              "(the DiT then comes from the diffusion folder)")
+    lora_pairs = collect_lora({k: state[k] for k in groups["lora"]})
+    trained = {k: state[k] for k in groups["scb"] + groups["transformer"]}
+    return trained, lora_pairs, not groups["transformer"]
+
+
+def load_tokenizer(vlm_path):
+    path = Path(vlm_path)
+    has_files = (path / "tokenizer.json").is_file() or ((path / "vocab.json").is_file() and (path / "merges.txt").is_file())
+    if not has_files:
+        raise CheckpointError(f"The VLM folder {path} has no tokenizer files (tokenizer.json, or vocab.json + "
+                              "merges.txt). Copy them from Qwen/Qwen2.5-VL-3B-Instruct into that folder.")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def _load_vlm(path, dtype, attn_implementation):
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a Qwen2.5-VL model folder (no config.json)")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if config.model_type != "qwen2_5_vl":
+        raise CheckpointError(f"{path} holds a {config.model_type!r} model; DeepGen 1.0 needs Qwen2.5-VL-3B-Instruct")
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(path), dtype=dtype, attn_implementation=attn_implementation, local_files_only=True)
+
+
+def _load_dit(folder: Path, trained, dtype, from_folder: bool):
+    if from_folder:
+        return DeepGenTransformer2DModel.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+    config = DeepGenTransformer2DModel.load_config(str(folder), local_files_only=True)
+    with init_empty_weights():
+        transformer = DeepGenTransformer2DModel.from_config(config)
+    given = {k[len(K.DIT_PREFIX):]: v.to(dtype) for k, v in trained.items() if k.startswith(K.DIT_PREFIX)}
+    own = transformer.state_dict()
+    # The 2-D sin-cos grid is deterministic; older checkpoints may omit it, so it may come from the module.
+    K.check_state_dict(own, given, "The checkpoint's DiT (transformer.*)", optional=("pos_embed.pos_embed",))
+    for key in own.keys() - given.keys():
+        given[key] = own[key]
+    transformer.load_state_dict(given, strict=True, assign=True)
+    return transformer
+
+
+def _assemble(lmm, tokenizer, transformer, vae, trained, scheduler_config, connector_overrides, dtype, source):
+    scb = {k: v for k, v in trained.items() if not k.startswith(K.DIT_PREFIX)}
+    if "meta_queries" not in scb or "projector_1.weight" not in scb:
+        raise CheckpointError(f"{source}: meta_queries / projector_1 missing, cannot size the SCB")
+    connector_config = infer_connector_config(scb, connector_overrides)
+    with init_empty_weights():
+        model = DeepGenModel(lmm, tokenizer, transformer, vae, connector_config,
+                             num_queries=scb["meta_queries"].shape[0], scheduler_config=scheduler_config)
+    scb = {k: v.to(dtype) for k, v in scb.items()}
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(K.SCB_PREFIXES)}
+    K.check_state_dict(own, scb, f"{source}: the think tokens and SCB")
+    model.meta_queries = nn.Parameter(scb.pop("meta_queries"))
+    for name in ("projector_1", "projector_2", "projector_3", "connector"):
+        part = {k[len(name) + 1:]: v for k, v in scb.items() if k.startswith(name + ".")}
+        getattr(model, name).load_state_dict(part, strict=True, assign=True)
+    return model
+
+
+def infer_connector_config(scb: dict, overrides: dict | None = None) -> ConnectorConfig:
+    """Sizes come from the tensors; the head count is the official 32 at width 2048, else must be given."""
+    width = scb["projector_1.weight"].shape[0]
+    layers = {int(k.split(".")[2]) for k in scb if k.startswith("connector.layers.")}
+    fields = {"hidden_size": width, "num_hidden_layers": len(layers),
+              "intermediate_size": scb["connector.layers.0.mlp.fc1.weight"].shape[0] if layers else 0}
+    overrides = dict(overrides or {})
+    if "num_attention_heads" not in overrides:
+        if width != OFFICIAL_CONNECTOR.hidden_size:
+            raise CheckpointError(f"Connector width {width} is not the official 2048: pass connector_config="
+                                  "{'num_attention_heads': N}")
+        overrides["num_attention_heads"] = OFFICIAL_CONNECTOR.num_attention_heads
+    valid = ConnectorConfig.__dataclass_fields__
+    return ConnectorConfig(**{**fields, **{k: v for k, v in overrides.items() if k in valid}})
+
+
+def _scheduler_config(folder: Path) -> dict:
+    path = folder / "scheduler_config.json"
+    if not path.is_file():
+        raise CheckpointError(f"No scheduler config at {path}; the diffusion folder needs scheduler/")
+    return json.loads(path.read_text())
+
+
+def _folder_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_folder_tensors(folder: Path) -> dict:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"No .safetensors files in {folder}")
+    state = {}
+    for file in files:
+        state.update(read_state_dict(file)[0])
+    return state
+
+
+# ---- the single-file format (`deepgen convert`) ------------------------------------------------------
+
+def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> DeepGenModel:
+    from diffusers import AutoencoderKL as VAE
+    from transformers import Qwen2_5_VLConfig
+
+    say("reading converted checkpoint")
+    state, meta = read_state_dict(path)
+    if meta.get("format_version") != "1":
+        raise CheckpointError(f"{path}: unsupported converted-file version {meta.get('format_version')!r}; "
+                              "convert again with this version of ComfyUI-DeepGen")
+    configs = json.loads(meta["configs"])
+    tokenizer = _tokenizer_from_files(json.loads(meta["tokenizer_files"]))
+    vlm_config = Qwen2_5_VLConfig.from_dict(configs["vlm"])
+    vlm_config._attn_implementation = attn_implementation
+    with init_empty_weights():
+        lmm = Qwen2_5_VLForConditionalGeneration._from_config(vlm_config, attn_implementation=attn_implementation)
+        transformer = DeepGenTransformer2DModel.from_config(configs["transformer"])
+        vae = VAE.from_config(configs["vae"])
+    parts = {"lmm": lmm, "transformer": transformer, "vae": vae}
+    for name, module in parts.items():
+        given = {k[len(name) + 1:]: v.to(dtype) for k, v in state.items() if k.startswith(name + ".")}
+        own = module.state_dict()
+        tied = [k for k in own if k == "lm_head.weight" and k not in given and vlm_config.tie_word_embeddings]
+        K.check_state_dict(own, given, f"{path}: {name}", optional=tuple(tied))
+        module.load_state_dict({**given, **{k: given["model.language_model.embed_tokens.weight"] for k in tied}},
+                               strict=True, assign=True)
+    trained = {k: v for k, v in state.items() if not k.startswith(("lmm.", "vae."))}
+    model = _assemble(lmm, tokenizer, transformer, vae, trained, configs["scheduler"], configs["connector"], dtype,
+                      str(path))
+    return model.to(device).eval()
+
+
+def _tokenizer_from_files(files: dict[str, str]):
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            Path(tmp, name).write_text(text)
+        return AutoTokenizer.from_pretrained(tmp, local_files_only=True)

@@ -1,0 +1,183 @@
+"""DeepGenModel: Qwen2.5-VL + think tokens + Stacked Channel Bridging + SD3 DiT + VAE.
+
+Children carry the official names (`lmm`, `meta_queries`, `projector_1/2/3`, `connector`, `transformer`,
+`vae`), so `trained_state_dict()` keys are the keys of the official `model.pt`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .. import constants as C
+from . import vlm as V
+from .connector import ConnectorConfig, ConnectorEncoder
+from .dit import DeepGenTransformer2DModel
+
+References = Sequence[Sequence[torch.Tensor]]
+
+
+@dataclass
+class ThinkOutput:
+    """What the VLM produced for a batch of prompt rows: the stacked taps SCB reads, plus the inputs for checks."""
+
+    scb_input: torch.Tensor  # (rows, L + num_queries, 6 * vlm_hidden)
+    input_ids: torch.Tensor  # (rows, L), left-padded
+    attention_mask: torch.Tensor  # (rows, L + num_queries)
+    position_ids: torch.Tensor  # (3, rows, L + num_queries)
+
+
+class DeepGenModel(nn.Module):
+    def __init__(self, lmm: nn.Module, tokenizer, transformer: DeepGenTransformer2DModel, vae: nn.Module,
+                 connector_config: ConnectorConfig, num_queries: int = 128, scheduler_config: dict | None = None):
+        super().__init__()
+        self.lmm = lmm
+        self.tokenizer = tokenizer
+        self.transformer = transformer
+        self.vae = vae
+        self.scheduler_config = dict(scheduler_config or {})
+        vlm_hidden = lmm.config.text_config.hidden_size
+        width = connector_config.hidden_size
+        self.meta_queries = nn.Parameter(torch.randn(num_queries, vlm_hidden) / vlm_hidden**0.5)
+        self.projector_1 = nn.Linear(vlm_hidden * C.SCB_NUM_TAPS, width)
+        self.connector = ConnectorEncoder(connector_config)
+        self.projector_2 = nn.Linear(width, transformer.config.pooled_projection_dim)
+        self.projector_3 = nn.Linear(width, transformer.config.joint_attention_dim)
+        # Both heads start at zero, as in the official init (matters only for fresh pre-training).
+        for head in (self.projector_2, self.projector_3):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    # ---- facts -------------------------------------------------------------------------------------
+    @property
+    def num_queries(self) -> int:
+        return self.meta_queries.shape[0]
+
+    @property
+    def vision_config(self):
+        return self.lmm.config.vision_config
+
+    @property
+    def num_vlm_layers(self) -> int:
+        return self.lmm.config.text_config.num_hidden_layers
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector_1.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector_1.weight.device
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors the official checkpoint holds besides the LoRA: think tokens, SCB and the DiT."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("lmm.", "vae."))}
+
+    # ---- VLM: prompts (+ references) -> stacked hidden states -----------------------------------------
+    def tokenize(self, prompts: Sequence[str], image_token_counts: Sequence[Sequence[int]]):
+        texts = [V.template_prompt(p, counts) for p, counts in zip(prompts, image_token_counts)]
+        batch = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=True)
+        return batch["input_ids"], batch["attention_mask"]
+
+    def think(self, prompts: Sequence[str], references: References | None = None) -> ThinkOutput:
+        """Run the VLM on templated prompt rows, with the think tokens appended, and stack the SCB taps.
+
+        references[i] is the list of [-1, 1] (3, H, W) reference images of row i (empty for text-to-image).
+        Rows are encoded together and left-padded to the longest, as the official code co-batches the
+        conditional and negative prompts (pads leak into SCB, so this matters for exact outputs).
+        """
+        references = references if references is not None else [[] for _ in prompts]
+        if len(references) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(references)} reference lists")
+        device = self.device
+        embeds_per_row, grids, counts = [], [], []
+        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # the same image in cond and negative rows
+        for refs in references:
+            row_counts = []
+            for image in refs:
+                if id(image) not in cache:
+                    patches, grid = V.vision_patches(image.to(device), self.vision_config)
+                    with torch.no_grad():  # the vision tower never trains (official: no_grad)
+                        cache[id(image)] = (V.vision_features(self.lmm, patches, grid[None].to(device)), grid)
+                features, grid = cache[id(image)]
+                embeds_per_row.append(features)
+                grids.append(grid)
+                row_counts.append(features.shape[0])
+            counts.append(row_counts)
+
+        input_ids, text_mask = self.tokenize(prompts, counts)
+        input_ids, text_mask = input_ids.to(device), text_mask.to(device)
+        rows = input_ids.shape[0]
+        ids_with_queries = torch.cat([input_ids, input_ids.new_zeros(rows, self.num_queries)], dim=1)
+        attention_mask = torch.cat([text_mask, text_mask.new_ones(rows, self.num_queries)], dim=1)
+        image_grid_thw = torch.stack(grids).to(device) if grids else None
+        position_ids = V.rope_positions(self.lmm, ids_with_queries, attention_mask, image_grid_thw)
+
+        text_model = V.text_tower(self.lmm)
+        embeds = text_model.embed_tokens(input_ids)
+        if embeds_per_row:
+            image_slots = input_ids == C.IMAGE_PAD_TOKEN_ID
+            vision = torch.cat(embeds_per_row).to(embeds.dtype)
+            if int(image_slots.sum()) != vision.shape[0]:
+                raise RuntimeError(f"{int(image_slots.sum())} image slots for {vision.shape[0]} vision tokens")
+            embeds = embeds.masked_scatter(image_slots[..., None], vision)
+        queries = self.meta_queries[None].expand(rows, -1, -1).to(embeds.dtype)
+        embeds = torch.cat([embeds, queries], dim=1)
+
+        out = text_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                         output_hidden_states=True, use_cache=False)
+        scb_input = V.stack_taps(out.hidden_states, self.num_vlm_layers)
+        return ThinkOutput(scb_input, input_ids, attention_mask, position_ids)
+
+    # ---- SCB: stacked states -> DiT context and pooled vector -----------------------------------------
+    def bridge(self, scb_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context (B, L, joint_dim), pooled (B, pooled_dim)). No mask anywhere: pads count, as officially."""
+        hidden = self.connector(self.projector_1(scb_input.to(self.dtype)))
+        pooled = self.projector_2(hidden.mean(dim=1))
+        context = self.projector_3(hidden)
+        return context, pooled
+
+    def connector_output(self, scb_input: torch.Tensor) -> torch.Tensor:
+        return self.connector(self.projector_1(scb_input.to(self.dtype)))
+
+    # ---- VAE ----------------------------------------------------------------------------------------
+    @property
+    def latent_scale(self) -> tuple[float, float]:
+        cfg = self.vae.config
+        return cfg.scaling_factor, (cfg.shift_factor or 0.0)
+
+    def encode_image(self, pixels: torch.Tensor, noise: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+        """[-1, 1] pixels (B, 3, H, W) -> DiT latents (z - shift) * scale, z a posterior *sample* (as officially).
+
+        `noise` (the standard-normal draw) or a CPU `generator` makes the sample reproducible.
+        """
+        scale, shift = self.latent_scale
+        dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+        if sample:
+            if noise is None:
+                noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32)
+            z = dist.mean + dist.std * noise.to(dist.mean)
+        else:
+            z = dist.mean
+        return ((z - shift) * scale).to(self.dtype)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.latent_scale
+        return self.vae.decode((latents / scale + shift).to(self.vae.dtype)).sample
+
+    # ---- DiT ----------------------------------------------------------------------------------------
+    def velocity(self, latents, timestep: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
+                 reference_latents: References | None = None):
+        dtype = self.transformer.dtype
+        if isinstance(latents, torch.Tensor):
+            latents = latents.to(dtype)
+        else:
+            latents = [x.to(dtype) for x in latents]
+        if reference_latents is not None:
+            reference_latents = [[r.to(dtype) for r in refs] for refs in reference_latents]
+        return self.transformer(latents, encoder_hidden_states=context.to(dtype), pooled_projections=pooled.to(dtype),
+                                timestep=timestep, reference_latents=reference_latents).sample

@@ -1,0 +1,145 @@
+"""The DeepGen DiT: diffusers' SD3 transformer with Kontext-style reference tokens.
+
+Differences from `diffusers.SD3Transformer2DModel`, as in the official `transformer_sd3_dynamic.py`:
+- every sample is patch-embedded on its own, with the *same* `pos_embed` (same conv, same centre-cropped
+  2-D sin-cos grid, no offset) for the noisy target and each reference latent;
+- reference tokens are appended after the target's tokens, samples are right-padded to the longest one
+  and a key-padding mask keeps pads out of attention (context tokens are never masked);
+- only the target's tokens are unpatchified.
+The parameters are diffusers' own, so diffusers/UniPic2 weights and the official `transformer.*` keys load
+unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import SD3Transformer2DModel
+from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch.nn.utils.rnn import pad_sequence
+
+LatentBatch = torch.Tensor | Sequence[torch.Tensor]
+
+
+class MaskedJointAttnProcessor(JointAttnProcessor2_0):
+    """diffusers' joint attention with an optional (B, N_image) key-padding mask.
+
+    The mask is extended with True for the context tokens, turned into the outer product m_i & m_j and its
+    diagonal is forced True so that padded query rows stay finite (their output is discarded anyway).
+    Without a mask this is exactly `JointAttnProcessor2_0`.
+    """
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        if attention_mask is None:
+            return super().__call__(attn, hidden_states, encoder_hidden_states)
+        batch_size, num_image_tokens = hidden_states.shape[:2]
+        heads = attn.heads
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch_size, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+        query, key, value = (split_heads(attn.to_q(hidden_states)), split_heads(attn.to_k(hidden_states)),
+                             split_heads(attn.to_v(hidden_states)))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        key_mask = attention_mask.bool()
+        if encoder_hidden_states is not None:
+            c_query = split_heads(attn.add_q_proj(encoder_hidden_states))
+            c_key = split_heads(attn.add_k_proj(encoder_hidden_states))
+            c_value = split_heads(attn.add_v_proj(encoder_hidden_states))
+            if attn.norm_added_q is not None:
+                c_query = attn.norm_added_q(c_query)
+            if attn.norm_added_k is not None:
+                c_key = attn.norm_added_k(c_key)
+            query, key, value = (torch.cat([query, c_query], 2), torch.cat([key, c_key], 2),
+                                 torch.cat([value, c_value], 2))
+            context_mask = key_mask.new_ones(batch_size, encoder_hidden_states.shape[1])
+            key_mask = torch.cat([key_mask, context_mask], dim=1)
+        pair_mask = key_mask[:, :, None] & key_mask[:, None, :]
+        pair_mask |= torch.eye(pair_mask.shape[-1], dtype=torch.bool, device=pair_mask.device)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=pair_mask[:, None], dropout_p=0.0)
+        out = out.transpose(1, 2).reshape(batch_size, -1, heads * out.shape[-1]).to(query.dtype)
+        if encoder_hidden_states is not None:
+            out, context_out = out[:, :num_image_tokens], out[:, num_image_tokens:]
+            if not attn.context_pre_only:
+                context_out = attn.to_add_out(context_out)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return (out, context_out) if encoder_hidden_states is not None else out
+
+
+class DeepGenTransformer2DModel(SD3Transformer2DModel):
+    """SD3 MMDiT that also takes per-sample reference latents (Kontext-style)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_attn_processor(MaskedJointAttnProcessor())
+
+    # diffusers reads config fields from the __init__ signature: expose the parent's.
+    __init__.__signature__ = inspect.signature(SD3Transformer2DModel.__init__)
+
+    def _embed_samples(self, hidden_states: LatentBatch, reference_latents):
+        """Patch-embed each target and its references with the shared pos_embed; pad right; build the mask."""
+        tokens, grid_sizes = [], []
+        for i, latent in enumerate(hidden_states):
+            parts = [self.pos_embed(latent.unsqueeze(0))[0]]
+            grid_sizes.append((latent.shape[-2] // self.config.patch_size, latent.shape[-1] // self.config.patch_size))
+            for ref in (reference_latents[i] if reference_latents is not None else ()):
+                parts.append(self.pos_embed(ref.unsqueeze(0).to(latent.dtype))[0])
+            tokens.append(torch.cat(parts) if len(parts) > 1 else parts[0])
+        lengths = [t.shape[0] for t in tokens]
+        if len(set(lengths)) == 1:
+            # Nothing padded: an all-True mask changes nothing, so skip it and keep the fast SDPA kernels.
+            return torch.stack(tokens), None, grid_sizes
+        padded = pad_sequence(tokens, batch_first=True)
+        positions = torch.arange(padded.shape[1], device=padded.device)
+        mask = positions[None, :] < torch.tensor(lengths, device=padded.device)[:, None]
+        return padded, mask, grid_sizes
+
+    def forward(
+        self,
+        hidden_states: LatentBatch,
+        encoder_hidden_states: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        timestep: torch.Tensor,
+        reference_latents: Sequence[Sequence[torch.Tensor]] | None = None,
+        return_dict: bool = True,
+        **unused,
+    ):
+        """Predict the flow velocity of each target.
+
+        hidden_states: (B, C, H, W) or a list of B tensors (C, h_i, w_i) of different sizes.
+        reference_latents: None, or for each sample a list (possibly empty) of (C, h, w) reference latents.
+        Returns the velocity for the target tokens only: a (B, C, H, W) tensor if all targets share a size,
+        otherwise a list.
+        """
+        if reference_latents is not None and len(reference_latents) != len(hidden_states):
+            raise ValueError(f"reference_latents has {len(reference_latents)} entries for {len(hidden_states)} samples")
+        tokens, key_mask, grid_sizes = self._embed_samples(hidden_states, reference_latents)
+        temb = self.time_text_embed(timestep, pooled_projections)
+        context = self.context_embedder(encoder_hidden_states)
+        attention_kwargs = {"attention_mask": key_mask} if key_mask is not None else None
+
+        for block in self.transformer_blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                context, tokens = self._gradient_checkpointing_func(block, tokens, context, temb, attention_kwargs)
+            else:
+                context, tokens = block(hidden_states=tokens, encoder_hidden_states=context, temb=temb,
+                                        joint_attention_kwargs=attention_kwargs)
+
+        tokens = self.proj_out(self.norm_out(tokens, temb))
+        outputs = [self._unpatchify(tokens[i], h, w) for i, (h, w) in enumerate(grid_sizes)]
+        same_size = len({o.shape for o in outputs}) == 1
+        sample = torch.stack(outputs) if same_size else outputs
+        return Transformer2DModelOutput(sample=sample) if return_dict else (sample,)
+
+    def _unpatchify(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(N, p*p*C) -> (C, h*p, w*p), keeping only the first h*w (target) tokens."""
+        p, c = self.config.patch_size, self.out_channels
+        x = tokens[: h * w].reshape(h, w, p, p, c)
+        return torch.einsum("hwpqc->chpwq", x).reshape(c, h * p, w * p)

@@ -1,0 +1,233 @@
+"""Text-to-image and editing with DeepGen 1.0: encode once (VLM → SCB), sample many times (DiT), decode (VAE).
+
+`DeepGenPipeline.encode` returns a `Conditioning`; `sample` never touches the VLM, so changing the seed, the
+steps or the CFG scale costs only DiT forwards. Defaults are the official ones: 50 steps, CFG 4.0 with the
+official negatives co-batched with the prompts, 512x512, the scheduler's own shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from . import constants as C
+from .images import ImageLike, prepare_reference, to_pil
+from .model.deepgen import DeepGenModel
+from .sizes import check_output_size, check_reference_size
+
+StepCallback = Callable[[int, int, torch.Tensor], None]  # (step index, total steps, current latents)
+
+
+@dataclass
+class Conditioning:
+    """The DiT's conditioning for B images: SCB context + pooled vector, negatives, reference latents."""
+
+    context: torch.Tensor  # (B, L, joint_dim)
+    pooled: torch.Tensor  # (B, pooled_dim)
+    negative_context: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
+    reference_latents: list[list[torch.Tensor]] | None = None  # per image: (16, h, w) latents
+    prompts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.context.shape[0]
+
+    @property
+    def has_negative(self) -> bool:
+        return self.negative_context is not None
+
+    @property
+    def reference_size(self) -> tuple[int, int] | None:
+        """Pixel size of the first image's first reference, the natural output size of an edit."""
+        if not self.reference_latents or not self.reference_latents[0]:
+            return None
+        h, w = self.reference_latents[0][0].shape[-2:]
+        return h * 8, w * 8
+
+    def repeat(self, n: int) -> "Conditioning":
+        """Each prompt n times in a row (n images per prompt)."""
+        if n == 1:
+            return self
+        rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
+        refs = None if self.reference_latents is None else [r for r in self.reference_latents for _ in range(n)]
+        return replace(self, context=rep(self.context), pooled=rep(self.pooled),
+                       negative_context=rep(self.negative_context), negative_pooled=rep(self.negative_pooled),
+                       reference_latents=refs, prompts=[p for p in self.prompts for _ in range(n)])
+
+    def to(self, device=None, dtype=None) -> "Conditioning":
+        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        refs = None if self.reference_latents is None else [[move(r) for r in rs] for rs in self.reference_latents]
+        return replace(self, context=move(self.context), pooled=move(self.pooled),
+                       negative_context=move(self.negative_context), negative_pooled=move(self.negative_pooled),
+                       reference_latents=refs)
+
+
+@dataclass
+class DeepGenOutput:
+    images: list  # PIL images, or a (B, 3, H, W) tensor in [-1, 1] with output_type="pt"
+    latents: torch.Tensor
+
+
+def seeds_for(seed: int | Sequence[int], batch_size: int) -> list[int]:
+    """One seed per image: an int gives seed, seed+1, …; a list is used as is."""
+    if isinstance(seed, int):
+        return [seed + i for i in range(batch_size)]
+    seeds = list(seed)
+    if len(seeds) != batch_size:
+        raise ValueError(f"{len(seeds)} seeds for {batch_size} images")
+    return seeds
+
+
+def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Device-independent noise: each image from its own CPU generator, in float32."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+
+
+class DeepGenPipeline:
+    def __init__(self, model: DeepGenModel):
+        self.model = model
+
+    @classmethod
+    def from_pretrained(cls, checkpoint, vlm=None, diffusion=None, **kwargs) -> "DeepGenPipeline":
+        from .loading import load_model
+        return cls(load_model(checkpoint, vlm, diffusion, **kwargs))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def make_scheduler(self, shift: float | None = None) -> FlowMatchEulerDiscreteScheduler:
+        overrides = {"shift": shift} if shift is not None else {}
+        return FlowMatchEulerDiscreteScheduler.from_config(self.model.scheduler_config, **overrides)
+
+    # ---- encode -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
+               references: Sequence[Sequence[ImageLike]] | None = None, *, guidance: bool = True,
+               reference_resize: str = "fix_pixels", reference_noise: Sequence[Sequence[torch.Tensor]] | None = None,
+               seed: int = 0) -> Conditioning:
+        """Prompts (and per-prompt reference images) -> Conditioning.
+
+        negative_prompts: default '' for text-to-image and the official quality negative for edits.
+        guidance: also encode the negatives (co-batched with the prompts, as the official code does).
+        reference_resize: how references are brought to multiples of 32 ('keep' refuses other sizes).
+        reference_noise / seed: the VAE posterior draw for the reference latents (official: a posterior *sample*).
+        """
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("No prompts given: pass at least one prompt")
+        refs = [[] for _ in prompts] if references is None else [list(r) for r in references]
+        if len(refs) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(refs)} reference lists")
+        refs = [[prepare_reference(image, reference_resize) for image in row] for row in refs]
+        for row in refs:
+            for image in row:
+                check_reference_size(*image.shape[-2:])
+        if negative_prompts is None:
+            negative_prompts = [C.EDIT_NEGATIVE_PROMPT if row else C.T2I_NEGATIVE_PROMPT for row in refs]
+        negative_prompts = list(negative_prompts)
+        if len(negative_prompts) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts")
+
+        rows = prompts + negative_prompts if guidance else prompts
+        think = self.model.think(rows, refs + refs if guidance else refs)
+        context, pooled = self.model.bridge(think.scb_input)
+        b = len(prompts)
+        ref_latents = self.encode_references(refs, reference_noise, seed) if any(refs) else None
+        return Conditioning(context=context[:b], pooled=pooled[:b],
+                            negative_context=context[b:] if guidance else None,
+                            negative_pooled=pooled[b:] if guidance else None,
+                            reference_latents=ref_latents, prompts=prompts)
+
+    def encode_references(self, refs, noise=None, seed: int = 0) -> list[list[torch.Tensor]]:
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = []
+        for i, row in enumerate(refs):
+            row_latents = []
+            for j, image in enumerate(row):
+                eps = noise[i][j][None] if noise is not None else None
+                z = self.model.encode_image(image[None].to(self.device), noise=eps, generator=generator)
+                row_latents.append(z[0])
+            latents.append(row_latents)
+        return latents
+
+    # ---- sample -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, cond: Conditioning, height: int | None = None, width: int | None = None, *,
+               num_steps: int = C.DEFAULT_STEPS, cfg_scale: float = C.DEFAULT_CFG, seed: int | Sequence[int] = 0,
+               latents: torch.Tensor | None = None, init_latents: torch.Tensor | None = None, strength: float = 1.0,
+               shift: float | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+        """Denoise B latents from noise (or from `init_latents` at `strength`) and return them (B, 16, H/8, W/8).
+
+        latents: the initial noise (as in diffusers); otherwise drawn per image from `seed`.
+        cfg_scale <= 1 or a Conditioning without negatives runs the conditional branch alone.
+        callback(step, total, latents) runs after every step; raising from it interrupts the run.
+        """
+        if height is None or width is None:
+            height, width = cond.reference_size or (C.DEFAULT_HEIGHT, C.DEFAULT_WIDTH)
+        check_output_size(height, width)
+        if num_steps < 1:
+            raise ValueError("num_steps must be at least 1")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        b, model = len(cond), self.model
+        shape = (model.transformer.config.in_channels, height // 8, width // 8)
+        noise = latents if latents is not None else initial_noise(seeds_for(seed, b), shape)
+        if tuple(noise.shape) != (b, *shape):
+            raise ValueError(f"latents must have shape {(b, *shape)}, got {tuple(noise.shape)}")
+        noise = noise.to(self.device, model.transformer.dtype)
+
+        scheduler = self.make_scheduler(shift)
+        scheduler.set_timesteps(num_steps, device=self.device)
+        timesteps = scheduler.timesteps
+        if init_latents is not None and strength < 1.0:
+            start = num_steps - min(int(num_steps * strength), num_steps)
+            timesteps = timesteps[start:]
+            scheduler.set_begin_index(start)
+            x = scheduler.scale_noise(init_latents.to(noise), timesteps[:1].repeat(b), noise)
+        elif init_latents is not None:
+            x = noise  # strength 1 ignores the starting image, as in diffusers
+        else:
+            x = noise
+
+        guided = cond.has_negative and cfg_scale > 1.0
+        if guided:  # diffusers' CFG order: [negative; positive]
+            context = torch.cat([cond.negative_context, cond.context])
+            pooled = torch.cat([cond.negative_pooled, cond.pooled])
+            refs = None if cond.reference_latents is None else cond.reference_latents * 2
+        else:
+            context, pooled, refs = cond.context, cond.pooled, cond.reference_latents
+
+        for i, t in enumerate(timesteps):
+            model_in = torch.cat([x, x]) if guided else x
+            v = model.velocity(model_in, t.expand(model_in.shape[0]), context, pooled, refs)
+            if guided:
+                v_neg, v_pos = v.chunk(2)
+                v = v_neg + cfg_scale * (v_pos - v_neg)
+            x = scheduler.step(v, t, x, return_dict=False)[0]
+            if callback is not None:
+                callback(i, len(timesteps), x)
+        return x
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_latents(latents.to(self.device))
+
+    # ---- all at once ----------------------------------------------------------------------------------
+    def __call__(self, prompts: str | Sequence[str], references: Sequence[Sequence[ImageLike]] | None = None,
+                 negative_prompts: Sequence[str] | None = None, *, height: int | None = None, width: int | None = None,
+                 num_steps: int = C.DEFAULT_STEPS, cfg_scale: float = C.DEFAULT_CFG, seed: int | Sequence[int] = 0,
+                 num_images_per_prompt: int = 1, output_type: str = "pil", callback: StepCallback | None = None,
+                 reference_resize: str = "fix_pixels") -> DeepGenOutput:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        cond = self.encode(prompts, negative_prompts, references, guidance=cfg_scale > 1.0,
+                           reference_resize=reference_resize).repeat(num_images_per_prompt)
+        latents = self.sample(cond, height, width, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed,
+                              callback=callback)
+        if output_type == "latent":
+            return DeepGenOutput(images=[], latents=latents)
+        pixels = self.decode(latents)
+        return DeepGenOutput(images=to_pil(pixels) if output_type == "pil" else pixels, latents=latents)

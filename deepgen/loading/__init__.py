@@ -5,3 +5,7 @@ from .release import detect_layout, load_model, load_tokenizer
 from .state_dict_io import read_state_dict
 
 __all__ = ["CheckpointError", "detect_layout", "load_model", "load_tokenizer", "read_state_dict"]
+
+from .convert import convert_checkpoint, convert_model  # noqa: E402
+
+__all__ += ["convert_checkpoint", "convert_model"]

@@ -19,7 +19,7 @@ DIT_PREFIX = "transformer."
 LMM_PREFIX = "lmm."
 LORA_MARKERS = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.")
 
-_OLD_TEXT = re.compile(r"^model\.(layers|embed_tokens|norm)\.")
+_OLD_TEXT = re.compile(r"^model\.(layers|embed_tokens|norm)(\.|$)")
 
 
 def group_keys(keys) -> dict[str, list[str]]:

@@ -1,0 +1,77 @@
+"""`deepgen convert`: one safetensors file that holds a whole DeepGen (VLM with LoRA merged, SCB, DiT, VAE),
+with its configs and tokenizer in the metadata, so it loads with a single memory-mapped read."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..model.deepgen import DeepGenModel
+from .release import SINGLE_FILE_FORMAT
+
+FORMAT_VERSION = "1"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def model_tensors(model: DeepGenModel) -> dict[str, torch.Tensor]:
+    """Every tensor of the model, each stored once (a tied lm_head is dropped and re-tied on load)."""
+    if any(".lora_" in k for k in model.lmm.state_dict()):
+        raise ValueError("The VLM carries a PEFT adapter; load with lora='merge' before converting")
+    tensors, seen = {}, set()
+    for key, value in model.state_dict().items():
+        pointer = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if pointer in seen:  # tied weights (lm_head = embed_tokens)
+            continue
+        seen.add(pointer)
+        tensors[key] = value.detach().contiguous().cpu()
+    return tensors
+
+
+def convert_model(model: DeepGenModel, output: str | os.PathLike, source_layout: str = "official") -> Path:
+    """Write `model` to `output` (.safetensors) atomically."""
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise ValueError(f"The converted file must end in .safetensors, not {output.name!r}")
+    tensors = model_tensors(model)
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})
+    configs = {
+        "vlm": model.lmm.config.to_dict(),
+        "transformer": dict(model.transformer.config),
+        "vae": dict(model.vae.config),
+        "scheduler": model.scheduler_config,
+        "connector": model.connector.config.to_dict(),
+    }
+    metadata = {
+        "format": SINGLE_FILE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "source_layout": source_layout,
+        "dtype": ",".join(dtypes),
+        "configs": json.dumps(configs, default=str),
+        "tokenizer_files": json.dumps(_tokenizer_files(model.tokenizer)),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, output)  # a crash never leaves a half-written file under the final name
+    return output
+
+
+def _tokenizer_files(tokenizer) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {name: Path(tmp, name).read_text() for name in TOKENIZER_FILES if Path(tmp, name).is_file()}
+
+
+def convert_checkpoint(checkpoint, output, vlm=None, diffusion=None, *, dtype: torch.dtype = torch.bfloat16,
+                       **load_kwargs) -> Path:
+    """Load any supported release layout and write it as one converted file."""
+    from .release import detect_layout, load_model
+
+    layout = detect_layout(checkpoint)
+    model = load_model(checkpoint, vlm, diffusion, dtype=dtype, lora="merge", **load_kwargs)
+    return convert_model(model, output, source_layout=layout)

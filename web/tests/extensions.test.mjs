@@ -1,0 +1,177 @@
+// Wiring tests of the two extension files against test doubles of ComfyUI's front-end API
+// (app.registerExtension, api events, LiteGraph node types, addDOMWidget) and a minimal DOM.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { register } from "node:module";
+
+import { FakeElement, installDom } from "./helpers/fake_dom.mjs";
+
+register("./helpers/comfy_hooks.mjs", import.meta.url);
+installDom();
+
+const extensions = [];
+const api = new EventTarget();
+const nodes = new Map();
+const fakeApp = {
+  registerExtension: (ext) => extensions.push(ext),
+  rootGraph: { getNodeById: (id) => nodes.get(String(id)) ?? null },
+};
+globalThis.__deepgen1Fake = { app: fakeApp, api };
+
+await import("../deepgen_rewards.js");
+await import("../deepgen_loss_chart.js");
+
+/** A LiteGraph-like node class as ComfyUI builds one per node definition. */
+function makeNodeType(comfyClass) {
+  const calls = [];
+  class NodeType {
+    constructor(id) {
+      this.id = id;
+      this.comfyClass = comfyClass;
+      this.type = comfyClass;
+      this.size = [200, 100];
+      this.widgets = [];
+      this.onNodeCreated?.();
+    }
+    addDOMWidget(name, type, element, options) {
+      const w = { name, type, element, options };
+      this.widgets.push(w);
+      return w;
+    }
+    computeSize() {
+      const h = this.widgets.reduce((acc, w) => acc + (w.options.getMinHeight?.() ?? 0), 30);
+      return [180, h];
+    }
+    setSize(size) {
+      this.size = size;
+    }
+    setDirtyCanvas() {
+      calls.push("dirty");
+    }
+  }
+  NodeType.prototype.onExecuted = function (message) {
+    calls.push(["original onExecuted", message]);
+  };
+  return { NodeType, calls };
+}
+
+async function defineNode(comfyClass) {
+  const made = makeNodeType(comfyClass);
+  for (const ext of extensions) await ext.beforeRegisterNodeDef?.(made.NodeType, { name: comfyClass }, fakeApp);
+  return made;
+}
+
+test("extensions are registered under the DeepGen1 namespace", () => {
+  assert.deepEqual(extensions.map((e) => e.name).sort(), ["DeepGen1.LossChart", "DeepGen1.RewardsTable"]);
+});
+
+test("other node types are left alone", async () => {
+  const made = makeNodeType("KSampler");
+  const before = { ...Object.getOwnPropertyDescriptors(made.NodeType.prototype) };
+  for (const ext of extensions) await ext.beforeRegisterNodeDef?.(made.NodeType, { name: "KSampler" }, fakeApp);
+  assert.deepEqual(Object.keys(Object.getOwnPropertyDescriptors(made.NodeType.prototype)), Object.keys(before));
+  assert.equal(made.NodeType.prototype.onExecuted, before.onExecuted.value);
+  assert.equal(new made.NodeType(1).widgets.length, 0);
+});
+
+test("RewardScore: DOM widget, chained onExecuted, table rows", async () => {
+  const { NodeType, calls } = await defineNode("RewardScore");
+  const node = new NodeType(4);
+  assert.equal(node.widgets.length, 1);
+  const w = node.widgets[0];
+  assert.equal(w.name, "deepgen1_rewards");
+  assert.equal(w.serialize, false);
+  assert.equal(w.options.serialize, false);
+  assert.ok(w.element instanceof FakeElement);
+
+  const message = {
+    deepgen1_rewards: [
+      { index: 0, total: 0.4, rewards: { clip: 0.3, ocr: null, preference: 5 }, best: false },
+      { index: 1, total: 0.9, rewards: { clip: 0.35, ocr: 0.8, preference: 6 }, best: true },
+    ],
+  };
+  node.onExecuted(message);
+  assert.deepEqual(calls[0], ["original onExecuted", message], "the original onExecuted still runs");
+  const rows = w.element.findAll("tr");
+  assert.equal(rows.length, 3);
+  assert.deepEqual(
+    rows[0].children.map((c) => c.textContent),
+    ["#", "total", "CLIP", "OCR", "pref."],
+  );
+  assert.deepEqual(
+    rows[1].children.map((c) => c.textContent),
+    ["0", "0.4", "0.3", "—", "5"],
+  );
+  assert.deepEqual(
+    rows[2].children.map((c) => c.textContent),
+    ["★ 1", "0.9", "0.35", "0.8", "6"],
+  );
+  assert.match(w.element.textContent, /best: #1 · total 0.9/);
+  assert.ok(node.size[1] >= 24 + 3 * 20, "node grew to fit the table");
+
+  node.onExecuted({ deepgen1_rewards: [{ index: 0, total: 1, rewards: {}, best: true }] });
+  assert.equal(w.element.findAll("tr").length, 2, "a new result replaces the table");
+  node.onExecuted({ images: [] }); // another output: table unchanged
+  assert.equal(w.element.findAll("tr").length, 2);
+});
+
+test("DeepGenTrainLoRA: loss events draw per-task paths, done shows the LoRA path", async () => {
+  const { NodeType } = await defineNode("DeepGenTrainLoRA");
+  const node = new NodeType(3);
+  nodes.set("3", node);
+  const other = new (makeNodeType("KSampler").NodeType)(8);
+  nodes.set("8", other);
+  assert.equal(node.widgets.length, 1);
+  const w = node.widgets[0];
+  assert.equal(w.name, "deepgen1_loss_chart");
+  assert.equal(w.serialize, false);
+
+  for (const ext of extensions) ext.setup?.(fakeApp);
+  const send = (type, detail) => api.dispatchEvent(new CustomEvent(type, { detail }));
+  for (let step = 1; step <= 10; step++) {
+    send("deepgen1.train_loss", {
+      node: "3",
+      step,
+      total_steps: 20,
+      loss: 1 / step,
+      task: step % 2 ? "text2image" : "image2image",
+      lr: 1e-4,
+    });
+  }
+  send("deepgen1.train_loss", { node: "99", step: 1, loss: 1 }); // unknown node: ignored
+  send("deepgen1.train_loss", { node: "8", step: 1, loss: 1 }); // not a training node: ignored
+  send("deepgen1.train_loss", { bogus: true });
+  assert.equal(other.widgets.length, 0);
+
+  const svg = w.element.findAll("svg")[0];
+  const paths = svg.findAll("path");
+  assert.deepEqual(
+    paths.map((p) => `${p.getAttribute("data-task")}/${p.getAttribute("data-kind")}`),
+    ["text2image/raw", "text2image/ema", "image2image/raw", "image2image/ema"],
+  );
+  assert.ok(paths.every((p) => /^M[\d.]+,[\d.]+( L[\d.]+,[\d.]+)+$/.test(p.getAttribute("d"))));
+  assert.match(w.element.textContent, /step 10\/20 · loss 0\.1 · ema [\d.]+ · lr 1\.00e-4 · image2image/);
+
+  // toolbar: log scale and smoothing 0 (raw only)
+  const [logBox, slider] = w.element.findAll("input");
+  slider.value = "0";
+  slider.dispatch("input");
+  assert.equal(svg.findAll("path").length, 2);
+  logBox.checked = true;
+  logBox.dispatch("change");
+  assert.ok(svg.findAll("text").some((t) => t.textContent === "0.1"), "log axis has a 0.1 tick");
+
+  send("deepgen1.train_done", { node: "3", lora_path: "loras/deepgen_lora.safetensors" });
+  assert.match(w.element.textContent, /done · saved loras\/deepgen_lora\.safetensors/);
+  send("deepgen1.train_loss", { node: "3", step: 1, total_steps: 5, loss: 2, task: "text2image" });
+  assert.equal(svg.findAll("path").length, 1, "a new run starts a fresh chart");
+});
+
+test("events for a training node inside a subgraph use colon ids", async () => {
+  const { NodeType } = await defineNode("DeepGenTrainLoRA");
+  const inner = new NodeType(5);
+  const sub = { getNodeById: (id) => (String(id) === "5" ? inner : null) };
+  nodes.set("12", { id: 12, subgraph: sub });
+  api.dispatchEvent(new CustomEvent("deepgen1.train_loss", { detail: { node: "12:5", step: 1, loss: 0.5 } }));
+  assert.match(inner.widgets[0].element.textContent, /step 1 · loss 0\.5/);
+});

@@ -107,13 +107,14 @@ class DeepGenPipeline:
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
                references: Sequence[Sequence[ImageLike]] | None = None, *, guidance: bool = True,
-               reference_resize: str = "fix_pixels", reference_noise: Sequence[Sequence[torch.Tensor]] | None = None,
+               reference_resize: str = "fix_pixels", reference_target: int = 512, reference_noise: Sequence[Sequence[torch.Tensor]] | None = None,
                seed: int = 0) -> Conditioning:
         """Prompts (and per-prompt reference images) -> Conditioning.
 
         negative_prompts: default '' for text-to-image and the official quality negative for edits.
         guidance: also encode the negatives (co-batched with the prompts, as the official code does).
-        reference_resize: how references are brought to multiples of 32 ('keep' refuses other sizes).
+        reference_resize / reference_target: how references are brought to multiples of 32 (deepgen.sizes;
+        'keep' refuses other sizes).
         reference_noise / seed: the VAE posterior draw for the reference latents (official: a posterior *sample*).
         """
         prompts = list(prompts)
@@ -122,7 +123,7 @@ class DeepGenPipeline:
         refs = [[] for _ in prompts] if references is None else [list(r) for r in references]
         if len(refs) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(refs)} reference lists")
-        refs = [[prepare_reference(image, reference_resize) for image in row] for row in refs]
+        refs = [[prepare_reference(image, reference_resize, reference_target) for image in row] for row in refs]
         for row in refs:
             for image in row:
                 check_reference_size(*image.shape[-2:])

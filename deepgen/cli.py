@@ -1,0 +1,213 @@
+"""The `deepgen` command line: generate, edit, convert, info, download (and train, from deepgen.train).
+
+Without --checkpoint, generate/edit use the embedded tiny random-weight model, so a fresh install can run
+end to end offline; point --checkpoint/--vlm/--diffusion at the released files for real images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", default="tiny",
+                   help="DeepGen model.pt/.safetensors, a DeepGen-1.0-diffusers folder, a converted file, "
+                        "or 'tiny' (random weights, the default)")
+    g.add_argument("--vlm", help="Qwen2.5-VL-3B-Instruct folder (official layout)")
+    g.add_argument("--diffusion", help="UniPic2-SD3.5M-Kontext folder with transformer/ vae/ scheduler/")
+    g.add_argument("--connector-heads", type=int, help="connector attention heads, for non-official widths only")
+    g.add_argument("--dtype", choices=DTYPES, default="auto")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps …")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, default_size: int | None) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
+    g.add_argument("--negative", help="negative prompt (default: the official one)")
+    g.add_argument("--width", type=int, default=default_size)
+    g.add_argument("--height", type=int, default=default_size)
+    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--cfg", type=float, default=4.0)
+    g.add_argument("--shift", type=float, help="scheduler shift (default: the scheduler config's)")
+    g.add_argument("--seed", type=int, default=0, help="image i of the batch uses seed + i")
+    g.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    g.add_argument("--out", default="outputs", help="output folder, or a .png path for a single image")
+
+
+def load_pipeline(args):
+    from tqdm.auto import tqdm
+
+    from .loading import load_model
+    from .pipeline import DeepGenPipeline
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if args.checkpoint == "tiny":
+        print("Using the embedded tiny DeepGen (random weights: noise-like images). "
+              "Pass --checkpoint/--vlm/--diffusion for the released model.", file=sys.stderr)
+    bar = tqdm(desc="loading", unit="part", total=None)
+    connector = {"num_attention_heads": args.connector_heads} if args.connector_heads else None
+    model = load_model(args.checkpoint, args.vlm, args.diffusion, dtype=dtype, device=device,
+                       connector_config=connector, progress=lambda msg: (bar.set_postfix_str(msg), bar.update()))
+    bar.close()
+    return DeepGenPipeline(model)
+
+
+def run_sampling(args, references=None) -> list[Path]:
+    from tqdm.auto import tqdm
+
+    from .images import to_pil
+
+    pipe = load_pipeline(args)
+    negatives = [args.negative] * len(args.prompt) if args.negative is not None else None
+    with tqdm(total=len(args.prompt), desc="encoding", unit="prompt") as bar:
+        cond = pipe.encode(args.prompt, negatives, references, guidance=args.cfg > 1.0,
+                           reference_resize=getattr(args, "resize", "fix_pixels"),
+                           reference_target=getattr(args, "reference_size", 512))
+        bar.update(len(args.prompt))
+    cond = cond.repeat(args.num_images)
+    with tqdm(total=args.steps, desc="sampling", unit="step") as bar:
+        latents = pipe.sample(cond, args.height, args.width, num_steps=args.steps, cfg_scale=args.cfg,
+                              seed=args.seed, shift=args.shift, callback=lambda i, n, x: bar.update())
+    with tqdm(total=1, desc="decoding", unit="batch") as bar:
+        images = to_pil(pipe.decode(latents))
+        bar.update()
+    return save_images(images, Path(args.out))
+
+
+def save_images(images, out: Path) -> list[Path]:
+    if out.suffix.lower() == ".png" and len(images) == 1:
+        paths = [out]
+    else:
+        folder = out.with_suffix("") if out.suffix else out
+        paths = [folder / f"deepgen_{i:04d}.png" for i in range(len(images))]
+    for image, path in zip(images, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        print(path)
+    return paths
+
+
+def cmd_generate(args) -> int:
+    run_sampling(args)
+    return 0
+
+
+def cmd_edit(args) -> int:
+    from PIL import Image
+
+    refs = [Image.open(p) for p in args.image]
+    run_sampling(args, [refs] * len(args.prompt))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .loading import convert_checkpoint
+
+    device = resolve_device("cpu")
+    connector = {"num_attention_heads": args.connector_heads} if args.connector_heads else None
+    out = convert_checkpoint(args.checkpoint, args.output, args.vlm, args.diffusion,
+                             dtype=resolve_dtype(args.dtype, device), connector_config=connector)
+    print(out)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .loading.inspect import describe
+
+    print(json.dumps(describe(args.path), indent=2))
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .download import download_release
+
+    for path in download_release(args.models_dir, args.what):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepgen", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="text-to-image")
+    add_model_args(p)
+    add_sampling_args(p, 512)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("edit", help="edit one or more reference images with an instruction")
+    add_model_args(p)
+    add_sampling_args(p, None)
+    p.add_argument("--image", action="append", required=True, help="reference image; repeat for several")
+    p.add_argument("--resize", default="fix_pixels", choices=["fix_pixels", "longest_side", "square", "keep"],
+                   help="how references are brought to multiples of 32 (default: about 512² pixels)")
+    p.add_argument("--reference-size", type=int, default=512)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("convert", help="write one fast-loading .safetensors with configs and tokenizer")
+    p.add_argument("checkpoint")
+    p.add_argument("output")
+    p.add_argument("--vlm")
+    p.add_argument("--diffusion")
+    p.add_argument("--connector-heads", type=int)
+    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="what a checkpoint file or folder holds, and which release layout it is")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("download", help="fetch the official files with huggingface_hub (only when you ask)")
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--what", nargs="+", default=["deepgen", "vlm", "diffusion"],
+                   choices=["deepgen", "vlm", "diffusion", "diffusers"])
+    p.set_defaults(func=cmd_download)
+
+    try:
+        from .train.cli import add_train_parser
+    except ImportError:  # the trainer is optional at import time
+        add_train_parser = None
+    if add_train_parser is not None:
+        add_train_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .loading import CheckpointError
+    from .sizes import SizeError
+
+    try:
+        return args.func(args)
+    except (CheckpointError, SizeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""CLIP similarity reward (official ``clip_sim``).
+
+Why: a cheap, always-resident prompt-alignment signal. As in the official trainer
+(reference §2.4) the reward is the raw cosine similarity of the L2-normalised CLIP
+ViT-L/14 text and image embeddings: no x100 logit scale, no clamping (typical range
+about 0.15-0.40). Text is padded/truncated to 77 tokens; the model runs in fp32 by default.
+
+The model is read from a LOCAL folder only (``local_files_only=True``), lazily on first
+use, and cached per (path, device, dtype).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .base import Reward, cached_model, default_device, register_reward, require_model_dir
+
+__all__ = ["CLIPReward", "DEFAULT_CLIP_DIR", "CLIP_REPO_ID"]
+
+DEFAULT_CLIP_DIR = "models/deepgen/clip"
+CLIP_REPO_ID = "openai/clip-vit-large-patch14"
+
+
+class CLIPReward(Reward):
+    """Cosine(image embedding, prompt embedding) per image, in [-1, 1]."""
+
+    name = "clip"
+
+    def __init__(
+        self,
+        model_path: str | Path = DEFAULT_CLIP_DIR,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 32,
+        max_length: int = 77,
+    ):
+        self.model_path = model_path
+        self.device = torch.device(device or default_device())
+        self.dtype = dtype
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length)
+
+    def load(self):
+        """Returns (model, processor), loading them on first use."""
+        path = require_model_dir(self.model_path, "CLIP", CLIP_REPO_ID)
+        key = ("clip", str(path), str(self.device), str(self.dtype))
+        return cached_model(key, lambda: _load_clip(path, self.device, self.dtype))
+
+    @torch.inference_mode()
+    def score(self, images, prompts, group_ids=None) -> torch.Tensor:
+        model, processor = self.load()
+        max_len = min(self.max_length, int(model.config.text_config.max_position_embeddings))
+        out = []
+        for s in range(0, len(images), self.batch_size):
+            inputs = processor(
+                text=prompts[s : s + self.batch_size],
+                images=images[s : s + self.batch_size],
+                return_tensors="pt",
+                padding="max_length",
+                truncation=True,
+                max_length=max_len,
+            )
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            res = model(**inputs, return_dict=True)
+            img = torch.nn.functional.normalize(res.image_embeds.float(), dim=-1)
+            txt = torch.nn.functional.normalize(res.text_embeds.float(), dim=-1)
+            out.append((img * txt).sum(-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+def _load_clip(path: Path, device: torch.device, dtype: torch.dtype):
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+    model = model.to(device).eval().requires_grad_(False)
+    processor = CLIPProcessor.from_pretrained(str(path), local_files_only=True)
+    return model, processor
+
+
+register_reward("clip", CLIPReward)

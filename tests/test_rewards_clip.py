@@ -1,0 +1,119 @@
+"""CLIP reward on a tiny random CLIPModel + offline tokenizer/processor saved into tmp_path."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deepgen.rewards import CLIPReward, RewardModelNotFound
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run far faster single-threaded on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    """A byte-level CLIP BPE vocab (no merges), a 32 px image processor and a 2-layer CLIP."""
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProc  # transformers 5 without torchvision
+    except ImportError:  # pragma: no cover - transformers 4
+        from transformers import CLIPImageProcessor as ImageProc
+
+    d = tmp_path_factory.mktemp("clip")
+    chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    proc = CLIPProcessor(image_processor=ImageProc(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    eos = vocab["<|endoftext|>"]
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=eos - 1,
+                         eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(d)
+    proc.save_pretrained(d)
+    return d
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    arrs = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    arrs.append(np.full((48, 64, 3), 200, np.uint8))
+    return arrs
+
+
+PROMPTS = ["a red cat on a chair", "a watercolor lighthouse", "text that says HELLO", "a plain grey square"]
+
+
+def test_shapes_range_determinism_and_cache(clip_dir):
+    arrs = _images()
+    pil = [Image.fromarray(a) for a in arrs]
+    r = CLIPReward(clip_dir, device="cpu", batch_size=3)  # two batches
+    s = r(pil, PROMPTS)
+    assert s.shape == (4,) and s.dtype == torch.float32
+    assert torch.isfinite(s).all() and (s.abs() <= 1.0 + 1e-6).all()
+    assert torch.equal(s, r(pil, PROMPTS))
+    r2 = CLIPReward(str(clip_dir), device="cpu")
+    assert r2.load()[0] is r.load()[0]  # cached per (path, device, dtype)
+    assert torch.allclose(r2(pil, PROMPTS), s, atol=1e-6)
+    # ComfyUI IMAGE tensor (B,H,W,3) in 0..1 gives the same scores
+    t = torch.from_numpy(np.stack(arrs).astype(np.float32) / 255.0)
+    assert torch.allclose(r(t, PROMPTS), s, atol=1e-6)
+    # the score depends on the prompt
+    assert not torch.allclose(r(pil, PROMPTS[::-1]), s)
+
+
+def test_is_unscaled_cosine_of_model_embeddings(clip_dir):
+    from transformers import CLIPModel, CLIPProcessor
+
+    pil = [Image.fromarray(a) for a in _images()]
+    s = CLIPReward(clip_dir, device="cpu")(pil, PROMPTS)
+    model = CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).eval()
+    proc = CLIPProcessor.from_pretrained(str(clip_dir), local_files_only=True)
+    inp = proc(text=PROMPTS, images=pil, return_tensors="pt", padding="max_length", truncation=True, max_length=77)
+    with torch.no_grad():
+        out = model(**inp)
+    ref = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds, dim=-1)
+    assert torch.allclose(s, ref, atol=1e-5)  # no x100 logit scale, no clamp
+
+
+def test_missing_folder_error_is_clear(tmp_path):
+    r = CLIPReward(tmp_path / "nowhere", device="cpu")  # construction is lazy: no error yet
+    with pytest.raises(RewardModelNotFound) as e:
+        r([Image.new("RGB", (32, 32))], ["x"])
+    msg = str(e.value)
+    assert "nowhere" in msg and "openai/clip-vit-large-patch14" in msg and "--local-dir" in msg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RewardModelNotFound, match="lacks config.json"):
+        CLIPReward(tmp_path / "empty", device="cpu").load()

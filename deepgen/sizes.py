@@ -48,12 +48,14 @@ def round_output_size(height: int, width: int) -> tuple[int, int]:
 
 
 def fix_pixels_size(height: int, width: int, target: int = 512, unit: int = REFERENCE_MULTIPLE) -> tuple[int, int]:
-    """The official training rule: about target**2 pixels, aspect ratio kept, sides ceil-aligned to `unit`."""
-    scale = target / math.sqrt(height * width)
-    return (
-        max(unit, math.ceil(height * scale / unit) * unit),
-        max(unit, math.ceil(width * scale / unit) * unit),
-    )
+    """The official training rule (`resize_image_fix_pixels`): about target**2 pixels, aspect ratio kept, sides
+    ceil-aligned to `unit`, with the official float operations. E.g. 720x1280 -> 384x704."""
+    if height < 1 or width < 1:
+        raise SizeError(f"image size must be positive, got {height}x{width} (HxW)")
+    if target < 1 or unit < 1:
+        raise SizeError(f"target and unit must be >= 1, got target={target}, unit={unit}")
+    ratio = target / ((height * width) ** 0.5)
+    return max(unit, math.ceil(height * ratio / unit) * unit), max(unit, math.ceil(width * ratio / unit) * unit)
 
 
 def longest_side_size(height: int, width: int, longest: int = 512, unit: int = REFERENCE_MULTIPLE) -> tuple[int, int]:

@@ -106,6 +106,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from ..sizes import fix_pixels_size  # the one size rule, shared with inference
+
 __all__ = [
     "TEXT2IMAGE",
     "IMAGE2IMAGE",
@@ -156,24 +158,6 @@ PathLike = Union[str, os.PathLike]
 
 # ----------------------------------------------------------------------------------------------------
 # sizes and pixels
-
-
-def fix_pixels_size(h: int, w: int, target: int = 512, unit: int = 32) -> tuple[int, int]:
-    """The official ``fix_pixels`` size for an ``h`` × ``w`` image: ``(new_h, new_w)``.
-
-    Scale so that sqrt(H·W) ≈ ``target`` (aspect ratio kept), then round each side **up** to a multiple
-    of ``unit``.  Same float operations as the official ``resize_image_fix_pixels``
-    (``ratio = target / (h*w) ** 0.5``; ``ceil(h * ratio / unit) * unit``), so the result is identical.
-    E.g. 720×1280 → 384×704, 1024×768 → 608×448, 2048×512 → 1024×256.  Pure function.
-    """
-    if h < 1 or w < 1:
-        raise ValueError(f"image size must be positive, got {h}x{w} (HxW)")
-    if target < 1 or unit < 1:
-        raise ValueError(f"target and unit must be ≥ 1, got target={target}, unit={unit}")
-    ratio = target / ((h * w) ** 0.5)
-    new_h = math.ceil(h * ratio / unit) * unit
-    new_w = math.ceil(w * ratio / unit) * unit
-    return max(unit, new_h), max(unit, new_w)
 
 
 def check_image_size(width: int, height: int, *, min_side: int = 80, max_aspect: float = 10.0) -> str | None:

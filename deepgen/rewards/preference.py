@@ -29,7 +29,7 @@ import logging
 import random
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 

@@ -92,7 +92,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import warnings
 from collections import Counter

@@ -1,0 +1,263 @@
+"""Node definitions without running a model: ids, names, INPUT_TYPES/RETURN_TYPES, validation, packaging."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nodes import IMPORT_ERRORS, NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from nodes.types import TINY_CHOICE
+
+ROOT = Path(__file__).resolve().parents[2]
+OFFICIAL = ROOT / "tests" / "fixtures" / "deepgen-official-tiny"
+NODE_IDS = {"DeepGenLoader", "ThinkTokenEncode", "SCBBridge", "DeepGenSampler", "DeepGenEdit", "RewardScore"}
+NATIVE_TYPES = {"IMAGE", "LATENT", "CONDITIONING", "MASK", "FLOAT", "INT", "STRING", "BOOLEAN"}
+WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+OPTION_KEYS = {"default", "min", "max", "step", "round", "display", "multiline", "placeholder", "dynamicPrompts",
+               "label_on", "label_off", "tooltip", "lazy", "forceInput", "control_after_generate", "image_upload"}
+
+
+def test_all_node_modules_import():
+    assert IMPORT_ERRORS == {}
+    assert NODE_IDS <= set(NODE_CLASS_MAPPINGS)
+    assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS))
+def test_identity(node_id):
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    assert NODE_DISPLAY_NAME_MAPPINGS[node_id].endswith("(DeepGen 1.0)")
+    assert cls.CATEGORY.startswith("DeepGen 1.0/")
+    assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 40
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS))
+def test_input_types_well_formed(node_id):
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    types = cls.INPUT_TYPES()
+    assert set(types) <= {"required", "optional", "hidden"} and types["required"]
+    for section in ("required", "optional"):
+        for name, spec in types.get(section, {}).items():
+            assert isinstance(spec, tuple) and 1 <= len(spec) <= 2, name
+            kind, opts = spec[0], spec[1] if len(spec) > 1 else {}
+            assert set(opts) <= OPTION_KEYS, (name, set(opts) - OPTION_KEYS)
+            assert isinstance(opts.get("tooltip"), str) and opts["tooltip"], f"{node_id}.{name} has no tooltip"
+            if isinstance(kind, list):  # combo: unique strings, default among them
+                assert kind and all(isinstance(v, str) for v in kind) and len(set(kind)) == len(kind)
+                assert opts.get("default", kind[0]) in kind
+            elif kind in WIDGETS:
+                default = opts.get("default")
+                if kind in ("INT", "FLOAT"):
+                    assert opts["min"] <= default <= opts["max"], name
+                    assert isinstance(default, int) or kind == "FLOAT"
+                if kind == "STRING":
+                    assert isinstance(default, str)
+            else:
+                assert kind in NATIVE_TYPES or kind.startswith("DEEPGEN_"), kind
+    assert set(types.get("hidden", {}).values()) <= {"UNIQUE_ID", "PROMPT", "EXTRA_PNGINFO"}
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS))
+def test_return_types_and_function(node_id):
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    n = len(cls.RETURN_TYPES)
+    assert isinstance(cls.RETURN_TYPES, tuple) and n >= 1
+    assert all(isinstance(t, str) and (t in NATIVE_TYPES or t.startswith("DEEPGEN_")) for t in cls.RETURN_TYPES)
+    assert len(cls.RETURN_NAMES) == n and len(cls.OUTPUT_TOOLTIPS) == n
+    assert len(getattr(cls, "OUTPUT_IS_LIST", (False,) * n)) == n
+    fn = getattr(cls, cls.FUNCTION)
+    params = inspect.signature(fn).parameters
+    types = cls.INPUT_TYPES()
+    for section in ("required", "optional", "hidden"):
+        for name in types.get(section, {}):
+            assert name in params, f"{node_id}.{cls.FUNCTION} does not take {name}"
+            if section != "required":  # ComfyUI omits unconnected optional inputs: they need defaults
+                assert params[name].default is not inspect.Parameter.empty, name
+
+
+def test_custom_socket_types_connect():
+    produced = {t for c in NODE_CLASS_MAPPINGS.values() for t in c.RETURN_TYPES if t.startswith("DEEPGEN_")}
+    consumed = {s[0] for c in NODE_CLASS_MAPPINGS.values() for sec in ("required", "optional")
+                for s in c.INPUT_TYPES().get(sec, {}).values() if isinstance(s[0], str) and s[0].startswith("DEEPGEN_")}
+    assert produced == consumed == {"DEEPGEN_MODEL", "DEEPGEN_THINK", "DEEPGEN_COND"}
+
+
+def test_seed_widgets_have_control_after_generate():
+    for node_id in ("DeepGenSampler", "DeepGenEdit"):
+        spec = NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()["required"]["seed"]
+        assert spec[1]["control_after_generate"] and spec[1]["max"] == 0xFFFFFFFFFFFFFFFF
+
+
+@pytest.mark.parametrize("node_id", ["DeepGenSampler", "DeepGenEdit"])
+def test_size_validation_in_plain_words(node_id):
+    validate = NODE_CLASS_MAPPINGS[node_id].VALIDATE_INPUTS
+    assert validate(width=512, height=768) is True
+    assert validate(width=0, height=0) is True
+    assert validate(width=None, height=512) is True  # linked: checked at run time
+    message = validate(width=500, height=512)
+    assert "width 500 is not a multiple of 16" in message and "496 or 512" in message
+    assert "height" in validate(width=512, height=9000)
+    assert "whole number" in validate(width="big", height=512)
+
+
+def test_loader_validation():
+    validate = NODE_CLASS_MAPPINGS["DeepGenLoader"].VALIDATE_INPUTS
+    assert validate(attention="sdpa") is True
+    assert "one of" in validate(attention="xformers")
+    if importlib.util.find_spec("flash_attn") is None:
+        assert "flash-attn package" in validate(attention="flash_attention_2")
+
+
+def test_loader_lists_demo_and_releases(tmp_path, monkeypatch):
+    from nodes.loader import DeepGenLoader
+
+    monkeypatch.setenv("DEEPGEN_MODELS_DIR", str(tmp_path))
+    assert DeepGenLoader.INPUT_TYPES()["required"]["checkpoint"][0] == [TINY_CHOICE]
+    # an official release folder in models/deepgen, and the split layout across the standard folders
+    shutil.copytree(OFFICIAL, tmp_path / "deepgen" / "official-tiny",
+                    ignore=shutil.ignore_patterns("inputs", "reference*", "README.md", "model.pt"))
+    shutil.copy(OFFICIAL / "model.safetensors", tmp_path / "deepgen" / "deepgen-tiny.safetensors")
+    shutil.copytree(OFFICIAL / "Qwen2.5-VL-tiny", tmp_path / "text_encoders" / "Qwen2.5-VL-tiny")
+    shutil.copytree(OFFICIAL / "UniPic2-tiny", tmp_path / "diffusion_models" / "UniPic2-tiny")
+    required = DeepGenLoader.INPUT_TYPES()["required"]
+    assert required["checkpoint"][0] == [TINY_CHOICE, "deepgen-tiny.safetensors", "official-tiny"]
+    assert required["vlm"][0] == ["auto", "Qwen2.5-VL-tiny"]
+    assert required["diffusion"][0] == ["auto", "UniPic2-tiny"]  # found through its transformer/ and vae/
+    assert required["vae"][0] == ["auto"]
+
+
+def test_loader_resolves_layouts(tmp_path, monkeypatch):
+    from deepgen.loading import CheckpointError
+    from nodes.loader import resolve_sources
+
+    monkeypatch.setenv("DEEPGEN_MODELS_DIR", str(tmp_path))
+    release = tmp_path / "deepgen" / "official-tiny"
+    shutil.copytree(OFFICIAL, release, ignore=shutil.ignore_patterns("inputs", "reference*", "README.md", "model.pt"))
+    (release / "connector_config.json").write_text(json.dumps({"num_attention_heads": 4}))
+    src = resolve_sources("official-tiny")
+    assert src["layout"] == "official" and src["checkpoint"] == str(release / "model.safetensors")
+    assert src["vlm"] == str(release / "Qwen2.5-VL-tiny") and src["diffusion"] == str(release / "UniPic2-tiny")
+    assert src["connector_config"] == {"num_attention_heads": 4}
+    # a bare checkpoint file with nothing next to it and nothing registered: a plain-words error
+    shutil.copy(OFFICIAL / "model.safetensors", tmp_path / "deepgen" / "bare.safetensors")
+    with pytest.raises(CheckpointError, match="Qwen2.5-VL-3B-Instruct folder"):
+        resolve_sources("bare.safetensors")
+    assert resolve_sources(TINY_CHOICE)["checkpoint"] == "tiny"
+
+
+def test_loader_fingerprint_is_cheap_and_tracks_files(tmp_path, monkeypatch):
+    from nodes.loader import DeepGenLoader
+
+    monkeypatch.setenv("DEEPGEN_MODELS_DIR", str(tmp_path))
+    release = tmp_path / "deepgen" / "official-tiny"
+    shutil.copytree(OFFICIAL, release, ignore=shutil.ignore_patterns("inputs", "reference*", "README.md", "model.pt"))
+    args = dict(checkpoint="official-tiny", vlm="auto", diffusion="auto", vae="auto", precision="auto",
+                memory_mode="offload_vlm_after_encode", attention="sdpa", unique_id="1")
+    start = time.perf_counter()
+    first = DeepGenLoader.IS_CHANGED(**args)
+    assert time.perf_counter() - start < 1.0
+    assert DeepGenLoader.IS_CHANGED(**args) == first
+    assert DeepGenLoader.IS_CHANGED(**{**args, "memory_mode": "sequential_offload"}) != first
+    os.utime(release / "model.safetensors", ns=(1, 1))
+    assert DeepGenLoader.IS_CHANGED(**args) != first
+    assert DeepGenLoader.IS_CHANGED(**{**args, "checkpoint": TINY_CHOICE}) == DeepGenLoader.IS_CHANGED(
+        **{**args, "checkpoint": TINY_CHOICE})
+
+
+def test_reward_weights_parsing():
+    from nodes.reward import parse_weights
+
+    assert parse_weights("general", "") == "general"
+    assert parse_weights("ocr", "ignored") == {"ocr": 1.0}
+    assert parse_weights("custom", "clip=0.3, ocr: 0.7") == {"clip": 0.3, "ocr": 0.7}
+    with pytest.raises(ValueError, match="name=weight"):
+        parse_weights("custom", "clip 0.3")
+    with pytest.raises(ValueError, match="empty"):
+        parse_weights("custom", " ")
+
+
+def load_as_comfyui(name: str = "ComfyUI-DeepGen"):
+    """Import the repository root the way ComfyUI's load_custom_node does (a package named after the folder)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+    return module
+
+
+def test_package_entry_imports_like_comfyui():
+    pack = load_as_comfyui()
+    assert NODE_IDS <= set(pack.NODE_CLASS_MAPPINGS)
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
+    assert pack.WEB_DIRECTORY == "./web" and (ROOT / "web").is_dir()
+    assert pack.NODE_CLASS_MAPPINGS["DeepGenSampler"].__module__ == "ComfyUI-DeepGen.nodes.sampler"
+
+
+GUARD = r"""
+import builtins, os, socket, subprocess, sys, importlib.util, types
+def refuse(*a, **k):
+    raise AssertionError("network, subprocess or pip use while importing the package")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+subprocess.Popen.__init__ = refuse
+os.system = refuse
+real_import = builtins.__import__
+def guarded_import(name, *args, **kwargs):
+    if name.split(".")[0] in ("pip", "huggingface_hub", "requests", "urllib3"):
+        raise AssertionError(f"importing {name} while importing the package")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guarded_import
+# ComfyUI's modules, as stand-ins, so that the package also registers models/deepgen
+fp = types.ModuleType("folder_paths")
+fp.models_dir = sys.argv[2]
+fp.supported_pt_extensions = {".safetensors", ".pt"}
+fp.folder_names_and_paths = {}
+sys.modules["folder_paths"] = fp
+sys.modules["comfy"] = types.ModuleType("comfy")
+sys.modules["comfy.model_management"] = types.ModuleType("comfy.model_management")
+spec = importlib.util.spec_from_file_location("ComfyUI-DeepGen", os.path.join(sys.argv[1], "__init__.py"),
+                                              submodule_search_locations=[sys.argv[1]])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["ComfyUI-DeepGen"] = pack
+spec.loader.exec_module(pack)
+assert len(pack.NODE_CLASS_MAPPINGS) >= 6
+assert fp.folder_names_and_paths["deepgen"][0] == [os.path.join(sys.argv[2], "deepgen")]
+heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+print("OK", heavy)
+"""
+
+
+def test_import_never_downloads_or_installs(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "HF_HOME": str(home / "hf"), "XDG_CACHE_HOME": str(home / "cache"),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    before = sorted(p.name for p in ROOT.iterdir() if p.name != "__pycache__")
+    out = subprocess.run([sys.executable, "-c", GUARD, str(ROOT), str(tmp_path / "models")], env=env,
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("OK []"), out.stdout  # not even torch is imported until a node runs
+    assert list(home.iterdir()) == []  # no cache written
+    assert (tmp_path / "models" / "deepgen").is_dir()  # the only side effect: the model folder exists
+    assert sorted(p.name for p in ROOT.iterdir() if p.name != "__pycache__") == before
+
+
+def test_example_workflows_mirror_workflows():
+    a, b = ROOT / "workflows", ROOT / "example_workflows"
+    names = sorted(p.name for p in a.glob("*.json"))
+    assert names and names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs between the two folders"

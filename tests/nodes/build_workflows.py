@@ -1,0 +1,238 @@
+"""Writes the shipped UI-format workflows into workflows/ and example_workflows/ (identical copies).
+
+Run from the repository root after changing a node's inputs:  python tests/nodes/build_workflows.py
+Sockets and widget order come from the node classes, so the files always match the code; test_workflows.py
+checks them either way. Hand edits saved from ComfyUI are fine too: the tests do not compare with this script.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from comfy_core_nodes import COMFYUI_VERSION, CORE_NODES, UI_EXTRA_WIDGET_VALUES
+from workflow_harness import all_inputs, is_widget, socket_type
+
+from nodes import NODE_CLASS_MAPPINGS
+from nodes.types import TINY_CHOICE
+
+CLASSES = {**CORE_NODES, **NODE_CLASS_MAPPINGS}
+PACK_ID, PACK_VERSION = "comfyui-deepgen", "0.1.0"
+
+T2I_PROMPT = "A red fox sitting in a snowy forest at sunrise, soft golden light, detailed fur, photo"
+EDIT_SINGLE = "Change the season to winter: cover the ground and the roofs in fresh snow"
+EDIT_MULTI = "Place the main object of the second image into the scene of the first image, matching its lighting"
+SIGN_PROMPT = 'A wooden shop sign above a bakery door that says "OPEN", photo'
+
+
+class Graph:
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def add(self, kind: str, pos, widgets: dict | None = None, size=(320, 180), title: str | None = None,
+            control: str = "randomize") -> dict:
+        cls = CLASSES[kind]
+        widgets = widgets or {}
+        values, inputs = [], []
+        for name, spec, required in all_inputs(cls):
+            if is_widget(spec):
+                if name in widgets:
+                    value = widgets.pop(name)
+                elif len(spec) > 1 and "default" in spec[1]:
+                    value = spec[1]["default"]
+                else:
+                    value = spec[0][0]  # a combo without a default: its first option
+                values.append(value)
+                if len(spec) > 1 and spec[1].get("control_after_generate"):
+                    values.append(control)
+            else:
+                entry = {"name": name, "type": socket_type(spec), "link": None}
+                if not required:
+                    entry["shape"] = 7  # the front end's hollow dot for optional inputs
+                inputs.append(entry)
+        if widgets:
+            raise KeyError(f"{kind} has no widget {sorted(widgets)}")
+        values += UI_EXTRA_WIDGET_VALUES.get(kind, [])
+        names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+        outputs = [{"name": n, "type": t, "links": [], "slot_index": i}
+                   for i, (n, t) in enumerate(zip(names, cls.RETURN_TYPES))]
+        core = kind in CORE_NODES
+        node = {"id": len(self.nodes) + 1, "type": kind, "pos": list(pos), "size": list(size), "flags": {},
+                "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
+                "properties": {"Node name for S&R": kind, "cnr_id": "comfy-core" if core else PACK_ID,
+                               "ver": COMFYUI_VERSION if core else PACK_VERSION},
+                "widgets_values": values}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node
+
+    def link(self, src: dict, output: str, dst: dict, input_name: str) -> None:
+        slot = [o["name"] for o in src["outputs"]].index(output)
+        target = [i["name"] for i in dst["inputs"]].index(input_name)
+        kind = src["outputs"][slot]["type"]
+        if dst["inputs"][target]["type"] != kind:
+            raise TypeError(f"{src['type']}.{output} ({kind}) -> {dst['type']}.{input_name}")
+        link_id = len(self.links) + 1
+        self.links.append([link_id, src["id"], slot, dst["id"], target, kind])
+        src["outputs"][slot]["links"].append(link_id)
+        dst["inputs"][target]["link"] = link_id
+
+    def to_json(self) -> dict:
+        order, done = {}, set()
+
+        def visit(node_id):
+            if node_id in done:
+                return
+            for link in self.links:
+                if link[3] == node_id:
+                    visit(link[1])
+            done.add(node_id)
+            order[node_id] = len(order)
+
+        for node in self.nodes:
+            visit(node["id"])
+            node["order"] = order[node["id"]]
+        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{PACK_ID}/{self.name}")), "revision": 0,
+                "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.9, "offset": [40, 60]}}, "version": 0.4}
+
+
+def loader(g: Graph, pos=(0, 0)) -> dict:
+    return g.add("DeepGenLoader", pos, {"checkpoint": TINY_CHOICE}, size=(340, 250))
+
+
+def text_to_image() -> Graph:
+    g = Graph("text_to_image")
+    model = loader(g)
+    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": T2I_PROMPT}, size=(400, 260))
+    scb = g.add("SCBBridge", (820, 0), size=(240, 110))
+    smp = g.add("DeepGenSampler", (1100, 0), size=(300, 330))
+    save = g.add("SaveImage", (1440, 0), {"filename_prefix": "DeepGen/t2i"}, size=(400, 440))
+    g.link(model, "model", enc, "model")
+    g.link(model, "model", scb, "model")
+    g.link(enc, "think", scb, "think")
+    g.link(model, "model", smp, "model")
+    g.link(scb, "cond", smp, "cond")
+    g.link(smp, "images", save, "images")
+    return g
+
+
+def text_to_image_two_pass() -> Graph:
+    """Composed graph: draft at 512, upscale the LATENT with a core node, refine with a second sampler."""
+    g = Graph("text_to_image_two_pass")
+    model = loader(g)
+    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": T2I_PROMPT}, size=(400, 260))
+    scb = g.add("SCBBridge", (820, 0), size=(240, 110))
+    draft = g.add("DeepGenSampler", (1100, 0), title="Draft (512x512)", size=(300, 330))
+    up = g.add("LatentUpscaleBy", (1100, 380), {"upscale_method": "bicubic", "scale_by": 1.5}, size=(300, 110))
+    refine = g.add("DeepGenSampler", (1440, 0), {"denoise": 0.55}, title="Refine (768x768)", size=(300, 360),
+                   control="fixed")
+    preview = g.add("PreviewImage", (1440, 420), title="Draft preview", size=(300, 320))
+    save = g.add("SaveImage", (1780, 0), {"filename_prefix": "DeepGen/t2i_two_pass"}, size=(420, 460))
+    for node in (enc, scb, draft, refine):
+        g.link(model, "model", node, "model")
+    g.link(enc, "think", scb, "think")
+    g.link(scb, "cond", draft, "cond")
+    g.link(scb, "cond", refine, "cond")
+    g.link(draft, "latent", up, "samples")
+    g.link(up, "LATENT", refine, "latent")
+    g.link(draft, "images", preview, "images")
+    g.link(refine, "images", save, "images")
+    return g
+
+
+def edit_single() -> Graph:
+    g = Graph("edit_single")
+    model = loader(g)
+    img = g.add("LoadImage", (0, 300), {"image": "example.png"}, size=(340, 340))
+    edit = g.add("DeepGenEdit", (380, 0), {"instruction": EDIT_SINGLE}, size=(400, 520))
+    save = g.add("SaveImage", (820, 0), {"filename_prefix": "DeepGen/edit"}, size=(420, 460))
+    g.link(model, "model", edit, "model")
+    g.link(img, "IMAGE", edit, "image_1")
+    g.link(edit, "images", save, "images")
+    return g
+
+
+def edit_multi() -> Graph:
+    g = Graph("edit_multi_reference")
+    model = loader(g)
+    first = g.add("LoadImage", (0, 300), {"image": "example.png"}, title="Image 1 (scene)", size=(340, 340))
+    second = g.add("LoadImage", (0, 680), {"image": "example.png"}, title="Image 2 (object)", size=(340, 340))
+    edit = g.add("DeepGenEdit", (380, 0), {"instruction": EDIT_MULTI}, size=(400, 560))
+    save = g.add("SaveImage", (820, 0), {"filename_prefix": "DeepGen/edit_multi"}, size=(420, 460))
+    g.link(model, "model", edit, "model")
+    g.link(first, "IMAGE", edit, "image_1")
+    g.link(second, "IMAGE", edit, "image_2")
+    g.link(edit, "images", save, "images")
+    return g
+
+
+def edit_composed() -> Graph:
+    """The editing path spelled out: same result as DeepGenEdit with the same settings."""
+    g = Graph("edit_composed")
+    model = loader(g)
+    img = g.add("LoadImage", (0, 300), {"image": "example.png"}, size=(340, 340))
+    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": EDIT_SINGLE}, size=(400, 300))
+    scb = g.add("SCBBridge", (820, 0), size=(240, 110))
+    smp = g.add("DeepGenSampler", (1100, 0), {"width": 0, "height": 0}, size=(300, 330))
+    save = g.add("SaveImage", (1440, 0), {"filename_prefix": "DeepGen/edit_composed"}, size=(420, 460))
+    for node in (enc, scb, smp):
+        g.link(model, "model", node, "model")
+    g.link(img, "IMAGE", enc, "image_1")
+    g.link(enc, "think", scb, "think")
+    g.link(scb, "cond", smp, "cond")
+    g.link(smp, "images", save, "images")
+    return g
+
+
+def best_of_n() -> Graph:
+    g = Graph("best_of_n")
+    model = loader(g)
+    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": SIGN_PROMPT}, size=(400, 260))
+    scb = g.add("SCBBridge", (820, 0), size=(240, 110))
+    smp = g.add("DeepGenSampler", (1100, 0), {"batch_size": 4}, size=(300, 330))
+    score = g.add("RewardScore", (1440, 0), {"prompt": SIGN_PROMPT, "rewards": "ocr"}, size=(420, 420))
+    preview = g.add("PreviewImage", (1440, 460), title="All candidates", size=(420, 360))
+    save = g.add("SaveImage", (1900, 0), {"filename_prefix": "DeepGen/best_of_n"}, title="Best image",
+                 size=(420, 460))
+    for node in (enc, scb, smp):
+        g.link(model, "model", node, "model")
+    g.link(enc, "think", scb, "think")
+    g.link(scb, "cond", smp, "cond")
+    g.link(smp, "images", score, "images")
+    g.link(smp, "images", preview, "images")
+    g.link(score, "best_image", save, "images")
+    return g
+
+
+WORKFLOWS = {
+    "deepgen_text_to_image.json": text_to_image,
+    "deepgen_text_to_image_two_pass.json": text_to_image_two_pass,
+    "deepgen_edit.json": edit_single,
+    "deepgen_edit_multi_reference.json": edit_multi,
+    "deepgen_edit_composed.json": edit_composed,
+    "deepgen_best_of_n.json": best_of_n,
+}
+
+
+def main() -> None:
+    for folder in ("workflows", "example_workflows"):
+        out = ROOT / folder
+        out.mkdir(exist_ok=True)
+        for name, build in WORKFLOWS.items():
+            (out / name).write_text(json.dumps(build().to_json(), indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {len(WORKFLOWS)} workflows to workflows/ and example_workflows/")
+
+
+if __name__ == "__main__":
+    main()

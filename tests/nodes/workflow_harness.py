@@ -8,8 +8,8 @@
   input name in schema order (required, then optional), control_after_generate tokens dropped, links as
   [source id, slot], muted/bypassed and UI-only nodes skipped.
 - `execute`: ComfyUI's execution model, simplified: the output nodes and their ancestors run once each in
-  dependency order; VALIDATE_INPUTS runs first on constant inputs (ComfyUI's filtering by argument name);
-  IS_CHANGED is called; lists follow ComfyUI's rules (outputs are lists of per-call results, a node runs once per
+  dependency order under torch.inference_mode(); VALIDATE_INPUTS runs first on constant inputs (ComfyUI's
+  filtering by argument name); IS_CHANGED is called; lists follow ComfyUI's rules (outputs are lists of per-call results, a node runs once per
   element of its longest list input, OUTPUT_IS_LIST outputs are concatenated); hidden inputs are filled.
 """
 
@@ -250,6 +250,13 @@ def execute(prompt: dict, classes: dict, extra_pnginfo: dict | None = None, over
         if hasattr(cls, "IS_CHANGED"):
             cls.IS_CHANGED(**constants)
 
+    import torch
+
+    with torch.inference_mode():  # ComfyUI's PromptExecutor runs every prompt in inference mode
+        return _run(prompt, classes, order, extra_pnginfo)
+
+
+def _run(prompt, classes, order, extra_pnginfo):
     results, ui = {}, defaultdict(dict)
     for nid in order:
         node = prompt[nid]

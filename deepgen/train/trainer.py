@@ -1,0 +1,430 @@
+"""The stage-1/2 trainer: alignment pre-training and joint SFT (official recipe, deepgen-reference §5).
+
+One training core, :class:`SFTTrainer`, used by the ``deepgen train`` CLI (tqdm + JSONL logs) and by the ComfyUI
+``DeepGenTrainLoRA`` node (progress bar + websocket events), through :class:`~deepgen.train.runtime.TrainCallback`.
+
+Per optimizer update (``max_steps`` of them):
+
+* ``grad_accumulation`` single-task micro-batches following the task pattern (``MicroBatchLoader``); targets and
+  edit references are VAE-encoded under ``no_grad`` with the posterior *sample* (``model.encode_image``);
+* the official flow-matching loss (``deepgen.train.losses.flow_matching_loss``): per-sample mean, then the mean
+  over the micro-batch, divided by the accumulation count; 10 % T2I caption drop (done by the loader), none for
+  edits;
+* gradients all-reduced by DDP on the last micro-batch only (``accelerator.no_sync`` before), clipped to
+  ``max_grad_norm``, AdamW (0.9, 0.95), wd 0.05 on ≥2-D parameters, warm-up + cosine, one scheduler step.
+
+Every random draw of a sample (timestep, noise, VAE posterior noise) comes from a generator keyed by
+``(seed, task, global stream position)``, and each micro-step seeds the global RNG (LoRA dropout) from
+``(seed, micro step, rank)``.  So a resumed run repeats an uninterrupted one exactly, and — without LoRA
+dropout — N processes give the same updates as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .checkpointing import Checkpoint
+from .config import TrainConfig
+from .data import IMAGE2IMAGE, MicroBatch, MicroBatchLoader, load_datasets
+from .optim import build_lr_scheduler, build_optimizer
+from .runtime import (SCB_PARTS, CallbackList, CheckpointManager, LossModule, ModelSource, RunInfo, StepInfo,
+                      Stopwatch, TrainableSpec, TrainCallback, TrainingError, build_accelerator, count_parameters,
+                      enable_gradient_checkpointing, global_mean, load_init_tensors, load_model_for_training,
+                      sample_generator, seeded_step, setup_trainable, weight_dtype_for)
+
+log = logging.getLogger("deepgen.train")
+
+__all__ = ["SFTTrainer", "TrainResult", "sft_loss", "LOG_FILE", "VALIDATION_DIR", "EXPORT_DIR"]
+
+LOG_FILE = "train_log.jsonl"
+VALIDATION_DIR = "validation"
+EXPORT_DIR = "export"
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or already complete) run produced."""
+
+    step: int
+    history: list[dict] = field(default_factory=list)      # StepInfo.to_dict() of the updates run here
+    checkpoint: Path | None = None                          # the last checkpoint folder
+    lora_path: Path | None = None                           # exported LoRA file (main process)
+    checkpoint_path: Path | None = None                     # exported official-layout checkpoint (main process)
+    validation_images: list = field(default_factory=list)  # PIL images, in order
+    validation_steps: list[int] = field(default_factory=list)
+
+    @property
+    def losses(self) -> list[float]:
+        return [h["loss"] for h in self.history]
+
+
+def sft_loss(model, *, prompts, targets, grid, reference_images=None, reference_latents=None, noise=None,
+             timestep_index=None):
+    """The loss of one micro-batch: ``(mean loss, per-sample losses)`` (a tuple, so DDP finds the tensors)."""
+    from .losses import flow_matching_loss
+
+    out = flow_matching_loss(model, prompts, targets, grid=grid, reference_images=reference_images,
+                             reference_latents=reference_latents, noise=noise, timestep_index=timestep_index)
+    return out.loss, out.per_sample
+
+
+class SFTTrainer:
+    """Stage 1 / 2 training of a DeepGenModel (see the module doc).
+
+    cfg: the run's :class:`TrainConfig`.
+    model: train this model object in place (the ComfyUI node; wrap in ``runtime.preserve_model``); by default
+        the model is built from ``cfg.model`` (:func:`~deepgen.train.runtime.load_model_for_training`).
+    callbacks: :class:`TrainCallback` objects (progress, loss, interrupt, …).
+    accelerator: an existing ``accelerate.Accelerator``; by default one is built from ``cfg.mixed_precision``.
+    device: where the model trains (default: the accelerator's device).
+    validation_steps / validation_cfg / validation_size: sampling settings of validation images (size defaults
+        to ``cfg.resolution``); validation_at_end: also validate after the last step when a prompt is set.
+    export_lora: write a LoRA file at the end (None = when a LoRA trained); lora_path: where (default
+        ``output_dir/export/deepgen_lora.safetensors``); lora_include_scb: also store think-token/projector/
+        connector changes as full-weight ``.diff`` tensors (None = when the SCB trained and the DiT is not fully
+        trained, i.e. when the file can then hold the whole change); lora_every_save: also write
+        ``<lora stem>_<step>_steps.safetensors`` at each periodic checkpoint.
+    export_checkpoint: write the official-layout checkpoint at the end (``output_dir/export/model.safetensors``).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, model=None, callbacks: Sequence[TrainCallback] = (), accelerator=None,
+                 device: str | torch.device | None = None, cpu: bool | None = None, validation_steps: int = 30,
+                 validation_cfg: float = 4.0, validation_size: int | None = None, validation_at_end: bool = True,
+                 export_lora: bool | None = None, lora_path: str | os.PathLike | None = None,
+                 lora_include_scb: bool | None = None, lora_every_save: bool = False, export_checkpoint: bool = True,
+                 checkpoint_path: str | os.PathLike | None = None, export_dtype: torch.dtype | None = None,
+                 lora_metadata: dict | None = None, log_file: bool = True):
+        self.cfg = cfg
+        self.model = model
+        self.callbacks = CallbackList(callbacks)
+        self.accelerator = accelerator
+        self.device = device
+        self.cpu = cpu
+        self.validation_steps = validation_steps
+        self.validation_cfg = validation_cfg
+        self.validation_size = validation_size
+        self.validation_at_end = validation_at_end
+        self.export_lora = export_lora
+        self.lora_path = Path(lora_path) if lora_path else None
+        self.lora_include_scb = lora_include_scb
+        self.lora_every_save = lora_every_save
+        self.export_checkpoint = export_checkpoint
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.export_dtype = export_dtype
+        self.lora_metadata = dict(lora_metadata or {})
+        self.log_file = log_file
+        self.spec = TrainableSpec.from_config(cfg)
+        self.source: ModelSource | None = None
+        self._interrupt: BaseException | None = None
+
+    # ---- setup -----------------------------------------------------------------------------------------
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.cfg.output_dir).expanduser()
+
+    def _load_data(self, acc):
+        cfg = self.cfg
+        datasets = load_datasets(cfg.data, root=cfg.data_root or None, cap_source=cfg.cap_source,
+                                 recursive=cfg.recursive, resolution=cfg.resolution,
+                                 max_references=cfg.max_references or None, verify=cfg.data_verify)
+        if datasets.report.bad and acc.is_main_process:
+            warnings.warn(f"some training rows were skipped:\n{datasets.report.summary()}", stacklevel=3)
+        wanted = [t for t, n in cfg.pattern.repeats.items() if n > 0]
+        if not any(datasets.sizes().get(t, 0) for t in wanted):
+            raise TrainingError(f"the task pattern {cfg.task_pattern} uses {wanted}, but the data has "
+                                f"{datasets.sizes()} rows per task")
+        return datasets
+
+    def _build_model(self, acc, precision: str):
+        if self.model is not None:
+            return self.model
+        model, self.source = load_model_for_training(self.cfg.model, dtype=weight_dtype_for(precision),
+                                                     device="cpu")
+        return model
+
+    # ---- the run ----------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        acc = self.accelerator or build_accelerator(cfg.mixed_precision, cpu=self.cpu)
+        self.accelerator = acc
+        device = torch.device(self.device) if self.device is not None else acc.device
+        manager = CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())
+        manager.check_writable()                       # fail in a second, before loading anything big
+        datasets = self._load_data(acc)
+        model = self._build_model(acc, acc.mixed_precision)
+        if cfg.init_from:
+            load_init_tensors(model, cfg.init_from)
+        trainable = setup_trainable(model, self.spec)
+        scb_initial = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()
+                       if n.split(".", 1)[0] in SCB_PARTS}
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        model.to(device)
+        model.train()
+        model.vae.eval()
+        from .losses import TrainingGrid
+
+        grid = TrainingGrid.from_model(model)
+        optimizer = build_optimizer(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                    eps=cfg.adam_eps)
+        scheduler = build_lr_scheduler(optimizer, schedule=cfg.lr_schedule, max_steps=cfg.max_steps,
+                                       warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps,
+                                       start_factor=cfg.lr_start_factor)
+        wrapper = LossModule(model, sft_loss)
+        wrapper, optimizer = acc.prepare(wrapper, optimizer)   # not the loader, not the scheduler
+        loader = MicroBatchLoader(datasets, cfg.pattern, cfg.micro_batch_size, seed=cfg.seed,
+                                  rank=acc.process_index, world_size=acc.num_processes,
+                                  caption_dropout=cfg.caption_dropout, num_workers=cfg.num_workers)
+        ckpt: Checkpoint | None = manager.resume(cfg.resume, trainable=trainable, optimizer=optimizer,
+                                                 lr_scheduler=scheduler)
+        step = 0
+        if ckpt is not None:
+            step = ckpt.step
+            if ckpt.data_position:
+                loader.load_state_dict(ckpt.data_position)
+            if acc.is_main_process:
+                log.info("resumed from %s at step %d", ckpt.path, step)
+        position = loader.state_dict()
+        samples = int((ckpt.extra or {}).get("samples", 0)) if ckpt is not None else 0
+
+        run = RunInfo(stage=cfg.stage, total_steps=cfg.max_steps, start_step=step, output_dir=self.output_dir,
+                      is_main_process=acc.is_main_process, num_processes=acc.num_processes,
+                      trainable_parameters=count_parameters(trainable), config=cfg.to_dict())
+        result = TrainResult(step=step, checkpoint=ckpt.path if ckpt is not None else None)
+        ctx = _RunContext(self, acc, model, wrapper, optimizer, scheduler, trainable, manager, run, result, grid,
+                          device, scb_initial, datasets)
+        self.callbacks.on_train_start(run)
+        log_path = self.output_dir / LOG_FILE
+        clock = Stopwatch()
+        it = iter(loader)
+        try:
+            while step < cfg.max_steps:
+                sums: dict[str, float] = defaultdict(float)
+                counts: dict[str, float] = defaultdict(float)
+                for k in range(cfg.grad_accumulation):
+                    self._check_interrupt()
+                    batch = next(it)
+                    last = k == cfg.grad_accumulation - 1
+                    sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(wrapper)
+                    with sync, seeded_step(cfg.seed, batch.micro_step, acc.process_index):
+                        inputs = self._prepare_batch(model, batch, device, acc)
+                        with acc.autocast():
+                            loss, per_sample = wrapper(grid=grid, **inputs)
+                        acc.backward(loss / cfg.grad_accumulation)
+                    values = per_sample.detach().float()
+                    sums[batch.task] += float(values.sum())
+                    counts[batch.task] += values.numel()
+                self._check_interrupt()
+                grad_norm = None
+                if cfg.max_grad_norm > 0:
+                    grad_norm = float(acc.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm))
+                lr = float(scheduler.get_last_lr()[0])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                position = loader.state_dict()
+                task_losses = global_mean(acc, sums, counts)
+                total = global_mean(acc, {"all": sum(sums.values())}, {"all": sum(counts.values())})["all"]
+                samples += int(sum(counts.values())) * acc.num_processes
+                info = StepInfo(step=step, total_steps=cfg.max_steps, loss=total, task_losses=task_losses, lr=lr,
+                                grad_norm=grad_norm, samples=samples, step_time=clock.lap(), elapsed=clock.elapsed)
+                result.step = step
+                result.history.append(info.to_dict())
+                if acc.is_main_process and self.log_file:
+                    with open(log_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(info.to_dict()) + "\n")
+                if not math.isfinite(total):
+                    raise TrainingError(f"the loss is {total} at step {step}: training diverged. Lower lr "
+                                        f"(now {cfg.lr}) or resume from the last checkpoint.")
+                self.callbacks.on_step_end(run, info)
+                periodic = cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps
+                if periodic:
+                    ctx.save(step, position, samples, "periodic")
+                if cfg.validation_every and step % cfg.validation_every == 0 and step < cfg.max_steps:
+                    ctx.validate(step)
+        except BaseException as exc:
+            if exc is self._interrupt or (isinstance(exc, KeyboardInterrupt) and acc.num_processes == 1):
+                optimizer.zero_grad(set_to_none=True)
+                path = None
+                if manager.last_saved_step != step:
+                    path = ctx.save(step, position, samples, "interrupt")
+                self.callbacks.on_interrupt(run, step, path, exc)
+            raise
+        if manager.last_saved_step != step or result.checkpoint is None:
+            ctx.save(step, position, samples, "final")
+        if self.validation_at_end and cfg.validation_prompt.strip():
+            ctx.validate(step)
+        ctx.export(step)
+        self.callbacks.on_train_end(run, result)
+        return result
+
+    def _check_interrupt(self) -> None:
+        try:
+            self.callbacks.check_interrupt()
+        except BaseException as exc:
+            self._interrupt = exc
+            raise
+
+    # ---- one micro-batch ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _prepare_batch(self, model, batch: MicroBatch, device, acc) -> dict[str, Any]:
+        """VAE latents of targets (and references), and the per-sample noise and timesteps, all keyed by the
+        samples' global stream positions."""
+        cfg = self.cfg
+        world = acc.num_processes
+        end = int(batch.position["consumed"][batch.task])
+        start = end - len(batch) * world
+        positions = [start + acc.process_index + j * world for j in range(len(batch))]
+        task = batch.task
+        targets, noise, index = [], [], []
+        for pixels, pos in zip(batch.targets, positions):
+            g = sample_generator(cfg.seed, "vae", task, pos)
+            latent = model.encode_image(pixels[None].to(device), generator=g)[0]
+            targets.append(latent)
+            noise.append(torch.randn(latent.shape, generator=sample_generator(cfg.seed, "noise", task, pos)))
+            u = torch.rand(1, generator=sample_generator(cfg.seed, "timestep", task, pos))
+            index.append(int(u * 1000))
+        out: dict[str, Any] = {"prompts": batch.texts, "targets": targets, "noise": noise,
+                               "timestep_index": torch.tensor(index, dtype=torch.long).clamp_max(999)}
+        if task == IMAGE2IMAGE:
+            refs = [[r.to(device) for r in row] for row in batch.references]
+            out["reference_images"] = refs
+            out["reference_latents"] = [
+                [model.encode_image(r[None], generator=sample_generator(cfg.seed, "vae_ref", task, pos, j))[0]
+                 for j, r in enumerate(row)] for row, pos in zip(refs, positions)]
+        return out
+
+
+class _RunContext:
+    """The pieces of one run that saving, validation and export need."""
+
+    def __init__(self, trainer: SFTTrainer, acc, model, wrapper, optimizer, scheduler, trainable, manager, run,
+                 result, grid, device, scb_initial, datasets):
+        self.t = trainer
+        self.acc = acc
+        self.model = model
+        self.wrapper = wrapper
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.trainable = trainable
+        self.manager = manager
+        self.run = run
+        self.result = result
+        self.grid = grid
+        self.device = device
+        self.scb_initial = scb_initial
+        self.datasets = datasets
+
+    def save(self, step: int, position: dict, samples: int, reason: str) -> Path | None:
+        path = self.manager.save(step, trainable=self.trainable, optimizer=self.optimizer,
+                                 lr_scheduler=self.scheduler, data_position=position,
+                                 extra={"samples": samples, "reason": reason,
+                                        "source": self.t.source.to_dict() if self.t.source else None})
+        if path is not None:
+            self.result.checkpoint = path
+        if reason == "periodic" and self.t.lora_every_save and self.acc.is_main_process:
+            base = self.lora_target()
+            if base is not None and self._lora_wanted():
+                self.write_lora(base.with_name(f"{base.stem}_{step:06d}_steps{base.suffix}"), step)
+        self.t.callbacks.on_checkpoint(self.run, step, path, reason)
+        return path
+
+    # ---- validation ---------------------------------------------------------------------------------------
+    def validate(self, step: int) -> None:
+        prompt = self.t.cfg.validation_prompt.strip()
+        if not prompt:
+            return
+        if self.acc.is_main_process:
+            images = self.sample(prompt)
+            folder = self.t.output_dir / VALIDATION_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = []
+            for i, image in enumerate(images):
+                path = folder / f"step-{step:08d}{'' if len(images) == 1 else f'-{i}'}.png"
+                image.save(path)
+                paths.append(path)
+            self.result.validation_images.extend(images)
+            self.result.validation_steps.extend([step] * len(images))
+            self.t.callbacks.on_validation(self.run, step, images, paths)
+        self.acc.wait_for_everyone()
+
+    @torch.no_grad()
+    def sample(self, prompt: str) -> list:
+        from ..images import to_pil
+        from ..pipeline import DeepGenPipeline
+
+        size = self.t.validation_size or self.t.cfg.resolution
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.acc.autocast():
+                pipe = DeepGenPipeline(self.model)
+                cond = pipe.encode([prompt], guidance=self.t.validation_cfg > 1.0)
+                x = pipe.sample(cond, size, size, num_steps=self.t.validation_steps, cfg_scale=self.t.validation_cfg,
+                                seed=self.t.cfg.seed)
+                pixels = pipe.decode(x).float()
+        finally:
+            if was_training:
+                self.model.train()
+                self.model.vae.eval()
+        return to_pil(pixels)
+
+    # ---- export -------------------------------------------------------------------------------------------
+    def _lora_wanted(self) -> bool:
+        spec = self.t.spec
+        if self.t.export_lora is None:
+            return spec.has_lora
+        return bool(self.t.export_lora)
+
+    def lora_target(self) -> Path | None:
+        return self.t.lora_path or (self.t.output_dir / EXPORT_DIR / "deepgen_lora.safetensors")
+
+    def include_scb(self) -> bool:
+        spec = self.t.spec
+        if self.t.lora_include_scb is None:
+            return spec.trains_scb and spec.dit != "full"
+        return bool(self.t.lora_include_scb)
+
+    def write_lora(self, path: Path, step: int) -> Path:
+        from .export import export_lora
+
+        cfg, spec = self.t.cfg, self.t.spec
+        meta = {
+            "stage": cfg.stage, "steps": step, "trained": spec.to_dict(), "base_model": cfg.model,
+            "dataset_sizes": self.datasets.sizes(), "resolution": cfg.resolution, "lr": cfg.lr,
+            "complete": spec.dit != "full" and (self.include_scb() or not spec.trains_scb),
+            **self.t.lora_metadata,
+        }
+        return export_lora(self.model, path, metadata=meta,
+                           scb_initial=self.scb_initial if self.include_scb() else None, dtype=self.t.export_dtype)
+
+    def export(self, step: int) -> None:
+        paths: dict[str, Path] = {}
+        if self.acc.is_main_process:
+            if self._lora_wanted():
+                if self.t.spec.dit == "full":
+                    warnings.warn("the DiT trained in full: the LoRA file holds only the LoRA parts; use the "
+                                  "exported checkpoint for the whole model", stacklevel=3)
+                paths["lora"] = self.result.lora_path = self.write_lora(self.lora_target(), step)
+            if self.t.export_checkpoint:
+                from .export import export_official_checkpoint
+
+                target = self.t.checkpoint_path or (self.t.output_dir / EXPORT_DIR / "model.safetensors")
+                paths["checkpoint"] = self.result.checkpoint_path = export_official_checkpoint(
+                    self.model, target, source=self.t.source, dtype=self.t.export_dtype,
+                    metadata={"stage": str(self.t.cfg.stage), "steps": str(step)})
+            if paths:
+                self.t.callbacks.on_export(self.run, paths)
+        self.acc.wait_for_everyone()

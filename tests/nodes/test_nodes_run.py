@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,64 @@ def test_loader_reads_both_release_layouts_from_model_folders(tmp_path, monkeypa
     assert diffusers.sources["layout"] == "diffusers"
     a, b = tiny.state_dict(), diffusers.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_inside_comfyui_progress_previews_and_interrupt(handle, monkeypatch):
+    """With stand-ins for ComfyUI's modules: the sampler drives comfy.utils.ProgressBar with one JPEG latent
+    preview per step, and ComfyUI's interrupt flag stops it within one step."""
+    import types
+
+    from PIL import Image
+
+    bars, flag = [], {"set": False}
+
+    class InterruptProcessingException(Exception):
+        pass
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            self.calls, self.total, self.node_id = [], total, node_id
+            bars.append(self)
+
+        def update_absolute(self, value, total=None, preview=None):
+            self.calls.append((value, preview))
+
+    def throw():
+        if flag["set"]:
+            flag["set"] = False
+            raise InterruptProcessingException()
+
+    mm = types.ModuleType("comfy.model_management")
+    mm.throw_exception_if_processing_interrupted = throw
+    mm.interrupt_current_processing = lambda value=True: flag.update(set=value)
+    mm.InterruptProcessingException = InterruptProcessingException
+    mm.get_torch_device = mm.intermediate_device = mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.soft_empty_cache = lambda *a, **k: None
+    mm.free_memory = lambda *a, **k: None
+    utils = types.ModuleType("comfy.utils")
+    utils.ProgressBar = ProgressBar
+    for name, module in {"comfy": types.ModuleType("comfy"), "comfy.model_management": mm, "comfy.utils": utils,
+                         "folder_paths": types.ModuleType("folder_paths")}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    assert cs.in_comfyui()
+
+    (think,) = N["ThinkTokenEncode"]().encode(handle, "a cat", "", "fix_pixels", unique_id="7")
+    cond, _, _ = N["SCBBridge"]().bridge(handle, think, unique_id="7")
+    bars.clear()
+    N["DeepGenSampler"]().sample(handle, cond, **{**SAMPLER, "steps": 3}, unique_id="7")
+    sampling, decoding = bars
+    assert sampling.total == 3 and sampling.node_id == "7" and [v for v, _ in sampling.calls] == [1, 2, 3]
+    for _, preview in sampling.calls:
+        kind, image, max_size = preview
+        assert kind == "JPEG" and isinstance(image, Image.Image) and image.size == (SIZE // 8, SIZE // 8)
+        assert max_size == 512
+    assert decoding.total == 1 and [v for v, p in decoding.calls] == [1]
+
+    calls = []
+    hook = handle.model.transformer.register_forward_hook(lambda *_: calls.append(1) or cs.request_interrupt())
+    try:
+        with pytest.raises(InterruptProcessingException):
+            N["DeepGenSampler"]().sample(handle, cond, **{**SAMPLER, "steps": 5})
+    finally:
+        hook.remove()
+    assert len(calls) == 1

@@ -185,9 +185,11 @@ def test_reward_weights_parsing():
         parse_weights("custom", " ")
 
 
-def load_as_comfyui(name: str = "ComfyUI-DeepGen"):
-    """Import the repository root the way ComfyUI's load_custom_node does (a package named after the folder)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+def load_as_comfyui():
+    """Import the repository root the way ComfyUI 0.3.75's load_custom_node does: the module is named after the
+    folder's path (dots replaced by "_x_") and loaded from its __init__.py as a package."""
+    name = str(ROOT).replace(".", "_x_")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(str(ROOT), "__init__.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -203,7 +205,7 @@ def test_package_entry_imports_like_comfyui():
     assert NODE_IDS <= set(pack.NODE_CLASS_MAPPINGS)
     assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
     assert pack.WEB_DIRECTORY == "./web" and (ROOT / "web").is_dir()
-    assert pack.NODE_CLASS_MAPPINGS["DeepGenSampler"].__module__ == "ComfyUI-DeepGen.nodes.sampler"
+    assert pack.NODE_CLASS_MAPPINGS["DeepGenSampler"].__module__ == str(ROOT).replace(".", "_x_") + ".nodes.sampler"
 
 
 GUARD = r"""
@@ -228,10 +230,10 @@ fp.folder_names_and_paths = {}
 sys.modules["folder_paths"] = fp
 sys.modules["comfy"] = types.ModuleType("comfy")
 sys.modules["comfy.model_management"] = types.ModuleType("comfy.model_management")
-spec = importlib.util.spec_from_file_location("ComfyUI-DeepGen", os.path.join(sys.argv[1], "__init__.py"),
-                                              submodule_search_locations=[sys.argv[1]])
+name = sys.argv[1].replace(".", "_x_")  # ComfyUI's load_custom_node
+spec = importlib.util.spec_from_file_location(name, os.path.join(sys.argv[1], "__init__.py"))
 pack = importlib.util.module_from_spec(spec)
-sys.modules["ComfyUI-DeepGen"] = pack
+sys.modules[name] = pack
 spec.loader.exec_module(pack)
 assert len(pack.NODE_CLASS_MAPPINGS) >= 6
 assert fp.folder_names_and_paths["deepgen"][0] == [os.path.join(sys.argv[2], "deepgen")]

@@ -66,6 +66,32 @@ class Conditioning:
 
 
 @dataclass
+class Think:
+    """Stacked VLM hidden states (think tokens included) for B prompts and, after them, their B negatives."""
+
+    scb_input: torch.Tensor  # (rows, L + num_queries, 6 * vlm_hidden); rows = B prompts [+ B negatives]
+    prompts: list[str]
+    negative_prompts: list[str] | None  # None: no guidance rows were encoded
+    references: list[list[torch.Tensor]]  # per prompt: the (3, H, W) [-1, 1] references the VLM saw
+    reference_seed: int = 0  # the VAE posterior draw of the reference latents (made by `bridge`)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def has_negative(self) -> bool:
+        return self.negative_prompts is not None
+
+    @property
+    def has_references(self) -> bool:
+        return any(self.references)
+
+    def to(self, device=None) -> "Think":
+        return replace(self, scb_input=self.scb_input.to(device),
+                       references=[[r.to(device) for r in row] for row in self.references])
+
+
+@dataclass
 class DeepGenOutput:
     images: list  # PIL images, or a (B, 3, H, W) tensor in [-1, 1] with output_type="pt"
     latents: torch.Tensor
@@ -103,19 +129,18 @@ class DeepGenPipeline:
         overrides = {"shift": shift} if shift is not None else {}
         return FlowMatchEulerDiscreteScheduler.from_config(self.model.scheduler_config, **overrides)
 
-    # ---- encode -----------------------------------------------------------------------------------------
+    # ---- encode: think (VLM) then bridge (SCB + reference latents) ------------------------------------
     @torch.no_grad()
-    def encode(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
-               references: Sequence[Sequence[ImageLike]] | None = None, *, guidance: bool = True,
-               reference_resize: str = "fix_pixels", reference_target: int = 512, reference_noise: Sequence[Sequence[torch.Tensor]] | None = None,
-               seed: int = 0) -> Conditioning:
-        """Prompts (and per-prompt reference images) -> Conditioning.
+    def think(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
+              references: Sequence[Sequence[ImageLike]] | None = None, *, guidance: bool = True,
+              reference_resize: str = "fix_pixels", reference_target: int = 512, reference_seed: int = 0) -> Think:
+        """Run the VLM (think tokens appended) on the prompts and, co-batched after them, their negatives.
 
         negative_prompts: default '' for text-to-image and the official quality negative for edits.
-        guidance: also encode the negatives (co-batched with the prompts, as the official code does).
+        guidance: also encode the negatives, in the same VLM batch as the prompts (as the official code does:
+        left pads leak into SCB, so encoding them apart would change the result).
         reference_resize / reference_target: how references are brought to multiples of 32 (deepgen.sizes;
-        'keep' refuses other sizes).
-        reference_noise / seed: the VAE posterior draw for the reference latents (official: a posterior *sample*).
+        'keep' refuses other sizes). reference_seed: the VAE posterior draw made later by `bridge`.
         """
         prompts = list(prompts)
         if not prompts:
@@ -127,21 +152,38 @@ class DeepGenPipeline:
         for row in refs:
             for image in row:
                 check_reference_size(*image.shape[-2:])
-        if negative_prompts is None:
-            negative_prompts = [C.EDIT_NEGATIVE_PROMPT if row else C.T2I_NEGATIVE_PROMPT for row in refs]
-        negative_prompts = list(negative_prompts)
-        if len(negative_prompts) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts")
+        negatives = None
+        if guidance:
+            if negative_prompts is None:
+                negative_prompts = [C.EDIT_NEGATIVE_PROMPT if row else C.T2I_NEGATIVE_PROMPT for row in refs]
+            negatives = list(negative_prompts)
+            if len(negatives) != len(prompts):
+                raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
+        rows = prompts + negatives if guidance else prompts
+        out = self.model.think(rows, refs + refs if guidance else refs)
+        return Think(out.scb_input, prompts, negatives, refs, reference_seed)
 
-        rows = prompts + negative_prompts if guidance else prompts
-        think = self.model.think(rows, refs + refs if guidance else refs)
-        context, pooled = self.model.bridge(think.scb_input)
-        b = len(prompts)
-        ref_latents = self.encode_references(refs, reference_noise, seed) if any(refs) else None
+    @torch.no_grad()
+    def bridge(self, think: Think, reference_noise: Sequence[Sequence[torch.Tensor]] | None = None) -> Conditioning:
+        """Think -> Conditioning: SCB on every row, then the reference latents (VAE posterior samples, as
+        officially; `reference_noise` fixes the standard-normal draws)."""
+        b = len(think)
+        context, pooled = self.model.bridge(think.scb_input.to(self.device))
+        ref_latents = (self.encode_references(think.references, reference_noise, think.reference_seed)
+                       if think.has_references else None)
         return Conditioning(context=context[:b], pooled=pooled[:b],
-                            negative_context=context[b:] if guidance else None,
-                            negative_pooled=pooled[b:] if guidance else None,
-                            reference_latents=ref_latents, prompts=prompts)
+                            negative_context=context[b:] if think.has_negative else None,
+                            negative_pooled=pooled[b:] if think.has_negative else None,
+                            reference_latents=ref_latents, prompts=list(think.prompts))
+
+    def encode(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
+               references: Sequence[Sequence[ImageLike]] | None = None, *, guidance: bool = True,
+               reference_resize: str = "fix_pixels", reference_target: int = 512,
+               reference_noise: Sequence[Sequence[torch.Tensor]] | None = None, seed: int = 0) -> Conditioning:
+        """Prompts (and per-prompt reference images) -> Conditioning: `bridge(think(...))`."""
+        think = self.think(prompts, negative_prompts, references, guidance=guidance, reference_resize=reference_resize,
+                           reference_target=reference_target, reference_seed=seed)
+        return self.bridge(think, reference_noise)
 
     def encode_references(self, refs, noise=None, seed: int = 0) -> list[list[torch.Tensor]]:
         generator = torch.Generator("cpu").manual_seed(seed)

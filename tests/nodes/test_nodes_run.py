@@ -192,13 +192,19 @@ class MoveLog:
     """Records where each part would go; nothing moves (the test machine may have no GPU)."""
 
     def __init__(self, handle, monkeypatch):
-        self.moves = []
+        self.moves, self.freed = [], []
         monkeypatch.setattr(cs, "torch_device", lambda: torch.device("cuda"))
+        monkeypatch.setattr(cs, "free_memory", lambda nbytes=None, device=None: self.freed.append((nbytes, device)))
         monkeypatch.setattr(handle, "_move", self.record)
-        self.names = {id(getattr(handle.model, p)): p for p in ("lmm", "transformer", "vae")}
+        self.parts = {id(getattr(handle.model, p)): p for p in ("lmm", "transformer", "vae")}
+        self.sizes = {p: sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])
+                      for p, m in ((p, getattr(handle.model, p)) for p in self.parts.values())}
 
     def record(self, module, device):
-        self.moves.append((self.names.get(id(module), "scb"), torch.device(device).type))
+        part, kind = self.parts.get(id(module), "scb"), torch.device(device).type
+        if part != "scb" and kind == "cuda":  # ComfyUI is asked for room first, for exactly this part
+            assert self.freed and self.freed[-1] == (self.sizes[part], torch.device("cuda"))
+        self.moves.append((part, kind))
 
     def last(self, part):
         return [d for p, d in self.moves if p == part][-1]

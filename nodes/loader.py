@@ -136,9 +136,9 @@ def resolve_sources(checkpoint: str, vlm: str = AUTO, diffusion: str = AUTO, vae
                 out["connector_config"] = json.load(f)
     if vae != AUTO:
         folder = cs.resolve_model_path("vae", vae)
-        if os.path.isdir(os.path.join(folder, "vae")) and not _is_hf_folder(folder):
-            folder = os.path.join(folder, "vae")
-        if not _is_hf_folder(folder):
+        if not os.path.isfile(os.path.join(folder, "config.json")) and os.path.isdir(os.path.join(folder, "vae")):
+            folder = os.path.join(folder, "vae")  # a diffusers pipeline folder: its vae/ part
+        if not os.path.isfile(os.path.join(folder, "config.json")):
             raise CheckpointError(f"{folder} is not a diffusers VAE folder (config.json + weights)")
         out["vae"] = folder
     return out

@@ -152,6 +152,29 @@ def test_loader_resolves_layouts(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="Qwen2.5-VL-3B-Instruct folder"):
         resolve_sources("bare.safetensors")
     assert resolve_sources(TINY_CHOICE)["checkpoint"] == "tiny"
+    # an SD3.5 VAE override from models/vae: a VAE folder, or a diffusers pipeline folder holding vae/
+    shutil.copytree(OFFICIAL / "UniPic2-tiny" / "vae", tmp_path / "vae" / "sd35-vae")
+    shutil.copytree(OFFICIAL / "UniPic2-tiny", tmp_path / "vae" / "pipeline")
+    (tmp_path / "vae" / "pipeline" / "model_index.json").write_text("{}")
+    assert resolve_sources("official-tiny", vae="sd35-vae")["vae"] == str(tmp_path / "vae" / "sd35-vae")
+    assert resolve_sources("official-tiny", vae="pipeline")["vae"] == str(tmp_path / "vae" / "pipeline" / "vae")
+
+
+def test_loader_vae_override_must_be_16_channels(tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from deepgen.loading import CheckpointError
+    from nodes.loader import _load_vae
+
+    vae = _load_vae(str(OFFICIAL / "UniPic2-tiny" / "vae"), torch.float32)
+    assert vae.config.latent_channels == 16
+    config = json.loads((OFFICIAL / "UniPic2-tiny" / "vae" / "config.json").read_text())
+    config.update(latent_channels=4, block_out_channels=[8, 8], down_block_types=["DownEncoderBlock2D"] * 2,
+                  up_block_types=["UpDecoderBlock2D"] * 2)
+    AutoencoderKL.from_config(config).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="16-channel"):
+        _load_vae(str(tmp_path), torch.float32)
 
 
 def test_loader_fingerprint_is_cheap_and_tracks_files(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Writes the shipped UI-format workflows into workflows/ and example_workflows/ (identical copies).
+"""Writes the shipped UI-format workflows into workflows/.
 
 Run from the repository root after changing a node's inputs:  python tests/nodes/build_workflows.py
 Sockets and widget order come from the node classes, so the files always match the code; test_workflows.py
@@ -226,12 +226,11 @@ WORKFLOWS = {
 
 
 def main() -> None:
-    for folder in ("workflows", "example_workflows"):
-        out = ROOT / folder
-        out.mkdir(exist_ok=True)
-        for name, build in WORKFLOWS.items():
-            (out / name).write_text(json.dumps(build().to_json(), indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {len(WORKFLOWS)} workflows to workflows/ and example_workflows/")
+    out = ROOT / "workflows"
+    out.mkdir(exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        (out / name).write_text(json.dumps(build().to_json(), indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {len(WORKFLOWS)} workflows to workflows/")
 
 
 if __name__ == "__main__":

@@ -163,7 +163,9 @@ class CallbackList(TrainCallback):
 
             def dispatch(*args, **kwargs):
                 for cb in callbacks:
-                    getattr(cb, name)(*args, **kwargs)
+                    hook = getattr(cb, name, None)  # duck-typed callbacks may leave hooks out
+                    if hook is not None:
+                        hook(*args, **kwargs)
 
             return dispatch
         return object.__getattribute__(self, name)
@@ -213,9 +215,11 @@ def build_accelerator(mixed_precision: str = "auto", *, cpu: bool | None = None,
     device = "cpu" if cpu else None
     precision = resolve_mixed_precision(mixed_precision, device)
     state = AcceleratorState._shared_state
-    if state and PartialState().num_processes == 1:
-        if state.get("_mixed_precision") != precision or (cpu and PartialState().device.type != "cpu"):
-            AcceleratorState._reset_state(reset_partial_state=bool(cpu))
+    if state:  # an Accelerator was built before in this process (never touch a fresh state: torchrun env)
+        partial = PartialState()
+        wrong_device = bool(cpu) and partial.device.type != "cpu"
+        if partial.num_processes == 1 and (state.get("_mixed_precision") != precision or wrong_device):
+            AcceleratorState._reset_state(reset_partial_state=wrong_device)
     handlers = list(kwargs_handlers) or [ddp_kwargs()]
     return Accelerator(mixed_precision=precision, cpu=bool(cpu), kwargs_handlers=handlers,
                        device_placement=False, **kwargs)
@@ -466,7 +470,10 @@ def setup_trainable(model: nn.Module, spec: TrainableSpec, *, master_dtype: torc
         if _has_peft(model.lmm):
             raise TrainingError("the VLM already carries a PEFT LoRA; load the model with its LoRA merged")
         targets = spec.vlm_lora_targets or vlm_lora_targets(model.lmm)
-        add_lora(model.lmm, targets, spec.vlm_lora_rank, spec.vlm_lora_alpha, spec.vlm_lora_dropout, init="gaussian")
+        with warnings.catch_warnings():  # lm_head is tied to embed_tokens and in 'auto', as officially
+            warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+            add_lora(model.lmm, targets, spec.vlm_lora_rank, spec.vlm_lora_alpha, spec.vlm_lora_dropout,
+                     init="gaussian")
     if spec.dit == "lora":
         if _has_peft(model.transformer):
             raise TrainingError("the DiT already carries a PEFT LoRA")

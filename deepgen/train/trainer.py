@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .data import IMAGE2IMAGE, MicroBatch, MicroBatchLoader, load_datasets
 from .optim import build_lr_scheduler, build_optimizer
 from .runtime import (SCB_PARTS, CallbackList, CheckpointManager, LossModule, ModelSource, RunInfo, StepInfo,
-                      Stopwatch, TrainableSpec, TrainCallback, TrainingError, build_accelerator, count_parameters,
+                      Stopwatch, TrainableSpec, TrainCallback, TrainingError, build_accelerator, count_parameters, ddp_kwargs,
                       enable_gradient_checkpointing, global_mean, load_init_tensors, load_model_for_training,
                       sample_generator, seeded_step, setup_trainable, weight_dtype_for)
 
@@ -147,16 +147,17 @@ class SFTTrainer:
         return datasets
 
     def _build_model(self, acc, precision: str):
-        if self.model is not None:
-            return self.model
-        model, self.source = load_model_for_training(self.cfg.model, dtype=weight_dtype_for(precision),
-                                                     device="cpu")
-        return model
+        if self.model is None:
+            self.model, self.source = load_model_for_training(self.cfg.model, dtype=weight_dtype_for(precision),
+                                                              device="cpu")
+        return self.model
 
     # ---- the run ----------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
-        acc = self.accelerator or build_accelerator(cfg.mixed_precision, cpu=self.cpu)
+        find_unused = self.spec.vlm_lora or self.spec.dit != "frozen"  # stage 1: every trainable tensor is used
+        acc = self.accelerator or build_accelerator(cfg.mixed_precision, cpu=self.cpu,
+                                                    kwargs_handlers=[ddp_kwargs(find_unused)])
         self.accelerator = acc
         device = torch.device(self.device) if self.device is not None else acc.device
         manager = CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())

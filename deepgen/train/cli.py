@@ -1,0 +1,207 @@
+"""``deepgen train``: stages 1 and 2 (this package's SFTTrainer) and stage 3 (``deepgen.train.grpo``).
+
+    deepgen train --stage 2 --config configs/train/stage2.toml --set lr=1e-4 --set max_steps=1000
+    deepgen train --config configs/train/tiny.toml                 # stage from the file
+    deepgen train --config run.toml --resume outputs/train/x/checkpoint-00001000
+    accelerate launch --num_processes 8 -m deepgen train --config configs/train/stage2.toml
+
+Console: a tqdm bar (loss, lr) and one line every ``log_every`` updates; ``output_dir/train_log.jsonl`` gets one
+JSON line per update (loss, per-task losses, lr, grad norm, samples, timings).  Ctrl-C writes a resumable
+checkpoint first (single process), then stops; run the same command again to continue (``resume = "auto"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["add_train_parser", "cmd_train", "ConsoleCallback", "load_train_config", "main"]
+
+TASK_SHORT = {"text2image": "t2i", "image2image": "edit"}
+EXPORT_DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` sub-command to the ``deepgen`` CLI's sub-parsers."""
+    p = subparsers.add_parser(
+        "train", help="train DeepGen: stage 1 (alignment), 2 (joint SFT, LoRA) or 3 (MR-GRPO)",
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Config keys and presets: docs/training.md. Example configs: configs/train/*.toml.")
+    p.add_argument("--config", required=True, help="TOML (or JSON/YAML) config file")
+    p.add_argument("--stage", type=int, choices=(1, 2, 3),
+                   help="1 = alignment pre-training, 2 = joint SFT, 3 = MR-GRPO (default: the file's 'stage')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (TOML value syntax: lr=5e-5, train_dit=lora, data=['a','b']); "
+                        "repeatable")
+    p.add_argument("--resume", metavar="auto|no|PATH",
+                   help="auto: continue from output_dir's latest checkpoint; no: start fresh; or a checkpoint "
+                        "folder (default: the config's 'resume')")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    p.add_argument("--validation-steps", type=int, default=30, help="sampling steps of validation images")
+    p.add_argument("--no-export", action="store_true",
+                   help="do not write export/deepgen_lora.safetensors and export/model.safetensors at the end")
+    p.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="auto",
+                   help="dtype of the exported official checkpoint (auto: as trained, fp32 masters)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def load_train_config(path: str, stage: int | None, overrides: list[str]):
+    """The resolved TrainConfig: the file on its stage's preset, ``--stage`` if the file has none, overrides."""
+    from .config import ConfigError, _read_file, load_config
+
+    file_path = Path(path)
+    if not file_path.is_file():
+        raise ConfigError(f"Config file {file_path} not found")
+    values = _read_file(file_path)
+    overrides = list(overrides)
+    if stage is not None:
+        if "stage" in values and values["stage"] != stage:
+            raise ConfigError(f"{file_path} is a stage-{values['stage']} config but --stage {stage} was given; "
+                              "drop --stage or use another config file")
+        if not any(o.split("=", 1)[0].strip() == "stage" for o in overrides):
+            overrides.insert(0, f"stage={stage}")
+    return load_config(file_path, overrides)
+
+
+class ConsoleCallback:
+    """tqdm progress bar + a log line every ``log_every`` updates (main process only)."""
+
+    def __init__(self, log_every: int = 10, stream=None):
+        self.log_every = max(1, int(log_every))
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def _print(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream)
+
+    # TrainCallback hooks (duck-typed so this module imports without torch)
+    def on_train_start(self, run) -> None:
+        if not run.is_main_process:
+            return
+        try:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=run.total_steps, initial=run.start_step, desc=f"stage {run.stage}", unit="step",
+                            file=self.stream, dynamic_ncols=True)
+        except Exception:  # noqa: BLE001 - no tqdm: log lines only
+            self.bar = None
+        where = f"resuming at step {run.start_step}" if run.start_step else "starting"
+        self._print(f"[deepgen train] stage {run.stage}: {where}, {run.total_steps} steps, "
+                    f"{run.trainable_parameters:,} trainable parameters, {run.num_processes} process(es), "
+                    f"output {run.output_dir}")
+
+    def check_interrupt(self) -> None:
+        pass
+
+    def on_step_end(self, run, info) -> None:
+        if not run.is_main_process:
+            return
+        if self.bar is not None:
+            self.bar.update(info.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}", refresh=False)
+        if info.step % self.log_every == 0 or info.step == info.total_steps:
+            tasks = ", ".join(f"{TASK_SHORT.get(t, t)} {v:.4f}" for t, v in sorted(info.task_losses.items()))
+            norm = f" grad {info.grad_norm:.3f}" if info.grad_norm is not None else ""
+            self._print(f"step {info.step}/{info.total_steps} loss {info.loss:.4f} ({tasks}) lr {info.lr:.3e}{norm} "
+                        f"{info.step_time:.2f} s/step")
+
+    def on_checkpoint(self, run, step, path, reason) -> None:
+        if path is not None:
+            self._print(f"checkpoint ({reason}) step {step}: {path}")
+
+    def on_validation(self, run, step, images, paths) -> None:
+        for path in paths:
+            self._print(f"validation image step {step}: {path}")
+
+    def on_export(self, run, paths) -> None:
+        for kind, path in paths.items():
+            self._print(f"exported {kind}: {path}")
+
+    def on_interrupt(self, run, step, checkpoint, exc) -> None:
+        if run.is_main_process:
+            where = f"checkpoint {checkpoint}" if checkpoint else "the last checkpoint"
+            self._print(f"interrupted at step {step}; {where} holds the state. Run the same command to resume.")
+
+    def on_train_end(self, run, result) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _run_stage3(args) -> int:
+    try:
+        from .grpo.trainer import run_grpo_from_config_file
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("deepgen.train.grpo"):
+            print("error: stage 3 (MR-GRPO) needs deepgen.train.grpo.trainer, which this installation does not "
+                  "have yet; stages 1 and 2 are available (--stage 1|2).", file=sys.stderr)
+            return 2
+        raise
+    run_grpo_from_config_file(args.config, list(args.overrides), args.resume)
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Run ``deepgen train`` from parsed arguments; returns the exit status."""
+    if args.stage == 3:
+        return _run_stage3(args)
+    from .checkpointing import CheckpointError
+    from .config import ConfigError
+    from .data import EmptyDatasetError
+
+    try:
+        cfg = load_train_config(args.config, args.stage, args.overrides)
+        if cfg.stage == 3:  # pragma: no cover - config.py knows stages 1-2 only
+            return _run_stage3(args)
+        if args.resume:
+            cfg = dataclasses.replace(cfg, resume=args.resume)
+            cfg.validate()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
+
+    import torch
+
+    from ..lora import LoraError
+    from .runtime import TrainingError
+    from .trainer import SFTTrainer
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    dtype = EXPORT_DTYPES[args.export_dtype]
+    trainer = SFTTrainer(cfg, callbacks=[ConsoleCallback(cfg.log_every)], cpu=True if args.cpu else None,
+                         validation_steps=args.validation_steps, export_lora=False if args.no_export else None,
+                         export_checkpoint=not args.no_export,
+                         export_dtype=getattr(torch, dtype) if dtype else None)
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, EmptyDatasetError, CheckpointError, TrainingError, LoraError, FileNotFoundError,
+            NotADirectoryError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m deepgen.train.cli ...`` = ``deepgen train ...``."""
+    parser = argparse.ArgumentParser(prog="deepgen")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

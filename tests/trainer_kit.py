@@ -1,0 +1,170 @@
+"""Helpers shared by the trainer tests (tests/test_trainer_*.py, tests/nodes/test_training_nodes.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CAPTIONS = ["a red square on a grey background", "a blue square on a grey background",
+            "a green square on a grey background", "a pink square on a grey background"]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The tiny model is latency-bound: one thread is ~10x faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def write_dataset(root: Path, n_t2i: int = 4, n_edit: int = 2, size: int = 96, seed: int = 0) -> Path:
+    """Same-size images (so batches split across processes pad alike) with equal-length captions; a JSONL list."""
+    root = Path(root)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    colours = [(220, 30, 30), (40, 60, 220), (30, 200, 60), (230, 120, 200)]
+
+    def make(name: str, colour) -> str:
+        arr = (rng.random((size, size, 3)) * 40 + 110).astype(np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        arr[y:y + size // 3, x:x + size // 3] = colour
+        Image.fromarray(arr).save(root / "img" / name)
+        return f"img/{name}"
+
+    rows = []
+    for i in range(n_t2i):
+        rows.append({"txt": CAPTIONS[i % 4], "image_path": make(f"t{i}.png", colours[i % 4])})
+    for i in range(n_edit):
+        src, dst = make(f"e{i}s.png", colours[i % 4]), make(f"e{i}d.png", colours[(i + 1) % 4])
+        rows.append({"input_image": [src], "output_image": dst, "instruction": "make the square another colour"})
+    path = root / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_folder_dataset(root: Path, n: int = 3, size: int = 96, captions: bool = True) -> Path:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(root / f"img{i}.png")
+        if captions:
+            (root / f"img{i}.txt").write_text(CAPTIONS[i % 4], encoding="utf-8")
+    return root
+
+
+def base_config(data: Path, out: Path, stage: int = 1, **overrides):
+    from deepgen.train.config import TrainConfig
+
+    kw = dict(model="tiny", data=[str(data)], resolution=32, micro_batch_size=2, grad_accumulation=1, max_steps=4,
+              lr=3e-3, warmup_steps=0, num_workers=0, caption_dropout=0.0, mixed_precision="no", data_verify="exists",
+              output_dir=str(out), resume="no", save_every=0, keep_last=0, log_every=1,
+              task_pattern={"image2image": 1, "text2image": 1}, vlm_lora_rank=4, vlm_lora_alpha=8.0,
+              dit_lora_rank=4, dit_lora_alpha=4.0)
+    kw.update(overrides)
+    return TrainConfig.for_stage(stage, **kw)
+
+
+@torch.no_grad()
+def eval_loss(model, data_jsonl: Path, resolution: int = 32, n: int = 4) -> float:
+    """The official loss on the first n T2I rows, with fixed noise and timesteps (so runs compare)."""
+    from deepgen.train.data import load_training_image
+    from deepgen.train.losses import TrainingGrid, flow_matching_loss
+
+    rows = [json.loads(line) for line in Path(data_jsonl).read_text().splitlines()]
+    rows = [r for r in rows if "txt" in r][:n]
+    was = model.training
+    model.eval()
+    grid = TrainingGrid.from_model(model)
+    g = torch.Generator().manual_seed(1234)
+    total = []
+    for idx in (150, 450, 750, 950):
+        latents, prompts = [], []
+        for r in rows:
+            px = load_training_image(Path(data_jsonl).parent / r["image_path"], resolution=resolution)
+            latents.append(model.encode_image(px[None].to(model.device), sample=False)[0])
+            prompts.append(r["txt"])
+        noise = [torch.randn(x.shape, generator=g) for x in latents]
+        out = flow_matching_loss(model, prompts, latents, grid=grid, noise=noise,
+                                 timestep_index=torch.full((len(rows),), idx))
+        total.append(out.loss.item())
+    model.train(was)
+    return float(np.mean(total))
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, by name, as a CPU copy (PEFT's base_layer names mapped back to plain ones)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        if ".lora_" in name:
+            continue
+        out[name.replace(".base_layer.", ".")] = t.detach().float().cpu().clone()
+    return out
+
+
+def changed(before: dict, after: dict, atol: float = 0.0) -> set[str]:
+    return {k for k in before if k in after and not torch.allclose(before[k], after[k], atol=atol, rtol=0)}
+
+
+@torch.no_grad()
+def outputs(model, prompts=("a red square on a grey background", "")):
+    """(SCB context, DiT velocity) for fixed prompts and latents: what a LoRA or an export must reproduce."""
+    was = model.training
+    model.eval()
+    context, pooled = model.bridge(model.think(list(prompts)).scb_input)
+    x = torch.randn(len(prompts), 16, 4, 4, generator=torch.Generator().manual_seed(0)).to(model.device)
+    v = model.velocity(x, torch.full((len(prompts),), 500.0, device=model.device), context, pooled)
+    model.train(was)
+    return context.float().cpu(), v.float().cpu()
+
+
+def assert_same_outputs(a, b, atol=1e-4):
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, atol=atol, rtol=1e-4), (x - y).abs().max().item()
+
+
+class Recorder:
+    """A TrainCallback that keeps what the trainer reports (and can stop it at a given step)."""
+
+    def __init__(self, stop_at_step: int | None = None, stop_at_micro: int | None = None, exc=KeyboardInterrupt):
+        self.steps, self.checkpoints, self.events = [], [], []
+        self.stop_at_step, self.stop_at_micro, self.exc = stop_at_step, stop_at_micro, exc
+        self.checks = 0
+        self.interrupted = None
+
+    def on_train_start(self, run):
+        self.events.append(("start", run.start_step))
+
+    def check_interrupt(self):
+        self.checks += 1
+        done = self.steps[-1].step if self.steps else None
+        if self.stop_at_step is not None and done == self.stop_at_step:
+            if self.stop_at_micro is None or self.checks >= self.stop_at_micro:
+                raise self.exc("stop requested by the test")
+
+    def on_step_end(self, run, info):
+        self.steps.append(info)
+        self.checks = 0
+
+    def on_checkpoint(self, run, step, path, reason):
+        self.checkpoints.append((step, path, reason))
+
+    def on_interrupt(self, run, step, checkpoint, exc):
+        self.interrupted = (step, checkpoint, exc)
+
+    def on_validation(self, run, step, images, paths):
+        self.events.append(("validation", step, len(images)))
+
+    def on_export(self, run, paths):
+        self.events.append(("export", dict(paths)))
+
+    def on_train_end(self, run, result):
+        self.events.append(("end", result.step))

@@ -450,14 +450,15 @@ def _has_peft(module: nn.Module) -> bool:
     return any(isinstance(m, LoraLayer) for m in module.modules())
 
 
-def setup_trainable(model: nn.Module, spec: TrainableSpec, *, master_dtype: torch.dtype = torch.float32
-                    ) -> OrderedDict[str, nn.Parameter]:
+def setup_trainable(model: nn.Module, spec: TrainableSpec, *, master_dtype: torch.dtype = torch.float32,
+                    seed: int = 0) -> OrderedDict[str, nn.Parameter]:
     """Freeze everything, add the LoRAs ``spec`` asks for, unfreeze what trains; returns ``{name: parameter}``.
 
     Trainable parameters are cast to ``master_dtype`` (fp32 masters; the frozen weights keep their dtype).
     LoRAs are PEFT adapters named ``default`` with Gaussian init (B = 0, so the model is unchanged at step 0);
     the VLM LoRA covers every Linear and Embedding of the VLM unless ``vlm_lora_targets`` says otherwise (the
-    official 'auto'; the vision tower and lm_head never receive gradients, as officially).  Raises
+    official 'auto'; the vision tower and lm_head never receive gradients, as officially).  The random A
+    matrices are drawn from ``seed`` (the caller's RNG is left alone), so runs with one seed start alike.  Raises
     :class:`TrainingError` if the model already carries PEFT layers where a new LoRA would go.
     """
     from ..lora import add_lora, dit_lora_targets, vlm_lora_targets
@@ -470,15 +471,16 @@ def setup_trainable(model: nn.Module, spec: TrainableSpec, *, master_dtype: torc
         if _has_peft(model.lmm):
             raise TrainingError("the VLM already carries a PEFT LoRA; load the model with its LoRA merged")
         targets = spec.vlm_lora_targets or vlm_lora_targets(model.lmm)
-        with warnings.catch_warnings():  # lm_head is tied to embed_tokens and in 'auto', as officially
-            warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+        with warnings.catch_warnings(), seeded_step(seed, "lora-init", "lmm"):
+            warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")  # lm_head is tied, as officially
             add_lora(model.lmm, targets, spec.vlm_lora_rank, spec.vlm_lora_alpha, spec.vlm_lora_dropout,
                      init="gaussian")
     if spec.dit == "lora":
         if _has_peft(model.transformer):
             raise TrainingError("the DiT already carries a PEFT LoRA")
         targets = dit_lora_targets(model.transformer, spec.dit_lora_targets)
-        add_lora(model.transformer, targets, spec.dit_lora_rank, spec.dit_lora_alpha, 0.0, init="gaussian")
+        with seeded_step(seed, "lora-init", "transformer"):
+            add_lora(model.transformer, targets, spec.dit_lora_rank, spec.dit_lora_alpha, 0.0, init="gaussian")
     model.requires_grad_(False)  # PEFT marks adapters trainable per module; decide everything here
     for name, param in model.named_parameters():
         if ".lora_" in name:

@@ -166,7 +166,7 @@ class SFTTrainer:
         model = self._build_model(acc, acc.mixed_precision)
         if cfg.init_from:
             load_init_tensors(model, cfg.init_from)
-        trainable = setup_trainable(model, self.spec)
+        trainable = setup_trainable(model, self.spec, seed=cfg.seed)
         scb_initial = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()
                        if n.split(".", 1)[0] in SCB_PARTS}
         if cfg.gradient_checkpointing:

@@ -154,13 +154,13 @@ def cmd_train(args) -> int:
     if args.stage == 3:
         return _run_stage3(args)
     from .checkpointing import CheckpointError
-    from .config import ConfigError
+    from .config import ConfigError, _read_file
     from .data import EmptyDatasetError
 
     try:
+        if args.stage is None and Path(args.config).is_file() and _read_file(Path(args.config)).get("stage") == 3:
+            return _run_stage3(args)  # a stage-3 (MR-GRPO) config file
         cfg = load_train_config(args.config, args.stage, args.overrides)
-        if cfg.stage == 3:  # pragma: no cover - config.py knows stages 1-2 only
-            return _run_stage3(args)
         if args.resume:
             cfg = dataclasses.replace(cfg, resume=args.resume)
             cfg.validate()

@@ -174,7 +174,7 @@ class LoraPatcher:
                                     f"{tuple(weight.shape)} weight; the LoRA was trained for another model size")
                 if name not in self._backup:
                     self._backup[name] = weight.detach().clone()
-                weight.add_((strength * module.scale * delta).to(weight.dtype))
+                weight.add_((strength * module.scale * delta).to(device=weight.device, dtype=weight.dtype))
 
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:

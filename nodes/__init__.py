@@ -19,7 +19,7 @@ NODE_MODULES = (
     "sampler",
     "edit",
     "reward",
-    # "training",  # DeepGenTrainLoRA, DeepGenLoRALoader
+    "training",  # DeepGenTrainLoRA, DeepGenLoRALoader
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

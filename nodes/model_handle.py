@@ -11,7 +11,8 @@ device is theirs. Outside ComfyUI on a CPU-only machine every move is a no-op.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass, field, replace
 
 from . import comfy_services as cs
 
@@ -19,6 +20,11 @@ MEMORY_MODES = ["keep_all_on_gpu", "offload_vlm_after_encode", "sequential_offlo
 # parts of DeepGenModel that may leave the compute device, and the stage that needs each
 _PARTS = ("lmm", "transformer", "vae")
 _STAGE_PARTS = {"encode": ("lmm",), "references": ("vae",), "sample": ("transformer",), "decode": ("vae",)}
+
+
+# LoRA patches (nodes/training.py): handles on one model take turns; the model carries the patches of the handle
+# that used it last. model -> (key, patcher, adapters)
+_ACTIVE_PATCHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _module_bytes(module) -> int:
@@ -34,6 +40,7 @@ class DeepGenModelHandle:
     dtype: object = None
     attention: str = "sdpa"
     sources: dict = field(default_factory=dict)  # resolved paths, for reports
+    loras: tuple = ()  # ((adapter, strength), ...): deepgen.train.export.AdapterFile or deepgen.lora.LoraFile
     pipe: object = field(init=False, repr=False)
     _where: dict = field(init=False, repr=False, default_factory=dict)
 
@@ -86,8 +93,36 @@ class DeepGenModelHandle:
             self._place(part, compute if resident else self.offload_device)
         return self
 
+    # ---- LoRA patches --------------------------------------------------------------------------------------
+    def with_loras(self, loras) -> "DeepGenModelHandle":
+        """A new handle on the same model with `loras` ((adapter, strength) pairs) added after this one's."""
+        new = replace(self, loras=tuple(self.loras) + tuple(loras))
+        new._where = self._where  # one model, one physical placement
+        return new
+
+    def activate(self) -> None:
+        """Put exactly this handle's LoRAs on the shared model weights (the previous handle's are undone first)."""
+        key = tuple((id(adapter), float(strength)) for adapter, strength in self.loras)
+        current = _ACTIVE_PATCHES.get(self.model)
+        if (current[0] if current else ()) == key:
+            return
+        if current:
+            current[1].restore(self.model)
+            del _ACTIVE_PATCHES[self.model]
+        if self.loras:
+            from deepgen.train.export import AdapterPatcher
+
+            patcher = AdapterPatcher()
+            try:
+                patcher.apply(self.model, list(self.loras))
+            except BaseException:
+                patcher.restore(self.model)  # never leave the shared base half patched
+                raise
+            _ACTIVE_PATCHES[self.model] = (key, patcher, self.loras)
+
     def prepare(self, stage: str) -> None:
         """Bring the parts `stage` needs (encode | references | sample | decode) to the compute device."""
+        self.activate()
         needed = _STAGE_PARTS[stage]
         if self.memory_mode == "sequential_offload":
             for part in _PARTS:

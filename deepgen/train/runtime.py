@@ -523,10 +523,27 @@ def enable_gradient_checkpointing(model: nn.Module, parts: Sequence[str] = ("lmm
     if "connector" in parts:
         model.connector.gradient_checkpointing = enable
     if "lmm" in parts:
+        _vlm_checkpointing(model.lmm, enable)
+
+
+def _vlm_checkpointing_on(lmm: nn.Module) -> bool:
+    name = "is_activation_checkpointing" if hasattr(type(lmm), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"
+    return bool(getattr(lmm, name, False))
+
+
+def _vlm_checkpointing(lmm: nn.Module, enable: bool) -> None:
+    """HF activation checkpointing (transformers ≥ 5 names it activation_checkpointing_*; older: gradient_*)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(lmm, "activation_checkpointing_enable"):
         if enable:
-            model.lmm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            lmm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
-            model.lmm.gradient_checkpointing_disable()
+            lmm.activation_checkpointing_disable()
+    elif enable:
+        lmm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        lmm.gradient_checkpointing_disable()
 
 
 def remove_lora_adapters(module: nn.Module) -> int:
@@ -539,6 +556,9 @@ def remove_lora_adapters(module: nn.Module) -> int:
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         setattr(parent, child, layer.get_base_layer())
+    for sub in module.modules():  # what inject_adapter_in_model leaves on the injected modules
+        if "peft_config" in sub.__dict__ and not any(isinstance(m, LoraLayer) for m in sub.modules()):
+            del sub.__dict__["peft_config"]
     return len(found)
 
 
@@ -557,7 +577,7 @@ def preserve_model(model: nn.Module, restore_values: Sequence[str] = ()):
     saved = {n: t.detach().clone() for n, t in saved.items()}
     checkpointing = (getattr(model.transformer, "gradient_checkpointing", False),
                      getattr(model.connector, "gradient_checkpointing", False),
-                     getattr(model.lmm, "is_gradient_checkpointing", False))
+                     _vlm_checkpointing_on(model.lmm))
     try:
         yield model
     finally:
@@ -578,8 +598,8 @@ def preserve_model(model: nn.Module, restore_values: Sequence[str] = ()):
         if not dit_gc and getattr(model.transformer, "gradient_checkpointing", False):
             model.transformer.disable_gradient_checkpointing()
         model.connector.gradient_checkpointing = connector_gc
-        if not lmm_gc and getattr(model.lmm, "is_gradient_checkpointing", False):
-            model.lmm.gradient_checkpointing_disable()
+        if not lmm_gc and _vlm_checkpointing_on(model.lmm):
+            _vlm_checkpointing(model.lmm, False)
 
 
 class LossModule(nn.Module):

@@ -96,6 +96,11 @@ class SFTTrainer:
         trained, i.e. when the file can then hold the whole change); lora_every_save: also write
         ``<lora stem>_<step>_steps.safetensors`` at each periodic checkpoint.
     export_checkpoint: write the official-layout checkpoint at the end (``output_dir/export/model.safetensors``).
+    datasets: already loaded ``TaskDatasets`` (default: loaded from ``cfg.data``).
+    strict_resume_data: refuse to resume when the data set changed size (False: warn and continue).
+
+    Resuming with another ``max_steps``, ``lr`` or schedule continues with the new schedule (a warning says so);
+    otherwise a resumed run repeats the uninterrupted one exactly.
     """
 
     def __init__(self, cfg: TrainConfig, *, model=None, callbacks: Sequence[TrainCallback] = (), accelerator=None,
@@ -104,7 +109,8 @@ class SFTTrainer:
                  export_lora: bool | None = None, lora_path: str | os.PathLike | None = None,
                  lora_include_scb: bool | None = None, lora_every_save: bool = False, export_checkpoint: bool = True,
                  checkpoint_path: str | os.PathLike | None = None, export_dtype: torch.dtype | None = None,
-                 lora_metadata: dict | None = None, log_file: bool = True):
+                 lora_metadata: dict | None = None, log_file: bool = True, datasets=None,
+                 strict_resume_data: bool = True):
         self.cfg = cfg
         self.model = model
         self.callbacks = CallbackList(callbacks)
@@ -124,6 +130,8 @@ class SFTTrainer:
         self.export_dtype = export_dtype
         self.lora_metadata = dict(lora_metadata or {})
         self.log_file = log_file
+        self.datasets = datasets
+        self.strict_resume_data = strict_resume_data
         self.spec = TrainableSpec.from_config(cfg)
         self.source: ModelSource | None = None
         self._interrupt: BaseException | None = None
@@ -135,6 +143,8 @@ class SFTTrainer:
 
     def _load_data(self, acc):
         cfg = self.cfg
+        if self.datasets is not None:
+            return self.datasets
         datasets = load_datasets(cfg.data, root=cfg.data_root or None, cap_source=cfg.cap_source,
                                  recursive=cfg.recursive, resolution=cfg.resolution,
                                  max_references=cfg.max_references or None, verify=cfg.data_verify)
@@ -187,13 +197,15 @@ class SFTTrainer:
         loader = MicroBatchLoader(datasets, cfg.pattern, cfg.micro_batch_size, seed=cfg.seed,
                                   rank=acc.process_index, world_size=acc.num_processes,
                                   caption_dropout=cfg.caption_dropout, num_workers=cfg.num_workers)
+        fresh_schedule = ([dict(fn.__dict__) for fn in scheduler.lr_lambdas], list(scheduler.base_lrs))
         ckpt: Checkpoint | None = manager.resume(cfg.resume, trainable=trainable, optimizer=optimizer,
                                                  lr_scheduler=scheduler)
         step = 0
         if ckpt is not None:
             step = ckpt.step
             if ckpt.data_position:
-                loader.load_state_dict(ckpt.data_position)
+                loader.load_state_dict(ckpt.data_position, strict=self.strict_resume_data)
+            _keep_new_schedule(scheduler, optimizer, fresh_schedule, step)
             if acc.is_main_process:
                 log.info("resumed from %s at step %d", ckpt.path, step)
         position = loader.state_dict()
@@ -306,6 +318,22 @@ class SFTTrainer:
                 [model.encode_image(r[None], generator=sample_generator(cfg.seed, "vae_ref", task, pos, j))[0]
                  for j, r in enumerate(row)] for row, pos in zip(refs, positions)]
         return out
+
+
+def _keep_new_schedule(scheduler, optimizer, fresh, step: int) -> None:
+    """After a resume: if max_steps / lr / warm-up changed, continue on the new schedule from ``step``."""
+    lambdas, base_lrs = fresh
+    if [dict(fn.__dict__) for fn in scheduler.lr_lambdas] == lambdas and list(scheduler.base_lrs) == base_lrs:
+        return
+    warnings.warn("the learning-rate schedule differs from the checkpoint's (max_steps, lr or warm-up changed); "
+                  "continuing on the new schedule", stacklevel=3)
+    for fn, values in zip(scheduler.lr_lambdas, lambdas):
+        fn.__dict__.update(values)
+    scheduler.base_lrs = list(base_lrs)
+    groups = getattr(optimizer, "optimizer", optimizer).param_groups
+    for group, base, fn in zip(groups, base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(step)
+    scheduler._last_lr = [group["lr"] for group in groups]
 
 
 class _RunContext:

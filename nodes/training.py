@@ -1,0 +1,441 @@
+"""DeepGenTrainLoRA (fine-tune DeepGen on a folder of captioned images, inside ComfyUI) and DeepGenLoRALoader.
+
+Both are thin adapters over the headless trainer (deepgen.train.trainer.SFTTrainer, stage-2 recipe) and the
+LoRA files it exports (deepgen.train.export).  The cached base model is never changed for good: training adds
+PEFT adapters to it and removes them afterwards (runtime.preserve_model puts back anything trained in place),
+and the returned DEEPGEN_MODEL is a new handle that patches the exported LoRA onto the shared weights only
+while a node uses that handle (DeepGenModelHandle.with_loras / activate).
+
+Files: LoRAs go to ComfyUI's ``output/loras/deepgen/`` (listed by LoRA pickers after a refresh; outside
+ComfyUI the first ``loras`` model folder + ``deepgen/``); resumable training checkpoints to
+``output/deepgen_training/<lora_name>/`` (outside ComfyUI: ``$DEEPGEN_OUTPUT_DIR``, default ``./output``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from . import comfy_services as cs
+from .types import DEEPGEN_MODEL, IMAGE, MAX_SEED, category, display_name
+
+LOSS_MAP = "LOSS_MAP"  # ComfyUI core's loss history type ({"loss": [floats]}), read by "Plot Loss Graph"
+LORA_SUBFOLDER = "deepgen"
+RUNS_SUBFOLDER = "deepgen_training"
+NO_LORAS = "(no LoRA files found)"
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,120}$")
+_ADAPTER_CACHE: dict[tuple[str, int, int], object] = {}
+
+
+# ---- where things go ---------------------------------------------------------------------------------------
+
+def _folder_paths():
+    return sys.modules.get("folder_paths") if cs.in_comfyui() else None
+
+
+def output_root() -> Path:
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.get_output_directory())
+    return Path(os.environ.get("DEEPGEN_OUTPUT_DIR") or "output").expanduser().absolute()
+
+
+def lora_output_dir() -> Path:
+    """Where trained LoRAs are written: ``output/loras/deepgen`` (ComfyUI lists ``output/loras`` as a loras folder)."""
+    if _folder_paths() is not None:
+        return output_root() / "loras" / LORA_SUBFOLDER
+    folders = cs.model_folders("loras")
+    return (Path(folders[0]) if folders else output_root() / "loras") / LORA_SUBFOLDER
+
+
+def run_dir(lora_name: str) -> Path:
+    return output_root() / RUNS_SUBFOLDER / lora_name
+
+
+def resolve_dataset(path: str) -> Path:
+    """A folder or a .json/.jsonl list: absolute, or relative to ComfyUI's input folder (then the working folder)."""
+    text = (path or "").strip().strip('"').strip("'")
+    if not text:
+        raise ValueError("dataset is empty: give a folder of images with same-named .txt captions, or a .json/.jsonl "
+                         "list (relative paths are looked up in ComfyUI's input folder)")
+    p = Path(text).expanduser()
+    candidates = [p] if p.is_absolute() else []
+    fp = _folder_paths()
+    if not p.is_absolute():
+        if fp is not None:
+            candidates.append(Path(fp.get_input_directory()) / p)
+        candidates.append(Path.cwd() / p)
+    for c in candidates:
+        if c.exists():
+            return c
+    raise FileNotFoundError(f"dataset {text!r} not found (looked in {', '.join(str(c) for c in candidates)}); give a "
+                            "folder of images with same-named .txt captions, or a .json/.jsonl list")
+
+
+def check_lora_name(name: str) -> str | None:
+    if not isinstance(name, str) or not _NAME_OK.match(name.strip()) or ".." in name:
+        return (f"lora_name {name!r} must be a plain file name (letters, digits, space . _ + -; no folders), "
+                "e.g. my_deepgen_lora")
+    return None
+
+
+# ---- progress, interrupt and loss events -----------------------------------------------------------------
+
+class NodeCallback:
+    """The trainer's callbacks → ComfyUI: progress bar, interrupt button, loss chart events, status text."""
+
+    def __init__(self, node_id, total_steps: int):
+        self.node_id = None if node_id is None else str(node_id)
+        self.bar = cs.Progress(total_steps, node_id=self.node_id, desc="DeepGen train")
+        self.losses: list[float] = []
+        self.task_losses: dict[str, list] = {}
+        self.steps: list[int] = []
+
+    def on_train_start(self, run) -> None:
+        self.bar.update_absolute(run.start_step, run.total_steps)
+        where = f"resuming at step {run.start_step}" if run.start_step else "starting"
+        cs.send_progress_text(f"DeepGen train: {where} ({run.trainable_parameters:,} trainable parameters)",
+                              self.node_id)
+
+    def check_interrupt(self) -> None:
+        cs.check_interrupt()
+
+    def on_step_end(self, run, info) -> None:
+        self.steps.append(info.step)
+        self.losses.append(info.loss)
+        for task, loss in sorted(info.task_losses.items()):
+            self.task_losses.setdefault(task, []).append(loss)
+            cs.send_event("deepgen1.train_loss", {"node": self.node_id, "step": info.step,
+                                                  "total_steps": info.total_steps, "loss": loss, "task": task,
+                                                  "lr": info.lr})
+        self.bar.update_absolute(info.step, info.total_steps)
+        cs.send_progress_text(f"step {info.step}/{info.total_steps} · loss {info.loss:.4f}", self.node_id)
+
+    def on_checkpoint(self, run, step, path, reason) -> None:
+        if path is not None and reason != "final":
+            cs.send_progress_text(f"step {step}: checkpoint saved ({reason})", self.node_id)
+
+    def on_validation(self, run, step, images, paths) -> None:
+        if images:
+            self.bar.update_absolute(step, run.total_steps, ("JPEG", images[0], 512))
+
+    def on_export(self, run, paths) -> None:
+        pass
+
+    def on_interrupt(self, run, step, checkpoint, exc) -> None:
+        cs.send_progress_text(f"interrupted at step {step}; queue again with resume on to continue", self.node_id)
+
+    def on_train_end(self, run, result) -> None:
+        self.bar.close()
+
+
+# ---- the model while it trains ----------------------------------------------------------------------------
+
+def _detach_inference_tensors(model) -> None:
+    """ComfyUI runs nodes under torch.inference_mode(): weights created there cannot take part in autograd.
+    Swap such tensors for ordinary copies (same values; other nodes do not notice)."""
+    import torch
+
+    copies: dict[int, torch.Tensor] = {}  # tied weights (lm_head = embed_tokens) stay tied
+    with torch.inference_mode(False):
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None and param.is_inference():
+                    if id(param) not in copies:
+                        copies[id(param)] = torch.nn.Parameter(param.clone(), requires_grad=param.requires_grad)
+                    module._parameters[name] = copies[id(param)]
+            for name, buf in list(module._buffers.items()):
+                if buf is not None and buf.is_inference():
+                    if id(buf) not in copies:
+                        copies[id(buf)] = buf.clone()
+                    module._buffers[name] = copies[id(buf)]
+
+
+def _to_image_batch(images):
+    import numpy as np
+    import torch
+
+    if not images:
+        return torch.zeros(1, 64, 64, 3)
+    size = images[0].size
+    arrays = [np.asarray(im.convert("RGB").resize(size), dtype=np.float32) / 255.0 for im in images]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def load_adapter_cached(path: str):
+    from deepgen.train.export import load_adapter
+
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _ADAPTER_CACHE:
+        if len(_ADAPTER_CACHE) > 16:
+            _ADAPTER_CACHE.clear()
+        _ADAPTER_CACHE[key] = load_adapter(path)
+    return _ADAPTER_CACHE[key]
+
+
+def check_adapter(model, adapter) -> None:
+    """Raise LoraError if the adapter does not fit the model (without touching the weights)."""
+    from deepgen.lora import LoraError
+
+    for name, module in (adapter.lora.modules.items() if adapter.lora else ()):
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise LoraError(f"{adapter.path}: the model has no module {name!r}; is this LoRA for DeepGen 1.0?") from None
+        layer = getattr(layer, "base_layer", layer)
+        want = tuple(layer.weight.shape)
+        got = (module.a.shape[1], module.b.shape[0]) if module.embedding else (module.b.shape[0], module.a.shape[1])
+        if got != want:
+            raise LoraError(f"{adapter.path}: {name} was trained for a {got} weight, the model has {want}; the LoRA "
+                            "was trained on another model size")
+    params = dict(model.named_parameters())
+    for name, diff in adapter.diffs.items():
+        if name not in params or tuple(params[name].shape) != tuple(diff.shape):
+            raise LoraError(f"{adapter.path}: {name} does not fit this model; the LoRA was trained on another model")
+
+
+# ---- DeepGenTrainLoRA ----------------------------------------------------------------------------------------
+
+class DeepGenTrainLoRA:
+    DESCRIPTION = (
+        "Fine-tunes DeepGen 1.0 on your images (a folder of images with same-named .txt captions, or an official "
+        ".json/.jsonl list, edits included) and saves a LoRA to output/loras/deepgen/. Defaults suit a style or "
+        "subject LoRA of 10-200 images on a 24 GB GPU: a rank-16 LoRA on the DiT's attention, learning rate 1e-4, "
+        "500 steps, batch 1, 512 px, gradient checkpointing. Training resumes after an interrupt (resume on). "
+        "The output model has the LoRA applied; the cached base model is not changed.")
+    CATEGORY = category("training")
+    RETURN_TYPES = (DEEPGEN_MODEL, "STRING", LOSS_MAP, IMAGE)
+    RETURN_NAMES = ("model", "lora_path", "loss", "validation_images")
+    OUTPUT_TOOLTIPS = (
+        "The input model with the trained LoRA applied at strength 1.",
+        "Path of the saved LoRA file (load it again with DeepGenLoRALoader).",
+        "Loss per step ({'loss': [...]}, as ComfyUI's Train LoRA node), for Plot Loss Graph.",
+        "Validation images: one per save point and one at the end.",
+    )
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (DEEPGEN_MODEL, {"tooltip": "The model from DeepGenLoader (trained on top of any LoRA it "
+                                                     "already carries)."}),
+                "dataset": ("STRING", {"default": "deepgen_lora_dataset", "tooltip": (
+                    "Folder of images with same-named .txt captions (cat.png + cat.txt), or a .json/.jsonl list in the "
+                    "official formats (edits too). Relative paths are looked up in ComfyUI's input folder.")}),
+                "lora_name": ("STRING", {"default": "my_deepgen_lora", "tooltip": (
+                    "File name of the LoRA (output/loras/deepgen/<name>.safetensors) and of its training run "
+                    "(output/deepgen_training/<name>/).")}),
+                "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": (
+                    "Optimizer steps in total (with resume: including the steps already done). About 20-50 per "
+                    "training image is a good start.")}),
+                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-2, "step": 1e-5, "round": 1e-7,
+                                            "tooltip": "Peak learning rate (1 % warm-up, then cosine to 0). 1e-4 "
+                                                       "suits LoRAs; lower it if images fall apart."}),
+                "rank": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": (
+                    "LoRA rank: 8-32 for a style or subject. Alpha = rank for the DiT LoRA, 2 x rank for the VLM "
+                    "LoRA (the official ratio).")}),
+                "train_dit_lora": ("BOOLEAN", {"default": True, "tooltip": (
+                    "LoRA on the DiT's attention projections: learns the look (style, subject). The usual choice.")}),
+                "train_vlm_lora": ("BOOLEAN", {"default": False, "tooltip": (
+                    "LoRA on the Qwen2.5-VL language model, as the official fine-tune: learns new words and prompt "
+                    "understanding. More memory.")}),
+                "train_connector": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Also train the think tokens, projectors and connector (the bridge from VLM to DiT), stored in "
+                    "the LoRA file as weight differences (large: about the bridge's size).")}),
+                "validation_prompt": ("STRING", {"default": "", "multiline": True, "tooltip": (
+                    "Prompt of the validation images made at each save and at the end. Empty: the first caption of "
+                    "the dataset.")}),
+                "save_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": (
+                    "Steps between resumable checkpoints, LoRA snapshots (<name>_<step>_steps.safetensors) and "
+                    "validation images. 0: only at the end.")}),
+                "resume": ("BOOLEAN", {"default": True, "tooltip": (
+                    "Continue the run of the same lora_name from its last checkpoint (after an interrupt, or with "
+                    "more steps). Off: start over (the old run folder is kept, renamed).")}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed of the data order, noise "
+                                                                                      "and LoRA init."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per step."}),
+                "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 32, "tooltip": (
+                    "Training size: each image is resized to about resolution² pixels, keeping its aspect ratio "
+                    "(DeepGen was trained at 512).")}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": (
+                    "Recompute activations in the backward pass: much less memory, about 30 % slower.")}),
+                "validation_steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": (
+                    "Sampling steps of the validation images.")}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name=None, rank=None, train_dit_lora=None, train_vlm_lora=None,
+                        train_connector=None):
+        if lora_name is not None:
+            error = check_lora_name(lora_name)
+            if error:
+                return error
+        if rank is not None and (not isinstance(rank, int) or rank < 1):
+            return f"rank must be a whole number ≥ 1 (got {rank!r}); a rank-0 LoRA learns nothing"
+        toggles = (train_dit_lora, train_vlm_lora, train_connector)
+        if all(t is not None for t in toggles) and not any(toggles):
+            return "nothing to train: switch on train_dit_lora, train_vlm_lora or train_connector"
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, dataset="", **_):
+        try:
+            root = resolve_dataset(dataset)
+        except (OSError, ValueError) as exc:
+            return f"missing:{exc}"
+        stamp = []
+        for base, _dirs, files in os.walk(root) if root.is_dir() else [(str(root.parent), [], [root.name])]:
+            for name in sorted(files):
+                st = os.stat(os.path.join(base, name))
+                stamp.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+        return "|".join(stamp)
+
+    def train(self, model, dataset, lora_name, steps, learning_rate, rank, train_dit_lora, train_vlm_lora,
+              train_connector, validation_prompt, save_every, resume, seed, batch_size=1, resolution=512,
+              gradient_checkpointing=True, validation_steps=20, unique_id=None):
+        import torch
+
+        from deepgen.train.checkpointing import CheckpointError, check_output_dir_writable, find_latest_checkpoint
+        from deepgen.train.config import TrainConfig
+        from deepgen.train.data import load_datasets
+        from deepgen.train.runtime import preserve_model
+        from deepgen.train.trainer import SFTTrainer
+
+        error = self.VALIDATE_INPUTS(lora_name, rank, train_dit_lora, train_vlm_lora, train_connector)
+        if error is not True:
+            raise ValueError(error)
+        lora_name = lora_name.strip()
+        handle = model
+        data_path = resolve_dataset(dataset)
+        lora_dir, runs = lora_output_dir(), run_dir(lora_name)
+        check_output_dir_writable(lora_dir)
+        check_output_dir_writable(runs.parent)
+        if not resume and find_latest_checkpoint(runs) is not None:  # keep the old run, out of the way
+            runs.rename(runs.with_name(f"{lora_name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"))
+        datasets = load_datasets([data_path], resolution=resolution, verify="header")
+        prompt = (validation_prompt or "").strip() or _first_caption(datasets) or "a photo"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="grad_accumulation .* is not a multiple")
+            cfg = TrainConfig.for_stage(
+                2, model=handle.name or "comfyui", data=[str(data_path)], resolution=resolution,
+                task_pattern=({"image2image": 1, "text2image": 2} if datasets.sizes()["image2image"]
+                              else {"text2image": 1}),
+                caption_dropout=0.1, num_workers=0,
+                micro_batch_size=batch_size, grad_accumulation=1, max_steps=steps, lr=learning_rate,
+                warmup_ratio=0.01, mixed_precision="auto", gradient_checkpointing=gradient_checkpointing,
+                output_dir=str(runs), save_every=save_every if save_every < steps else 0, keep_last=2,
+                resume="auto" if resume else "no", log_every=1, validation_prompt=prompt,
+                validation_every=save_every if 0 < save_every < steps else 0, seed=seed,
+                train_meta_queries=train_connector, train_projectors=train_connector, train_connector=train_connector,
+                train_dit="lora" if train_dit_lora else "frozen", dit_lora_rank=rank, dit_lora_alpha=float(rank),
+                vlm_lora=train_vlm_lora, vlm_lora_rank=rank, vlm_lora_alpha=2.0 * rank, vlm_lora_dropout=0.05)
+
+        handle.activate()  # train on top of the LoRAs this handle carries
+        net = handle.model
+        device = torch.device(cs.torch_device())
+        callback = NodeCallback(unique_id, steps)
+        scb = ("meta_queries", "projector_1.", "projector_2.", "projector_3.", "connector.") if train_connector else ()
+        dtype = handle.dtype if handle.dtype in (torch.bfloat16, torch.float16) else None
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                _detach_inference_tensors(net)
+                cs.free_memory(3 * sum(p.numel() * p.element_size() for p in net.parameters()), device)
+                net.to(device)
+                with preserve_model(net, restore_values=scb):
+                    trainer = SFTTrainer(
+                        cfg, model=net, callbacks=[callback], device=device, cpu=device.type == "cpu",
+                        validation_steps=validation_steps, export_lora=True,
+                        lora_path=lora_dir / f"{lora_name}.safetensors", lora_include_scb=train_connector,
+                        lora_every_save=True, export_checkpoint=False, export_dtype=dtype, datasets=datasets,
+                        strict_resume_data=False,
+                        lora_metadata={"trained_with": "DeepGenTrainLoRA", "lora_name": lora_name,
+                                       "base_model": handle.name})
+                    try:
+                        result = trainer.run()
+                    except CheckpointError as exc:
+                        raise CheckpointError(f"{exc}\nCannot resume the run in {runs}: switch resume off, or choose "
+                                              "another lora_name, to train with these settings.") from exc
+        finally:
+            handle._where.clear()
+            handle.place()
+            cs.soft_empty_cache()
+        lora_path = str(result.lora_path)
+        cs.send_event("deepgen1.train_done", {"node": callback.node_id, "lora_path": lora_path})
+        adapter = load_adapter_cached(lora_path)
+        trained = handle.with_loras([(adapter, 1.0)])
+        loss = {"loss": [h["loss"] for h in result.history], "steps": [h["step"] for h in result.history],
+                **{f"loss_{t}": v for t, v in callback.task_losses.items()}}
+        images = _to_image_batch(result.validation_images).to(cs.intermediate_device())
+        return (trained, lora_path, loss, images)
+
+
+def _first_caption(datasets) -> str | None:
+    for row in getattr(datasets.text2image, "rows", []):
+        if getattr(row, "caption", None):
+            return row.caption
+    for row in getattr(datasets.image2image, "rows", []):
+        if getattr(row, "instruction", None):
+            return row.instruction
+    return None
+
+
+# ---- DeepGenLoRALoader ---------------------------------------------------------------------------------------
+
+def lora_choices() -> list[str]:
+    names = [n for n in cs.list_models("loras") if n.lower().endswith((".safetensors", ".sft"))]
+    ours = sorted(n for n in names if n.startswith(LORA_SUBFOLDER + "/"))
+    return (ours + sorted(n for n in names if n not in ours)) or [NO_LORAS]
+
+
+class DeepGenLoRALoader:
+    DESCRIPTION = ("Applies a DeepGen LoRA (from DeepGenTrainLoRA or `deepgen train`) with a strength. Chain several "
+                   "to combine LoRAs. Returns a new model; the cached base model and other workflows keep the "
+                   "original weights. Handles VLM LoRAs, DiT LoRAs and trained-bridge (connector) differences.")
+    CATEGORY = category("loaders")
+    RETURN_TYPES = (DEEPGEN_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the LoRA applied (while nodes use this output).",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (DEEPGEN_MODEL, {"tooltip": "The model from DeepGenLoader (or another LoRA loader)."}),
+                "lora_name": (lora_choices(), {"tooltip": "A DeepGen LoRA file from the loras folders (trained "
+                                                          "LoRAs are in loras/deepgen/)."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "1 = as trained, 0 = off; between blends, above exaggerates."}),
+            },
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, lora_name, strength=1.0, **_):
+        try:
+            st = os.stat(cs.resolve_model_path("loras", lora_name))
+            return f"{lora_name}:{st.st_size}:{st.st_mtime_ns}:{strength}"
+        except (OSError, ValueError) as exc:
+            return f"missing:{exc}"
+
+    def load(self, model, lora_name, strength=1.0):
+        if lora_name == NO_LORAS:
+            raise FileNotFoundError("No LoRA files in the loras folders: train one with DeepGenTrainLoRA (it saves "
+                                    "to output/loras/deepgen/), then refresh")
+        path = cs.resolve_model_path("loras", lora_name)
+        adapter = load_adapter_cached(path)
+        check_adapter(model.model, adapter)
+        return (model.with_loras([(adapter, float(strength))]),)
+
+
+NODE_CLASS_MAPPINGS = {"DeepGenTrainLoRA": DeepGenTrainLoRA, "DeepGenLoRALoader": DeepGenLoRALoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"DeepGenTrainLoRA": display_name("DeepGen Train LoRA"),
+                              "DeepGenLoRALoader": display_name("DeepGen LoRA Loader")}

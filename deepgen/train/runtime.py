@@ -230,8 +230,10 @@ def global_mean(accelerator, sums: Mapping[str, float], counts: Mapping[str, flo
     keys = sorted(set(sums) | set(counts))
     if not keys:
         return {}
-    t = torch.tensor([[float(sums.get(k, 0.0)), float(counts.get(k, 0.0))] for k in keys], dtype=torch.float64,
-                     device=accelerator.device if accelerator is not None else "cpu")
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    t = torch.tensor([[float(sums.get(k, 0.0)), float(counts.get(k, 0.0))] for k in keys], dtype=dtype,
+                     device=device)
     if accelerator is not None and accelerator.num_processes > 1:
         t = accelerator.reduce(t, reduction="sum")
     return {k: (t[i, 0] / t[i, 1]).item() for i, k in enumerate(keys) if t[i, 1] > 0}

@@ -198,8 +198,9 @@ class SFTTrainer:
                                   rank=acc.process_index, world_size=acc.num_processes,
                                   caption_dropout=cfg.caption_dropout, num_workers=cfg.num_workers)
         fresh_schedule = ([dict(fn.__dict__) for fn in scheduler.lr_lambdas], list(scheduler.base_lrs))
+        scaler = getattr(acc, "scaler", None)  # fp16 only
         ckpt: Checkpoint | None = manager.resume(cfg.resume, trainable=trainable, optimizer=optimizer,
-                                                 lr_scheduler=scheduler)
+                                                 lr_scheduler=scheduler, grad_scaler=scaler)
         step = 0
         if ckpt is not None:
             step = ckpt.step
@@ -358,7 +359,8 @@ class _RunContext:
 
     def save(self, step: int, position: dict, samples: int, reason: str) -> Path | None:
         path = self.manager.save(step, trainable=self.trainable, optimizer=self.optimizer,
-                                 lr_scheduler=self.scheduler, data_position=position,
+                                 lr_scheduler=self.scheduler, grad_scaler=getattr(self.acc, "scaler", None),
+                                 data_position=position,
                                  extra={"samples": samples, "reason": reason,
                                         "source": self.t.source.to_dict() if self.t.source else None})
         if path is not None:

@@ -22,8 +22,7 @@ def check_output_size(height: int, width: int) -> None:
     if height <= 0 or width <= 0 or height % OUTPUT_MULTIPLE or width % OUTPUT_MULTIPLE:
         raise SizeError(
             f"Output size {width}x{height} (WxH) is not a multiple of {OUTPUT_MULTIPLE}. "
-            f"Use e.g. {round_to_multiple(width, OUTPUT_MULTIPLE)}x{round_to_multiple(height, OUTPUT_MULTIPLE)}, "
-            "or call deepgen.sizes.round_output_size()."
+            f"Use e.g. {round_to_multiple(width, OUTPUT_MULTIPLE)}x{round_to_multiple(height, OUTPUT_MULTIPLE)}."
         )
 
 
@@ -31,7 +30,7 @@ def check_reference_size(height: int, width: int) -> None:
     if height <= 0 or width <= 0 or height % REFERENCE_MULTIPLE or width % REFERENCE_MULTIPLE:
         raise SizeError(
             f"Reference image size {width}x{height} (WxH) is not a multiple of {REFERENCE_MULTIPLE}. "
-            "Resize it first (deepgen.sizes.fix_pixels_size or resize_reference), or use resize mode 'fix_pixels'."
+            "Resize it to multiples of 32 first, or let DeepGen resize it (reference resize mode 'fix_pixels')."
         )
 
 

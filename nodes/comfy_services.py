@@ -88,6 +88,17 @@ def _comfy(name: str):
     return mod if mod is not None else importlib.import_module(name)
 
 
+def previews_enabled() -> bool:
+    """Whether ComfyUI wants latent previews (its --preview-method; the server default is none)."""
+    if not in_comfyui():
+        return False
+    try:
+        method = _comfy("comfy.cli_args").args.preview_method
+    except (ImportError, AttributeError):
+        return True  # a ComfyUI without that setting: previews as before
+    return getattr(method, "value", method) != "none"
+
+
 # --------------------------------------------------------------------------------------------------
 # Progress
 

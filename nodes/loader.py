@@ -21,7 +21,16 @@ _LOAD_PHASES = 7  # load_model reports at most 6 phases; the last step is placin
 # ---- what the folders hold -----------------------------------------------------------------------------
 
 def _is_hf_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "model_index.json"))
+    """A transformers/diffusers *model* folder (Qwen, a DiT, a VAE...), not a DeepGen release that happens to ship
+    a config.json: its config names a model type or class, or it has a diffusers model_index.json."""
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        return True
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and any(k in config for k in ("model_type", "_class_name", "architectures"))
 
 
 def _is_diffusers_release(path: str) -> bool:
@@ -287,7 +296,10 @@ class DeepGenLoader:
             bar.update(1)
 
         model = load_model(src["checkpoint"], src["vlm"], src["diffusion"], dtype=dtype, device="cpu",
-                           connector_config=src["connector_config"], attn_implementation=attention, progress=say)
+                           connector_config=src["connector_config"], attn_implementation=attention, progress=say,
+                           # The graph has no place for a Python opt-in: a checkpoint without DiT or LoRA
+                           # tensors (stage-1 output, a tiny release) loads, and the loader logs what it lacks.
+                           allow_pretrain_checkpoint=True)
         if src["vae"]:
             model.vae = _load_vae(src["vae"], dtype)
         handle = DeepGenModelHandle(model, name=checkpoint, memory_mode=memory_mode, dtype=dtype,

@@ -85,10 +85,23 @@ def score(images, prompt: str, weights, clip_model=AUTO, judge_model=AUTO, judge
     totals = [_finite(t) for t in result.total.tolist()]
     ranked = [i for i, t in enumerate(totals) if t is not None]
     best = max(ranked, key=lambda i: totals[i]) if ranked else None  # ties: the first image
-    return result, best
+    return result, best, judge_notes(mix, result)
 
 
-def report(result, best) -> tuple[list[dict], str]:
+def judge_notes(mix, result) -> list[str]:
+    """Say so in the report when the preference judge failed: its failures count as ties (0.5) and would
+    otherwise pass unnoticed, e.g. with an unreachable judge_url."""
+    if "preference" not in result.scores:
+        return []
+    comparisons = mix.reward("preference").last_comparisons
+    failed = sum(c["verdict"] is None for c in comparisons)
+    if not failed:
+        return []
+    return [f"WARNING: the preference judge failed or gave no readable answer on {failed} of {len(comparisons)} "
+            "comparisons (counted as ties, 0.5). Check judge_url / judge_model; the server log has details."]
+
+
+def report(result, best, notes=()) -> tuple[list[dict], str]:
     """The web widget's rows and a plain-text table with the per-reward breakdown."""
     names = list(result.scores)
     n = result.total.shape[0]
@@ -104,7 +117,7 @@ def report(result, best) -> tuple[list[dict], str]:
         lines.append(f"{'*' if r['best'] else ' '}{r['index']:>2}  " + "  ".join(f"{c:>10}" for c in cells))
     lines.append(f"best: image {best} (total {_fmt(rows[best]['total'])})" if best is not None
                  else "best: none (no reward applied to any image)")
-    return rows, "\n".join(lines)
+    return rows, "\n".join([*lines, *notes])
 
 
 class RewardScore:
@@ -149,7 +162,8 @@ class RewardScore:
                 "judge_url": ("STRING", {"default": "",
                                          "tooltip": "Optional OpenAI-compatible endpoint (e.g. vLLM) serving the "
                                                     "preference judge; empty runs the local judge_model."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
+                # No control_after_generate: a re-randomised seed would re-run the judge on every queue.
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": False,
                                  "tooltip": "Seed of the order in which the preference judge sees each pair."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
@@ -157,9 +171,9 @@ class RewardScore:
 
     def score(self, images, prompt, rewards="general", custom_weights="", clip_model=AUTO, judge_model=AUTO,
               judge_url="", seed=0, unique_id=None):
-        result, best = score(images, prompt, parse_weights(rewards, custom_weights), clip_model, judge_model,
-                             judge_url, seed, unique_id)
-        rows, text = report(result, best)
+        result, best, notes = score(images, prompt, parse_weights(rewards, custom_weights), clip_model, judge_model,
+                                    judge_url, seed, unique_id)
+        rows, text = report(result, best, notes)
         best_image = images[best:best + 1] if best is not None else images[:1]
         scores = [float(t) for t in result.total.tolist()]
         return {"ui": {"deepgen1_rewards": rows},

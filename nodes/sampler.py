@@ -48,7 +48,7 @@ def generate(handle, cond, *, width: int, height: int, batch_size: int, steps: i
     cs.check_interrupt()
     handle.prepare("sample")
     preview = None
-    if cs.in_comfyui():
+    if cs.previews_enabled():
         def preview(step, total, x):
             return ("JPEG", latent_preview(x), PREVIEW_MAX_SIZE)
     bar = cs.Progress(runs, node_id=node_id, desc="DeepGen sample")

@@ -258,8 +258,9 @@ class DeepGenTrainLoRA:
                 "resume": ("BOOLEAN", {"default": True, "tooltip": (
                     "Continue the run of the same lora_name from its last checkpoint (after an interrupt, or with "
                     "more steps). Off: start over (the old run folder is kept, renamed).")}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed of the data order, noise "
-                                                                                      "and LoRA init."}),
+                # No control_after_generate: a training seed that changes on every queue breaks resume.
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": False,
+                                 "tooltip": "Seed of the data order, noise and LoRA init."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per step."}),
                 "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 32, "tooltip": (
                     "Training size: each image is resized to about resolution² pixels, keeping its aspect ratio "

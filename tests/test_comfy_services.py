@@ -634,3 +634,23 @@ def test_send_event_inside_uses_prompt_server(fake_comfy):
     cs.send_event("deepgen1.train_loss", {"node": "5"})
     cs.send_progress_text("x", "5")
     assert len(fake_comfy.sent) == 2
+
+
+def test_previews_follow_comfyui_preview_method(fake_comfy, monkeypatch):
+    import enum
+    import types
+
+    class LatentPreviewMethod(enum.Enum):
+        NoPreviews = "none"
+        Auto = "auto"
+
+    cli_args = types.ModuleType("comfy.cli_args")
+    cli_args.args = types.SimpleNamespace(preview_method=LatentPreviewMethod.NoPreviews)
+    monkeypatch.setitem(sys.modules, "comfy.cli_args", cli_args)
+    assert not cs.previews_enabled()  # the server default: no previews, so none are sent
+    cli_args.args.preview_method = LatentPreviewMethod.Auto
+    assert cs.previews_enabled()
+
+
+def test_no_previews_outside_comfyui():
+    assert not cs.previews_enabled()

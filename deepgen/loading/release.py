@@ -13,6 +13,7 @@ Every tensor is accounted for; a mismatch raises CheckpointError naming the keys
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,8 @@ from . import keys as K
 from .errors import CheckpointError, format_keys
 from .lora import attach_lora_adapter, collect_lora, lora_rank, merge_lora
 from .state_dict_io import read_state_dict
+
+log = logging.getLogger(__name__)
 
 SINGLE_FILE_FORMAT = "deepgen-single"
 Progress = Callable[[str], None]
@@ -136,6 +139,10 @@ def _split_official(state, source, allow_pretrain):
         raise CheckpointError(f"{source}: no {' and no '.join(missing_parts)} tensors. A pre-training (stage 1) "
                               "checkpoint has neither; load it with allow_pretrain_checkpoint=True "
                               "(the DiT then comes from the diffusion folder)")
+    if missing_parts:
+        log.warning("%s has no %s tensors: %s", source, " and no ".join(missing_parts),
+                    "the DiT comes from the diffusion folder" if "transformer" in missing_parts else
+                    "the VLM runs without the DeepGen LoRA")
     lora_pairs = collect_lora({k: state[k] for k in groups["lora"]})
     trained = {k: state[k] for k in groups["scb"] + groups["transformer"]}
     return trained, lora_pairs, not groups["transformer"]

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from comfy_core_nodes import COMFYUI_VERSION, CORE_NODES, UI_EXTRA_WIDGET_VALUES
-from workflow_harness import all_inputs, is_widget, socket_type
+from workflow_harness import all_inputs, has_control_widget, is_widget, socket_type
 
 from nodes import NODE_CLASS_MAPPINGS
 from nodes.types import TINY_CHOICE
@@ -51,7 +51,7 @@ class Graph:
                 else:
                     value = spec[0][0]  # a combo without a default: its first option
                 values.append(value)
-                if len(spec) > 1 and spec[1].get("control_after_generate"):
+                if has_control_widget(name, spec):
                     values.append(control)
             else:
                 entry = {"name": name, "type": socket_type(spec), "link": None}

@@ -162,6 +162,31 @@ def test_reward_score_ocr_offline_and_nan_as_null():
     json.dumps(out["ui"], allow_nan=False)
 
 
+def test_reward_score_reports_a_failing_judge():
+    """An unreachable or broken judge endpoint counts as ties (0.5); the report must say so."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Broken(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        out = N["RewardScore"]().score(torch.rand(2, 8, 8, 3), "a cat", "preference", judge_url=url)
+    finally:
+        server.shutdown()
+    scores, _, text, _ = out["result"]
+    assert scores == [0.5, 0.5]
+    assert "WARNING: the preference judge failed" in text and "1 of 1 comparisons" in text
+
+
 def test_missing_reward_model_says_where(tmp_path, monkeypatch):
     from deepgen.rewards import RewardModelNotFound
 

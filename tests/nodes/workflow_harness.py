@@ -49,6 +49,16 @@ def socket_type(spec) -> str:
     return "COMBO" if isinstance(spec[0], (list, tuple)) else spec[0]
 
 
+def has_control_widget(name: str, spec) -> bool:
+    """Whether the front end adds a hidden 'control after generate' widget after this input (and saves its value):
+    an explicit control_after_generate option, else any INT input named seed or noise_seed (frontend 1.32
+    useIntWidget's rule; found live: a `seed` without `control_after_generate: False` shifts later values)."""
+    option = _options(spec).get("control_after_generate")
+    if option is not None:
+        return bool(option)
+    return spec[0] == "INT" and name in ("seed", "noise_seed")
+
+
 def map_widgets(cls, values, extra_allowed=()) -> dict:
     """widgets_values (positional) -> {input name: value}, consuming control_after_generate values."""
     if isinstance(values, dict):
@@ -62,7 +72,7 @@ def map_widgets(cls, values, extra_allowed=()) -> dict:
             raise WorkflowError(f"{cls.__name__}: widgets_values has no value for '{name}'")
         out[name] = values[i]
         i += 1
-        if _options(spec).get("control_after_generate"):
+        if has_control_widget(name, spec):
             if i >= len(values) or values[i] not in CONTROL_VALUES:
                 raise WorkflowError(f"{cls.__name__}: '{name}' needs a control_after_generate value "
                                     f"({'/'.join(sorted(CONTROL_VALUES))}) after it, got {values[i:i + 1]}")

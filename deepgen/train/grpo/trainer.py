@@ -231,7 +231,9 @@ class GRPOTrainer:
         self.reference_mode = reference
         self.ref_transformer = None
         if reference == "copy":  # the initial DiT, before LoRA injection / fp32 masters / resume
-            self.ref_transformer = copy.deepcopy(model.transformer).requires_grad_(False).eval()
+            # in the masters' dtype (fp32): under autocast the reference then computes exactly what the policy
+            # computes at step 0 (a bf16 copy would run its norms etc. in bf16: KL ≠ 0 before any update)
+            self.ref_transformer = copy.deepcopy(model.transformer).to(torch.float32).requires_grad_(False).eval()
         spec = R.TrainableSpec(meta_queries=False, projectors=False, connector=False, dit=cfg.policy,
                                dit_lora_rank=cfg.lora_rank, dit_lora_alpha=cfg.lora_alpha,
                                dit_lora_targets=cfg.lora_targets, vlm_lora=False)

@@ -1,0 +1,137 @@
+"""Helpers shared by the benchmarks: machine facts, medians, a plain table, JSON results, scaled models.
+
+Every benchmark reports RATIOS against a baseline measured side by side in the same run (the machine is
+shared, so absolute seconds drift between runs; ratios much less so).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+CACHE = HERE / ".cache"  # generated checkpoints (git-ignored)
+
+if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from the repository root
+    sys.path.insert(0, str(ROOT))
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def repeat_within(fn, reps: int, budget_s: float, started: float | None = None) -> list:
+    """Call fn() up to `reps` times (at least once), stopping early when one more call, as long as the longest so
+    far, would end more than budget_s after `started` (default: now). Keeps a run on a loaded machine short."""
+    import time
+
+    started = time.perf_counter() if started is None else started
+    results, longest = [], 0.0
+    for _ in range(reps):
+        if results and time.perf_counter() + longest - started > budget_s:
+            break
+        t = time.perf_counter()
+        results.append(fn())
+        longest = max(longest, time.perf_counter() - t)
+    return results
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+
+    def line(items):  # first column left-aligned, numbers right-aligned
+        return "  ".join(s.rjust(w) if i else s.ljust(w) for i, (s, w) in enumerate(zip(items, widths)))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def write_results(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def build_model(transformer: dict | None = None, connector: dict | None = None, num_queries: int | None = None,
+                seed: int = 0):
+    """A random DeepGenModel like `deepgen.tiny.build_tiny_model` (tiny VLM and VAE, official scheduler),
+    with the DiT config and connector sizes overridden. float32, eval mode."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from deepgen import tiny
+    from deepgen.model.connector import ConnectorConfig
+    from deepgen.model.deepgen import DeepGenModel
+    from deepgen.model.dit import DeepGenTransformer2DModel
+    from deepgen.tokenizer import build_qwen2_5_vl_tokenizer
+
+    connector_config = ConnectorConfig(**{**tiny.TINY_CONNECTOR.to_dict(), **(connector or {})})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lmm = Qwen2_5_VLForConditionalGeneration._from_config(Qwen2_5_VLConfig.from_dict(tiny.TINY_VLM),
+                                                              attn_implementation="sdpa")
+        dit = DeepGenTransformer2DModel.from_config({**tiny.TINY_TRANSFORMER, **(transformer or {})})
+        vae = AutoencoderKL.from_config(tiny.TINY_VAE)
+        model = DeepGenModel(lmm, build_qwen2_5_vl_tokenizer(), dit, vae, connector_config,
+                             num_queries=num_queries or tiny.TINY_NUM_QUERIES, scheduler_config=tiny.SCHEDULER_CONFIG)
+        for head in (model.projector_2, model.projector_3):  # as tiny.py: make the output depend on the prompt
+            torch.nn.init.normal_(head.weight, std=0.2)
+    return model.float().eval()
+
+
+def lora_tensors(model, rank: int = 8, seed: int = 0) -> dict:
+    """Random official-style VLM LoRA keys (`lmm.<module>.lora_{A,B}.default.weight`) on every Linear of the
+    text tower's attention and MLP, so the loader's LoRA-merge path runs as it does on the real checkpoint."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in model.lmm.named_modules():
+        if ".language_model.layers." in name and isinstance(module, torch.nn.Linear):
+            out_features, in_features = module.weight.shape
+            tensors[f"lmm.{name}.lora_A.default.weight"] = torch.randn(rank, in_features, generator=generator) * 0.01
+            tensors[f"lmm.{name}.lora_B.default.weight"] = torch.randn(out_features, rank, generator=generator) * 0.01
+    return tensors
+
+
+def save_official_release(model, folder: Path, lora_rank: int = 8) -> dict[str, Path]:
+    """Write `model` in the official layout, as `deepgen.tiny.save_tiny_release` does, plus LoRA keys.
+
+    folder/Qwen2.5-VL (save_pretrained + tokenizer), folder/UniPic2/{transformer,vae,scheduler} and
+    folder/model.safetensors (meta_queries, projector_*, connector.*, transformer.*, lmm.*lora*).
+    transformer/ holds only its config.json: when the checkpoint has transformer.* the loader never reads the
+    base DiT weights, so writing them would only cost disk and time.
+    """
+    from safetensors.torch import save_file
+
+    from deepgen.tiny import SCHEDULER_CONFIG
+
+    vlm_dir, diffusion_dir = folder / "Qwen2.5-VL", folder / "UniPic2"
+    model.lmm.save_pretrained(vlm_dir)
+    model.tokenizer.save_pretrained(vlm_dir)
+    model.transformer.save_config(diffusion_dir / "transformer")
+    model.vae.save_pretrained(diffusion_dir / "vae")
+    (diffusion_dir / "scheduler").mkdir(parents=True, exist_ok=True)
+    (diffusion_dir / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
+    tensors = {k: v.contiguous() for k, v in model.trained_state_dict().items()}
+    tensors.update(lora_tensors(model, lora_rank))
+    checkpoint = folder / "model.safetensors"
+    save_file(tensors, str(checkpoint))
+    return {"checkpoint": checkpoint, "vlm": vlm_dir, "diffusion": diffusion_dir}

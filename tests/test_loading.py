@@ -87,6 +87,7 @@ def test_convert_round_trip_is_bit_identical(tmp_path, official_model):
     assert a.keys() == b.keys()
     for key in a:
         assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    assert loaded.lmm.lm_head.weight is loaded.lmm.model.language_model.embed_tokens.weight  # still tied
     assert loaded.tokenizer("Generate an image: a cat")["input_ids"] == \
         official_model.tokenizer("Generate an image: a cat")["input_ids"]
 

@@ -267,6 +267,8 @@ def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> De
         K.check_state_dict(own, given, f"{path}: {name}", optional=tuple(tied))
         module.load_state_dict({**given, **{k: given["model.language_model.embed_tokens.weight"] for k in tied}},
                                strict=True, assign=True)
+        if tied:  # one Parameter again, so a later .to() makes one copy, not two
+            module.tie_weights()
     trained = {k: v for k, v in state.items() if not k.startswith(("lmm.", "vae."))}
     model = _assemble(lmm, tokenizer, transformer, vae, trained, configs["scheduler"], configs["connector"], dtype,
                       str(path))

@@ -237,6 +237,20 @@ def test_step0_kl_is_zero_and_ratio_is_one_through_the_trainer(tmp_path, policy)
         assert torch.allclose(one.logprobs, traj.logprobs, atol=1e-5)
 
 
+def test_options_cfg_exact_logprob_eta_and_per_image_noise(tmp_path):
+    """The documented options run through the same path: CFG in rollouts and training (both branches with
+    gradients), the exact Gaussian log-prob, η = 0.8, independent x_T per image; still KL 0 / ρ 1 at step 0."""
+    cfg = tiny_config(tmp_path, cfg_scale=2.0, logprob="exact", eta=0.8, init_same_noise=False, max_train_steps=1)
+    tr = GRPOTrainer(cfg).setup()
+    batch = tr.rollout(0)
+    assert batch.negative_context is not None  # the negative ('') prompt is encoded for CFG
+    x_T = batch.trajectory.latents[:, 0]
+    assert not torch.equal(x_T[0], x_T[1])  # one x_T per image
+    rec = tr.train()[0]
+    assert rec["kl"] == 0.0 and rec["ratio_max_dev"] == 0.0
+    assert np.isfinite(rec["policy_loss"]) and rec["grad_norm"] > 0
+
+
 # ---------------------------------------------------------------------------------------------------- learning
 
 def test_learning_raises_the_custom_reward(tmp_path):

@@ -81,6 +81,7 @@ __all__ = [
     "read_log",
     "run_grpo",
     "run_grpo_from_config_file",
+    "user_errors",
 ]
 
 LOG_FILE = "log.jsonl"
@@ -308,8 +309,11 @@ class GRPOTrainer:
         unused = sorted(set(map(canonical_reward_name, cfg.rewards)) - set(self.reward_names))
         if unused:
             warnings.warn(f"[rewards.*] settings for {unused}, which no prompt category uses", stacklevel=2)
-        self.reward_mix = RewardMix({n: 1.0 for n in self.reward_names}, rewards=overrides,
-                                    reward_kwargs={canonical_reward_name(k): v for k, v in cfg.rewards.items()})
+        kwargs = {canonical_reward_name(k): dict(v) for k, v in cfg.rewards.items()}
+        for name in self.reward_names:  # in-process reward models go to this process's device unless set
+            if name not in overrides and _takes_device(name) and "device" not in kwargs.get(name, {}):
+                kwargs.setdefault(name, {})["device"] = str(self.device)
+        self.reward_mix = RewardMix({n: 1.0 for n in self.reward_names}, rewards=overrides, reward_kwargs=kwargs)
         if cfg.preflight_rewards:
             for name in self.reward_names:
                 users = [c for c, ws in self.category_weights.items() if name in ws]
@@ -794,6 +798,21 @@ def _all_max(t: Tensor) -> Tensor:
     return t
 
 
+def _takes_device(name: str) -> bool:
+    """Whether the registered reward ``name`` is a class with an explicit ``device`` argument (e.g. CLIP)."""
+    import inspect
+
+    from ...rewards.base import _REGISTRY
+
+    obj = _REGISTRY.get(name)
+    if not isinstance(obj, type):
+        return False
+    try:
+        return "device" in inspect.signature(obj.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _preflight(reward) -> None:
     """Load a reward's model now (CLIP weights, a local VLM judge, the OCR engine) so a missing one fails at
     start-up with the reward's own message, not after the first rollout."""
@@ -860,6 +879,18 @@ def run_grpo_from_config_file(path: str | os.PathLike, overrides: list[str] | No
     run_grpo(cfg)
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "fix your config / data / models" (print the message, exit 2; no traceback)."""
+    from ...rewards import RewardModelNotFound
+    from ..checkpointing import CheckpointError
+    from ..config import ConfigError
+    from ..data import EmptyDatasetError
+    from .prompts import PromptError
+
+    return (ConfigError, PromptError, R.TrainingError, CheckpointError, EmptyDatasetError, RewardModelNotFound,
+            FileNotFoundError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deepgen.train.grpo.trainer",
                                 description="DeepGen stage 3 (MR-GRPO); same as `deepgen train --stage 3`")
@@ -867,7 +898,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resume", default=None, help="auto | no | a checkpoint folder (overrides the config)")
     p.add_argument("overrides", nargs="*", help="key=value (TOML values), e.g. group_size=4")
     args = p.parse_args(argv)
-    run_grpo_from_config_file(args.config, args.overrides, args.resume)
+    try:
+        run_grpo_from_config_file(args.config, args.overrides, args.resume)
+    except KeyboardInterrupt:
+        return 130
+    except user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

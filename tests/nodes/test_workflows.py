@@ -25,6 +25,7 @@ SPEED_OVERRIDES = {
     "DeepGenSampler": {"steps": 2},
     "DeepGenEdit": {"steps": 2, "reference_resize": "keep"},
     "ThinkTokenEncode": {"reference_resize": "keep"},
+    "DeepGenTrainLoRA": {"steps": 2, "resolution": 64, "rank": 2, "save_every": 0, "validation_steps": 2},
 }
 SIZE_OVERRIDES = {"width": 64, "height": 64}  # applied where the shipped value is not 0 (auto)
 
@@ -37,6 +38,15 @@ def comfy_dirs(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(dirs["input"] / "example.png")
     monkeypatch.setattr(core, "DIRS", {k: str(v) for k, v in dirs.items()})
+    # DeepGenTrainLoRA (deepgen_lora_finetune.json): a captioned image folder in input/, outputs kept in tmp_path
+    lora_data = dirs["input"] / "deepgen_lora_dataset"
+    lora_data.mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(lora_data / f"{i}.png")
+        (lora_data / f"{i}.txt").write_text("a noisy square", encoding="utf-8")
+    monkeypatch.chdir(dirs["input"])  # outside ComfyUI a relative dataset path is looked up in the working folder
+    monkeypatch.setenv("DEEPGEN_OUTPUT_DIR", str(dirs["output"]))
+    monkeypatch.setenv("DEEPGEN_MODELS_DIR", str(tmp_path / "models"))
     return dirs
 
 

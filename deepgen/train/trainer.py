@@ -446,8 +446,8 @@ class _RunContext:
         if self.acc.is_main_process:
             if self._lora_wanted():
                 if self.t.spec.dit == "full":
-                    warnings.warn("the DiT trained in full: the LoRA file holds only the LoRA parts; use the "
-                                  "exported checkpoint for the whole model", stacklevel=3)
+                    log.warning("the DiT trained in full: the LoRA file holds only the LoRA parts; the exported "
+                                "checkpoint holds the whole model")
                 paths["lora"] = self.result.lora_path = self.write_lora(self.lora_target(), step)
             if self.t.export_checkpoint:
                 from .export import export_official_checkpoint

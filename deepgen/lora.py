@@ -5,8 +5,10 @@ part they adapt, plus a scalar `.alpha` per module so stock ComfyUI LoRA loaders
   transformer.<module>.lora_A.weight (r, in) / .lora_B.weight (out, r) / .alpha   -- SD3 diffusers keys
   lmm.<module>.lora_A.weight / .lora_B.weight / .alpha                           -- Linear layers of the VLM
   lmm.<module>.lora_embedding_A (r, V) / .lora_embedding_B (d, r) / .alpha       -- the VLM's embedding
-Applying merges W + strength·(alpha/r)·B·A into the weights (the embedding takes (B·A)ᵀ), keeping a backup of
-every touched weight so the base can be restored exactly.
+  <scb parameter>.diff                                                          -- full-weight changes of the
+                                                                                   think tokens/projectors/connector
+Applying merges W + strength·(alpha/r)·B·A into the weights (the embedding takes (B·A)ᵀ) and W + strength·ΔW for
+`.diff` tensors, keeping a CPU backup of every touched weight so the base can be restored exactly.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from torch import nn
 
 LORA_FORMAT = "deepgen-lora"
 PARTS = ("lmm", "transformer")
+DIFF_SUFFIX = ".diff"
+SCB_PREFIXES = ("meta_queries", "projector_1.", "projector_2.", "projector_3.", "connector.")
+_LORA_KEY = re.compile(r"^((?:lmm|transformer)\..+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|"
+                       r"lora_embedding_B|alpha)$")
 # DiT targets: attention projections of every joint block (image and context streams, and attn2).
 DIT_TARGET_PRESETS = {
     "attn": r"transformer_blocks\.\d+\.attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)$",
@@ -89,18 +95,24 @@ def lora_tensors(model: nn.Module, part: str, adapter_name: str = "default") -> 
 
 
 def save_lora(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None,
-              adapter_name: str = "default") -> Path:
-    """Write the model's LoRA adapters (VLM and/or DiT) to one safetensors file, atomically."""
+              diffs: dict[str, torch.Tensor] | None = None, adapter_name: str = "default") -> Path:
+    """Write the model's LoRA adapters (VLM and/or DiT), plus optional SCB `diffs` ({parameter name: trained −
+    initial}), to one safetensors file, atomically."""
     tensors = {}
     for part in PARTS:
         tensors.update(lora_tensors(model, part, adapter_name))
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
+    for name, diff in (diffs or {}).items():
+        if not name.startswith(SCB_PREFIXES):
+            raise LoraError(f"Only think-token/projector/connector changes are stored as .diff, not {name!r}")
+        tensors[name + DIFF_SUFFIX] = diff.detach().float().contiguous().cpu()
     if not tensors:
         raise LoraError("The model carries no LoRA adapter to save")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": LORA_FORMAT, "format_version": "1", "deepgen": json.dumps(metadata or {}, default=str)}
     partial = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(partial), metadata=meta)
+    save_file(tensors, str(partial), metadata=meta)
     os.replace(partial, path)
     return path
 
@@ -116,6 +128,10 @@ class LoraModule:
     def scale(self) -> float:
         return self.alpha / self.a.shape[0]
 
+    @property
+    def delta_shape(self) -> tuple[int, int]:
+        return (self.a.shape[1], self.b.shape[0]) if self.embedding else (self.b.shape[0], self.a.shape[1])
+
     def delta(self) -> torch.Tensor:
         product = self.b.float() @ self.a.float()
         return product.T if self.embedding else product
@@ -126,10 +142,31 @@ class LoraFile:
     path: str
     modules: dict[str, LoraModule]  # "lmm.<module>" / "transformer.<module>"
     metadata: dict = field(default_factory=dict)
+    diffs: dict[str, torch.Tensor] = field(default_factory=dict)  # SCB parameter name -> trained − initial
+
+    @property
+    def parts(self) -> list[str]:
+        """Which parts the file changes: lmm, transformer, scb."""
+        return sorted({name.split(".", 1)[0] for name in self.modules}) + (["scb"] if self.diffs else [])
+
+    def check(self, model: nn.Module) -> None:
+        """Raise LoraError unless every module and parameter the file changes exists in `model` with its shape."""
+        for name, module in self.modules.items():
+            want = tuple(_resolve(model, name, self.path).weight.shape)
+            got = tuple(module.delta_shape)
+            if got != want:
+                raise LoraError(f"{self.path}: {name} gives a {got} update for a {want} weight; the LoRA was trained "
+                                "for another model size")
+        params = dict(model.named_parameters())
+        for name, diff in self.diffs.items():
+            if name not in params or tuple(params[name].shape) != tuple(diff.shape):
+                raise LoraError(f"{self.path}: {name} does not fit this model; the LoRA was trained on another model")
 
 
 def load_lora(path: str | os.PathLike) -> LoraFile:
     path = Path(path)
+    if not path.is_file():
+        raise LoraError(f"LoRA file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -137,11 +174,15 @@ def load_lora(path: str | os.PathLike) -> LoraFile:
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types
         raise LoraError(f"{path} is not a readable safetensors LoRA file ({exc})") from exc
     groups: dict[str, dict[str, torch.Tensor]] = {}
+    diffs = {}
     for key, value in tensors.items():
-        match = re.match(r"^((?:lmm|transformer)\..+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|"
-                         r"lora_embedding_B|alpha)$", key)
+        if key.endswith(DIFF_SUFFIX) and key.startswith(SCB_PREFIXES):
+            diffs[key[:-len(DIFF_SUFFIX)]] = value
+            continue
+        match = _LORA_KEY.match(key)
         if not match:
-            raise LoraError(f"{path}: unrecognised LoRA key {key!r} (expected lmm.* or transformer.* LoRA tensors)")
+            raise LoraError(f"{path}: unrecognised LoRA key {key!r} (expected lmm.* or transformer.* LoRA tensors, "
+                            "or think-token/connector .diff tensors): is this a DeepGen LoRA?")
         groups.setdefault(match.group(1), {})[match.group(2)] = value
     modules = {}
     for name, parts in groups.items():
@@ -152,11 +193,19 @@ def load_lora(path: str | os.PathLike) -> LoraFile:
             raise LoraError(f"{path}: {name} has only one of its two LoRA matrices")
         alpha = float(parts["alpha"]) if "alpha" in parts else float(a.shape[0])
         modules[name] = LoraModule(a, b, alpha, embedding)
-    return LoraFile(str(path), modules, json.loads(meta.get("deepgen", "{}")))
+    if not modules and not diffs:
+        raise LoraError(f"{path} holds no LoRA tensors")
+    try:
+        metadata = json.loads(meta.get("deepgen", "{}"))
+    except ValueError:
+        metadata = {}
+    return LoraFile(str(path), modules, metadata, diffs)
 
 
 class LoraPatcher:
-    """Merges LoRA files into a model with strengths, and restores the exact base weights afterwards."""
+    """Merges LoRA files into a model with strengths, and restores the exact base weights afterwards.
+
+    Backups of the touched weights live on the CPU, so patching a model on the GPU costs no GPU memory."""
 
     def __init__(self):
         self._backup: dict[str, torch.Tensor] = {}
@@ -164,22 +213,28 @@ class LoraPatcher:
     @torch.no_grad()
     def apply(self, model: nn.Module, loras: list[tuple[LoraFile, float]]) -> None:
         self.restore(model)
+        for lora, _ in loras:
+            lora.check(model)  # all or nothing: never leave the model half patched
+        params = dict(model.named_parameters())
         for lora, strength in loras:
             for name, module in lora.modules.items():
-                layer = _resolve(model, name, lora.path)
-                weight = layer.weight
-                delta = module.delta()
-                if delta.shape != weight.shape:
-                    raise LoraError(f"{lora.path}: {name} gives a {tuple(delta.shape)} update for a "
-                                    f"{tuple(weight.shape)} weight; the LoRA was trained for another model size")
-                if name not in self._backup:
-                    self._backup[name] = weight.detach().clone()
-                weight.add_((strength * module.scale * delta).to(device=weight.device, dtype=weight.dtype))
+                weight = _resolve(model, name, lora.path).weight
+                self._keep(name + ".weight", weight)
+                weight.add_((strength * module.scale * module.delta()).to(device=weight.device, dtype=weight.dtype))
+            for name, diff in lora.diffs.items():
+                self._keep(name, params[name])
+                params[name].add_((strength * diff.float()).to(device=params[name].device, dtype=params[name].dtype))
+
+    def _keep(self, name: str, tensor: torch.Tensor) -> None:
+        if name not in self._backup:
+            self._backup[name] = tensor.detach().to("cpu", copy=True)
 
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:
         for name, original in self._backup.items():
-            _resolve(model, name, "backup").weight.copy_(original)
+            module_name, _, attr = name.rpartition(".")
+            owner = _resolve(model, module_name, "backup") if module_name else model
+            getattr(owner, attr).copy_(original)
         self._backup.clear()
 
 

@@ -40,7 +40,7 @@ class DeepGenModelHandle:
     dtype: object = None
     attention: str = "sdpa"
     sources: dict = field(default_factory=dict)  # resolved paths, for reports
-    loras: tuple = ()  # ((adapter, strength), ...): deepgen.train.export.AdapterFile or deepgen.lora.LoraFile
+    loras: tuple = ()  # ((adapter, strength), ...): deepgen.lora.LoraFile
     pipe: object = field(init=False, repr=False)
     _where: dict = field(init=False, repr=False, default_factory=dict)
 
@@ -110,9 +110,9 @@ class DeepGenModelHandle:
             current[1].restore(self.model)
             del _ACTIVE_PATCHES[self.model]
         if self.loras:
-            from deepgen.train.export import AdapterPatcher
+            from deepgen.lora import LoraPatcher
 
-            patcher = AdapterPatcher()
+            patcher = LoraPatcher()
             try:
                 patcher.apply(self.model, list(self.loras))
             except BaseException:

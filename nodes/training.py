@@ -167,36 +167,15 @@ def _to_image_batch(images):
 
 
 def load_adapter_cached(path: str):
-    from deepgen.train.export import load_adapter
+    from deepgen.lora import load_lora
 
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if key not in _ADAPTER_CACHE:
         if len(_ADAPTER_CACHE) > 16:
             _ADAPTER_CACHE.clear()
-        _ADAPTER_CACHE[key] = load_adapter(path)
+        _ADAPTER_CACHE[key] = load_lora(path)
     return _ADAPTER_CACHE[key]
-
-
-def check_adapter(model, adapter) -> None:
-    """Raise LoraError if the adapter does not fit the model (without touching the weights)."""
-    from deepgen.lora import LoraError
-
-    for name, module in (adapter.lora.modules.items() if adapter.lora else ()):
-        try:
-            layer = model.get_submodule(name)
-        except AttributeError:
-            raise LoraError(f"{adapter.path}: the model has no module {name!r}; is this LoRA for DeepGen 1.0?") from None
-        layer = getattr(layer, "base_layer", layer)
-        want = tuple(layer.weight.shape)
-        got = (module.a.shape[1], module.b.shape[0]) if module.embedding else (module.b.shape[0], module.a.shape[1])
-        if got != want:
-            raise LoraError(f"{adapter.path}: {name} was trained for a {got} weight, the model has {want}; the LoRA "
-                            "was trained on another model size")
-    params = dict(model.named_parameters())
-    for name, diff in adapter.diffs.items():
-        if name not in params or tuple(params[name].shape) != tuple(diff.shape):
-            raise LoraError(f"{adapter.path}: {name} does not fit this model; the LoRA was trained on another model")
 
 
 # ---- DeepGenTrainLoRA ----------------------------------------------------------------------------------------
@@ -433,7 +412,7 @@ class DeepGenLoRALoader:
                                     "to output/loras/deepgen/), then refresh")
         path = cs.resolve_model_path("loras", lora_name)
         adapter = load_adapter_cached(path)
-        check_adapter(model.model, adapter)
+        adapter.check(model.model)
         return (model.with_loras([(adapter, float(strength))]),)
 
 

@@ -13,7 +13,7 @@ from trainer_kit import one_thread, write_dataset, write_folder_dataset
 
 from deepgen.cli import main
 from deepgen.train.cli import load_train_config
-from deepgen.train.export import load_adapter
+from deepgen.lora import load_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "resolution=32", "--set", "micro_batch_size=1", "--set", "grad_accumulation=1",
@@ -46,7 +46,7 @@ def test_tiny_run_logs_validates_and_exports(tmp_path, capsys):
     assert "step 1/2 loss" in err and "step 2/2 loss" in err  # console lines (log_every = 1)
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-00000001.png", "step-00000002.png"]
     assert (out / "checkpoint-00000002" / "trainable.safetensors").is_file()
-    adapter = load_adapter(out / "export" / "deepgen_lora.safetensors")
+    adapter = load_lora(out / "export" / "deepgen_lora.safetensors")
     assert adapter.metadata["steps"] == 2 and "transformer" in adapter.parts and "lmm" in adapter.parts
     assert (out / "export" / "model.safetensors").is_file()
     assert "exported lora" in err and "exported checkpoint" in err

@@ -14,7 +14,8 @@ from trainer_kit import (Recorder, assert_same_outputs, base_config, changed, ev
 from deepgen.loading import load_model
 from deepgen.tiny import build_tiny_model, save_tiny_release
 from deepgen.train.checkpointing import load_checkpoint
-from deepgen.train.export import combine_lora_pairs, load_adapter
+from deepgen.lora import load_lora
+from deepgen.train.export import combine_lora_pairs
 from deepgen.train.trainer import SFTTrainer
 
 SCB = ("meta_queries", "projector_1.", "projector_2.", "projector_3.", "connector.")
@@ -115,7 +116,7 @@ def test_stage2_full_dit_and_vlm_lora_from_an_official_release(data, tmp_path, r
     assert_same_outputs(outputs(load_export(result.checkpoint_path, paths)), trained)
     assert_same_outputs(outputs(load_export(result.checkpoint_path, paths, lora="peft")), trained)
     # the LoRA file holds only the LoRA parts here (the DiT trained in full) and says so
-    assert load_adapter(result.lora_path).metadata["complete"] is False
+    assert load_lora(result.lora_path).metadata["complete"] is False
 
     # A second run starting from that export (its VLM LoRA merged at load) exports both LoRAs, combined.
     second = tmp_path / "second"
@@ -145,9 +146,9 @@ def test_stage2_dit_lora_option(data, tmp_path, release):
     # all get a gradient but the last block's context queries (context_pre_only: its context output is dropped)
     assert {n for n, p in dit_b.items() if p.abs().sum() == 0} == {"transformer_blocks.3.attn.add_q_proj.lora_B.default.weight"}
     # the LoRA file holds the DiT LoRA and the bridge change (.diff), so it is the whole run
-    adapter = load_adapter(result.lora_path)
+    adapter = load_lora(result.lora_path)
     assert adapter.parts == ["transformer", "scb"] and adapter.metadata["complete"] is True
-    assert "transformer.transformer_blocks.0.ff.net.0.proj" in adapter.lora.modules
+    assert "transformer.transformer_blocks.0.ff.net.0.proj" in adapter.modules
     # the official export merges the DiT LoRA into the DiT weights
     _, paths = release
     keys = load_adapter_keys(result.checkpoint_path)

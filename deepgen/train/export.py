@@ -6,9 +6,8 @@ LoRA file (``export_lora``)
     trained.  When the think tokens, projectors or connector (SCB) trained too, their change is stored as
     full-weight differences ``<parameter name>.diff`` (e.g. ``connector.layers.0.mlp.fc1.weight.diff``,
     ``meta_queries.diff``) in the same file, so the file still holds the whole change of the run.
-    :func:`load_adapter` reads both kinds, :class:`AdapterPatcher` applies them with a strength (W + s·ΔW) and
-    restores the exact base weights — the DeepGenLoRALoader node uses it.  ``deepgen.lora.load_lora`` reads the
-    files without ``.diff`` tensors.
+    ``deepgen.lora.load_lora`` reads both kinds and ``deepgen.lora.LoraPatcher`` applies them with a strength
+    (W + s·ΔW) and restores the exact base weights; the DeepGenLoRALoader node uses them.
 
 Official-layout checkpoint (``export_official_checkpoint``)
     One safetensors with the keys of the official ``model.pt``: ``meta_queries``, ``projector_{1,2,3}.*``,
@@ -25,37 +24,25 @@ Official-layout checkpoint (``export_official_checkpoint``)
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..lora import LORA_FORMAT, PARTS, LoraError, LoraFile, LoraModule, LoraPatcher, lora_tensors, save_lora
+from ..lora import SCB_PREFIXES, LoraError, save_lora
 
 __all__ = [
-    "DIFF_SUFFIX",
     "export_lora",
     "export_official_checkpoint",
     "official_state_dict",
     "merged_dit_state_dict",
     "vlm_lora_pairs",
     "combine_lora_pairs",
-    "AdapterFile",
-    "load_adapter",
-    "AdapterPatcher",
 ]
 
-DIFF_SUFFIX = ".diff"
-SCB_PREFIXES = ("meta_queries", "projector_1.", "projector_2.", "projector_3.", "connector.")
-_LORA_KEY = re.compile(r"^((?:lmm|transformer)\..+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|"
-                       r"lora_embedding_B|alpha)$")
 
 
 def _peft_layers(module: nn.Module):
@@ -67,129 +54,17 @@ def _peft_layers(module: nn.Module):
 # ---- the LoRA file -----------------------------------------------------------------------------------------
 
 def scb_diffs(model: nn.Module, initial: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    """``{"<name>.diff": trained − initial}`` for the SCB parameters in ``initial``."""
+    """``{name: trained − initial}`` for the SCB parameters in ``initial`` (stored as ``<name>.diff``)."""
     params = dict(model.named_parameters())
-    out = {}
-    for name, start in initial.items():
-        now = params[name].detach().float().cpu()
-        out[name + DIFF_SUFFIX] = (now - start.float()).to(dtype or torch.float32).contiguous()
-    return out
+    return {name: (params[name].detach().float().cpu() - start.float()).to(dtype or torch.float32)
+            for name, start in initial.items()}
 
 
 def export_lora(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
                 scb_initial: Mapping[str, Tensor] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write the model's LoRA adapters (and, with ``scb_initial``, the SCB changes as ``.diff``) to one file."""
-    path = Path(path)
-    if not scb_initial:
-        return save_lora(model, path, metadata)
-    tensors: dict[str, Tensor] = {}
-    for part in PARTS:
-        tensors.update(lora_tensors(model, part))
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
-    tensors.update(scb_diffs(model, scb_initial, dtype))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": LORA_FORMAT, "format_version": "1", "deepgen": json.dumps(metadata or {}, default=str),
-            "deepgen_scb_diff": "1"}
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=meta)
-    os.replace(partial, path)
-    return path
-
-
-@dataclass
-class AdapterFile:
-    """A DeepGen LoRA file: its LoRA modules (``deepgen.lora.LoraFile``) and full-weight ``.diff`` tensors."""
-
-    path: str
-    lora: LoraFile | None
-    diffs: dict[str, Tensor] = field(default_factory=dict)   # parameter name -> difference
-    metadata: dict = field(default_factory=dict)
-
-    @property
-    def parts(self) -> list[str]:
-        """Which parts the file changes: lmm, transformer, scb."""
-        parts = sorted({name.split(".", 1)[0] for name in (self.lora.modules if self.lora else {})})
-        return parts + (["scb"] if self.diffs else [])
-
-
-def load_adapter(path: str | os.PathLike) -> AdapterFile:
-    """Read a DeepGen LoRA file (with or without SCB ``.diff`` tensors); raises ``LoraError`` for other files."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoraError(f"LoRA file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-        raise LoraError(f"{path} is not a readable safetensors LoRA file ({exc})") from exc
-    diffs, groups = {}, {}
-    for key, value in tensors.items():
-        if key.endswith(DIFF_SUFFIX) and key.startswith(SCB_PREFIXES):
-            diffs[key[:-len(DIFF_SUFFIX)]] = value
-            continue
-        match = _LORA_KEY.match(key)
-        if not match:
-            raise LoraError(f"{path}: unrecognised key {key!r}; this is not a DeepGen LoRA file (expected lmm.* or "
-                            "transformer.* LoRA tensors, or SCB .diff tensors)")
-        groups.setdefault(match.group(1), {})[match.group(2)] = value
-    modules = {}
-    for name, parts in groups.items():
-        embedding = "lora_embedding_A" in parts
-        a = parts.get("lora_embedding_A" if embedding else "lora_A.weight")
-        b = parts.get("lora_embedding_B" if embedding else "lora_B.weight")
-        if a is None or b is None:
-            raise LoraError(f"{path}: {name} has only one of its two LoRA matrices")
-        alpha = float(parts["alpha"]) if "alpha" in parts else float(a.shape[0])
-        modules[name] = LoraModule(a, b, alpha, embedding)
-    if not modules and not diffs:
-        raise LoraError(f"{path} holds no LoRA tensors")
-    try:
-        metadata = json.loads(meta.get("deepgen", "{}"))
-    except ValueError:
-        metadata = {}
-    lora = LoraFile(str(path), modules, metadata) if modules else None
-    return AdapterFile(str(path), lora, diffs, metadata)
-
-
-class AdapterPatcher:
-    """``deepgen.lora.LoraPatcher`` plus the SCB ``.diff`` tensors: apply adapters with strengths, restore exactly."""
-
-    def __init__(self):
-        self._lora = LoraPatcher()
-        self._backup: dict[str, Tensor] = {}
-
-    @torch.no_grad()
-    def apply(self, model: nn.Module, adapters: list[tuple[AdapterFile | LoraFile, float]]) -> None:
-        self.restore(model)
-        loras = []
-        for adapter, strength in adapters:
-            if isinstance(adapter, LoraFile):
-                loras.append((adapter, strength))
-            elif adapter.lora is not None:
-                loras.append((adapter.lora, strength))
-        self._lora.apply(model, loras)
-        params = dict(model.named_parameters())
-        for adapter, strength in adapters:
-            for name, diff in getattr(adapter, "diffs", {}).items():
-                if name not in params:
-                    raise LoraError(f"{adapter.path}: the model has no parameter {name!r}")
-                param = params[name]
-                if tuple(diff.shape) != tuple(param.shape):
-                    raise LoraError(f"{adapter.path}: {name} is {tuple(diff.shape)} in the file, "
-                                    f"{tuple(param.shape)} in the model; the LoRA was trained for another model size")
-                if name not in self._backup:
-                    self._backup[name] = param.detach().clone()
-                param.add_((strength * diff.float()).to(device=param.device, dtype=param.dtype))
-
-    @torch.no_grad()
-    def restore(self, model: nn.Module) -> None:
-        self._lora.restore(model)
-        if self._backup:
-            params = dict(model.named_parameters())
-            for name, original in self._backup.items():
-                params[name].copy_(original)
-            self._backup.clear()
+    diffs = scb_diffs(model, scb_initial, dtype) if scb_initial else None
+    return save_lora(model, path, metadata, diffs=diffs)
 
 
 # ---- the official-layout checkpoint ------------------------------------------------------------------------

@@ -78,17 +78,13 @@ def test_general_preset_weighted_total_and_table():
 
 @pytest.fixture(scope="module")
 def hello():
-    try:
-        font = ImageFont.load_default(size=56)
-    except TypeError:  # pragma: no cover - old Pillow
-        pytest.skip("Pillow without a scalable default font")
+    font = ImageFont.load_default(size=56)  # Pillow >= 10.1 (a dependency): a real scalable font
     im = Image.new("RGB", (512, 512), "white")
     ImageDraw.Draw(im).text((40, 200), "Hello World", fill="black", font=font)
     return im
 
 
 def test_text_rendering_renormalises_when_ocr_does_not_apply(hello):
-    pytest.importorskip("rapidocr_onnxruntime")
     mix = RewardMix("text_rendering", rewards={"preference": const(0.9), "clip": const(0.3)})
     prompts = ['A sign reading "Hello World"', "A sign on a wall"]  # second: no quotes
     res = mix([hello, hello], prompts)

@@ -246,8 +246,7 @@ def test_endpoint_unreachable_counts_as_ties():
 
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory):
-    if not (QWEN_TINY / "config.json").is_file():
-        pytest.skip("tiny Qwen2.5-VL fixture missing")
+    assert (QWEN_TINY / "config.json").is_file(), "the tiny Qwen2.5-VL fixture ships in tests/fixtures"
     try:
         from transformers import Qwen2VLImageProcessorPil as ImageProc  # transformers 5 without torchvision
     except ImportError:  # pragma: no cover - transformers 4

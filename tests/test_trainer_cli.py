@@ -4,8 +4,6 @@ dispatch, and clear errors for bad input."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -84,19 +82,27 @@ def test_print_config_and_stage_conflict(tmp_path, capsys):
 
 
 def test_stage3_dispatch(tmp_path, capsys, monkeypatch):
+    from deepgen.train.grpo import trainer as grpo
+
     calls = []
-    fake = types.ModuleType("deepgen.train.grpo.trainer")
-    fake.run_grpo_from_config_file = lambda path, overrides, resume: calls.append((path, overrides, resume))
-    monkeypatch.setitem(sys.modules, "deepgen.train.grpo.trainer", fake)
-    assert main(["train", "--stage", "3", "--config", "rl.toml", "--set", "lr=1e-6", "--resume", "auto"]) == 0
-    assert calls == [("rl.toml", ["lr=1e-6"], "auto")]
+    monkeypatch.setattr(grpo, "run_grpo_from_config_file",
+                        lambda path, overrides, resume: calls.append((path, overrides, resume)))
+    assert main(["train", "--stage", "3", "--config", "rl.toml", "--set", "lr=1e-6", "--resume", "auto",
+                 "--cpu"]) == 0
+    assert calls == [("rl.toml", ["lr=1e-6", "cpu=true"], "auto")]
     rl = tmp_path / "rl.toml"
     rl.write_text('stage = 3\nmodel = "tiny"\n', encoding="utf-8")
     assert main(["train", "--config", str(rl)]) == 0  # the file's stage picks the trainer
     assert calls[-1] == (str(rl), [], None)
-    monkeypatch.setitem(sys.modules, "deepgen.train.grpo.trainer", None)  # not installed
-    assert main(["train", "--stage", "3", "--config", "rl.toml"]) == 2
-    assert "stage 3 (MR-GRPO) needs deepgen.train.grpo.trainer" in capsys.readouterr().err
+
+    # the real stage-3 trainer: a prompt file without prompts is a clean error (exit 2), not a traceback
+    monkeypatch.undo()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n", encoding="utf-8")
+    rl.write_text(f'stage = 3\nmodel = "tiny"\noutput_dir = "{tmp_path / "out"}"\n[[prompts]]\npath = "{empty}"\n'
+                  'category = "general"\n', encoding="utf-8")
+    assert main(["train", "--config", str(rl)]) == 2
+    assert "holds no prompts" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, message", [

@@ -137,15 +137,14 @@ class ConsoleCallback:
 
 
 def _run_stage3(args) -> int:
+    from .grpo.trainer import run_grpo_from_config_file, user_errors
+
+    overrides = list(args.overrides) + (["cpu=true"] if args.cpu else [])
     try:
-        from .grpo.trainer import run_grpo_from_config_file
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("deepgen.train.grpo"):
-            print("error: stage 3 (MR-GRPO) needs deepgen.train.grpo.trainer, which this installation does not "
-                  "have yet; stages 1 and 2 are available (--stage 1|2).", file=sys.stderr)
-            return 2
-        raise
-    run_grpo_from_config_file(args.config, list(args.overrides), args.resume)
+        run_grpo_from_config_file(args.config, overrides, args.resume)
+    except user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

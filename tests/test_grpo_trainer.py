@@ -178,7 +178,7 @@ def test_bad_input_errors(tmp_path):
         GRPOTrainer(tiny_config(tmp_path, prompts=[{"path": prompt_file(tmp_path), "category": "text"}])).setup()
     with pytest.raises(ConfigError, match="group_size must be ≥ 2 .*G = 1 every advantage is 0"):
         tiny_config(tmp_path, group_size=1)
-    with pytest.raises(ConfigError, match="unknown preset 'genral'"):
+    with pytest.raises(ConfigError, match="unknown reward preset 'genral'"):
         tiny_config(tmp_path, category_weights={"general": "genral"})
     # a missing reward model: a clear error at start-up (preflight), before any rollout
     cfg = tiny_config(tmp_path, category_weights={"general": {"clip": 0.5, "mean_brightness": 0.5}},

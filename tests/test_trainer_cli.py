@@ -51,10 +51,10 @@ def test_tiny_run_logs_validates_and_exports(tmp_path, capsys):
 
 
 def test_shipped_configs_parse():
-    from deepgen.train.config import _read_file
+    from deepgen.train.config import read_config_file
 
     for path in sorted((ROOT / "configs" / "train").glob("*.toml")):
-        if _read_file(path).get("stage") == 3:
+        if read_config_file(path).get("stage") == 3:
             continue  # MR-GRPO configs belong to deepgen.train.grpo
         cfg = load_train_config(str(path), None, [])
         assert cfg.stage in (1, 2), path

@@ -121,6 +121,11 @@ def unregister_reward(name: str) -> None:
     _REGISTRY.pop(canonical_reward_name(name), None)
 
 
+def registered_reward(name: str) -> Any:
+    """What is registered under `name` (a Reward subclass, instance or callable), or None."""
+    return _REGISTRY.get(canonical_reward_name(name))
+
+
 def available_rewards() -> list[str]:
     return sorted(_REGISTRY)
 

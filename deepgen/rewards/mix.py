@@ -55,13 +55,18 @@ class RewardResult(NamedTuple):
     weights: dict[str, torch.Tensor]
 
 
+def preset_weights(name: str) -> dict[str, float]:
+    """The weights of a category preset (general, text_rendering; a few spellings accepted)."""
+    key = _PRESET_ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in PRESETS:
+        raise ValueError(f"unknown reward preset {name!r}; presets: {', '.join(PRESETS)}")
+    return dict(PRESETS[key])
+
+
 def resolve_weights(spec, available: Sequence[str] | None = None) -> dict[str, float]:
     """Preset name or {reward: weight} -> {canonical reward name: weight}; ValueError on unknown names."""
     if isinstance(spec, str):
-        key = _PRESET_ALIASES.get(spec.strip().lower(), spec.strip().lower())
-        if key not in PRESETS:
-            raise ValueError(f"unknown reward preset {spec!r}; presets: {', '.join(PRESETS)}")
-        spec = PRESETS[key]
+        spec = preset_weights(spec)
     if not isinstance(spec, Mapping) or not spec:
         raise ValueError("weights must be a preset name or a non-empty {reward_name: weight} dict")
     names = set(available if available is not None else available_rewards())

@@ -52,12 +52,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_train_config(path: str, stage: int | None, overrides: list[str]):
     """The resolved TrainConfig: the file on its stage's preset, ``--stage`` if the file has none, overrides."""
-    from .config import ConfigError, _read_file, load_config
+    from .config import ConfigError, read_config_file, load_config
 
     file_path = Path(path)
     if not file_path.is_file():
         raise ConfigError(f"Config file {file_path} not found")
-    values = _read_file(file_path)
+    values = read_config_file(file_path)
     overrides = list(overrides)
     if stage is not None:
         if "stage" in values and values["stage"] != stage:
@@ -153,11 +153,11 @@ def cmd_train(args) -> int:
     if args.stage == 3:
         return _run_stage3(args)
     from .checkpointing import CheckpointError
-    from .config import ConfigError, _read_file
+    from .config import ConfigError, read_config_file
     from .data import EmptyDatasetError
 
     try:
-        if args.stage is None and Path(args.config).is_file() and _read_file(Path(args.config)).get("stage") == 3:
+        if args.stage is None and Path(args.config).is_file() and read_config_file(Path(args.config)).get("stage") == 3:
             return _run_stage3(args)  # a stage-3 (MR-GRPO) config file
         cfg = load_train_config(args.config, args.stage, args.overrides)
         if args.resume:

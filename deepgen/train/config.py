@@ -267,7 +267,7 @@ _HINTS = typing.get_type_hints(TrainConfig)
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
+def coerce_value(name: str, value: Any, hint: Any) -> Any:
     """Check/convert one value to the field's type; raise ValueError with a readable message."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -275,7 +275,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)][0]
-        return _coerce(name, value, inner)
+        return coerce_value(name, value, inner)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -306,15 +306,15 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             value = [value]  # data = "one/path" is fine
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{name} must be a list (got {value!r})")
-        return [_coerce(f"{name}[{i}]", x, args[0]) for i, x in enumerate(value)]
+        return [coerce_value(f"{name}[{i}]", x, args[0]) for i, x in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ValueError(f"{name} must be a list of {len(args)} numbers (got {value!r})")
-        return tuple(_coerce(f"{name}[{i}]", x, a) for i, (x, a) in enumerate(zip(value, args)))
+        return tuple(coerce_value(f"{name}[{i}]", x, a) for i, (x, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be a table like {{ image2image = 1, text2image = 3 }} (got {value!r})")
-        return {str(k): _coerce(f"{name}.{k}", v, args[1]) for k, v in value.items()}
+        return {str(k): coerce_value(f"{name}.{k}", v, args[1]) for k, v in value.items()}
     return value
 
 
@@ -334,7 +334,7 @@ def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Tr
     kwargs = {}
     for k, v in merged.items():
         try:
-            kwargs[k] = _coerce(k, v, _HINTS[k])
+            kwargs[k] = coerce_value(k, v, _HINTS[k])
         except ValueError as e:
             problems.append(str(e))
     cfg = TrainConfig(**kwargs)  # badly typed keys keep their defaults here, and are reported
@@ -357,7 +357,7 @@ def _tomllib():
     return tomllib
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     text = path.read_text(encoding="utf-8")
     if suffix == ".toml":
@@ -398,12 +398,12 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Train
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} not found")
-    values = _read_file(path)
-    values.update(_parse_overrides(overrides))
+    values = read_config_file(path)
+    values.update(parse_overrides(overrides))
     return config_from_dict(values, source=str(path))
 
 
-def _parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     overrides = list(overrides)
     if not overrides:
         return {}
@@ -428,7 +428,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
     """
     values = cfg.to_dict()
     values = {k: v for k, v in values.items() if v is not None}
-    values.update(_parse_overrides(overrides))
+    values.update(parse_overrides(overrides))
     return config_from_dict(values, source="overrides")
 
 

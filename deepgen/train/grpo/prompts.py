@@ -159,10 +159,10 @@ def read_prompt_file(path: str | os.PathLike, category: str = DEFAULT_CATEGORY) 
 
 
 def _read_set_file(path: Path) -> list:
-    from ..config import ConfigError, _read_file
+    from ..config import ConfigError, read_config_file
 
     try:
-        data = _read_file(path)
+        data = read_config_file(path)
     except ConfigError as e:
         raise PromptError(str(e)) from e
     entries = data.get("datasets", data.get("prompts"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import MIXED_PRECISION, ConfigError, _coerce, _parse_overrides, _read_file
+from ..config import MIXED_PRECISION, ConfigError, coerce_value, parse_overrides, read_config_file
 from .config import GRPOConfig
 from .prompts import canonical_category
 
@@ -188,16 +188,16 @@ def normalise_category_weights(spec: Mapping[str, Any]) -> dict[str, dict[str, f
     rewards may be registered later); the trainer does that.
     """
     from ...rewards.base import canonical_reward_name
-    from ...rewards.mix import _PRESET_ALIASES, PRESETS
+    from ...rewards.mix import preset_weights
 
     out: dict[str, dict[str, float]] = {}
     for cat, w in spec.items():
         c = canonical_category(cat)
         if isinstance(w, str):
-            key = _PRESET_ALIASES.get(w.strip().lower(), w.strip().lower())
-            if key not in PRESETS:
-                raise ValueError(f"category_weights.{cat}: unknown preset {w!r} (presets: {', '.join(PRESETS)})")
-            w = PRESETS[key]
+            try:
+                w = preset_weights(w)
+            except ValueError as exc:
+                raise ValueError(f"category_weights.{cat}: {exc}") from None
         if not isinstance(w, Mapping):
             raise ValueError(f"category_weights.{cat}: expected a preset name or a {{reward = weight}} table")
         d: dict[str, float] = {}
@@ -225,7 +225,7 @@ def stage3_config_from_dict(values: Mapping[str, Any], *, source: str = "config"
     for k, v in values.items():
         if k in _RUN_FIELDS:
             try:
-                run_kw[k] = _coerce(k, v, _RUN_HINTS[k])
+                run_kw[k] = coerce_value(k, v, _RUN_HINTS[k])
             except ValueError as e:
                 problems.append(str(e))
         elif k in _GRPO_FIELDS:
@@ -236,9 +236,9 @@ def stage3_config_from_dict(values: Mapping[str, Any], *, source: str = "config"
                     grpo_kw[k] = normalise_category_weights(v)
                 elif k == "category_sample_weights":
                     grpo_kw[k] = {canonical_category(c): float(w)
-                                  for c, w in _coerce(k, v, _GRPO_HINTS[k]).items()}
+                                  for c, w in coerce_value(k, v, _GRPO_HINTS[k]).items()}
                 else:
-                    grpo_kw[k] = _coerce(k, v, _GRPO_HINTS[k])
+                    grpo_kw[k] = coerce_value(k, v, _GRPO_HINTS[k])
             except ValueError as e:
                 problems.append(str(e))
     if "rewards" in run_kw:
@@ -271,6 +271,6 @@ def load_stage3_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} not found")
-    values = _read_file(path)
-    values.update(_parse_overrides(overrides))
+    values = read_config_file(path)
+    values.update(parse_overrides(overrides))
     return stage3_config_from_dict(values, source=str(path))

@@ -802,9 +802,9 @@ def _takes_device(name: str) -> bool:
     """Whether the registered reward ``name`` is a class with an explicit ``device`` argument (e.g. CLIP)."""
     import inspect
 
-    from ...rewards.base import _REGISTRY
+    from ...rewards.base import registered_reward
 
-    obj = _REGISTRY.get(name)
+    obj = registered_reward(name)
     if not isinstance(obj, type):
         return False
     try:

@@ -63,6 +63,8 @@ def bridge(handle, think, node_id=None):
     cs.check_interrupt()
     if think.has_references:
         handle.prepare("references")
+    else:
+        handle.activate()  # SCB weights may carry this handle's LoRA (.diff) changes, not another handle's
     device = cs.intermediate_device()
     cond = bridge_think(handle.pipe, think).to(device)
     scale, shift = handle.model.latent_scale

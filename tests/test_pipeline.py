@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from release_layouts import save_diffusers_release
 from safetensors.torch import save_file
 
 from deepgen.loading import CheckpointError, load_model
@@ -105,22 +104,6 @@ def test_no_cfg_runs_one_branch(pipe):
     cond = pipe.encode(["a cat"], guidance=False)
     assert not cond.has_negative
     assert pipe.sample(cond, 32, 32, num_steps=1, cfg_scale=4.0).shape == (1, 16, 4, 4)
-
-
-def save_diffusers_release(model, root):
-    """The DeepGen-1.0-diffusers layout: vlm/ (LoRA merged), transformer/, vae/, scheduler/, connector/."""
-    model.lmm.save_pretrained(root / "vlm")
-    model.tokenizer.save_pretrained(root / "vlm")
-    model.transformer.save_pretrained(root / "transformer")
-    model.vae.save_pretrained(root / "vae")
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config))
-    (root / "connector").mkdir()
-    scb = {k: v.contiguous() for k, v in model.trained_state_dict().items() if not k.startswith("transformer.")}
-    # connector/ names its SigLIP layers without the `connector.` prefix
-    scb = {k.replace("connector.layers.", "encoder.layers."): v for k, v in scb.items()}
-    save_file(scb, str(root / "connector" / "model.safetensors"))
-    (root / "connector" / "config.json").write_text(json.dumps(model.connector.config.to_dict()))
 
 
 def test_diffusers_layout_loads_identically(tmp_path, official_model):

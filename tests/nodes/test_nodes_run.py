@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from release_layouts import save_diffusers_release
 
 from nodes import NODE_CLASS_MAPPINGS as N
 from nodes import comfy_services as cs
@@ -255,21 +255,6 @@ def test_memory_modes(handle, monkeypatch, mode):
     else:
         assert log.moves == []
     assert think.scb_input.device.type == "cpu" and cond.context.device.type == "cpu"  # outputs on intermediate
-
-
-def save_diffusers_release(model, root: Path) -> None:
-    """The DeepGen-1.0-diffusers layout (as tests/test_pipeline.py writes it)."""
-    model.lmm.save_pretrained(root / "vlm")
-    model.tokenizer.save_pretrained(root / "vlm")
-    model.transformer.save_pretrained(root / "transformer")
-    model.vae.save_pretrained(root / "vae")
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config))
-    (root / "connector").mkdir()
-    scb = {k.replace("connector.layers.", "encoder.layers."): v.contiguous()
-           for k, v in model.trained_state_dict().items() if not k.startswith("transformer.")}
-    save_file(scb, str(root / "connector" / "model.safetensors"))
-    (root / "connector" / "config.json").write_text(json.dumps(model.connector.config.to_dict()))
 
 
 def test_loader_reads_both_release_layouts_from_model_folders(tmp_path, monkeypatch, tiny):

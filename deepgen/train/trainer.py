@@ -30,18 +30,18 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from .checkpointing import Checkpoint
 from .config import TrainConfig
-from .data import IMAGE2IMAGE, MicroBatch, MicroBatchLoader, load_datasets
+from .data import MicroBatchLoader, load_datasets
 from .optim import build_lr_scheduler, build_optimizer
 from .runtime import (SCB_PARTS, CallbackList, CheckpointManager, LossModule, ModelSource, RunInfo, StepInfo,
                       Stopwatch, TrainableSpec, TrainCallback, TrainingError, build_accelerator, count_parameters, ddp_kwargs,
                       enable_gradient_checkpointing, global_mean, load_init_tensors, load_model_for_training,
-                      sample_generator, seeded_step, setup_trainable, weight_dtype_for)
+                      flow_batch_inputs, seeded_step, setup_trainable, weight_dtype_for)
 
 log = logging.getLogger("deepgen.train")
 
@@ -232,7 +232,8 @@ class SFTTrainer:
                     last = k == cfg.grad_accumulation - 1
                     sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(wrapper)
                     with sync, seeded_step(cfg.seed, batch.micro_step, acc.process_index):
-                        inputs = self._prepare_batch(model, batch, device, acc)
+                        inputs = flow_batch_inputs(model, batch, seed=cfg.seed, rank=acc.process_index,
+                                                   world=acc.num_processes, device=device)
                         with acc.autocast():
                             loss, per_sample = wrapper(grid=grid, **inputs)
                         acc.backward(loss / cfg.grad_accumulation)
@@ -290,35 +291,6 @@ class SFTTrainer:
         except BaseException as exc:
             self._interrupt = exc
             raise
-
-    # ---- one micro-batch ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _prepare_batch(self, model, batch: MicroBatch, device, acc) -> dict[str, Any]:
-        """VAE latents of targets (and references), and the per-sample noise and timesteps, all keyed by the
-        samples' global stream positions."""
-        cfg = self.cfg
-        world = acc.num_processes
-        end = int(batch.position["consumed"][batch.task])
-        start = end - len(batch) * world
-        positions = [start + acc.process_index + j * world for j in range(len(batch))]
-        task = batch.task
-        targets, noise, index = [], [], []
-        for pixels, pos in zip(batch.targets, positions):
-            g = sample_generator(cfg.seed, "vae", task, pos)
-            latent = model.encode_image(pixels[None].to(device), generator=g)[0]
-            targets.append(latent)
-            noise.append(torch.randn(latent.shape, generator=sample_generator(cfg.seed, "noise", task, pos)))
-            u = torch.rand(1, generator=sample_generator(cfg.seed, "timestep", task, pos))
-            index.append(int(u * 1000))
-        out: dict[str, Any] = {"prompts": batch.texts, "targets": targets, "noise": noise,
-                               "timestep_index": torch.tensor(index, dtype=torch.long).clamp_max(999)}
-        if task == IMAGE2IMAGE:
-            refs = [[r.to(device) for r in row] for row in batch.references]
-            out["reference_images"] = refs
-            out["reference_latents"] = [
-                [model.encode_image(r[None], generator=sample_generator(cfg.seed, "vae_ref", task, pos, j))[0]
-                 for j, r in enumerate(row)] for row, pos in zip(refs, positions)]
-        return out
 
 
 def _keep_new_schedule(scheduler, optimizer, fresh, step: int) -> None:

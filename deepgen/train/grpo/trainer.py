@@ -385,10 +385,10 @@ class GRPOTrainer:
         return {"loss": loss, "policy_loss": policy_loss.detach(), "kl": kl.detach(),
                 "ratio": ratio, "clip_frac": st["clip_frac"], "approx_kl": st["approx_kl"]}
 
-    def _sft_loss(self, *, texts, targets, noise, timestep_index, reference_images, reference_latents) -> dict:
+    def _sft_loss(self, *, prompts, targets, noise, timestep_index, reference_images, reference_latents) -> dict:
         from ..losses import flow_matching_loss
 
-        out = flow_matching_loss(self.model, texts, targets, grid=self.grid, reference_images=reference_images,
+        out = flow_matching_loss(self.model, prompts, targets, grid=self.grid, reference_images=reference_images,
                                  reference_latents=reference_latents, noise=noise, timestep_index=timestep_index)
         loss = mix_sft_loss(torch.zeros((), device=out.loss.device), out.loss, self.g.sft_lambda)  # λ·L_SFT
         return {"loss": loss, "sft_loss": out.loss.detach()}
@@ -518,30 +518,11 @@ class GRPOTrainer:
         if self.g.optimizer_step_per_timestep:
             self._update(acc_stats)
 
-    @torch.no_grad()
     def _sft_inputs(self, batch) -> dict:
-        """VAE latents (posterior samples), noise and timestep of every SFT-Aux sample, each drawn from a generator
-        keyed by the sample's global stream position (as the stage-1/2 trainer), so the draws do not depend on
-        the number of processes or on a resume."""
-        seed, world, task = self.g.seed, self.world, batch.task
-        end = int(batch.position["consumed"][task])
-        positions = [end - len(batch) * world + self.rank + j * world for j in range(len(batch))]
+        """The SFT-Aux batch's flow-matching inputs, drawn per sample position as in stages 1-2."""
         with self._autocast():
-            targets = [self.model.encode_image(x[None].to(self.device),
-                                               generator=R.sample_generator(seed, "sft_vae", task, p))[0]
-                       for x, p in zip(batch.targets, positions)]
-            refs = [[r.to(self.device) for r in row] for row in batch.references]
-            ref_latents = [[self.model.encode_image(r[None], generator=R.sample_generator(seed, "sft_vae_ref", task,
-                                                                                           p, j))[0]
-                            for j, r in enumerate(row)] for row, p in zip(refs, positions)]
-        noise = [torch.randn(t.shape, generator=R.sample_generator(seed, "sft_noise", task, p))
-                 for t, p in zip(targets, positions)]
-        index = [int(torch.rand(1, generator=R.sample_generator(seed, "sft_timestep", task, p)) * len(self.grid))
-                 for p in positions]
-        has_refs = any(refs)
-        return {"texts": batch.texts, "targets": targets, "noise": noise,
-                "timestep_index": torch.tensor(index, dtype=torch.long).clamp_max(len(self.grid) - 1),
-                "reference_images": refs if has_refs else None, "reference_latents": ref_latents if has_refs else None}
+            return R.flow_batch_inputs(self.model, batch, seed=self.g.seed, rank=self.rank, world=self.world,
+                                       device=self.device, purpose="sft_", num_timesteps=len(self.grid))
 
     def _maybe_no_sync(self, skip_sync: bool):
         if skip_sync and self.world > 1:

@@ -61,11 +61,11 @@ def test_progress_counts_and_clamps():
         assert (p.current, p.total) == (5, 20)
 
 
-def test_progress_tqdm_bar_follows():
+def test_progress_tqdm_bar_follows(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # tqdm is a dependency: the bar must be there
     p = cs.Progress(8, desc="test")
     try:
-        if p._tqdm is None or p._tqdm.disable:
-            pytest.skip("tqdm not installed or disabled (TQDM_DISABLE)")
+        assert p._tqdm is not None and not p._tqdm.disable
         p.update(2)
         p.update_absolute(6)
         assert p._tqdm.n == 6 and p._tqdm.total == 8

@@ -395,12 +395,17 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Train
     Relative paths in the file (``data``, ``data_root``, ``output_dir``, ``init_from``) are kept as
     written: they are relative to the working directory the trainer runs in.
     """
+    return config_from_dict(read_config_values(path, overrides), source=str(path))
+
+
+def read_config_values(path, overrides=()) -> dict:
+    """A config file's values with `key=value` overrides applied (shared by stages 1-2 and 3)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} not found")
     values = read_config_file(path)
     values.update(parse_overrides(overrides))
-    return config_from_dict(values, source=str(path))
+    return values
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:

@@ -23,10 +23,9 @@ import os
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..config import MIXED_PRECISION, ConfigError, coerce_value, parse_overrides, read_config_file
+from ..config import MIXED_PRECISION, ConfigError, coerce_value, read_config_values
 from .config import GRPOConfig
 from .prompts import canonical_category
 
@@ -268,9 +267,4 @@ def load_stage3_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -
 
     Relative paths inside the file are relative to the working directory, as in stages 1–2.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} not found")
-    values = read_config_file(path)
-    values.update(parse_overrides(overrides))
-    return stage3_config_from_dict(values, source=str(path))
+    return stage3_config_from_dict(read_config_values(path, overrides), source=str(path))

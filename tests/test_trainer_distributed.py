@@ -33,7 +33,8 @@ def free_port() -> int:
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     data = write_dataset(tmp_path / "data", n_t2i=4, n_edit=2)
     common = dict(stage=2, max_steps=2, grad_accumulation=2, lr=3e-3, train_dit="lora", vlm_lora=True,
-                  vlm_lora_rank=2, vlm_lora_alpha=4.0, vlm_lora_dropout=0.0, dit_lora_rank=2, dit_lora_alpha=2.0)
+                  vlm_lora_rank=2, vlm_lora_alpha=4.0, vlm_lora_dropout=0.0, dit_lora_rank=2, dit_lora_alpha=2.0,
+                  adam_eps=1e-6)  # see the bound below
     stage = common.pop("stage")
     # two processes, micro batch 1 each
     two = base_config(data, tmp_path / "two", stage=stage, micro_batch_size=1, **common)
@@ -46,9 +47,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # meanwhile, one process with micro batch 2 in this process
+    # meanwhile, one process in this process, with the same global batch made of the same micro-batches of one
+    # sample (so every sample's forward and backward runs the same kernels on the same shapes as on the ranks)
     with one_thread():
-        one = SFTTrainer(base_config(data, tmp_path / "one", stage=stage, micro_batch_size=2, **common), cpu=True,
+        one = SFTTrainer(base_config(data, tmp_path / "one", stage=stage, micro_batch_size=1,
+                                     **{**common, "grad_accumulation": 4}), cpu=True,
                          export_checkpoint=False, export_lora=False).run()
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
@@ -59,11 +62,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     a = load_checkpoint(tmp_path / "two").trainable
     b = load_checkpoint(one.checkpoint).trainable
     assert set(a) == set(b) and len(a) > 10
-    # AdamW's first updates are ~lr·sign(g), so float-rounding differences between the batched and the split
-    # gradients show up at a small fraction of one update (lr = 3e-3 here); a wrong batch split, a missing
-    # all-reduce or a doubled LR step would be off by a whole update
+    # Both runs compute every sample with the same kernels on the same shapes (micro-batches of one), so their
+    # gradients differ only by the order in which fp32 adds the four per-sample gradients (an ulp or two).
+    # AdamW's update g/(|g| + eps) has slope at most 1/eps in g: with the default eps 1e-8, parameters whose true
+    # gradient is zero (attention key biases: softmax ignores a shift common to all keys) turn rounding noise of
+    # ~1e-9 into updates of a sizeable fraction of lr, which differ between machines. eps = 1e-6 bounds that
+    # slope, so rounding differences stay ~1e-5 of lr (measured 2e-5 * lr), while a wrong batch split, a missing
+    # all-reduce or a doubled LR step would be off by a whole update (~lr).
     diffs = {k: (a[k] - b[k]).abs().max().item() for k in a}
     worst = max(diffs, key=diffs.get)
-    assert diffs[worst] < 0.02 * common["lr"], (worst, diffs[worst])
-    assert sum(diffs.values()) / len(diffs) < 1e-5
+    assert diffs[worst] < 1e-3 * common["lr"], (worst, diffs[worst])
+    assert sum(diffs.values()) / len(diffs) < 1e-7
     assert any((a[k] != 0).any() for k in a if "lora_B" in k)

@@ -24,6 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .errors import CheckpointError
+
 LORA_FORMAT = "deepgen-lora"
 PARTS = ("lmm", "transformer")
 DIFF_SUFFIX = ".diff"
@@ -38,7 +40,7 @@ DIT_TARGET_PRESETS = {
 }
 
 
-class LoraError(ValueError):
+class LoraError(CheckpointError):
     """A LoRA file or setting that cannot be used."""
 
 

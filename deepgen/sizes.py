@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 
+from .errors import SizeError
+
+__all__ = ["SizeError", "OUTPUT_MULTIPLE", "REFERENCE_MULTIPLE"]  # and the functions below
+
 OUTPUT_MULTIPLE = 16
 REFERENCE_MULTIPLE = 32
-
-
-class SizeError(ValueError):
-    """A size the model cannot take."""
 
 
 def check_output_size(height: int, width: int) -> None:

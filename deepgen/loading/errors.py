@@ -1,11 +1,5 @@
-"""Errors that tell a user what is wrong with the files they pointed us at, and what to do."""
+"""The loading layer's errors: the project-wide family (deepgen.errors), named where loaders import them."""
 
+from ..errors import CheckpointError, UnsafePathError, format_keys
 
-class CheckpointError(ValueError):
-    """A checkpoint or model folder that cannot be loaded as DeepGen (wrong model, truncated, missing keys...)."""
-
-
-def format_keys(keys, limit: int = 12) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
+__all__ = ["CheckpointError", "UnsafePathError", "format_keys"]

@@ -18,6 +18,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
+from ..errors import DeepGenError
 from .images import to_pil_images
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-class RewardModelNotFound(FileNotFoundError):
+class RewardModelNotFound(DeepGenError, FileNotFoundError):
     """A reward model folder is missing or incomplete (nothing is ever downloaded for you)."""
 
 

@@ -108,8 +108,7 @@ PathLike = Union[str, os.PathLike]
 _after_file_hook: Callable[[Path], None] | None = None
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written, found or restored (message says what to do)."""
+from ..errors import CheckpointError  # noqa: E402 - a checkpoint that cannot be written, found or restored
 
 
 @dataclass

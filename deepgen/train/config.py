@@ -66,8 +66,7 @@ DEFAULT_DIT_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.
                             "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
 
 
-class ConfigError(ValueError):
-    """Invalid training configuration; the message lists every problem found."""
+from ..errors import ConfigError  # noqa: E402 - invalid training configuration; the message lists every problem
 
 
 @dataclass

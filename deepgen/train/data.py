@@ -105,6 +105,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from ..errors import DataError
 from ..sizes import fix_pixels_size  # the one size rule, shared with inference
 
 __all__ = [
@@ -268,7 +269,7 @@ class BadRowError(Exception):
         self.detail = detail
 
 
-class EmptyDatasetError(ValueError):
+class EmptyDatasetError(DataError):
     """No usable training data (message names the sources and the bad-row counts)."""
 
 

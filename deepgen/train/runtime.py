@@ -81,8 +81,7 @@ __all__ = [
 ]
 
 
-class TrainingError(RuntimeError):
-    """A training run that cannot start or continue; the message says what to change."""
+from ..errors import TrainingError  # noqa: E402 - a run that cannot start or continue
 
 
 # ----------------------------------------------------------------------------------------------------

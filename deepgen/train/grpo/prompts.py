@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from ...errors import DataError
 from ..data import derive_seed
 
 __all__ = [
@@ -67,7 +68,7 @@ CATEGORY_ALIASES = {"text_render": "text_rendering", "text": "text_rendering", "
                     "textrender": "text_rendering"}
 
 
-class PromptError(ValueError):
+class PromptError(DataError):
     """A prompt file or prompt-set entry that cannot be used (the message says which and why)."""
 
 

@@ -77,11 +77,25 @@ def load_pipeline(args):
     return DeepGenPipeline(model)
 
 
+def check_sampling_args(args) -> None:
+    """Refuse what the model cannot take before anything loads."""
+    from .errors import InputError
+    from .sizes import check_output_size
+
+    if any(not (p or "").strip() for p in args.prompt):
+        raise InputError("--prompt is empty; describe the image (or the edit) you want")
+    if args.steps < 1 or args.num_images < 1:
+        raise InputError(f"--steps ({args.steps}) and --num-images ({args.num_images}) must be at least 1")
+    if args.width is not None or args.height is not None:
+        check_output_size(args.height or 512, args.width or 512)
+
+
 def run_sampling(args, references=None) -> list[Path]:
     from tqdm.auto import tqdm
 
     from .images import to_pil
 
+    check_sampling_args(args)
     pipe = load_pipeline(args)
     negatives = [args.negative] * len(args.prompt) if args.negative is not None else None
     with tqdm(total=len(args.prompt), desc="encoding", unit="prompt") as bar:
@@ -118,9 +132,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_edit(args) -> int:
-    from PIL import Image
+    from .images import open_image
 
-    refs = [Image.open(p) for p in args.image]
+    refs = [open_image(p) for p in args.image]  # every file checked before the model loads
     run_sampling(args, [refs] * len(args.prompt))
     return 0
 
@@ -153,6 +167,7 @@ def cmd_download(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepgen", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="text-to-image")
@@ -198,15 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from .loading import CheckpointError
-    from .sizes import SizeError
+    """Run one command. A user error prints one `error: ...` line and exits 2; `--debug` (or DEEPGEN_DEBUG=1)
+    adds the traceback."""
+    from .errors import run_cli
 
-    try:
-        return args.func(args)
-    except (CheckpointError, SizeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, also after the sub-command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    return run_cli(lambda: args.func(args), debug=debug or None)
 
 
 if __name__ == "__main__":

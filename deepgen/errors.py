@@ -32,12 +32,20 @@ class DataError(DeepGenError, ValueError):
     """A data set, prompt file or manifest that cannot be used."""
 
 
-class InputImageError(DeepGenError, ValueError):
+class InputError(DeepGenError, ValueError):
+    """An argument or widget value that cannot be used (an empty prompt, a latent of the wrong shape...)."""
+
+
+class InputImageError(InputError):
     """An image file or tensor that cannot be used as an input (unreadable, truncated, too large...)."""
 
 
-class SizeError(DeepGenError, ValueError):
+class SizeError(InputError):
     """A size the model cannot take."""
+
+
+class NotFoundError(DeepGenError, FileNotFoundError):
+    """A file or folder the user named does not exist (the message says where we looked)."""
 
 
 class UnsafePathError(DeepGenError, ValueError):

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from ..model.deepgen import DeepGenModel
-from .release import SINGLE_FILE_FORMAT
-
-FORMAT_VERSION = "1"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+from .single_file import FORMAT_VERSION, SINGLE_FILE_FORMAT, tokenizer_files
 
 
 def model_tensors(model: DeepGenModel) -> dict[str, torch.Tensor]:
@@ -52,19 +48,13 @@ def convert_model(model: DeepGenModel, output: str | os.PathLike, source_layout:
         "source_layout": source_layout,
         "dtype": ",".join(dtypes),
         "configs": json.dumps(configs, default=str),
-        "tokenizer_files": json.dumps(_tokenizer_files(model.tokenizer)),
+        "tokenizer_files": json.dumps(tokenizer_files(model.tokenizer)),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     save_file(tensors, str(partial), metadata=metadata)
     os.replace(partial, output)  # a crash never leaves a half-written file under the final name
     return output
-
-
-def _tokenizer_files(tokenizer) -> dict[str, str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        return {name: Path(tmp, name).read_text() for name in TOKENIZER_FILES if Path(tmp, name).is_file()}
 
 
 def convert_checkpoint(checkpoint, output, vlm=None, diffusion=None, *, dtype: torch.dtype = torch.bfloat16,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from . import keys as K
 from .release import detect_layout
-from .state_dict_io import read_state_dict
+from . import single_file
+from .state_dict_io import read_metadata, read_state_dict
 
 
 def describe(path) -> dict:
@@ -17,6 +18,8 @@ def describe(path) -> dict:
     if layout == "diffusers":
         info["folders"] = sorted(p.name for p in path.iterdir() if p.is_dir())
         return info
+    if layout == "single":  # an untrusted header: validated before anything else is read
+        single_file.parse_header(read_metadata(path), str(path))
     state, meta = read_state_dict(path)
     groups = K.group_keys(state)
     info["tensors"] = len(state)

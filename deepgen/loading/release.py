@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -31,11 +30,11 @@ from ..model.dit import DeepGenTransformer2DModel
 from . import keys as K
 from .errors import CheckpointError, format_keys
 from .lora import attach_lora_adapter, collect_lora, lora_rank, merge_lora
-from .state_dict_io import read_state_dict
+from . import single_file
+from .state_dict_io import read_metadata, read_state_dict
 
 log = logging.getLogger(__name__)
 
-SINGLE_FILE_FORMAT = "deepgen-single"
 Progress = Callable[[str], None]
 
 # Official connector heads: 32 at width 2048 (head_dim 64). Other widths need the head count given.
@@ -51,13 +50,8 @@ def detect_layout(checkpoint: str | os.PathLike) -> str:
         raise CheckpointError(f"{path} is a folder but not a DeepGen-1.0-diffusers release "
                               "(expected vlm/, transformer/, vae/, connector/, scheduler/)")
     if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import SafetensorError, safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("format") == SINGLE_FILE_FORMAT:
-                    return "single"
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be truncated") from exc
+        if single_file.is_single_file(read_metadata(path)):
+            return "single"
     return "official"
 
 
@@ -247,18 +241,24 @@ def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> De
     from transformers import Qwen2_5_VLConfig
 
     say("reading converted checkpoint")
-    state, meta = read_state_dict(path)
-    if meta.get("format_version") != "1":
-        raise CheckpointError(f"{path}: unsupported converted-file version {meta.get('format_version')!r}; "
-                              "convert again with this version of ComfyUI-DeepGen")
-    configs = json.loads(meta["configs"])
-    tokenizer = _tokenizer_from_files(json.loads(meta["tokenizer_files"]))
-    vlm_config = Qwen2_5_VLConfig.from_dict(configs["vlm"])
+    configs, files = single_file.parse_header(read_metadata(path), str(path))  # before any tensor is touched
+    state, _ = read_state_dict(path)
+    if not state:
+        raise CheckpointError(f"{path} holds a converted-file header but no tensors; convert the model again")
+    tokenizer = single_file.build_tokenizer(files, str(path))
+    try:
+        vlm_config = Qwen2_5_VLConfig.from_dict(configs["vlm"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: config vlm is not a valid Qwen2.5-VL config ({exc})") from exc
     vlm_config._attn_implementation = attn_implementation
-    with init_empty_weights():
-        lmm = Qwen2_5_VLForConditionalGeneration._from_config(vlm_config, attn_implementation=attn_implementation)
-        transformer = DeepGenTransformer2DModel.from_config(configs["transformer"])
-        vae = VAE.from_config(configs["vae"])
+    try:
+        with init_empty_weights():
+            lmm = Qwen2_5_VLForConditionalGeneration._from_config(vlm_config, attn_implementation=attn_implementation)
+            transformer = DeepGenTransformer2DModel.from_config(configs["transformer"])
+            vae = VAE.from_config(configs["vae"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: the configs in its header do not build a model ({type(exc).__name__}: "
+                              f"{exc}); convert the model again") from exc
     parts = {"lmm": lmm, "transformer": transformer, "vae": vae}
     for name, module in parts.items():
         given = {k[len(name) + 1:]: v.to(dtype) for k, v in state.items() if k.startswith(name + ".")}
@@ -273,10 +273,3 @@ def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> De
     model = _assemble(lmm, tokenizer, transformer, vae, trained, configs["scheduler"], configs["connector"], dtype,
                       str(path))
     return model.to(device).eval()
-
-
-def _tokenizer_from_files(files: dict[str, str]):
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, text in files.items():
-            Path(tmp, name).write_text(text)
-        return AutoTokenizer.from_pretrained(tmp, local_files_only=True)

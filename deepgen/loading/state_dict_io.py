@@ -35,6 +35,19 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return _unwrap(tensors, path), metadata
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file's header, without reading any tensor."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}). It may be truncated or still "
+                              "downloading: compare its size with the published one and download it again.") from exc
+
+
 def _read_safetensors(path: Path):
     try:
         with safe_open(str(path), framework="pt") as f:

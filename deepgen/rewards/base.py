@@ -18,7 +18,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
-from ..errors import DeepGenError
+from ..errors import NotFoundError
 from .images import to_pil_images
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-class RewardModelNotFound(DeepGenError, FileNotFoundError):
+class RewardModelNotFound(NotFoundError):
     """A reward model folder is missing or incomplete (nothing is ever downloaded for you)."""
 
 

@@ -137,43 +137,35 @@ class ConsoleCallback:
 
 
 def _run_stage3(args) -> int:
-    from .grpo.trainer import run_grpo_from_config_file, user_errors
+    from .grpo.trainer import run_grpo_from_config_file
 
     overrides = list(args.overrides) + (["cpu=true"] if args.cpu else [])
-    try:
-        run_grpo_from_config_file(args.config, overrides, args.resume)
-    except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run_grpo_from_config_file(args.config, overrides, args.resume)
     return 0
 
 
 def cmd_train(args) -> int:
-    """Run ``deepgen train`` from parsed arguments; returns the exit status."""
+    """Run ``deepgen train`` from parsed arguments; returns the exit status.
+
+    Errors are raised (every user error is a ``deepgen.errors.DeepGenError``); ``deepgen.cli.main`` turns them
+    into one ``error:`` line and exit status 2, on every rank of an ``accelerate launch``.
+    """
     if args.stage == 3:
         return _run_stage3(args)
-    from .checkpointing import CheckpointError
-    from .config import ConfigError, read_config_file
-    from .data import EmptyDatasetError
+    from .config import read_config_file
 
-    try:
-        if args.stage is None and Path(args.config).is_file() and read_config_file(Path(args.config)).get("stage") == 3:
-            return _run_stage3(args)  # a stage-3 (MR-GRPO) config file
-        cfg = load_train_config(args.config, args.stage, args.overrides)
-        if args.resume:
-            cfg = dataclasses.replace(cfg, resume=args.resume)
-            cfg.validate()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.stage is None and Path(args.config).is_file() and read_config_file(Path(args.config)).get("stage") == 3:
+        return _run_stage3(args)  # a stage-3 (MR-GRPO) config file
+    cfg = load_train_config(args.config, args.stage, args.overrides)
+    if args.resume:
+        cfg = dataclasses.replace(cfg, resume=args.resume)
+        cfg.validate()
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
 
     import torch
 
-    from ..lora import LoraError
-    from .runtime import TrainingError
     from .trainer import SFTTrainer
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -182,14 +174,7 @@ def cmd_train(args) -> int:
                          validation_steps=args.validation_steps, export_lora=False if args.no_export else None,
                          export_checkpoint=not args.no_export,
                          export_dtype=getattr(torch, dtype) if dtype else None)
-    try:
-        trainer.run()
-    except KeyboardInterrupt:
-        return 130
-    except (ConfigError, EmptyDatasetError, CheckpointError, TrainingError, LoraError, FileNotFoundError,
-            NotADirectoryError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    trainer.run()
     return 0
 
 
@@ -199,7 +184,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from ..errors import run_cli
+
+    return run_cli(lambda: args.func(args))
 
 
 if __name__ == "__main__":

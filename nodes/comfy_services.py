@@ -42,6 +42,9 @@ import sys
 import threading
 from typing import Any, Callable, Iterable
 
+from deepgen.errors import InputError, NotFoundError, UnsafePathError
+from deepgen.paths import allow_external_symlinks, is_inside, safe_relative_name
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -278,7 +281,7 @@ _MODEL_MARKERS = ("config.json", "model_index.json")
 def _kind(kind: str) -> str:
     k = _LEGACY_KINDS.get(kind, kind)
     if k not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+        raise InputError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
     return k
 
 
@@ -335,10 +338,6 @@ def _extensions(kind: str) -> frozenset[str]:
     return DEEPGEN_EXTENSIONS if kind == DEEPGEN_FOLDER else _PT_EXTENSIONS
 
 
-def _allow_external_symlinks() -> bool:
-    return os.environ.get("DEEPGEN_ALLOW_EXTERNAL_SYMLINKS", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _trusted_roots() -> list[str]:
     """Real paths of every folder of every kind: a name may resolve anywhere inside them."""
     roots: list[str] = []
@@ -351,35 +350,17 @@ def _trusted_roots() -> list[str]:
 
 
 def _inside(path: str, roots: Iterable[str]) -> bool:
-    for root in roots:
-        try:
-            if os.path.commonpath([path, root]) == root:
-                return True
-        except ValueError:  # different drives on Windows
-            continue
-    return False
+    return any(is_inside(path, root) for root in roots)
 
 
 def _normalise_name(name: str) -> str:
-    """A safe relative name with ``/`` separators, or ValueError."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("model name must be a non-empty string")
-    if "\x00" in name:
-        raise ValueError(f"model name {name!r} contains a NUL character")
-    raw = name.replace("\\", "/")  # workflows saved on Windows use backslashes
-    if raw.startswith("/") or os.path.isabs(name) or (len(raw) >= 2 and raw[1] == ":"):
-        raise ValueError(f"model name {name!r} is an absolute path; use a name relative to the model folder")
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise ValueError(f"model name {name!r} contains '..'; names must stay inside the model folders")
-    if not parts:
-        raise ValueError(f"model name {name!r} names the model folder itself")
-    return "/".join(parts)
+    """A safe relative name with ``/`` separators, or UnsafePathError."""
+    return safe_relative_name(name, "model name")
 
 
 def _check_link(real: str, name: str, kind: str, roots: list[str] | None) -> None:
     if roots is not None and not _inside(real, roots):
-        raise ValueError(
+        raise UnsafePathError(
             f"model {name!r} resolves through a symlink to {real}, outside the model folders. "
             f"Add that location as a '{kind}' folder (extra_model_paths.yaml inside ComfyUI, "
             f"DEEPGEN_MODELS_DIR outside) or set DEEPGEN_ALLOW_EXTERNAL_SYMLINKS=1"
@@ -396,7 +377,7 @@ def _resolve(kind: str, rel: str, name: str, folders: list[str], roots: list[str
         if not os.path.exists(real):
             continue  # dangling symlink
         return os.path.abspath(candidate)
-    raise FileNotFoundError(f"{kind} model {name!r} not found in: {', '.join(folders) or '(no folders)'}")
+    raise NotFoundError(f"{kind} model {name!r} not found in: {', '.join(folders) or '(no folders)'}")
 
 
 def resolve_model_path(kind: str, name: str) -> str:
@@ -410,7 +391,7 @@ def resolve_model_path(kind: str, name: str) -> str:
     """
     k = _kind(kind)
     rel = _normalise_name(name)
-    roots = None if _allow_external_symlinks() else _trusted_roots()
+    roots = None if allow_external_symlinks() else _trusted_roots()
     return _resolve(k, rel, name, model_folders(k), roots)
 
 
@@ -472,7 +453,7 @@ def list_models(kind: str) -> list[str]:
     k = _kind(kind)
     folders = model_folders(k)
     exts = _extensions(k)
-    roots = None if _allow_external_symlinks() else _trusted_roots()
+    roots = None if allow_external_symlinks() else _trusted_roots()
     files: set[str] = set()
     dirs: set[str] = set()
     for folder in folders:

@@ -6,7 +6,7 @@ with the same settings and seed gives the same latents.
 
 from __future__ import annotations
 
-from .encode import bridge, encode_prompt, reference_inputs
+from .encode import bridge, check_prompt, encode_prompt, reference_inputs
 from .sampler import generate, validate_size
 from .types import DEEPGEN_MODEL, IMAGE, LATENT, category, display_name, reference_resize_input, sampler_inputs
 
@@ -52,8 +52,9 @@ class DeepGenEdit:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width, height):
-        return validate_size(width, height)
+    def VALIDATE_INPUTS(cls, width, height, instruction=None):
+        prompt_ok = check_prompt(instruction)
+        return validate_size(width, height) if prompt_ok is True else prompt_ok
 
     def edit(self, model, image_1, instruction, negative_prompt, width, height, batch_size, steps, cfg, shift, seed,
              reference_resize="fix_pixels", image_2=None, image_3=None, image_4=None, unique_id=None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from deepgen.errors import InputError
+
 from . import comfy_services as cs
 from .types import (
     CONDITIONING,
@@ -27,6 +29,16 @@ def reference_inputs(first_required: bool) -> tuple[dict, dict]:
     return required, optional
 
 
+EMPTY_PROMPT = "The prompt is empty: describe the image, or the edit to make"
+
+
+def check_prompt(prompt) -> str | bool:
+    """VALIDATE_INPUTS body for a prompt widget: refuse an empty prompt when the graph is queued."""
+    if prompt is None:  # a linked input: checked when the node runs
+        return True
+    return True if isinstance(prompt, str) and prompt.strip() else EMPTY_PROMPT
+
+
 def encode_prompt(handle, prompt: str, negative_prompt: str, images, reference_resize: str = "fix_pixels",
                   node_id=None):
     """One prompt (+ its negative, + references from IMAGE batches) -> Think on the intermediate device.
@@ -38,7 +50,7 @@ def encode_prompt(handle, prompt: str, negative_prompt: str, images, reference_r
     from deepgen.think import encode_think
 
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("The prompt is empty: describe the image, or the edit to make")
+        raise InputError(EMPTY_PROMPT)
     references = [frame for image in images if image is not None for frame in from_comfy_image(image)]
     negatives = [negative_prompt] if negative_prompt and negative_prompt.strip() else None
     bar = cs.Progress(2, node_id=node_id, desc="DeepGen encode")
@@ -105,6 +117,10 @@ class ThinkTokenEncode:
             "optional": optional,
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, prompt=None):
+        return check_prompt(prompt)
 
     def encode(self, model, prompt, negative_prompt="", reference_resize="fix_pixels", image_1=None, image_2=None,
                image_3=None, image_4=None, unique_id=None):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field, replace
 
+from deepgen.errors import InputError
+
 from . import comfy_services as cs
 
 MEMORY_MODES = ["keep_all_on_gpu", "offload_vlm_after_encode", "sequential_offload"]
@@ -48,7 +50,7 @@ class DeepGenModelHandle:
         from deepgen.pipeline import DeepGenPipeline
 
         if self.memory_mode not in MEMORY_MODES:
-            raise ValueError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {self.memory_mode!r}")
+            raise InputError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {self.memory_mode!r}")
         self.pipe = DeepGenPipeline(self.model)
         self.dtype = self.dtype or self.model.dtype
 

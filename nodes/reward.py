@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 
+from deepgen.errors import InputError
+
 from . import comfy_services as cs
 from .types import IMAGE, category, display_name
 
@@ -30,9 +32,9 @@ def parse_weights(choice: str, custom: str):
         try:
             weights[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"custom_weights: '{part.strip()}' is not 'name=weight' (e.g. 'clip=0.3, ocr=0.7')") from None
+            raise InputError(f"custom_weights: '{part.strip()}' is not 'name=weight' (e.g. 'clip=0.3, ocr=0.7')") from None
     if not weights:
-        raise ValueError("custom_weights is empty: write e.g. 'preference=0.7, clip=0.3'")
+        raise InputError("custom_weights is empty: write e.g. 'preference=0.7, clip=0.3'")
     return weights
 
 

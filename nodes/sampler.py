@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from deepgen.errors import InputError
+
 from . import comfy_services as cs
 from .types import DEEPGEN_COND, DEEPGEN_MODEL, IMAGE, LATENT, category, check_size, display_name, sampler_inputs
 
@@ -38,10 +40,10 @@ def generate(handle, cond, *, width: int, height: int, batch_size: int, steps: i
         height, width = height or default_h, width or default_w
     check_output_size(height, width)
     if not 0.0 < denoise <= 1.0:
-        raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+        raise InputError(f"denoise must be in (0, 1], got {denoise}")
     runs = min(int(steps * denoise), steps) if init is not None else steps
     if runs < 1:
-        raise ValueError(f"denoise {denoise} with {steps} steps leaves no step to run; raise denoise or steps")
+        raise InputError(f"denoise {denoise} with {steps} steps leaves no step to run; raise denoise or steps")
 
     cond = cond.repeat(batch_size)
     seeds = [(int(seed) + i) % (1 << 64) for i in range(len(cond))]
@@ -74,10 +76,10 @@ def generate(handle, cond, *, width: int, height: int, batch_size: int, steps: i
 def _latent_batch(latent, num_prompts: int, batch_size: int, channels: int):
     """The LATENT's samples with one row per image, and the batch size per prompt it implies."""
     if not isinstance(latent, dict) or "samples" not in latent:
-        raise ValueError("latent must be a ComfyUI LATENT (a dict with 'samples')")
+        raise InputError("latent must be a ComfyUI LATENT (a dict with 'samples')")
     samples = latent["samples"]
     if samples.ndim != 4 or samples.shape[1] != channels:
-        raise ValueError(f"latent has shape {tuple(samples.shape)}; DeepGen needs {channels}-channel SD3 latents "
+        raise InputError(f"latent has shape {tuple(samples.shape)}; DeepGen needs {channels}-channel SD3 latents "
                          "[B, 16, H/8, W/8] (e.g. from EmptySD3LatentImage or a DeepGen node)")
     total = num_prompts * batch_size
     if samples.shape[0] == total:
@@ -86,7 +88,7 @@ def _latent_batch(latent, num_prompts: int, batch_size: int, channels: int):
         return samples.expand(total, -1, -1, -1), batch_size
     if num_prompts == 1:
         return samples, samples.shape[0]
-    raise ValueError(f"latent holds {samples.shape[0]} images but {num_prompts} prompts x batch size {batch_size} "
+    raise InputError(f"latent holds {samples.shape[0]} images but {num_prompts} prompts x batch size {batch_size} "
                      f"= {total} are asked for")
 
 

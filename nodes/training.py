@@ -20,6 +20,8 @@ import time
 import warnings
 from pathlib import Path
 
+from deepgen.errors import InputError, NotFoundError
+
 from . import comfy_services as cs
 from .types import DEEPGEN_MODEL, IMAGE, MAX_SEED, category, display_name
 
@@ -56,24 +58,31 @@ def run_dir(lora_name: str) -> Path:
     return output_root() / RUNS_SUBFOLDER / lora_name
 
 
+def input_root() -> Path:
+    """The folder datasets are read from: ComfyUI's input folder (outside ComfyUI: $DEEPGEN_INPUT_DIR, else the
+    working folder)."""
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.get_input_directory())
+    return Path(os.environ.get("DEEPGEN_INPUT_DIR") or os.getcwd()).expanduser().absolute()
+
+
 def resolve_dataset(path: str) -> Path:
-    """A folder or a .json/.jsonl list: absolute, or relative to ComfyUI's input folder (then the working folder)."""
+    """A folder or a .json/.jsonl list inside the input folder: a relative name, or an absolute path that lies
+    inside it. A name from a (shared) workflow never reaches files elsewhere."""
+    from deepgen.paths import check_inside, join_inside
+
     text = (path or "").strip().strip('"').strip("'")
     if not text:
-        raise ValueError("dataset is empty: give a folder of images with same-named .txt captions, or a .json/.jsonl "
-                         "list (relative paths are looked up in ComfyUI's input folder)")
-    p = Path(text).expanduser()
-    candidates = [p] if p.is_absolute() else []
-    fp = _folder_paths()
-    if not p.is_absolute():
-        if fp is not None:
-            candidates.append(Path(fp.get_input_directory()) / p)
-        candidates.append(Path.cwd() / p)
-    for c in candidates:
-        if c.exists():
-            return c
-    raise FileNotFoundError(f"dataset {text!r} not found (looked in {', '.join(str(c) for c in candidates)}); give a "
-                            "folder of images with same-named .txt captions, or a .json/.jsonl list")
+        raise InputError("dataset is empty: give a folder of images with same-named .txt captions, or a .json/.jsonl "
+                         "list, inside ComfyUI's input folder")
+    root = input_root()
+    given = Path(text).expanduser()
+    found = check_inside(given, root, "dataset") if given.is_absolute() else join_inside(root, text, "dataset")
+    if not found.exists():
+        raise NotFoundError(f"dataset {text!r} not found in {root}; put a folder of images with same-named .txt "
+                            "captions, or a .json/.jsonl list, in ComfyUI's input folder")
+    return found
 
 
 def check_lora_name(name: str) -> str | None:
@@ -207,7 +216,7 @@ class DeepGenTrainLoRA:
                                                      "already carries)."}),
                 "dataset": ("STRING", {"default": "deepgen_lora_dataset", "tooltip": (
                     "Folder of images with same-named .txt captions (cat.png + cat.txt), or a .json/.jsonl list in the "
-                    "official formats (edits too). Relative paths are looked up in ComfyUI's input folder.")}),
+                    "official formats (edits too), inside ComfyUI's input folder (a name relative to it).")}),
                 "lora_name": ("STRING", {"default": "my_deepgen_lora", "tooltip": (
                     "File name of the LoRA (output/loras/deepgen/<name>.safetensors) and of its training run "
                     "(output/deepgen_training/<name>/).")}),
@@ -292,7 +301,7 @@ class DeepGenTrainLoRA:
 
         error = self.VALIDATE_INPUTS(lora_name, rank, train_dit_lora, train_vlm_lora, train_connector)
         if error is not True:
-            raise ValueError(error)
+            raise InputError(error)
         lora_name = lora_name.strip()
         handle = model
         data_path = resolve_dataset(dataset)
@@ -342,7 +351,7 @@ class DeepGenTrainLoRA:
                     try:
                         result = trainer.run()
                     except CheckpointError as exc:
-                        raise CheckpointError(f"{exc}\nCannot resume the run in {runs}: switch resume off, or choose "
+                        raise CheckpointError(f"{exc} Cannot resume the run in {runs}: switch resume off, or choose "
                                               "another lora_name, to train with these settings.") from exc
         finally:
             handle._where.clear()
@@ -408,7 +417,7 @@ class DeepGenLoRALoader:
 
     def load(self, model, lora_name, strength=1.0):
         if lora_name == NO_LORAS:
-            raise FileNotFoundError("No LoRA files in the loras folders: train one with DeepGenTrainLoRA (it saves "
+            raise NotFoundError("No LoRA files in the loras folders: train one with DeepGenTrainLoRA (it saves "
                                     "to output/loras/deepgen/), then refresh")
         path = cs.resolve_model_path("loras", lora_name)
         adapter = load_adapter_cached(path)

@@ -88,6 +88,7 @@ def check_size(name: str, value) -> str | None:
         return f"{name} must be between 0 and {MAX_RESOLUTION}, got {value}"
     if value % SIZE_MULTIPLE:
         lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+        nearest = f"{lower} or {lower + SIZE_MULTIPLE}" if lower else f"{SIZE_MULTIPLE}"
         return (f"{name} {value} is not a multiple of {SIZE_MULTIPLE}; DeepGen needs multiples of {SIZE_MULTIPLE} "
-                f"(try {lower or SIZE_MULTIPLE} or {lower + SIZE_MULTIPLE}), or 0 for the reference image's size")
+                f"(try {nearest}), or 0 for the reference image's size")
     return None

@@ -35,6 +35,7 @@ FAST = dict(steps=3, learning_rate=1e-2, rank=4, validation_prompt="", save_ever
 def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPGEN_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("DEEPGEN_OUTPUT_DIR", str(tmp_path / "output"))
+    monkeypatch.setenv("DEEPGEN_INPUT_DIR", str(tmp_path))  # datasets are read from the input folder only
     with one_thread():
         yield
 

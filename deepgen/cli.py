@@ -69,11 +69,10 @@ def load_pipeline(args):
     if args.checkpoint == "tiny":
         print("Using the embedded tiny DeepGen (random weights: noise-like images). "
               "Pass --checkpoint/--vlm/--diffusion for the released model.", file=sys.stderr)
-    bar = tqdm(desc="loading", unit="part", total=None)
     connector = {"num_attention_heads": args.connector_heads} if args.connector_heads else None
-    model = load_model(args.checkpoint, args.vlm, args.diffusion, dtype=dtype, device=device,
-                       connector_config=connector, progress=lambda msg: (bar.set_postfix_str(msg), bar.update()))
-    bar.close()
+    with tqdm(desc="loading", unit="part", total=None) as bar:  # closed on errors too: the error gets its own line
+        model = load_model(args.checkpoint, args.vlm, args.diffusion, dtype=dtype, device=device,
+                           connector_config=connector, progress=lambda msg: (bar.set_postfix_str(msg), bar.update()))
     return DeepGenPipeline(model)
 
 

@@ -69,7 +69,7 @@ def format_keys(keys, limit: int = 12) -> str:
 
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line (detail lines joined with '; ')."""
-    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip()]
+    lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
     return "; ".join(lines) or type(exc).__name__
 
 

@@ -40,6 +40,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Checkpoint file is empty: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})

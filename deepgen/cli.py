@@ -14,23 +14,6 @@ from pathlib import Path
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def resolve_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
@@ -61,11 +44,12 @@ def add_sampling_args(p: argparse.ArgumentParser, default_size: int | None) -> N
 def load_pipeline(args):
     from tqdm.auto import tqdm
 
+    from .devices import pick_device, pick_dtype
     from .loading import load_model
     from .pipeline import DeepGenPipeline
 
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
     if args.checkpoint == "tiny":
         print("Using the embedded tiny DeepGen (random weights: noise-like images). "
               "Pass --checkpoint/--vlm/--diffusion for the released model.", file=sys.stderr)
@@ -139,12 +123,13 @@ def cmd_edit(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    from .devices import pick_dtype
     from .loading import convert_checkpoint
 
-    device = resolve_device("cpu")
+    device = "cpu"
     connector = {"num_attention_heads": args.connector_heads} if args.connector_heads else None
     out = convert_checkpoint(args.checkpoint, args.output, args.vlm, args.diffusion,
-                             dtype=resolve_dtype(args.dtype, device), connector_config=connector)
+                             dtype=pick_dtype(args.dtype, device), connector_config=connector)
     print(out)
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 
 from . import comfy_services as cs
@@ -13,50 +12,10 @@ from .types import DEEPGEN_MODEL, TINY_CHOICE, category, display_name
 AUTO = "auto"
 PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
 ATTENTION = ["sdpa", "eager", "flash_attention_2"]
-_CHECKPOINT_EXTS = {".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt"}
-_PREFERRED_CHECKPOINTS = ("model.safetensors", "model.pt", "DeepGen-1.0.safetensors", "DeepGen-1.0.pt")
 _LOAD_PHASES = 7  # load_model reports at most 6 phases; the last step is placing the parts on devices
 
 
 # ---- what the folders hold -----------------------------------------------------------------------------
-
-def _is_hf_folder(path: str) -> bool:
-    """A transformers/diffusers *model* folder (Qwen, a DiT, a VAE...), not a DeepGen release that happens to ship
-    a config.json: its config names a model type or class, or it has a diffusers model_index.json."""
-    if os.path.isfile(os.path.join(path, "model_index.json")):
-        return True
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and any(k in config for k in ("model_type", "_class_name", "architectures"))
-
-
-def _is_diffusers_release(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "connector")) and os.path.isdir(os.path.join(path, "transformer"))
-
-
-def _is_diffusion_folder(path: str) -> bool:
-    return all(os.path.isdir(os.path.join(path, sub)) for sub in ("transformer", "vae", "scheduler"))
-
-
-def _is_qwen_folder(path: str) -> bool:
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            return json.load(f).get("model_type") == "qwen2_5_vl"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _checkpoint_in(folder: str) -> str | None:
-    """The DeepGen checkpoint file directly inside an official release folder, if there is exactly one."""
-    for name in _PREFERRED_CHECKPOINTS:
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    files = [e.path for e in os.scandir(folder) if e.is_file() and os.path.splitext(e.name)[1].lower() in _CHECKPOINT_EXTS]
-    return files[0] if len(files) == 1 else None
-
 
 def _safe_resolve(kind: str, name: str) -> str | None:
     try:
@@ -65,15 +24,27 @@ def _safe_resolve(kind: str, name: str) -> str | None:
         return None
 
 
+def _checkpoint_in(folder: str) -> str | None:
+    from deepgen.loading.sources import checkpoint_in
+
+    try:
+        found = checkpoint_in(folder)
+    except (OSError, ValueError):  # several checkpoint files: not offered as a release folder
+        return None
+    return str(found) if found else None
+
+
 def checkpoint_choices() -> list[str]:
     """The tiny demo, then releases in the deepgen folder: checkpoint files and release folders."""
+    from deepgen.loading.sources import CHECKPOINT_EXTS, is_diffusers_release, is_model_folder
+
     entries = [(name, _safe_resolve("deepgen", name)) for name in cs.list_models("deepgen")]
-    releases = [name for name, path in entries if path and os.path.isdir(path) and _is_diffusers_release(path)]
+    releases = [name for name, path in entries if path and os.path.isdir(path) and is_diffusers_release(path)]
     folders = releases + [name for name, path in entries if path and os.path.isdir(path)
-                          and not _is_hf_folder(path) and not _is_diffusers_release(path) and _checkpoint_in(path)]
+                          and not is_model_folder(path) and not is_diffusers_release(path) and _checkpoint_in(path)]
     files = [name for name, path in entries if path and os.path.isfile(path)
-             and os.path.splitext(name)[1].lower() in _CHECKPOINT_EXTS
-             and not _is_hf_folder(os.path.dirname(path))]
+             and os.path.splitext(name)[1].lower() in CHECKPOINT_EXTS
+             and not is_model_folder(os.path.dirname(path))]
 
     def inside_release(name: str) -> bool:
         return any(name.startswith(folder + "/") for folder in folders)
@@ -95,54 +66,57 @@ def _folder_choices(kind: str, accept) -> list[str]:
     return [AUTO] + sorted(out)
 
 
+def _accept(kind: str):
+    from deepgen.loading import sources
+
+    return {"text_encoders": sources.is_qwen_folder, "diffusion_models": sources.is_diffusion_folder,
+            "vae": sources.is_model_folder}[kind]
+
+
 def vlm_choices() -> list[str]:
-    return _folder_choices("text_encoders", _is_qwen_folder)
+    return _folder_choices("text_encoders", _accept("text_encoders"))
 
 
 def diffusion_choices() -> list[str]:
-    return _folder_choices("diffusion_models", _is_diffusion_folder)
+    return _folder_choices("diffusion_models", _accept("diffusion_models"))
 
 
 def vae_choices() -> list[str]:
-    return _folder_choices("vae", _is_hf_folder)
+    return _folder_choices("vae", _accept("vae"))
 
 
 # ---- resolving a selection -------------------------------------------------------------------------------
 
+FOLDER_KINDS = {"vlm": "text_encoders", "diffusion": "diffusion_models"}
+
+
+def _chosen_folder(label: str, choice: str) -> str | None:
+    """A widget's folder name as a path (None for auto); a diffusers part picked by mistake means its parent."""
+    if choice == AUTO:
+        return None
+    kind = FOLDER_KINDS[label]
+    folder = cs.resolve_model_path(kind, choice)
+    parent, leaf = os.path.split(folder)
+    accept = _accept(kind)
+    return parent if not accept(folder) and leaf in ("transformer", "vae", "scheduler") and accept(parent) else folder
+
+
+def _candidates(label: str) -> list[str]:
+    kind = FOLDER_KINDS[label]
+    return [p for p in (_safe_resolve(kind, n) for n in _folder_choices(kind, _accept(kind))[1:]) if p]
+
+
 def resolve_sources(checkpoint: str, vlm: str = AUTO, diffusion: str = AUTO, vae: str = AUTO) -> dict:
-    """Widget values -> the paths load_model takes, with plain-words errors for what is missing."""
-    from deepgen.loading import CheckpointError, detect_layout
+    """Widget values -> the paths load_model takes (deepgen.loading.resolve_source), with plain-words errors."""
+    from deepgen.loading import CheckpointError, resolve_source
 
     if checkpoint == TINY_CHOICE:
         return {"checkpoint": "tiny", "layout": "tiny", "vlm": None, "diffusion": None, "vae": None,
                 "connector_config": None}
-    path = cs.resolve_model_path("deepgen", checkpoint)
-    if os.path.isdir(path) and not _is_diffusers_release(path):
-        inner = _checkpoint_in(path)
-        if inner is None:
-            raise CheckpointError(f"The folder {path} is neither a DeepGen-1.0-diffusers release (vlm/, transformer/, "
-                                  "vae/, connector/, scheduler/) nor an official release folder with one checkpoint "
-                                  "file (model.pt or model.safetensors) in it")
-        path = inner
-    layout = detect_layout(path)
-    out = {"checkpoint": path, "layout": layout, "vlm": None, "diffusion": None, "vae": None, "connector_config": None}
-    if layout in ("diffusers", "single"):
-        for label, value in (("vlm", vlm), ("diffusion", diffusion)):
-            if value != AUTO:
-                raise CheckpointError(f"{checkpoint} is a {layout} release that brings its own "
-                                      f"{'Qwen2.5-VL' if label == 'vlm' else 'DiT and VAE'}: set '{label}' to auto")
-    else:
-        here = os.path.dirname(path)
-        out["vlm"] = _pick_folder("text_encoders", vlm, here, _is_qwen_folder, (), "vlm",
-                                  "the Qwen2.5-VL-3B-Instruct folder (models/text_encoders)")
-        out["diffusion"] = _pick_folder("diffusion_models", diffusion, here, _is_diffusion_folder,
-                                        ("transformer", "vae", "scheduler"), "diffusion",
-                                        "the UniPic2-SD3.5M-Kontext diffusers folder with transformer/, vae/, "
-                                        "scheduler/ (models/diffusion_models)")
-        extra = os.path.join(here, "connector_config.json")
-        if os.path.isfile(extra):  # non-official connector widths (the tiny release) need their head count
-            with open(extra, encoding="utf-8") as f:
-                out["connector_config"] = json.load(f)
+    source = resolve_source(cs.resolve_model_path("deepgen", checkpoint), _chosen_folder("vlm", vlm),
+                            _chosen_folder("diffusion", diffusion), candidates=_candidates)
+    out = {"checkpoint": source.checkpoint, "layout": source.layout, "vlm": source.vlm,
+           "diffusion": source.diffusion, "vae": None, "connector_config": source.connector_config}
     if vae != AUTO:
         folder = cs.resolve_model_path("vae", vae)
         if not os.path.isfile(os.path.join(folder, "config.json")) and os.path.isdir(os.path.join(folder, "vae")):
@@ -151,31 +125,6 @@ def resolve_sources(checkpoint: str, vlm: str = AUTO, diffusion: str = AUTO, vae
             raise CheckpointError(f"{folder} is not a diffusers VAE folder (config.json + weights)")
         out["vae"] = folder
     return out
-
-
-def _pick_folder(kind, choice, beside, accept, parts, label, what) -> str:
-    from deepgen.loading import CheckpointError
-
-    if choice != AUTO:
-        folder = cs.resolve_model_path(kind, choice)
-        parent, leaf = os.path.split(folder)
-        if not accept(folder) and leaf in parts and accept(parent):
-            folder = parent
-        if not accept(folder):
-            raise CheckpointError(f"'{choice}' ({folder}) is not {what}")
-        return folder
-    candidates = [e.path for e in os.scandir(beside) if e.is_dir() and accept(e.path)]
-    if not candidates:  # nothing beside the checkpoint: the only suitable folder of its kind, if just one
-        names = _folder_choices(kind, accept)[1:]
-        candidates = [p for p in (_safe_resolve(kind, n) for n in names) if p]
-        where = f"next to the checkpoint ({beside}) or in the {kind} folders"
-    else:
-        where = f"next to the checkpoint ({beside})"
-    if len(candidates) == 1:
-        return candidates[0]
-    found = "several candidates are" if candidates else "nothing suitable is"
-    raise CheckpointError(f"The official DeepGen checkpoint holds only the trained tensors and needs {what}. "
-                          f"'{label}' is auto but {found} {where}: choose one in '{label}'.")
 
 
 def _fingerprint(path: str | None) -> str:
@@ -198,17 +147,9 @@ def _fingerprint(path: str | None) -> str:
 
 
 def resolve_dtype(precision: str):
-    import torch
+    from deepgen.devices import pick_dtype
 
-    if precision != "auto":
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-    device = cs.torch_device()
-    kind = getattr(device, "type", str(device))
-    if kind == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if kind == "mps":
-        return torch.float16
-    return torch.float32
+    return pick_dtype(precision, cs.torch_device())
 
 
 # ---- the node ------------------------------------------------------------------------------------------

@@ -258,7 +258,7 @@ def case_unsupported_extension(s):
 
 
 def case_missing_checkpoint(s):
-    return load_official_file(s.inputs / "nowhere.safetensors"), E.CheckpointError, ["nowhere.safetensors"]
+    return load_official_file(s.inputs / "nowhere.safetensors"), E.NotFoundError, ["nowhere.safetensors"]
 
 
 def case_foreign_model(s):
@@ -284,7 +284,8 @@ def case_wrong_shape(s):
 def case_official_without_vlm_folder(s):
     from deepgen.loading import load_model
 
-    return (lambda: load_model(OFFICIAL / "model.safetensors")), E.CheckpointError, ["Qwen2.5-VL-3B-Instruct"]
+    (s.inputs / "model.safetensors").write_bytes((OFFICIAL / "model.safetensors").read_bytes())
+    return (lambda: load_model(s.inputs / "model.safetensors")), E.CheckpointError, ["Qwen2.5-VL-3B-Instruct"]
 
 
 def case_truncated_lora(s):

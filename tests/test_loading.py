@@ -175,9 +175,17 @@ def test_pickled_objects_are_refused_not_executed(tmp_path):
     assert not (tmp_path / "executed").exists()
 
 
-def test_official_checkpoint_needs_base_folders():
+def test_official_checkpoint_needs_base_folders(tmp_path):
+    alone = tmp_path / "model.safetensors"
+    shutil.copy(official_paths()["checkpoint"], alone)
     with pytest.raises(CheckpointError, match="Qwen2.5-VL-3B-Instruct"):
-        load_model(official_paths()["checkpoint"])
+        load_model(alone)
+
+
+def test_base_folders_next_to_the_checkpoint_are_found(official_model):
+    found = load_model(official_paths()["checkpoint"], dtype=torch.float32, connector_config=OFFICIAL_CONNECTOR)
+    a, b = official_model.state_dict(), found.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---- bad sampling input --------------------------------------------------------------------------------

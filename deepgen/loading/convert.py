@@ -60,7 +60,8 @@ def convert_model(model: DeepGenModel, output: str | os.PathLike, source_layout:
 def convert_checkpoint(checkpoint, output, vlm=None, diffusion=None, *, dtype: torch.dtype = torch.bfloat16,
                        **load_kwargs) -> Path:
     """Load any supported release layout and write it as one converted file."""
-    from .release import detect_layout, load_model
+    from .release import load_model
+    from .sources import detect_layout
 
     layout = detect_layout(checkpoint)
     model = load_model(checkpoint, vlm, diffusion, dtype=dtype, lora="merge", **load_kwargs)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from . import keys as K
-from .release import detect_layout
+from .sources import detect_layout
 from . import single_file
 from .state_dict_io import read_metadata, read_state_dict
 

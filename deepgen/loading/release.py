@@ -28,9 +28,9 @@ from ..model.connector import ConnectorConfig
 from ..model.deepgen import DeepGenModel
 from ..model.dit import DeepGenTransformer2DModel
 from . import keys as K
+from . import single_file
 from .errors import CheckpointError, format_keys
 from .lora import attach_lora_adapter, collect_lora, lora_rank, merge_lora
-from . import single_file
 from .state_dict_io import read_metadata, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -41,56 +41,45 @@ Progress = Callable[[str], None]
 OFFICIAL_CONNECTOR = ConnectorConfig()
 
 
-def detect_layout(checkpoint: str | os.PathLike) -> str:
-    """'diffusers' | 'single' | 'official', from the path alone (cheap: reads at most a safetensors header)."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        if (path / "connector").is_dir() and (path / "transformer").is_dir():
-            return "diffusers"
-        raise CheckpointError(f"{path} is a folder but not a DeepGen-1.0-diffusers release "
-                              "(expected vlm/, transformer/, vae/, connector/, scheduler/)")
-    if path.suffix == ".safetensors" and path.is_file():
-        if single_file.is_single_file(read_metadata(path)):
-            return "single"
-    return "official"
-
-
 def load_model(checkpoint: str | os.PathLike, vlm: str | os.PathLike | None = None,
                diffusion: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.bfloat16,
                device: str | torch.device = "cpu", lora: str = "merge", lora_alpha: float | None = None,
                allow_pretrain_checkpoint: bool = False, connector_config: dict | None = None,
                attn_implementation: str = "sdpa", progress: Progress | None = None) -> DeepGenModel:
-    """Load DeepGen 1.0 from any supported release layout.
+    """Load DeepGen 1.0 from any supported release layout (resolved by `deepgen.loading.sources`).
 
+    vlm / diffusion: the base folders of the official layout; by default the ones next to the checkpoint.
     lora: "merge" (W + alpha/r·B·A, fastest at inference) or "peft" (a trainable PEFT adapter).
     lora_alpha: defaults to 2·rank (the release's r=64, alpha=128).
     allow_pretrain_checkpoint: accept a checkpoint without DiT and LoRA tensors (stage-1 output); the DiT
     then comes from `diffusion/transformer`.
-    connector_config: overrides of ConnectorConfig (needed only for non-official widths, e.g. num_attention_heads).
+    connector_config: overrides of ConnectorConfig (needed only for non-official widths, e.g. num_attention_heads;
+    a `connector_config.json` next to the checkpoint is read).
     """
+    from .sources import resolve_source
+
     if lora not in ("merge", "peft"):
         raise ValueError(f"lora must be 'merge' or 'peft', not {lora!r}")
     say = progress or (lambda message: None)
-    if str(checkpoint) == "tiny":
+    source = resolve_source(checkpoint, vlm, diffusion)
+    if source.layout == "tiny":
         from ..tiny import build_tiny_model
-        return build_tiny_model(dtype=dtype).to(device)
-    layout = detect_layout(checkpoint)
-    if layout == "single":
-        return _load_single_file(Path(checkpoint), dtype, device, attn_implementation, say)
-    if layout == "diffusers":
-        root = Path(checkpoint)
+        return build_tiny_model(seed=source.seed, dtype=dtype).to(device)
+    if source.layout == "single":
+        return _load_single_file(Path(source.checkpoint), dtype, device, attn_implementation, say)
+    connector_config = {**(source.connector_config or {}), **(connector_config or {})} or None
+    if source.layout == "diffusers":
+        root = Path(source.checkpoint)
         vlm, diffusion = root / "vlm", root
         say("reading connector")
         trained = K.map_connector_keys(_read_folder_tensors(root / "connector"), str(root / "connector"))
         connector_config = {**_folder_config(root / "connector"), **(connector_config or {})}
         dit_from_folder, lora_pairs = True, {}
     else:
-        if vlm is None or diffusion is None:
-            raise CheckpointError("The official DeepGen checkpoint holds only the trained tensors: also give the "
-                                  "Qwen2.5-VL-3B-Instruct folder (vlm=...) and the UniPic2-SD3.5M folder (diffusion=...)")
+        vlm, diffusion = source.vlm, source.diffusion
         say("reading checkpoint")
-        trained, _ = read_state_dict(checkpoint)
-        trained, lora_pairs, dit_from_folder = _split_official(trained, str(checkpoint), allow_pretrain_checkpoint)
+        trained, _ = read_state_dict(source.checkpoint)
+        trained, lora_pairs, dit_from_folder = _split_official(trained, source.checkpoint, allow_pretrain_checkpoint)
 
     say("loading VLM")
     tokenizer = load_tokenizer(vlm)

@@ -485,7 +485,10 @@ class _UnreadableCheckpoint(CheckpointError):
 
 
 def _unreadable(p: Path, name: str, e: BaseException) -> CheckpointError:
-    reason = " ".join(str(e).split())[:160] or type(e).__name__
+    reason = " ".join(str(e).split())
+    if ". " in reason[20:]:  # the first sentence is the reason; libraries append advice that is not ours
+        reason = reason[:20 + reason[20:].index(". ")]
+    reason = (reason[:157] + "…" if len(reason) > 160 else reason) or type(e).__name__
     problem = (f"{name} in the checkpoint {p} cannot be read ({type(e).__name__}: {reason}): it is truncated, "
                "damaged or not a DeepGen training checkpoint file")
     mine = _parse_step(p.name)
@@ -506,9 +509,9 @@ def _read_json(p: Path, name: str) -> Any:
 def _torch_load(p: Path, name: str, map_location: Any) -> Any:
     try:
         data = torch.load(p / name, map_location=map_location, weights_only=True)
-    except (OSError, MemoryError):
+    except MemoryError:
         raise
-    except Exception as e:  # noqa: BLE001 - zip/pickle/unpickler errors of a truncated or foreign file vary
+    except Exception as e:  # noqa: BLE001 - a truncated zip gives OSError(EINVAL), RuntimeError, pickle errors...
         raise _unreadable(p, name, e) from e
     if not isinstance(data, dict):
         raise _unreadable(p, name, TypeError(f"holds a {type(data).__name__}, not a dict"))

@@ -333,7 +333,7 @@ class DataReport:
     def brief(self, limit: int = 3) -> str:
         """The report on one line: rows read, usable, skipped by reason and the first ``limit`` bad rows."""
         good = ", ".join(f"{t}: {n}" for t, n in sorted(self.good.items()) if n) or "none"
-        text = f"{self.rows_seen} rows read, usable {good}, skipped {self.bad}"
+        text = f"{self.rows_seen} row{'s' if self.rows_seen != 1 else ''} read, usable {good}, skipped {self.bad}"
         if self.counts:
             text += " (" + ", ".join(f"{r}: {n}" for r, n in self.counts.most_common()) + ")"
         if self.examples:
@@ -600,13 +600,13 @@ def scan_image_folder(folder: PathLike, *, recursive: bool = False, verify: str 
         where = str(img)
         txt = img.with_suffix(".txt")
         try:
+            if not txt.is_file():
+                raise BadRowError("missing_caption", f"no {txt.name} next to {img.name}")
+            n_captions += 1
             for p in (img, txt):  # a symlink (or a symlinked sub-folder) to a file elsewhere is never read
                 if not _inside(os.path.realpath(p), real_folder):
                     raise BadRowError("outside_root", f"{p.name} is a symlink to {os.path.realpath(p)}, outside "
                                                       f"{folder}")
-            if not txt.is_file():
-                raise BadRowError("missing_caption", f"no {txt.name} next to {img.name}")
-            n_captions += 1
             try:
                 caption = _read_utf8(txt, "caption").strip()
             except DataError as e:

@@ -111,7 +111,8 @@ def download_release(models_dir: str | Path, what=("deepgen", "vlm", "diffusion"
         from .errors import ConfigError
 
         raise ConfigError(f"unknown download {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCES)}")
-    endpoint = check_hub_reachable()
+    offline = (os.environ.get("HF_HUB_OFFLINE") or "").strip().lower() in ("1", "true", "yes", "on")
+    endpoint = hub_endpoint() if offline else check_hub_reachable()  # offline: huggingface_hub's local files
     paths = []
     for name in what:
         repo, subfolder, patterns = SOURCES[name]

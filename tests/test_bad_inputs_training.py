@@ -79,6 +79,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_no_proxy(mp) -> None:
+    """Connections to 127.0.0.1 go direct even where a proxy is set (else the probe would test the proxy)."""
+    for name in ("no_proxy", "NO_PROXY"):
+        mp.setenv(name, "127.0.0.1,localhost")
+
+
 def rows_file(folder: Path, rows: list, name: str = "rows.jsonl") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -453,6 +459,7 @@ def _(tmp, mp):
 
 @case("dead-judge-url-at-start", ResourceError)
 def _(tmp, mp):
+    local_no_proxy(mp)
     url = f"http://127.0.0.1:{free_port()}"
     forbid_model_load(mp)
     cfg = stage3_config(tmp, category_weights={"general": {"preference": 1.0}},
@@ -462,6 +469,7 @@ def _(tmp, mp):
 
 @case("judge-dies-during-training", ResourceError)
 def _(tmp, mp):
+    local_no_proxy(mp)
     from deepgen.rewards.preference import PreferenceReward
 
     url = f"http://127.0.0.1:{free_port()}"
@@ -478,7 +486,8 @@ def _(tmp, mp):
 def _(tmp, mp):
     port = free_port()
     mp.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    mp.setenv("HF_HUB_OFFLINE", "1")  # belt and braces: huggingface_hub must not go anywhere either
+    mp.delenv("HF_HUB_OFFLINE", raising=False)  # offline mode skips the check (huggingface_hub's local files)
+    local_no_proxy(mp)
 
     def never(*a, **k):
         raise AssertionError("snapshot_download must not run when the host is unreachable")
@@ -542,6 +551,7 @@ def _(tmp, mp):
 
 @case("cli-stage3-dead-judge-exit-2", SystemExit)
 def _(tmp, mp):
+    local_no_proxy(mp)
     url = f"http://127.0.0.1:{free_port()}"
     (tmp / "prompts.txt").write_text("a red square\n", encoding="utf-8")
     config = tmp / "stage3.toml"

@@ -189,6 +189,9 @@ def check_output_dir_writable(path: PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise ResourceError(f"disk full: cannot write in the output folder {p} ({e.strerror or e}); free "
+                                "space, or choose another output_dir") from e
         raise CheckpointError(f"The output folder {p} is not writable ({e.strerror or e}); choose another "
                               "output_dir or fix its permissions.") from e
     finally:

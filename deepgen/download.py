@@ -1,11 +1,30 @@
 """`deepgen download`: the official files, fetched with huggingface_hub into a models folder.
 
 Nothing in the library downloads on its own; this runs only when a user asks for it.
+
+Without a network it fails within seconds, naming the host it tried: before anything else the hub host
+(``HF_ENDPOINT`` if set, else huggingface.co; through the proxy that is set, if any) must accept a TCP
+connection within :data:`CONNECT_TIMEOUT` seconds, and huggingface_hub's own connection errors are turned
+into the same one-line :class:`~deepgen.errors.ResourceError`.
+
+Where files go: ``models_dir`` is the user's choice; each repository goes to a sub-folder fixed here
+(:data:`SOURCES`), never one named by the download.  The file names inside a repository are joined to that
+folder by huggingface_hub (``snapshot_download(local_dir=...)``); recent versions (``_validate_relative_filename``)
+refuse a name that is absolute or holds ``..``, and the Hub's git storage cannot hold such names anyway, so a
+repository cannot make us write outside ``models_dir``.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ResourceError
+
+__all__ = ["SOURCES", "CONNECT_TIMEOUT", "hub_endpoint", "tcp_probe", "check_hub_reachable", "download_release"]
 
 # (repo id, sub-folder of the models dir, allow patterns)
 SOURCES = {
@@ -16,15 +35,98 @@ SOURCES = {
     "diffusers": ("deepgenteam/DeepGen-1.0-diffusers", "deepgen/DeepGen-1.0-diffusers", None),
 }
 
+CONNECT_TIMEOUT = 5.0  # seconds the hub host gets to accept a connection
+
+_DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def hub_endpoint() -> str:
+    """The hub address huggingface_hub uses: ``HF_ENDPOINT`` if set, else https://huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or "").strip().rstrip("/") or _DEFAULT_ENDPOINT
+
+
+def _connect_target(url: str) -> tuple[str, int, str]:
+    """``(host, port, via)`` of a TCP connection to ``url``: its host, or the proxy ``urllib`` would use for it
+    (``via`` is then ``" through the proxy <proxy>"``, else ``""``)."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    host, port, via = parts.hostname, parts.port, ""
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        pp = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if pp.hostname:
+            host, port, via = pp.hostname, pp.port or 80, f" through the proxy {proxy}"
+    return host, port, via
+
+
+def tcp_probe(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Open (and close) one TCP connection to ``url``'s host, or to the proxy ``urllib`` would use for it.
+
+    Raises :class:`ResourceError` ``"<host>[ through the proxy <proxy>]: <reason>"`` (refused, no answer
+    within ``timeout`` s, unknown host, no host in the URL); callers put it in their own sentence.
+    """
+    try:
+        host, port, via = _connect_target(url)
+    except ValueError as e:
+        raise ResourceError(str(e)) from None
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        reason = (e.strerror or str(e) or type(e).__name__).strip()
+        if isinstance(e, socket.timeout) or "timed out" in reason:
+            reason = f"no answer within {timeout:g} s"
+        raise ResourceError(f"{urlsplit(url).netloc or url}{via}: {reason}") from None
+
+
+def check_hub_reachable(timeout: float = CONNECT_TIMEOUT) -> str:
+    """Raise :class:`ResourceError` naming the hub host unless it accepts a connection within ``timeout`` s;
+    returns the endpoint."""
+    endpoint = hub_endpoint()
+    try:
+        tcp_probe(endpoint, timeout)
+    except ResourceError as e:
+        raise ResourceError(f"cannot reach {e}: check your network or proxy, or set HF_ENDPOINT to a mirror; "
+                            "nothing was downloaded") from None
+    return endpoint
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """huggingface_hub's (and its HTTP client's) ways of saying "no connection", whatever the version."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectTimeout",
+                "TimeoutException", "NetworkError", "ProxyError", "ConnectionError", "Timeout", "ReadTimeout"}:
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror))
+
 
 def download_release(models_dir: str | Path, what=("deepgen", "vlm", "diffusion")) -> list[Path]:
     from huggingface_hub import snapshot_download
 
     models_dir = Path(models_dir)
+    unknown = [name for name in what if name not in SOURCES]
+    if unknown:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown download {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCES)}")
+    offline = (os.environ.get("HF_HUB_OFFLINE") or "").strip().lower() in ("1", "true", "yes", "on")
+    endpoint = hub_endpoint() if offline else check_hub_reachable()  # offline: huggingface_hub's local files
     paths = []
     for name in what:
         repo, subfolder, patterns = SOURCES[name]
-        target = models_dir / subfolder
-        snapshot_download(repo_id=repo, local_dir=str(target), allow_patterns=patterns)
+        target = models_dir / subfolder  # from the table above, never from the download
+        try:
+            snapshot_download(repo_id=repo, local_dir=str(target), allow_patterns=patterns)
+        except Exception as e:  # noqa: BLE001 - map the network ones, let the rest through
+            if _is_network_error(e):
+                done = f"; finished before it: {', '.join(str(p) for p in paths)}" if paths else ""
+                reason = " ".join(str(e).split())[:200] or type(e).__name__
+                raise ResourceError(
+                    f"cannot reach {urlsplit(endpoint).netloc} while downloading {repo} ({reason}): check your "
+                    f"network or proxy, or set HF_ENDPOINT to a mirror; run the same command again to continue"
+                    f"{done}") from e
+            raise
         paths.append(target)
     return paths

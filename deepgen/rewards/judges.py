@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..errors import ResourceError
 from .base import cached_model, default_device, require_model_dir
 from .images import image_to_data_url
 
@@ -68,6 +69,22 @@ class EndpointJudge:
         self.system_prompt = system_prompt
         self.jpeg_quality = jpeg_quality
 
+    def probe(self, timeout: float = 5.0) -> None:
+        """Check once that the judge's host accepts a TCP connection (through the proxy that ``urllib`` would
+        use, if one is set), within ``timeout`` seconds; else raise :class:`ResourceError` naming the URL.
+
+        A TCP connect, not a chat request: it costs nothing on the server, needs no model name or API key, and
+        a dead address is what turns a whole RL run into KL/SFT training (every comparison a 0.5 tie)."""
+        from ..download import tcp_probe
+
+        try:
+            tcp_probe(self.endpoint, timeout)
+        except ResourceError as e:
+            raise ResourceError(
+                f"the preference judge at {self.endpoint} cannot be reached ({e}): start the judge server (e.g. "
+                "vLLM serving UnifiedReward-Think), fix the url of [rewards.preference], or drop 'preference' from "
+                "category_weights") from None
+
     def payload(self, text: str, urls: list[str]) -> dict:
         content = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
         content.append({"type": "text", "text": text})
@@ -104,17 +121,25 @@ class EndpointJudge:
 
         payloads = [self.payload(t, [url_of(a), url_of(b)]) for t, a, b in items]
 
+        errors: list[str] = []
+
         def one(p):
             try:
                 return self.request(p)
             except Exception as e:
-                log.warning("%s", e)
+                errors.append(str(e))
+                log.debug("%s", e)
                 return None
 
         if len(payloads) <= 1 or self.max_workers == 1:
-            return [one(p) for p in payloads]
-        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(payloads))) as ex:
-            return list(ex.map(one, payloads))
+            out = [one(p) for p in payloads]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.max_workers, len(payloads))) as ex:
+                out = list(ex.map(one, payloads))
+        if errors:  # one line per call, not one per pair
+            log.warning("preference judge: %d of %d requests failed (first: %s)", len(errors), len(payloads),
+                        errors[0])
+        return out
 
 
 def _chat_url(url: str) -> str:

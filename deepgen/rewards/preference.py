@@ -180,6 +180,7 @@ class PreferenceReward(Reward):
         pair_order: str = "random",
         decimals: int | None = 3,
         prompt_template: str = PROMPT_TEMPLATE,
+        fail_after: int = 2,
         **judge_kwargs,
     ):
         if judge is None:
@@ -199,6 +200,25 @@ class PreferenceReward(Reward):
         self.prompt_template = prompt_template
         self.rng = random.Random(seed)
         self.last_comparisons: list[dict] = []
+        # Every judge request of a call failing means the judge is gone: the call's scores are all 0.5 ties, so
+        # RL silently turns into KL/SFT training.  One such call is tolerated (a judge-server restart, a network
+        # blip: one rollout is wasted); ``fail_after`` consecutive ones (default 2) raise ResourceError, and the
+        # trainer's interrupt checkpoint keeps the last complete step for the resume.  0 never raises.
+        self.fail_after = int(fail_after)
+        self._failed_in_a_row = 0
+
+    def probe(self, timeout: float = 5.0) -> None:
+        """Check that the judge can be reached, if it can tell (an endpoint judge: one TCP connect)."""
+        probe = getattr(self.judge, "probe", None)
+        if probe is not None:
+            probe(timeout)
+
+    def _judge_name(self) -> str:
+        endpoint = getattr(self.judge, "endpoint", None)
+        if endpoint:
+            return f"the preference judge at {endpoint}"
+        path = getattr(self.judge, "model_path", None)
+        return f"the preference judge {path}" if path else f"the preference judge {type(self.judge).__name__}"
 
     def reseed(self, seed: int | None = None) -> None:
         """Restarts the pair-order RNG (same seed -> same pair orders from here on)."""
@@ -224,6 +244,18 @@ class PreferenceReward(Reward):
             for (g, a, b), v, t in zip(meta, verdicts, answers)
         ]
         n_fail = sum(v is None for v in verdicts)
+        n_calls_failed = sum(t is None for t in answers)
+        if items and n_calls_failed == len(items):
+            self._failed_in_a_row += 1
+            if self.fail_after and self._failed_in_a_row >= self.fail_after:
+                from ..errors import ResourceError
+
+                raise ResourceError(
+                    f"{self._judge_name()} failed every request in {self._failed_in_a_row} calls in a row "
+                    f"({len(items)} comparisons in the last): is the judge server still running? Restart it and "
+                    "resume the run (training stopped rather than continue without the preference reward)")
+        elif items:
+            self._failed_in_a_row = 0
         if items and n_fail == len(items):
             log.warning("preference judge: all %d comparisons failed or were unparseable (all scores 0.5)", n_fail)
         elif n_fail:

@@ -48,6 +48,8 @@ state is matched by position, and :func:`restore_training_state` checks the reco
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
@@ -86,6 +88,7 @@ __all__ = [
     "find_latest_checkpoint",
     "prune_checkpoints",
     "load_checkpoint",
+    "load_latest_intact",
     "load_trainable_into",
     "restore_training_state",
 ]
@@ -108,7 +111,9 @@ PathLike = Union[str, os.PathLike]
 _after_file_hook: Callable[[Path], None] | None = None
 
 
-from ..errors import CheckpointError  # noqa: E402 - a checkpoint that cannot be written, found or restored
+from ..errors import CheckpointError, ResourceError  # noqa: E402 - a checkpoint that cannot be written, found or restored
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 @dataclass
@@ -151,11 +156,16 @@ def _fsync_dir(path: Path) -> None:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
 
 
@@ -179,6 +189,9 @@ def check_output_dir_writable(path: PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise ResourceError(f"disk full: cannot write in the output folder {p} ({e.strerror or e}); free "
+                                "space, or choose another output_dir") from e
         raise CheckpointError(f"The output folder {p} is not writable ({e.strerror or e}); choose another "
                               "output_dir or fix its permissions.") from e
     finally:
@@ -328,7 +341,11 @@ def save_checkpoint(output_dir: PathLike, step: int, *, trainable: Mapping[str, 
         config_json = json.dumps(dict(config), indent=2) if config is not None else None
     except TypeError as e:
         raise TypeError(f"data_position, extra and config must be JSON-able: {e}") from e
-    tmp.mkdir()
+    previous = find_latest_checkpoint(out)
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise _write_error(e, final, out, previous) from e
     try:
         from safetensors.torch import save_file
 
@@ -358,13 +375,41 @@ def save_checkpoint(output_dir: PathLike, step: int, *, trainable: Mapping[str, 
         else:
             os.rename(tmp, final)
         _fsync_dir(out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, final, out, previous) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(out / LATEST_FILE, final.name + "\n")
+    try:
+        _write_text_atomic(out / LATEST_FILE, final.name + "\n")
+    except OSError as e:
+        raise ResourceError(
+            f"{_os_reason(e)} while pointing {out / LATEST_FILE} at {final.name}; the checkpoint itself is "
+            f"complete: free space, then resume with resume = '{final}'") from e
     if keep_last:
         prune_checkpoints(out, keep_last)
     return final
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _write_error(e: OSError, final: Path, out: Path, previous: Path | None) -> ResourceError:
+    """The one-line error of a checkpoint write that failed (the temp folder is already removed)."""
+    kept = (f"the previous checkpoint {previous.name} is intact" if previous is not None
+            else "no earlier checkpoint exists")
+    if e.errno in _DISK_FULL:
+        what = f"disk full while writing checkpoint {final.name} in {out} ({_os_reason(e)})"
+        todo = "free space and run the same command to resume"
+    else:
+        where = f": {e.filename}" if e.filename else ""
+        what = f"cannot write checkpoint {final.name} in {out} ({_os_reason(e)}{where})"
+        todo = "fix the output folder and run the same command to resume"
+    if previous is None:
+        todo = todo.replace(" to resume", " again")
+    return ResourceError(f"{what}; {kept}; nothing of the new checkpoint was kept; {todo}")
 
 
 def save_checkpoint_accelerate(accelerator: Any, output_dir: PathLike, step: int, *,
@@ -411,7 +456,7 @@ def find_latest_checkpoint(output_dir: PathLike) -> Path | None:
     out = Path(output_dir)
     pointer = out / LATEST_FILE
     if pointer.is_file():
-        name = pointer.read_text(encoding="utf-8").strip()
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
         cand = out / name
         if name and _parse_step(name) is not None and _is_complete(cand):
             return cand
@@ -434,11 +479,54 @@ def prune_checkpoints(output_dir: PathLike, keep_last: int) -> list[Path]:
     return removed
 
 
+class _UnreadableCheckpoint(CheckpointError):
+    """A checkpoint file that cannot be read; ``problem`` is the message without the advice."""
+
+    def __init__(self, message: str, problem: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+def _unreadable(p: Path, name: str, e: BaseException) -> CheckpointError:
+    reason = " ".join(str(e).split())
+    if ". " in reason[20:]:  # the first sentence is the reason; libraries append advice that is not ours
+        reason = reason[:20 + reason[20:].index(". ")]
+    reason = (reason[:157] + "…" if len(reason) > 160 else reason) or type(e).__name__
+    problem = (f"{name} in the checkpoint {p} cannot be read ({type(e).__name__}: {reason}): it is truncated, "
+               "damaged or not a DeepGen training checkpoint file")
+    mine = _parse_step(p.name)
+    earlier = [c.name for step, c in list_checkpoints(p.parent) if c != p and (mine is None or step < mine)][-3:]
+    todo = (f"resume from an earlier checkpoint (resume = '{p.parent / earlier[-1]}'; others: "
+            f"{', '.join(earlier[:-1]) or 'none'}) or start anew (resume = 'no')" if earlier
+            else "start anew with resume = 'no' (or another output_dir)")
+    return _UnreadableCheckpoint(f"{problem}; {todo}", problem)
+
+
+def _read_json(p: Path, name: str) -> Any:
+    try:
+        return json.loads((p / name).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise _unreadable(p, name, e) from e
+
+
+def _torch_load(p: Path, name: str, map_location: Any) -> Any:
+    try:
+        data = torch.load(p / name, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated zip gives OSError(EINVAL), RuntimeError, pickle errors...
+        raise _unreadable(p, name, e) from e
+    if not isinstance(data, dict):
+        raise _unreadable(p, name, TypeError(f"holds a {type(data).__name__}, not a dict"))
+    return data
+
+
 def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", load_trainable: bool = True,
                     load_optimizer: bool = True) -> Checkpoint:
     """Load a checkpoint folder, or the latest one if ``path`` is an output folder.
 
-    Everything is read with ``weights_only=True``.  Raises :class:`CheckpointError` if none is found.
+    Everything is read with ``weights_only=True``.  Raises :class:`CheckpointError` if none is found, or if a
+    file of it is truncated, damaged or foreign (the message names the file and what to do).
     """
     p = Path(path)
     if not (p / STATE_FILE).is_file():
@@ -447,10 +535,16 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", load_trainable
             raise CheckpointError(f"No complete checkpoint in {p} (looked for {CHECKPOINT_PREFIX}*/ with "
                                   f"{STATE_FILE}).")
         p = latest
-    state = json.loads((p / STATE_FILE).read_text(encoding="utf-8"))
-    if state.get("format") != FORMAT:
-        raise CheckpointError(f"{p} is not a DeepGen training checkpoint (format {state.get('format')!r}).")
-    if int(state.get("format_version", 0)) > FORMAT_VERSION:
+    state = _read_json(p, STATE_FILE)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{p} is not a DeepGen training checkpoint ({STATE_FILE} format {found!r}); "
+                              "point resume / init_from at a folder written by deepgen train.")
+    try:
+        version, step = int(state.get("format_version", 0)), int(state["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise _unreadable(p, STATE_FILE, e) from e
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{p} has format version {state['format_version']}; this code reads ≤ "
                               f"{FORMAT_VERSION}. Update ComfyUI-DeepGen.")
     trainable: dict[str, Tensor] = {}
@@ -458,16 +552,55 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", load_trainable
         from safetensors.torch import load_file
 
         device = map_location if isinstance(map_location, str) else "cpu"
-        trainable = load_file(str(p / TRAINABLE_FILE), device=device)
+        if not (p / TRAINABLE_FILE).is_file():
+            raise _unreadable(p, TRAINABLE_FILE, FileNotFoundError("missing"))
+        try:
+            trainable = load_file(str(p / TRAINABLE_FILE), device=device)
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - SafetensorError and friends
+            raise _unreadable(p, TRAINABLE_FILE, e) from e
     opt = {}
     if load_optimizer and (p / OPTIMIZER_FILE).is_file():
-        opt = torch.load(p / OPTIMIZER_FILE, map_location=map_location, weights_only=True)
-    rng = torch.load(p / RNG_FILE, map_location="cpu", weights_only=True) if (p / RNG_FILE).is_file() else {}
-    config = json.loads((p / CONFIG_FILE).read_text(encoding="utf-8")) if (p / CONFIG_FILE).is_file() else None
-    return Checkpoint(path=p, step=int(state["step"]), trainable=trainable, optimizer=opt.get("optimizer"),
+        opt = _torch_load(p, OPTIMIZER_FILE, map_location)
+    rng = _torch_load(p, RNG_FILE, "cpu") if (p / RNG_FILE).is_file() else {}
+    config = _read_json(p, CONFIG_FILE) if (p / CONFIG_FILE).is_file() else None
+    data_position, extra = state.get("data_position"), state.get("extra") or {}
+    if not isinstance(data_position, (dict, type(None))) or not isinstance(extra, dict):
+        raise _unreadable(p, STATE_FILE, TypeError("data_position / extra are not objects"))
+    return Checkpoint(path=p, step=step, trainable=trainable, optimizer=opt.get("optimizer"),
                       lr_scheduler=opt.get("lr_scheduler"), grad_scaler=opt.get("grad_scaler"),
-                      rng_states=list(rng.get("per_rank", [])), data_position=state.get("data_position"),
-                      config=config, extra=state.get("extra") or {})
+                      rng_states=list(rng.get("per_rank", [])), data_position=data_position,
+                      config=config, extra=extra)
+
+
+def load_latest_intact(output_dir: PathLike, *, warn: Callable[[str], None] | None = None,
+                       **kwargs) -> Checkpoint | None:
+    """``resume = "auto"``: the newest checkpoint of ``output_dir`` that loads, or None if there is none.
+
+    A checkpoint that cannot be read (a truncated or foreign file) is skipped with one ``warn`` line naming it,
+    and the next older complete one is tried; if every one is broken, :class:`CheckpointError` names them.
+    """
+    out = Path(output_dir)
+    first = find_latest_checkpoint(out)
+    if first is None:
+        return None
+    candidates = [first] + [c for _, c in reversed(list_checkpoints(out))
+                            if c != first and (_parse_step(c.name) or 0) < (_parse_step(first.name) or 0)]
+    broken = []
+    for cand in candidates:
+        try:
+            ckpt = load_checkpoint(cand, **kwargs)
+        except CheckpointError as e:
+            broken.append(cand.name)
+            if warn is not None:
+                nxt = candidates[len(broken)].name if len(broken) < len(candidates) else None
+                warn(f"skipping the broken checkpoint {cand.name}: {getattr(e, 'problem', e)}"
+                     + (f"; resuming from the earlier {nxt} instead" if nxt else ""))
+            continue
+        return ckpt
+    raise CheckpointError(f"no checkpoint in {out} can be read ({', '.join(broken)} are truncated or damaged); "
+                          "delete them to start anew, or set resume = 'no' with another output_dir")
 
 
 def load_trainable_into(params: Mapping[str, Tensor] | nn.Module, tensors: Mapping[str, Tensor], *,

@@ -43,10 +43,18 @@ Bad rows
 ========
 Rows that cannot be used are skipped and counted by reason in a :class:`DataReport` (reasons:
 ``bad_json_row``, ``unknown_format``, ``missing_field``, ``missing_caption``, ``missing_file``,
-``bad_annotation``, ``unreadable_image``, ``too_small``, ``bad_aspect``).  How much is checked while
-loading the list is set by ``verify``: ``"none"`` (parse rows only), ``"exists"`` (files exist,
-annotation JSONs read), ``"header"`` (default: also open every image header — catches unreadable
-files, too small and extreme aspect ratios), ``"full"`` (also decode every image).  A row that only
+``bad_annotation``, ``unreadable_caption``, ``unreadable_image``, ``too_small``, ``bad_aspect``,
+``outside_root``).  How much is checked while loading the list is set by ``verify``: ``"none"`` (parse
+rows only), ``"exists"`` (files exist, annotation JSONs read), ``"header"`` (default: also open every
+image header — catches unreadable files, too small and extreme aspect ratios — and check that the file
+ends as its format requires, which catches truncated files; a file whose ending cannot be checked
+cheaply is decoded in full), ``"full"`` (decode every image).
+
+Paths stay inside the data folder: a path in a JSON row (``image_path``, ``image``, ``annotation``,
+``input_image``, ``output_image``) that is absolute, climbs out with ``..``, or leads through a symlink
+to a place outside the base folder (``root``, else the JSON file's folder) makes the row bad
+(``outside_root``) and is never opened; in an image folder, images and captions that are symlinks to
+files outside the folder are skipped the same way.  A row that only
 fails when its pixels are decoded during training is reported on the returned :class:`MicroBatch`
 (``failures``) and replaced by the next good row of the same dataset — deterministic, so an exact
 resume stays exact.  No usable row at all raises :class:`EmptyDatasetError` naming the sources and the
@@ -105,7 +113,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..sizes import fix_pixels_size  # the one size rule, shared with inference
 
 __all__ = [
@@ -127,6 +135,7 @@ __all__ = [
     "DataReport",
     "BadRowError",
     "EmptyDatasetError",
+    "DataSourceNotFoundError",
     "TextToImageDataset",
     "EditDataset",
     "TaskDatasets",
@@ -273,6 +282,15 @@ class EmptyDatasetError(DataError):
     """No usable training data (message names the sources and the bad-row counts)."""
 
 
+class DataSourceNotFoundError(DataError, FileNotFoundError):
+    """A data source (``data`` entry) that does not exist."""
+
+
+def _clean(text: str) -> str:
+    """One line of a report (paths or errors that carry a newline would break the one-line messages)."""
+    return " ".join(str(text).split())
+
+
 @dataclass
 class DataReport:
     """Counts of skipped rows by reason, with the first ``max_examples`` examples ``(reason, where, detail)``."""
@@ -286,7 +304,7 @@ class DataReport:
     def add(self, reason: str, where: str, detail: str = "") -> None:
         self.counts[reason] += 1
         if len(self.examples) < self.max_examples:
-            self.examples.append((reason, where, detail))
+            self.examples.append((reason, _clean(where), _clean(detail)))
 
     def merge(self, other: DataReport) -> None:
         self.counts.update(other.counts)
@@ -312,22 +330,66 @@ class DataReport:
 
     __str__ = summary
 
+    def brief(self, limit: int = 3) -> str:
+        """The report on one line: rows read, usable, skipped by reason and the first ``limit`` bad rows."""
+        good = ", ".join(f"{t}: {n}" for t, n in sorted(self.good.items()) if n) or "none"
+        text = f"{self.rows_seen} row{'s' if self.rows_seen != 1 else ''} read, usable {good}, skipped {self.bad}"
+        if self.counts:
+            text += " (" + ", ".join(f"{r}: {n}" for r, n in self.counts.most_common()) + ")"
+        if self.examples:
+            shown = [f"{where} [{reason}" + (f": {detail}]" if detail else "]")
+                     for reason, where, detail in self.examples[:limit]]
+            more = self.bad - len(shown)
+            text += "; first: " + "; ".join(shown) + (f"; … and {more} more" if more > 0 else "")
+        return text
+
 
 # ----------------------------------------------------------------------------------------------------
 # scanning sources
 
 
-def _resolve(base: Path, rel: str) -> str:
-    return str(base / rel) if not os.path.isabs(rel) else rel
+def _inside(path: str, base: str) -> bool:
+    try:
+        return os.path.commonpath([path, base]) == base
+    except ValueError:  # different drives, or absolute vs relative
+        return False
+
+
+def _resolve(base: Path, rel: str, key: str = "path") -> str:
+    """``base / rel``, or :class:`BadRowError` ``outside_root`` if ``rel`` is absolute, climbs out of ``base``
+    with ``..`` or leads through a symlink to a place outside ``base`` (nothing outside is ever opened)."""
+    from pathlib import PureWindowsPath
+
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or PureWindowsPath(rel).drive:
+        raise BadRowError("outside_root", f"{key} {rel!r} is an absolute path; give it relative to {base}")
+    candidate = base / rel
+    if not _inside(os.path.normpath(os.path.abspath(candidate)), os.path.normpath(os.path.abspath(base))):
+        raise BadRowError("outside_root", f"{key} {rel!r} leads out of {base} (..)")
+    if not _inside(os.path.realpath(candidate), os.path.realpath(base)):
+        raise BadRowError("outside_root", f"{key} {rel!r} is a symlink to {os.path.realpath(candidate)}, "
+                                          f"outside {base}")
+    return str(candidate)
+
+
+def _read_utf8(path: Path, what: str) -> str:
+    """A text file's content; a file that is not UTF-8 raises :class:`DataError` naming it and the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                        "save it as UTF-8") from None
 
 
 def read_json_rows(path: PathLike) -> list[tuple[str, Any]]:
     """Rows of a ``.json`` list or ``.jsonl`` file as ``(where, row)``; a broken JSONL line gives ``row=_BAD``.
 
-    A ``.json`` file that is not valid JSON, or not a list, raises ``ValueError`` naming the file.
+    A file that is not UTF-8, a ``.json`` file that is not valid JSON, or not a list, raises :class:`DataError`
+    naming the file.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path, "data list")
     if path.suffix.lower() == ".jsonl":
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -341,9 +403,10 @@ def read_json_rows(path: PathLike) -> list[tuple[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); use a JSON list, or .jsonl with one object per line") from e
+        raise DataError(f"{path} is not valid JSON ({e}); use a JSON list, or .jsonl with one object per "
+                        "line") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path} must hold a JSON list of rows, found {type(data).__name__}")
+        raise DataError(f"{path} must hold a JSON list of rows, found {type(data).__name__}")
     return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
 
 
@@ -361,6 +424,8 @@ def _read_caption_annotation(path: str, cap_source: str) -> str:
             ann = json.load(f)
     except FileNotFoundError as e:
         raise BadRowError("missing_file", f"annotation {path} not found") from e
+    except UnicodeDecodeError as e:
+        raise BadRowError("bad_annotation", f"{path} is not UTF-8 text; save it as UTF-8") from e
     except (OSError, ValueError) as e:
         raise BadRowError("bad_annotation", f"{path}: {e}") from e
     if not isinstance(ann, dict):
@@ -369,6 +434,35 @@ def _read_caption_annotation(path: str, cap_source: str) -> str:
     if not _nonempty_str(cap):
         raise BadRowError("missing_caption", f"{path} has no non-empty {cap_source!r}")
     return cap.strip()
+
+
+# How a complete file of a format ends.  Why an end check and not a full decode by default: decoding every
+# image of a million-row data set before training costs hours, while reading the last bytes costs one seek;
+# truncation (an interrupted download or copy) is the damage that a header check misses and the end check
+# finds.  A file that fails the end check (or trailing bytes after the end marker, which some cameras and
+# editors write) is decoded in full, so a good file is never skipped for its ending alone.
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _ends_complete(path: str, fmt: str | None) -> bool:
+    """Whether the file ends as a complete ``fmt`` file must (False for formats without a cheap check)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            f.seek(max(0, size - 12))
+            tail = f.read(12)
+    except OSError:
+        return False
+    if fmt == "PNG":
+        return tail.endswith(_PNG_END)
+    if fmt in ("JPEG", "MPO"):
+        return tail.endswith(b"\xff\xd9")
+    if fmt == "GIF":
+        return tail.endswith(b";")
+    if fmt == "WEBP" and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return int.from_bytes(head[4:8], "little") + 8 <= size
+    return False
 
 
 def _check_image_file(path: str, verify: str, min_side: int, max_aspect: float) -> None:
@@ -382,10 +476,10 @@ def _check_image_file(path: str, verify: str, min_side: int, max_aspect: float) 
     try:
         with Image.open(path) as im:
             width, height = im.size
-            if verify == "full":
+            if verify == "full" or not _ends_complete(path, im.format):
                 im.load()
     except Exception as e:
-        raise BadRowError("unreadable_image", f"{path}: {type(e).__name__}: {e}") from e
+        raise BadRowError("unreadable_image", f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from e
     reason = check_image_size(width, height, min_side=min_side, max_aspect=max_aspect)
     if reason is not None:
         raise BadRowError(reason, f"{path}: {width}x{height} (WxH)")
@@ -409,22 +503,23 @@ def _parse_row(row: Any, base: Path, cap_source: str, max_references: int | None
             raise BadRowError("missing_caption", "edit row needs a non-empty 'instruction'")
         if max_references is not None:
             refs = refs[:max_references]
-        return EditRow(tuple(_resolve(base, r) for r in refs), _resolve(base, row["output_image"]),
+        return EditRow(tuple(_resolve(base, r, "input_image") for r in refs),
+                       _resolve(base, row["output_image"], "output_image"),
                        row["instruction"].strip())
     if "image_path" in row or "txt" in row:
         if not _nonempty_str(row.get("image_path")):
             raise BadRowError("missing_field", "SFT row needs 'image_path'")
         if not _nonempty_str(row.get("txt")):
             raise BadRowError("missing_caption", "SFT row needs a non-empty 'txt'")
-        return T2IRow(_resolve(base, row["image_path"]), caption=row["txt"].strip())
+        return T2IRow(_resolve(base, row["image_path"], "image_path"), caption=row["txt"].strip())
     if "image" in row:
         if not _nonempty_str(row.get("image")):
             raise BadRowError("missing_field", "row needs 'image'")
-        image = _resolve(base, row["image"])
+        image = _resolve(base, row["image"], "image")
         if "annotation" in row:
             if not _nonempty_str(row.get("annotation")):
                 raise BadRowError("missing_field", "caption row needs 'annotation'")
-            return T2IRow(image, annotation=_resolve(base, row["annotation"]), cap_source=cap_source)
+            return T2IRow(image, annotation=_resolve(base, row["annotation"], "annotation"), cap_source=cap_source)
         if cap_source in row:
             if not _nonempty_str(row.get(cap_source)):
                 raise BadRowError("missing_caption", f"row has an empty {cap_source!r}")
@@ -499,6 +594,7 @@ def scan_image_folder(folder: PathLike, *, recursive: bool = False, verify: str 
         raise EmptyDatasetError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}.{hint}")
     rows: list[T2IRow] = []
     n_captions = 0
+    real_folder = os.path.realpath(folder)
     for img in images:
         report.rows_seen += 1
         where = str(img)
@@ -507,10 +603,16 @@ def scan_image_folder(folder: PathLike, *, recursive: bool = False, verify: str 
             if not txt.is_file():
                 raise BadRowError("missing_caption", f"no {txt.name} next to {img.name}")
             n_captions += 1
+            for p in (img, txt):  # a symlink (or a symlinked sub-folder) to a file elsewhere is never read
+                if not _inside(os.path.realpath(p), real_folder):
+                    raise BadRowError("outside_root", f"{p.name} is a symlink to {os.path.realpath(p)}, outside "
+                                                      f"{folder}")
             try:
-                caption = txt.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as e:
-                raise BadRowError("missing_caption", f"cannot read {txt}: {e}") from e
+                caption = _read_utf8(txt, "caption").strip()
+            except DataError as e:
+                raise BadRowError("unreadable_caption", str(e)) from None
+            except OSError as e:
+                raise BadRowError("unreadable_caption", f"cannot read {txt}: {e.strerror or e}") from e
             if not caption:
                 raise BadRowError("missing_caption", f"{txt.name} is empty")
             _check_image_file(str(img), verify, min_side, max_aspect)
@@ -529,7 +631,7 @@ def scan_image_folder(folder: PathLike, *, recursive: bool = False, verify: str 
 
 def _check_verify(verify: str) -> None:
     if verify not in VERIFY_LEVELS:
-        raise ValueError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
+        raise ConfigError(f"data_verify must be one of {', '.join(VERIFY_LEVELS)}, got {verify!r}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -581,8 +683,9 @@ class _ImageRowsDataset(torch.utils.data.Dataset):
             except BadRowError as e:
                 self._bad.add(i)
                 failures.append((e.reason, self.rows[i].where or str(i), e.detail))
-        raise EmptyDatasetError(f"every row of this {self.task} dataset failed to load; first failures: "
-                                f"{failures[:5]}")
+        first = "; ".join(f"{where} [{reason}: {_clean(detail)}]" for reason, where, detail in failures[:3])
+        raise EmptyDatasetError(f"every row of this {self.task} data set failed to load ({len(failures)} rows); "
+                                f"first: {first}; fix or remove these files")
 
     def __getitem__(self, index: int):
         return self.get_with_fallback(index)[0]
@@ -635,8 +738,10 @@ def load_datasets(sources: PathLike | Sequence[PathLike], *, root: PathLike | No
                   max_aspect: float = 10.0, exif_transpose: bool = True, max_examples: int = 10) -> TaskDatasets:
     """Scan every source (JSON/JSONL list or image folder) and build both task datasets.
 
-    Rows keep the order of ``sources`` then file order.  Raises ``FileNotFoundError`` for a missing source,
-    :class:`EmptyDatasetError` if no row at all is usable (message: sources and skipped counts).
+    Rows keep the order of ``sources`` then file order.  Raises :class:`DataSourceNotFoundError` (a
+    ``FileNotFoundError``) for a missing source, :class:`DataError` for a list that is not UTF-8 or not valid
+    JSON, :class:`EmptyDatasetError` if no row at all is usable (one line: sources, skipped counts by reason
+    and the first bad rows).
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -648,7 +753,7 @@ def load_datasets(sources: PathLike | Sequence[PathLike], *, root: PathLike | No
     edit: list[EditRow] = []
     for src in sources:
         if not src.exists():
-            raise FileNotFoundError(f"Data source {src} does not exist")
+            raise DataSourceNotFoundError(f"Data source {src} does not exist; check the 'data' setting")
         if src.is_dir():
             rows, _ = scan_image_folder(src, recursive=recursive, verify=verify, min_side=min_side,
                                         max_aspect=max_aspect, report=report)
@@ -659,10 +764,11 @@ def load_datasets(sources: PathLike | Sequence[PathLike], *, root: PathLike | No
             t2i += a
             edit += b
         else:
-            raise ValueError(f"Data source {src}: expected a folder, a .json list or a .jsonl file")
+            raise DataError(f"Data source {src}: expected a folder, a .json list or a .jsonl file")
     if not t2i and not edit:
         raise EmptyDatasetError(
-            f"No usable training rows in {', '.join(map(str, sources))}.\n{report.summary()}")
+            f"No usable training rows in {', '.join(map(str, sources))}: {report.brief()}; fix or remove the "
+            "bad rows (data_verify = 'none' skips the checks, but the rows then fail during training)")
     kw = dict(resolution=resolution, unit=unit, min_side=min_side, max_aspect=max_aspect,
               exif_transpose=exif_transpose)
     return TaskDatasets(TextToImageDataset(t2i, **kw), EditDataset(edit, **kw), report, [str(s) for s in sources])
@@ -841,7 +947,8 @@ class TaskBatchSampler:
             msg = ("data position does not match this run, so the sample order will not continue exactly ("
                    + "; ".join(mismatches) + ")")
             if strict:
-                raise ValueError(msg + ". Use the same data and settings, or load with strict=False.")
+                raise DataError(msg + "; resume with the same data and settings, or start a new run (another "
+                                "output_dir, or resume = 'no')")
             warnings.warn(msg, stacklevel=2)
         self.micro_step = int(state["micro_step"])
         consumed = {_canonical_task(t): int(n) for t, n in state["consumed"].items()}

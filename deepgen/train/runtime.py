@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .checkpointing import (Checkpoint, CheckpointError, check_output_dir_writable, find_latest_checkpoint,
-                            load_checkpoint, restore_training_state, save_checkpoint_accelerate)
+                            load_checkpoint, load_latest_intact, restore_training_state, save_checkpoint_accelerate)
 from .data import derive_seed
 
 log = logging.getLogger("deepgen.train")
@@ -721,10 +721,18 @@ class CheckpointManager:
 
     def resume(self, resume: str, *, trainable: Mapping[str, torch.Tensor], optimizer=None, lr_scheduler=None,
                grad_scaler=None, strict: bool = True) -> Checkpoint | None:
-        path = self.find(resume)
-        if path is None:
-            return None
-        ckpt = load_checkpoint(path)
+        """``auto`` falls back to the newest *intact* checkpoint when the latest cannot be read (one warning line
+        naming it); an explicit folder that cannot be read raises :class:`CheckpointError`."""
+        if (resume or "auto").strip() == "auto":
+            main = self.accelerator is None or self.accelerator.is_main_process
+            ckpt = load_latest_intact(self.output_dir, warn=log.warning if main else None)
+            if ckpt is None:
+                return None
+        else:
+            path = self.find(resume)
+            if path is None:
+                return None
+            ckpt = load_checkpoint(path)
         rank = self.accelerator.process_index if self.accelerator is not None else 0
         restore_training_state(ckpt, params=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                grad_scaler=grad_scaler, rank=rank, strict=strict)

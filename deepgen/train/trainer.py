@@ -148,8 +148,9 @@ class SFTTrainer:
         datasets = load_datasets(cfg.data, root=cfg.data_root or None, cap_source=cfg.cap_source,
                                  recursive=cfg.recursive, resolution=cfg.resolution,
                                  max_references=cfg.max_references or None, verify=cfg.data_verify)
-        if datasets.report.bad and acc.is_main_process:
-            warnings.warn(f"some training rows were skipped:\n{datasets.report.summary()}", stacklevel=3)
+        if datasets.report.bad and acc.is_main_process:  # one line; the full list is in the debug log
+            log.warning("some training rows were skipped: %s", datasets.report.brief())
+            log.debug("%s", datasets.report.summary())
         wanted = [t for t, n in cfg.pattern.repeats.items() if n > 0]
         if not any(datasets.sizes().get(t, 0) for t in wanted):
             raise TrainingError(f"the task pattern {cfg.task_pattern} uses {wanted}, but the data has "
@@ -171,7 +172,8 @@ class SFTTrainer:
         self.accelerator = acc
         device = torch.device(self.device) if self.device is not None else acc.device
         manager = CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())
-        manager.check_writable()                       # fail in a second, before loading anything big
+        # bad input fails in seconds, before anything big loads: the output folder, then every data row
+        manager.check_writable()
         datasets = self._load_data(acc)
         model = self._build_model(acc, acc.mixed_precision)
         if cfg.init_from:

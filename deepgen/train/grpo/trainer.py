@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...errors import one_line
 from .. import runtime as R
 from ..data import derive_seed
 from .advantage import gdpo_advantages, per_sample_weights
@@ -86,6 +87,7 @@ __all__ = [
 
 LOG_FILE = "log.jsonl"
 ADV_HIST_BINS = 10
+_PROBE_TIMEOUT = 5.0  # seconds a remote reward judge gets to accept a connection at start-up
 
 
 class ZeroAdvantageWarning(UserWarning):
@@ -215,6 +217,10 @@ class GRPOTrainer:
         if cfg.eval_prompts:
             self.eval_set = load_prompt_set(cfg.eval_prompts, category_sample_weights=g.category_sample_weights)
         self._setup_rewards()
+        # the output folder and the SFT-Aux data next, still before the model loads
+        self.ckpt = R.CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())
+        self.ckpt.check_writable()
+        self._setup_sft()
 
         # model, policy, reference
         weight_dtype = R.weight_dtype_for(self.mixed_precision)
@@ -257,10 +263,6 @@ class GRPOTrainer:
         self.pipeline = DeepGenPipeline(model)
         self.sigmas, self.timesteps = rollout_schedule(self.pipeline.make_scheduler(g.shift), g.num_steps)
         self.grid = TrainingGrid.from_model(model)
-        self._setup_sft()
-
-        self.ckpt = R.CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())
-        self.ckpt.check_writable()
         acc.wait_for_everyone()
         resumed = self.ckpt.resume(cfg.resume, trainable=self.params, optimizer=self.optimizer,
                                    lr_scheduler=self.lr_scheduler)
@@ -314,6 +316,10 @@ class GRPOTrainer:
             if name not in overrides and _takes_device(name) and "device" not in kwargs.get(name, {}):
                 kwargs.setdefault(name, {})["device"] = str(self.device)
         self.reward_mix = RewardMix({n: 1.0 for n in self.reward_names}, rewards=overrides, reward_kwargs=kwargs)
+        for name in self.reward_names:  # remote judges: one cheap connect, even without preflight_rewards
+            reward = self.reward_mix.reward(name)
+            if hasattr(reward, "probe"):
+                reward.probe(_PROBE_TIMEOUT)  # ResourceError naming the URL
         if cfg.preflight_rewards:
             for name in self.reward_names:
                 users = [c for c, ws in self.category_weights.items() if name in ws]
@@ -321,8 +327,8 @@ class GRPOTrainer:
                     _preflight(self.reward_mix.reward(name))
                 except (RewardModelNotFound, ImportError, OSError) as e:
                     raise R.TrainingError(
-                        f"reward {name!r} (used by categories {users}) cannot load its model:\n{e}\n"
-                        f"Point [rewards.{name}] at a local copy (e.g. model_path = \"...\" or url = \"...\"), "
+                        f"reward {name!r} (used by categories {users}) cannot load its model: {one_line(e)}; "
+                        f"point [rewards.{name}] at a local copy (e.g. model_path = \"...\" or url = \"...\"), "
                         "or drop the reward from category_weights.") from e
 
     def _setup_sft(self) -> None:
@@ -861,15 +867,11 @@ def run_grpo_from_config_file(path: str | os.PathLike, overrides: list[str] | No
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean "fix your config / data / models" (print the message, exit 2; no traceback)."""
-    from ...rewards import RewardModelNotFound
-    from ..checkpointing import CheckpointError
-    from ..config import ConfigError
-    from ..data import EmptyDatasetError
-    from .prompts import PromptError
+    """The exceptions that mean "fix your config / data / models / folders / network" (print the message on one
+    line, exit 2; no traceback): every DeepGenError, and OS errors (a missing file, a full disk, a dead host)."""
+    from ...errors import DeepGenError
 
-    return (ConfigError, PromptError, R.TrainingError, CheckpointError, EmptyDatasetError, RewardModelNotFound,
-            FileNotFoundError)
+    return (DeepGenError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -884,7 +886,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from ...errors import user_message
+
+        print(f"error: {user_message(exc) or one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -209,7 +209,7 @@ class TrainConfig:
         """Raise :class:`ConfigError` listing every problem; warn about unusual but valid choices."""
         problems = self.problems()
         if problems:
-            raise ConfigError("Invalid training config:\n  - " + "\n  - ".join(problems))
+            raise ConfigError("Invalid training config: " + "; ".join(problems))
         cycle = len(self.pattern.cycle())
         if self.grad_accumulation % cycle:
             warnings.warn(f"grad_accumulation {self.grad_accumulation} is not a multiple of the task-pattern cycle "
@@ -259,7 +259,7 @@ def stage_preset(stage: int) -> dict[str, Any]:
             "max_steps": 133_333, "save_every": 13_333, "train_dit": "full", "vlm_lora": True,
             "output_dir": "outputs/train/stage2",
         }
-    raise ConfigError(f"Invalid training config:\n  - stage must be 1 or 2 (got {stage!r})")
+    raise ConfigError(f"Invalid training config: stage must be 1 or 2 (got {stage!r})")
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
@@ -339,7 +339,7 @@ def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Tr
     cfg = TrainConfig(**kwargs)  # badly typed keys keep their defaults here, and are reported
     problems += cfg.problems()
     if problems:
-        raise ConfigError(f"Invalid training config ({source}):\n  - " + "\n  - ".join(problems))
+        raise ConfigError(f"Invalid training config ({source}): " + "; ".join(problems))
     return cfg.validate()
 
 

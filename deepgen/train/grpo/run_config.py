@@ -157,7 +157,7 @@ class Stage3Config:
     def validate(self) -> Stage3Config:
         problems = self.problems()
         if problems:
-            raise ConfigError("Invalid stage-3 config:\n  - " + "\n  - ".join(problems))
+            raise ConfigError("Invalid stage-3 config: " + "; ".join(problems))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,7 +258,7 @@ def stage3_config_from_dict(values: Mapping[str, Any], *, source: str = "config"
     cfg = Stage3Config(grpo=grpo, **run_kw)
     problems += cfg.problems()
     if problems:
-        raise ConfigError(f"Invalid stage-3 config ({source}):\n  - " + "\n  - ".join(problems))
+        raise ConfigError(f"Invalid stage-3 config ({source}): " + "; ".join(problems))
     return cfg
 
 

@@ -43,10 +43,6 @@ class ModelSource:
     connector_config: dict | None = None
     seed: int = 0                    # tiny only
 
-    @property
-    def kind(self) -> str:  # the trainer's historical name for `layout`
-        return self.layout
-
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 

@@ -135,7 +135,7 @@ def combine_lora_pairs(*sets: Mapping[str, dict]) -> dict[str, dict]:
 
 def _release_lora_pairs(source, lmm: nn.Module) -> dict[str, dict]:
     """The VLM LoRA of the official checkpoint the run started from (merged at load), scale 2 (loader default)."""
-    if source is None or getattr(source, "kind", None) != "official" or not source.checkpoint:
+    if source is None or getattr(source, "layout", None) != "official" or not source.checkpoint:
         return {}
     from ..loading.keys import group_keys
     from ..loading.lora import collect_lora

@@ -46,6 +46,7 @@ from torch import nn
 
 from .checkpointing import (Checkpoint, CheckpointError, check_output_dir_writable, find_latest_checkpoint,
                             load_checkpoint, load_latest_intact, restore_training_state, save_checkpoint_accelerate)
+from ..loading.sources import ModelSource
 from .data import derive_seed
 
 log = logging.getLogger("deepgen.train")
@@ -242,96 +243,14 @@ def global_mean(accelerator, sums: Mapping[str, float], counts: Mapping[str, flo
 # model sources
 
 
-@dataclass
-class ModelSource:
-    """Where a training run's model comes from (see :func:`describe_model_source`)."""
-
-    kind: str                       # tiny | official | diffusers | single | bases
-    checkpoint: str | None = None   # DeepGen checkpoint file (official/single) or release folder (diffusers)
-    vlm: str | None = None          # Qwen2.5-VL folder
-    diffusion: str | None = None    # folder with transformer/ vae/ scheduler/
-    connector_config: dict | None = None
-    seed: int = 0                   # tiny only
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-_CHECKPOINT_NAMES = ("model.safetensors", "model.pt", "DeepGen-1.0.safetensors", "DeepGen-1.0.pt")
-_CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-
-
-def _is_qwen(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "qwen2_5_vl"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _is_diffusion(folder: Path) -> bool:
-    return all((folder / sub).is_dir() for sub in ("transformer", "vae", "scheduler"))
-
-
-def _only(found: list[Path], what: str, where: Path) -> Path:
-    if len(found) != 1:
-        raise TrainingError(f"{where}: expected exactly one {what}, found {len(found)} "
-                            f"({', '.join(p.name for p in found) or 'none'})")
-    return found[0]
-
-
 def describe_model_source(spec: str | os.PathLike) -> ModelSource:
-    """Interpret the config's ``model``:
+    """Interpret the config's ``model`` (deepgen.loading.resolve_source, which the CLI and the loader node use
+    too): ``"tiny"`` / ``"tiny:<seed>"``, a DeepGen-1.0-diffusers folder, a ``deepgen convert`` file, an official
+    checkpoint (or a folder holding one) with its Qwen2.5-VL and diffusion folders next to it, or a folder with
+    only those two base folders (``bases``: stage 1 starts the think tokens, projectors and connector fresh)."""
+    from ..loading import resolve_source
 
-    * ``"tiny"`` (or ``"tiny:<seed>"``): the random-weight tiny DeepGen (tests, smoke runs);
-    * a DeepGen-1.0-diffusers folder (``vlm/ transformer/ vae/ connector/ scheduler/``);
-    * a ``deepgen convert`` single file;
-    * an official checkpoint file (``model.pt``/``.safetensors``), or a folder holding one, with the
-      Qwen2.5-VL folder and the diffusion folder (``transformer/ vae/ scheduler/``) next to it;
-    * a folder with only a Qwen2.5-VL folder and a diffusion folder (no checkpoint): the *bases* of stage 1;
-      the think tokens, projectors and connector start fresh (official init).
-    ``connector_config.json`` next to the checkpoint (non-official connector widths) is honoured.
-    """
-    text = os.fspath(spec).strip()
-    if text == "tiny" or text.startswith("tiny:"):
-        seed = int(text.split(":", 1)[1]) if ":" in text else 0
-        return ModelSource("tiny", seed=seed)
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise TrainingError(f"model {text!r} does not exist: give 'tiny', a DeepGen release folder or checkpoint "
-                            "file, or a folder holding the Qwen2.5-VL and UniPic2/SD3.5 diffusion folders")
-    from ..loading import detect_layout
-
-    if path.is_dir() and (path / "connector").is_dir() and (path / "transformer").is_dir():
-        return ModelSource("diffusers", checkpoint=str(path))
-    folder = path.parent if path.is_file() else path
-    checkpoint = None
-    if path.is_file():
-        if detect_layout(path) == "single":
-            return ModelSource("single", checkpoint=str(path))
-        checkpoint = path
-    else:
-        named = [folder / n for n in _CHECKPOINT_NAMES if (folder / n).is_file()]
-        files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in _CHECKPOINT_EXTS]
-        if named:
-            checkpoint = named[0]
-        elif len(files) == 1:
-            checkpoint = files[0]
-        elif len(files) > 1:
-            raise TrainingError(f"{folder} holds several checkpoint files ({', '.join(p.name for p in files)}); "
-                                "set model to the one to train from")
-    subdirs = [p for p in sorted(folder.iterdir()) if p.is_dir()]
-    vlm = _only([p for p in subdirs if _is_qwen(p)], "Qwen2.5-VL folder (config.json with model_type qwen2_5_vl)",
-                folder)
-    diffusion = _only([p for p in subdirs if _is_diffusion(p)], "diffusion folder (transformer/ vae/ scheduler/)",
-                      folder)
-    connector = None
-    if (folder / "connector_config.json").is_file():
-        connector = json.loads((folder / "connector_config.json").read_text(encoding="utf-8"))
-    if checkpoint is not None and detect_layout(checkpoint) == "single":
-        return ModelSource("single", checkpoint=str(checkpoint))
-    return ModelSource("official" if checkpoint is not None else "bases",
-                       checkpoint=str(checkpoint) if checkpoint else None, vlm=str(vlm), diffusion=str(diffusion),
-                       connector_config=connector)
+    return resolve_source(spec, allow_bases=True)
 
 
 def load_model_for_training(source: str | os.PathLike | ModelSource, *, dtype: torch.dtype = torch.float32,
@@ -346,19 +265,11 @@ def load_model_for_training(source: str | os.PathLike | ModelSource, *, dtype: t
     from ..loading import load_model
 
     src = source if isinstance(source, ModelSource) else describe_model_source(source)
-    if src.kind == "tiny":
-        from ..tiny import build_tiny_model
-
-        return build_tiny_model(seed=src.seed, dtype=dtype).to(device), src
-    if src.kind == "diffusers":
-        return load_model(src.checkpoint, dtype=dtype, device=device, progress=progress), src
-    if src.kind == "single":
-        return load_model(src.checkpoint, dtype=dtype, device=device, progress=progress), src
-    if src.kind == "official":
-        return load_model(src.checkpoint, src.vlm, src.diffusion, dtype=dtype, device=device, lora="merge",
-                          allow_pretrain_checkpoint=True, connector_config=src.connector_config,
-                          progress=progress), src
-    return _fresh_model(src, dtype, device, num_queries), src
+    if src.layout == "bases":
+        return _fresh_model(src, dtype, device, num_queries), src
+    spec = f"tiny:{src.seed}" if src.layout == "tiny" else src.checkpoint
+    return load_model(spec, src.vlm, src.diffusion, dtype=dtype, device=device, lora="merge",
+                      allow_pretrain_checkpoint=True, connector_config=src.connector_config, progress=progress), src
 
 
 def _fresh_model(src: ModelSource, dtype, device, num_queries: int):

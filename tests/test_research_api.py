@@ -7,6 +7,8 @@ Float tensors use the per-tensor tolerances of reference.json (`assert_matches`,
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +179,15 @@ def test_loss_weighting_schemes():
     assert torch.allclose(loss_weighting(sigmas, "cosmap"), 2 / (math.pi * (1 - 2 * sigmas + 2 * sigmas**2)))
     with pytest.raises(ValueError, match="unknown loss weighting 'logit_normal'"):
         loss_weighting(sigmas, "logit_normal")
+
+
+# ---- docs/api.md stays true -----------------------------------------------------------------------------------
+def test_docs_api_examples_run(monkeypatch):
+    """Every ```python block of docs/api.md runs, in order, in one namespace, from the repository root."""
+    root = Path(__file__).resolve().parents[1]
+    blocks = re.findall(r"```python\n(.*?)```", (root / "docs" / "api.md").read_text(), re.S)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(root)
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/api.md, python block {i}", "exec"), namespace)

@@ -280,6 +280,7 @@ class DeepGenPipeline:
             context, pooled, refs = cond.context, cond.pooled, cond.reference_latents
 
         first = num_steps - len(timesteps)  # index of timesteps[0] in scheduler.sigmas
+        sigmas = scheduler.sigmas.tolist() if on_step is not None else []  # one device read, not one a step
         for i, t in enumerate(timesteps):
             model_in = torch.cat([x, x]) if guided else x
             v_pos = model.velocity(model_in, t.expand(model_in.shape[0]), context, pooled, refs)
@@ -292,8 +293,7 @@ class DeepGenPipeline:
             x_in, x = x, scheduler.step(v, t, x, return_dict=False)[0]
             if on_step is not None:
                 on_step(StepOutput(step=i, num_steps=len(timesteps), timestep=t,
-                                   sigma=float(scheduler.sigmas[first + i]),
-                                   sigma_next=float(scheduler.sigmas[first + i + 1]), latents=x_in,
+                                   sigma=sigmas[first + i], sigma_next=sigmas[first + i + 1], latents=x_in,
                                    velocity_cond=v_pos, velocity_uncond=v_neg, velocity=v, next_latents=x,
                                    cfg_scale=cfg_scale if guided else 1.0))
             if callback is not None:

@@ -15,10 +15,40 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from . import constants as C
 from .images import ImageLike, prepare_reference, to_pil
-from .model.deepgen import DeepGenModel
+from .model.deepgen import DeepGenModel, ThinkOutput
 from .sizes import check_output_size, check_reference_size
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step index, total steps, current latents)
+
+
+@dataclass
+class StepOutput:
+    """One denoising step, as `sample(..., on_step=...)` reports it (the tensors are the loop's own: don't
+    modify them in place; `.clone()` what you keep if you change them later).
+
+    The Euler update is `next_latents = latents + (sigma_next - sigma) * velocity` (computed by the diffusers
+    scheduler, in fp32). With guidance, `velocity = velocity_uncond + cfg_scale * (velocity_cond - velocity_uncond)`;
+    without, `velocity_uncond` is None and `velocity` is `velocity_cond`.
+    """
+
+    step: int  # 0-based index among the steps run
+    num_steps: int  # steps run (fewer than asked for with init_latents and strength < 1)
+    timestep: torch.Tensor  # scalar: the DiT's timestep input, sigma * 1000
+    sigma: float  # noise level of `latents`
+    sigma_next: float  # noise level of `next_latents`
+    latents: torch.Tensor  # (B, 16, h, w): what the DiT saw at this step
+    velocity_cond: torch.Tensor  # (B, 16, h, w): raw DiT output for the prompts
+    velocity_uncond: torch.Tensor | None  # (B, 16, h, w): raw DiT output for the negatives; None without guidance
+    velocity: torch.Tensor  # (B, 16, h, w): the guided velocity the Euler step used
+    next_latents: torch.Tensor  # (B, 16, h, w): after the Euler step (what `callback` receives)
+    cfg_scale: float  # the guidance scale used (1.0 when the step ran without guidance)
+
+    @property
+    def guided(self) -> bool:
+        return self.velocity_uncond is not None
+
+
+StepHook = Callable[[StepOutput], None]
 
 
 @dataclass
@@ -74,6 +104,7 @@ class Think:
     negative_prompts: list[str] | None  # None: no guidance rows were encoded
     references: list[list[torch.Tensor]]  # per prompt: the (3, H, W) [-1, 1] references the VLM saw
     reference_seed: int = 0  # the VAE posterior draw of the reference latents (made by `bridge`)
+    vlm: ThinkOutput | None = None  # the VLM's inputs (token ids, masks, M-RoPE positions) for the same rows
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -88,7 +119,8 @@ class Think:
 
     def to(self, device=None) -> "Think":
         return replace(self, scb_input=self.scb_input.to(device),
-                       references=[[r.to(device) for r in row] for row in self.references])
+                       references=[[r.to(device) for r in row] for row in self.references],
+                       vlm=None if self.vlm is None else self.vlm.to(device))
 
 
 @dataclass
@@ -161,7 +193,7 @@ class DeepGenPipeline:
                 raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
         rows = prompts + negatives if guidance else prompts
         out = self.model.think(rows, refs + refs if guidance else refs)
-        return Think(out.scb_input, prompts, negatives, refs, reference_seed)
+        return Think(out.scb_input, prompts, negatives, refs, reference_seed, vlm=out)
 
     @torch.no_grad()
     def bridge(self, think: Think, reference_noise: Sequence[Sequence[torch.Tensor]] | None = None) -> Conditioning:
@@ -202,12 +234,15 @@ class DeepGenPipeline:
     def sample(self, cond: Conditioning, height: int | None = None, width: int | None = None, *,
                num_steps: int = C.DEFAULT_STEPS, cfg_scale: float = C.DEFAULT_CFG, seed: int | Sequence[int] = 0,
                latents: torch.Tensor | None = None, init_latents: torch.Tensor | None = None, strength: float = 1.0,
-               shift: float | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+               shift: float | None = None, callback: StepCallback | None = None,
+               on_step: StepHook | None = None) -> torch.Tensor:
         """Denoise B latents from noise (or from `init_latents` at `strength`) and return them (B, 16, H/8, W/8).
 
         latents: the initial noise (as in diffusers); otherwise drawn per image from `seed`.
         cfg_scale <= 1 or a Conditioning without negatives runs the conditional branch alone.
         callback(step, total, latents) runs after every step; raising from it interrupts the run.
+        on_step(StepOutput) runs after every step too, before `callback`, with the step's raw (conditional and
+        unconditional) and guided velocities, sigmas and latents (docs/api.md); raising from it interrupts too.
         """
         if height is None or width is None:
             height, width = cond.reference_size or (C.DEFAULT_HEIGHT, C.DEFAULT_WIDTH)
@@ -244,13 +279,23 @@ class DeepGenPipeline:
         else:
             context, pooled, refs = cond.context, cond.pooled, cond.reference_latents
 
+        first = num_steps - len(timesteps)  # index of timesteps[0] in scheduler.sigmas
+        sigmas = scheduler.sigmas.tolist() if on_step is not None else []  # one device read, not one a step
         for i, t in enumerate(timesteps):
             model_in = torch.cat([x, x]) if guided else x
-            v = model.velocity(model_in, t.expand(model_in.shape[0]), context, pooled, refs)
+            v_pos = model.velocity(model_in, t.expand(model_in.shape[0]), context, pooled, refs)
+            v_neg = None
             if guided:
-                v_neg, v_pos = v.chunk(2)
+                v_neg, v_pos = v_pos.chunk(2)
                 v = v_neg + cfg_scale * (v_pos - v_neg)
-            x = scheduler.step(v, t, x, return_dict=False)[0]
+            else:
+                v = v_pos
+            x_in, x = x, scheduler.step(v, t, x, return_dict=False)[0]
+            if on_step is not None:
+                on_step(StepOutput(step=i, num_steps=len(timesteps), timestep=t,
+                                   sigma=sigmas[first + i], sigma_next=sigmas[first + i + 1], latents=x_in,
+                                   velocity_cond=v_pos, velocity_uncond=v_neg, velocity=v, next_latents=x,
+                                   cfg_scale=cfg_scale if guided else 1.0))
             if callback is not None:
                 callback(i, len(timesteps), x)
         return x
@@ -264,12 +309,12 @@ class DeepGenPipeline:
                  negative_prompts: Sequence[str] | None = None, *, height: int | None = None, width: int | None = None,
                  num_steps: int = C.DEFAULT_STEPS, cfg_scale: float = C.DEFAULT_CFG, seed: int | Sequence[int] = 0,
                  num_images_per_prompt: int = 1, output_type: str = "pil", callback: StepCallback | None = None,
-                 reference_resize: str = "fix_pixels") -> DeepGenOutput:
+                 reference_resize: str = "fix_pixels", on_step: StepHook | None = None) -> DeepGenOutput:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cond = self.encode(prompts, negative_prompts, references, guidance=cfg_scale > 1.0,
                            reference_resize=reference_resize).repeat(num_images_per_prompt)
         latents = self.sample(cond, height, width, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed,
-                              callback=callback)
+                              callback=callback, on_step=on_step)
         if output_type == "latent":
             return DeepGenOutput(images=[], latents=latents)
         pixels = self.decode(latents)

@@ -22,12 +22,45 @@ References = Sequence[Sequence[torch.Tensor]]
 
 @dataclass
 class ThinkOutput:
-    """What the VLM produced for a batch of prompt rows: the stacked taps SCB reads, plus the inputs for checks."""
+    """What the VLM produced for a batch of prompt rows: the stacked taps SCB reads, plus the inputs for checks.
 
-    scb_input: torch.Tensor  # (rows, L + num_queries, 6 * vlm_hidden)
-    input_ids: torch.Tensor  # (rows, L), left-padded
-    attention_mask: torch.Tensor  # (rows, L + num_queries)
-    position_ids: torch.Tensor  # (3, rows, L + num_queries)
+    The sequence the text tower saw is the L templated, left-padded prompt tokens followed by the
+    `num_think_tokens` think tokens (`model.meta_queries`, appended as embeddings: they have no token ids).
+    """
+
+    scb_input: torch.Tensor  # (rows, L + num_queries, 6 * vlm_hidden): hidden_states[taps] concatenated, deepest first
+    input_ids: torch.Tensor  # (rows, L), templated prompt tokens, left-padded
+    attention_mask: torch.Tensor  # (rows, L + num_queries): the tokenizer's mask, then ones for the think tokens
+    position_ids: torch.Tensor  # (3, rows, L + num_queries): M-RoPE (t, h, w) positions, left pads at 1
+
+    @property
+    def num_think_tokens(self) -> int:
+        return self.attention_mask.shape[1] - self.input_ids.shape[1]
+
+    @property
+    def think_slice(self) -> slice:
+        """Where the think tokens sit on the sequence axis of `attention_mask`, `position_ids` and `scb_input`."""
+        length = self.input_ids.shape[1]
+        return slice(length, length + self.num_think_tokens)
+
+    @property
+    def text_attention_mask(self) -> torch.Tensor:
+        """(rows, L): the tokenizer's mask of the prompt tokens (1 = token, 0 = left pad)."""
+        return self.attention_mask[:, : self.input_ids.shape[1]]
+
+    @property
+    def think_position_ids(self) -> torch.Tensor:
+        """(3, rows, num_think_tokens): the think tokens' M-RoPE positions (they continue the prompt's)."""
+        return self.position_ids[:, :, self.think_slice]
+
+    def scb_taps(self) -> list[torch.Tensor]:
+        """`scb_input` split back into its six (rows, L + num_queries, vlm_hidden) hidden-state taps, deepest
+        first: the i-th is hidden_states[constants.scb_tap_indices(num_layers)[i]]."""
+        return list(self.scb_input.chunk(C.SCB_NUM_TAPS, dim=-1))
+
+    def to(self, device=None) -> "ThinkOutput":
+        return ThinkOutput(*(t.to(device) for t in (self.scb_input, self.input_ids, self.attention_mask,
+                                                     self.position_ids)))
 
 
 class DeepGenModel(nn.Module):

@@ -74,7 +74,7 @@ def build_model(transformer: dict | None = None, connector: dict | None = None, 
     with the DiT config and connector sizes overridden. float32, eval mode."""
     import torch
     from diffusers import AutoencoderKL
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
 
     from deepgen import tiny
     from deepgen.model.connector import ConnectorConfig
@@ -85,8 +85,8 @@ def build_model(transformer: dict | None = None, connector: dict | None = None, 
     connector_config = ConnectorConfig(**{**tiny.TINY_CONNECTOR.to_dict(), **(connector or {})})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        lmm = Qwen2_5_VLForConditionalGeneration._from_config(Qwen2_5_VLConfig.from_dict(tiny.TINY_VLM),
-                                                              attn_implementation="sdpa")
+        lmm = AutoModelForImageTextToText.from_config(Qwen2_5_VLConfig.from_dict(tiny.TINY_VLM),
+                                                      attn_implementation="sdpa")
         dit = DeepGenTransformer2DModel.from_config({**tiny.TINY_TRANSFORMER, **(transformer or {})})
         vae = AutoencoderKL.from_config(tiny.TINY_VAE)
         model = DeepGenModel(lmm, demo_tokenizer(), dit, vae, connector_config,

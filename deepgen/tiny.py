@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
 
 from . import constants as C
 from .model.connector import ConnectorConfig
@@ -71,7 +71,7 @@ def build_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> DeepG
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vlm_config = Qwen2_5_VLConfig.from_dict(TINY_VLM)
-        lmm = Qwen2_5_VLForConditionalGeneration._from_config(vlm_config, attn_implementation="sdpa")
+        lmm = AutoModelForImageTextToText.from_config(vlm_config, attn_implementation="sdpa")
         transformer = DeepGenTransformer2DModel.from_config(TINY_TRANSFORMER)
         vae = AutoencoderKL.from_config(TINY_VAE)
         model = DeepGenModel(lmm, demo_tokenizer(), transformer, vae, TINY_CONNECTOR,

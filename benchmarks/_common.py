@@ -74,22 +74,22 @@ def build_model(transformer: dict | None = None, connector: dict | None = None, 
     with the DiT config and connector sizes overridden. float32, eval mode."""
     import torch
     from diffusers import AutoencoderKL
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
 
     from deepgen import tiny
     from deepgen.model.connector import ConnectorConfig
     from deepgen.model.deepgen import DeepGenModel
     from deepgen.model.dit import DeepGenTransformer2DModel
-    from deepgen.tokenizer import build_qwen2_5_vl_tokenizer
+    from deepgen.tokenizer import demo_tokenizer
 
     connector_config = ConnectorConfig(**{**tiny.TINY_CONNECTOR.to_dict(), **(connector or {})})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        lmm = Qwen2_5_VLForConditionalGeneration._from_config(Qwen2_5_VLConfig.from_dict(tiny.TINY_VLM),
-                                                              attn_implementation="sdpa")
+        lmm = AutoModelForImageTextToText.from_config(Qwen2_5_VLConfig.from_dict(tiny.TINY_VLM),
+                                                      attn_implementation="sdpa")
         dit = DeepGenTransformer2DModel.from_config({**tiny.TINY_TRANSFORMER, **(transformer or {})})
         vae = AutoencoderKL.from_config(tiny.TINY_VAE)
-        model = DeepGenModel(lmm, build_qwen2_5_vl_tokenizer(), dit, vae, connector_config,
+        model = DeepGenModel(lmm, demo_tokenizer(), dit, vae, connector_config,
                              num_queries=num_queries or tiny.TINY_NUM_QUERIES, scheduler_config=tiny.SCHEDULER_CONFIG)
         for head in (model.projector_2, model.projector_3):  # as tiny.py: make the output depend on the prompt
             torch.nn.init.normal_(head.weight, std=0.2)

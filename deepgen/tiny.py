@@ -1,7 +1,7 @@
 """A random-weight DeepGen 1.0 of the real architecture at toy sizes, for tests and the README demo.
 
 Same code paths as the 5B model: a Qwen2.5-VL with 36 text layers (so SCB taps [35, 29, 23, 17, 11, 5]),
-the real vocabulary and tokenizer (built offline by deepgen.tokenizer), an SD3 MMDiT with dual attention
+the real vocabulary and tokenizer (shipped as package data, deepgen.tokenizer), an SD3 MMDiT with dual attention
 and qk RMSNorm, a 16-channel VAE and the official scheduler config. It draws noise-like pictures: the
 weights are random. `save_tiny_release` writes it in the official release layout, so the file loaders,
 the CLI and the ComfyUI nodes can be exercised end to end without downloading anything.
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
 
 from . import constants as C
 from .model.connector import ConnectorConfig
@@ -66,15 +66,15 @@ SCHEDULER_CONFIG = {
 
 def build_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> DeepGenModel:
     """A fresh random tiny DeepGen (deterministic for a given seed)."""
-    from .tokenizer import build_qwen2_5_vl_tokenizer
+    from .tokenizer import demo_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vlm_config = Qwen2_5_VLConfig.from_dict(TINY_VLM)
-        lmm = Qwen2_5_VLForConditionalGeneration._from_config(vlm_config, attn_implementation="sdpa")
+        lmm = AutoModelForImageTextToText.from_config(vlm_config, attn_implementation="sdpa")
         transformer = DeepGenTransformer2DModel.from_config(TINY_TRANSFORMER)
         vae = AutoencoderKL.from_config(TINY_VAE)
-        model = DeepGenModel(lmm, build_qwen2_5_vl_tokenizer(), transformer, vae, TINY_CONNECTOR,
+        model = DeepGenModel(lmm, demo_tokenizer(), transformer, vae, TINY_CONNECTOR,
                              num_queries=TINY_NUM_QUERIES, scheduler_config=SCHEDULER_CONFIG)
         # The official heads start at zero (a blank context); random ones make the toy model's output
         # depend on the prompt, which is what a demo and the tests want to see.

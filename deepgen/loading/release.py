@@ -22,7 +22,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from ..model.connector import ConnectorConfig
 from ..model.deepgen import DeepGenModel
@@ -242,7 +242,7 @@ def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> De
     vlm_config._attn_implementation = attn_implementation
     try:
         with init_empty_weights():
-            lmm = Qwen2_5_VLForConditionalGeneration._from_config(vlm_config, attn_implementation=attn_implementation)
+            lmm = AutoModelForImageTextToText.from_config(vlm_config, attn_implementation=attn_implementation)
             transformer = DeepGenTransformer2DModel.from_config(configs["transformer"])
             vae = VAE.from_config(configs["vae"])
     except (TypeError, ValueError, KeyError, AttributeError) as exc:

@@ -1,12 +1,19 @@
 """DeepGen LoRA adapters: add them for training (PEFT), save them to one file, apply them with a strength.
 
 File format (safetensors, metadata format "deepgen-lora"): PEFT names without the adapter name, under the
-part they adapt, plus a scalar `.alpha` per module so stock ComfyUI LoRA loaders scale them right:
+part they adapt, plus a scalar `.alpha` per module:
   transformer.<module>.lora_A.weight (r, in) / .lora_B.weight (out, r) / .alpha   -- SD3 diffusers keys
   lmm.<module>.lora_A.weight / .lora_B.weight / .alpha                           -- Linear layers of the VLM
   lmm.<module>.lora_embedding_A (r, V) / .lora_embedding_B (d, r) / .alpha       -- the VLM's embedding
   <scb parameter>.diff                                                          -- full-weight changes of the
                                                                                    think tokens/projectors/connector
+The LoRA scale alpha/r is folded into B when saving and `.alpha` is written as r, so every loader gets the same
+update whether it reads `.alpha` (ComfyUI, kohya: alpha/r = 1) or ignores it (diffusers' `load_lora_adapter`,
+which would otherwise apply a LoRA trained at alpha 32 / rank 4 eight times too weakly). The trained alpha and
+rank are kept in the metadata. Files from other tools load too: PEFT names with an adapter name
+(`lora_A.default.weight`), and kohya/OneTrainer names (`lora_transformer_<module_with_underscores>.lora_down.weight`
+/ `.lora_up.weight` / `.alpha`), resolved against the model's module names when applied.
+
 Applying merges W + strength·(alpha/r)·B·A into the weights (the embedding takes (B·A)ᵀ) and W + strength·ΔW for
 `.diff` tensors, keeping a CPU backup of every touched weight so the base can be restored exactly.
 """
@@ -30,8 +37,12 @@ LORA_FORMAT = "deepgen-lora"
 PARTS = ("lmm", "transformer")
 DIFF_SUFFIX = ".diff"
 SCB_PREFIXES = ("meta_queries", "projector_1.", "projector_2.", "projector_3.", "connector.")
-_LORA_KEY = re.compile(r"^((?:lmm|transformer)\..+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|"
-                       r"lora_embedding_B|alpha)$")
+_LORA_KEY = re.compile(r"^((?:lmm|transformer)\..+)\.(lora_A(?:\.default)?\.weight|lora_B(?:\.default)?\.weight|"
+                       r"lora_embedding_A(?:\.default)?|lora_embedding_B(?:\.default)?|alpha)$")
+# kohya / OneTrainer: the module path with "." -> "_", under lora_transformer_ (DiT) or lora_lmm_ (VLM)
+_KOHYA_KEY = re.compile(r"^lora_(transformer|lmm)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_KOHYA_PART = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "alpha": "alpha"}
+FLAT_PREFIX = "flat:"  # a module named with underscores (kohya), resolved against the model when applied
 # DiT targets: attention projections of every joint block (image and context streams, and attn2).
 DIT_TARGET_PRESETS = {
     "attn": r"transformer_blocks\.\d+\.attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)$",
@@ -81,19 +92,33 @@ def _peft_modules(module: nn.Module):
 
 
 def lora_tensors(model: nn.Module, part: str, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The adapter of `model.<part>` in file layout (with `.alpha`)."""
+    """The adapter of `model.<part>` in file layout: the scale alpha/r folded into B, `.alpha` = r."""
     tensors = {}
     for name, layer in _peft_modules(getattr(model, part)):
         if adapter_name in getattr(layer, "lora_A", {}):
-            tensors[f"{part}.{name}.lora_A.weight"] = layer.lora_A[adapter_name].weight
-            tensors[f"{part}.{name}.lora_B.weight"] = layer.lora_B[adapter_name].weight
+            keys = (f"{part}.{name}.lora_A.weight", f"{part}.{name}.lora_B.weight")
+            a, b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
         elif adapter_name in getattr(layer, "lora_embedding_A", {}):
-            tensors[f"{part}.{name}.lora_embedding_A"] = layer.lora_embedding_A[adapter_name]
-            tensors[f"{part}.{name}.lora_embedding_B"] = layer.lora_embedding_B[adapter_name]
+            keys = (f"{part}.{name}.lora_embedding_A", f"{part}.{name}.lora_embedding_B")
+            a, b = layer.lora_embedding_A[adapter_name], layer.lora_embedding_B[adapter_name]
         else:
             continue
-        tensors[f"{part}.{name}.alpha"] = torch.tensor(float(layer.lora_alpha[adapter_name]))
+        rank = a.shape[0]
+        tensors[keys[0]] = a.detach()
+        tensors[keys[1]] = b.detach() * (float(layer.lora_alpha[adapter_name]) / rank)
+        tensors[f"{part}.{name}.alpha"] = torch.tensor(float(rank))
     return tensors
+
+
+def adapter_settings(model: nn.Module, adapter_name: str = "default") -> dict[str, dict]:
+    """{part: {"rank": r, "alpha": alpha}} of the adapters a model carries, for a LoRA file's metadata."""
+    settings = {}
+    for part in PARTS:
+        for _, layer in _peft_modules(getattr(model, part)):
+            if adapter_name in getattr(layer, "r", {}):
+                settings[part] = {"rank": int(layer.r[adapter_name]), "alpha": float(layer.lora_alpha[adapter_name])}
+                break
+    return settings
 
 
 def save_lora(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None,
@@ -112,7 +137,8 @@ def save_lora(model: nn.Module, path: str | os.PathLike, metadata: dict | None =
         raise LoraError("The model carries no LoRA adapter to save")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": LORA_FORMAT, "format_version": "1", "deepgen": json.dumps(metadata or {}, default=str)}
+    meta = {"format": LORA_FORMAT, "format_version": "2", "deepgen": json.dumps(metadata or {}, default=str),
+            "trained_adapters": json.dumps(adapter_settings(model, adapter_name))}
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=meta)
     os.replace(partial, path)
@@ -149,10 +175,26 @@ class LoraFile:
     @property
     def parts(self) -> list[str]:
         """Which parts the file changes: lmm, transformer, scb."""
-        return sorted({name.split(".", 1)[0] for name in self.modules}) + (["scb"] if self.diffs else [])
+        names = {name.removeprefix(FLAT_PREFIX).split(".", 1)[0] for name in self.modules}
+        return sorted(names) + (["scb"] if self.diffs else [])
+
+    def bind(self, model: nn.Module) -> LoraFile:
+        """Give kohya-style (underscore) module names their dotted names in `model`; returns self."""
+        flat = [name for name in self.modules if name.startswith(FLAT_PREFIX)]
+        if flat:
+            dotted = {f"{part}.{name}".replace(".", "_"): f"{part}.{name}" for part in PARTS
+                      for name, _ in getattr(model, part).named_modules() if name}
+            for name in flat:
+                key = name[len(FLAT_PREFIX):]
+                if key.replace(".", "_") not in dotted:
+                    raise LoraError(f"{self.path}: the model has no module for the LoRA key {key!r}; is this LoRA "
+                                    "for DeepGen 1.0?")
+                self.modules[dotted[key.replace(".", "_")]] = self.modules.pop(name)
+        return self
 
     def check(self, model: nn.Module) -> None:
         """Raise LoraError unless every module and parameter the file changes exists in `model` with its shape."""
+        self.bind(model)
         for name, module in self.modules.items():
             want = tuple(_resolve(model, name, self.path).weight.shape)
             got = tuple(module.delta_shape)
@@ -163,6 +205,17 @@ class LoraFile:
         for name, diff in self.diffs.items():
             if name not in params or tuple(params[name].shape) != tuple(diff.shape):
                 raise LoraError(f"{self.path}: {name} does not fit this model; the LoRA was trained on another model")
+
+
+def _module_and_kind(key: str) -> tuple[str | None, str]:
+    """("transformer.<module>" or "flat:transformer.<module_with_underscores>", tensor kind) of a file key."""
+    match = _LORA_KEY.match(key)
+    if match:
+        return match.group(1), match.group(2).replace(".default", "")
+    match = _KOHYA_KEY.match(key)
+    if match:
+        return f"{FLAT_PREFIX}{match.group(1)}.{match.group(2)}", _KOHYA_PART[match.group(3)]
+    return None, ""
 
 
 def load_lora(path: str | os.PathLike) -> LoraFile:
@@ -181,11 +234,12 @@ def load_lora(path: str | os.PathLike) -> LoraFile:
         if key.endswith(DIFF_SUFFIX) and key.startswith(SCB_PREFIXES):
             diffs[key[:-len(DIFF_SUFFIX)]] = value
             continue
-        match = _LORA_KEY.match(key)
-        if not match:
+        name, kind = _module_and_kind(key)
+        if name is None:
             raise LoraError(f"{path}: unrecognised LoRA key {key!r} (expected lmm.* or transformer.* LoRA tensors, "
-                            "or think-token/connector .diff tensors): is this a DeepGen LoRA?")
-        groups.setdefault(match.group(1), {})[match.group(2)] = value
+                            "kohya lora_transformer_* names, or think-token/connector .diff tensors): is this a "
+                            "DeepGen LoRA?")
+        groups.setdefault(name, {})[kind] = value
     modules = {}
     for name, parts in groups.items():
         embedding = "lora_embedding_A" in parts

@@ -22,7 +22,7 @@ def velocity_and_context(model):
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory):
     model = build_tiny_model(seed=0)
-    add_lora(model.transformer, dit_lora_targets(model.transformer), rank=4, alpha=8)
+    add_lora(model.transformer, dit_lora_targets(model.transformer), rank=4, alpha=32)  # scale 8, as in the issue
     targets = [t for t in vlm_lora_targets(model.lmm) if "language_model" in t][:40]
     add_lora(model.lmm, targets + ["model.language_model.embed_tokens"], rank=2, alpha=4)
     torch.manual_seed(1)
@@ -30,21 +30,29 @@ def adapted(tmp_path_factory):
         for name, param in model.named_parameters():
             if "lora_B" in name or "lora_embedding_B" in name:
                 param.normal_(std=0.05)
+    diffs = {"projector_2.weight": torch.randn_like(model.projector_2.weight) * 0.01}
     path = save_lora(model, tmp_path_factory.mktemp("lora") / "test.safetensors", {"steps": 3})
-    return model, path
+    with_scb = save_lora(model, path.with_name("with_scb.safetensors"), {"steps": 3}, diffs=diffs)
+    return model, path, with_scb, diffs
 
 
 def test_file_layout(adapted):
-    _, path = adapted
+    model, path, _, _ = adapted
     lora = load_lora(path)
     assert lora.metadata == {"steps": 3}
     assert "transformer.transformer_blocks.0.attn.to_q" in lora.modules  # SD3 diffusers key, ComfyUI-loadable
+    assert "transformer.transformer_blocks.0.attn2.to_q" in lora.modules  # SD3.5's second attention is adapted too
     assert lora.modules["lmm.model.language_model.embed_tokens"].embedding
-    assert lora.modules["transformer.transformer_blocks.0.attn.to_q"].scale == 2.0
+    # the scale alpha/r = 8 is folded into B and .alpha says r, so loaders that ignore alpha get the same update
+    module = lora.modules["transformer.transformer_blocks.0.attn.to_q"]
+    assert module.scale == 1.0
+    layer = model.transformer.get_submodule("transformer_blocks.0.attn.to_q")
+    expected = 8.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    assert torch.allclose(module.scale * module.delta(), expected, atol=1e-6)
 
 
 def test_strength_one_reproduces_adapter_and_zero_the_base(adapted):
-    model, path = adapted
+    model, path, _, _ = adapted
     expected_v, expected_ctx = velocity_and_context(model)
     base = build_tiny_model(seed=0)
     base_v, base_ctx = velocity_and_context(base)
@@ -60,10 +68,65 @@ def test_strength_one_reproduces_adapter_and_zero_the_base(adapted):
     assert torch.equal(velocity_and_context(base)[0], base_v)
 
 
-def test_bad_lora_inputs(tmp_path, adapted):
+def test_bad_lora_inputs(tmp_path, adapted):  # noqa: ARG001
     with pytest.raises(LoraError, match="rank must be at least 1"):
         add_lora(build_tiny_model().transformer, ["proj_out"], rank=0, alpha=1)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a file")
     with pytest.raises(LoraError, match="not a readable"):
         load_lora(bad)
+
+
+def test_diffusers_load_lora_adapter_gives_the_same_dit(adapted):
+    """diffusers reads our DiT keys (and ignores .alpha): with the scale folded in, its adapter matches ours,
+    also from a file that carries VLM LoRAs and think-token/connector .diff tensors besides."""
+    _, _, with_scb, _ = adapted
+    other = build_tiny_model(seed=0)
+    other.transformer.load_lora_adapter(str(with_scb), prefix="transformer", adapter_name="deepgen")
+    ours = build_tiny_model(seed=0)
+    LoraPatcher().apply(ours, [(load_lora(with_scb), 1.0)])
+    for name in ("lmm", "projector_2"):  # only the DiT differs from the base in `other`: patch the rest as ours
+        getattr(other, name).load_state_dict(getattr(ours, name).state_dict())
+    expected, _ = velocity_and_context(ours)
+    got, _ = velocity_and_context(other)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_kohya_names_load_back(adapted, tmp_path):
+    """A file with kohya/OneTrainer names (lora_transformer_<module_with_underscores>.lora_down/up/alpha, alpha
+    not folded) patches the model exactly as our own file does."""
+    from safetensors.torch import load_file, save_file
+
+    model, path, _, _ = adapted
+    kohya = {}
+    for key, value in load_file(str(path)).items():
+        if not key.startswith("transformer."):
+            continue
+        module, kind = key.rsplit(".lora_", 1) if ".lora_" in key else key.rsplit(".", 1)
+        flat = "lora_transformer_" + module[len("transformer."):].replace(".", "_")
+        if kind == "A.weight":
+            kohya[f"{flat}.lora_down.weight"] = value
+        elif kind == "B.weight":
+            kohya[f"{flat}.lora_up.weight"] = value / 2  # unfolded: alpha 2r restores the same scale
+        else:
+            kohya[f"{flat}.alpha"] = value * 2
+    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    a, b = build_tiny_model(seed=0), build_tiny_model(seed=0)
+    LoraPatcher().apply(a, [(load_lora(tmp_path / "kohya.safetensors"), 1.0)])
+    ours = load_lora(path)
+    ours.modules = {k: v for k, v in ours.modules.items() if k.startswith("transformer.")}
+    LoraPatcher().apply(b, [(ours, 1.0)])
+    assert torch.allclose(velocity_and_context(a)[0], velocity_and_context(b)[0], atol=1e-6)
+
+
+def test_stage_two_and_three_adapt_the_same_dit_modules():
+    """One definition of the DiT LoRA targets: the stage 1-2 default and stage 3's `lora_targets` are the preset
+    "attn", which covers SD3.5's attn2 (diffusers' SD3 suffixes such as "attn.to_q" would miss it)."""
+    from deepgen.train.config import TrainConfig
+    from deepgen.train.grpo.run_config import Stage3Config
+    from deepgen.train.runtime import TrainableSpec
+
+    transformer = build_tiny_model(seed=0).transformer
+    stage2 = dit_lora_targets(transformer, TrainableSpec.from_config(TrainConfig()).dit_lora_targets)
+    stage3 = dit_lora_targets(transformer, Stage3Config().lora_targets)
+    assert stage2 == stage3 and any(".attn2." in name for name in stage2)

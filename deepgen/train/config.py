@@ -62,8 +62,10 @@ STAGES = (1, 2)
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 TRAIN_DIT_MODES = ("full", "lora", "frozen")
 # diffusers' SD3 LoRA targets (attention projections of both streams), matched as module-name suffixes
-DEFAULT_DIT_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-                            "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+# The DiT LoRA targets are defined once, as presets in deepgen.lora (DIT_TARGET_PRESETS): "attn" adapts every
+# attention projection of every block, SD3.5's second (image) attention attn2 included, which diffusers' SD3
+# training script leaves out (its ".attn.to_q"-style suffixes do not match attn2).
+DEFAULT_DIT_LORA_TARGETS = ("attn",)
 
 
 from ..errors import ConfigError  # noqa: E402 - invalid training configuration; the message lists every problem

@@ -1,7 +1,8 @@
 """The VLM LoRA of the official checkpoint: merged into the weights (default) or kept as a PEFT adapter.
 
-Merge: W' = W + (alpha/r)·B·A for Linear layers and E' = E + (alpha/r)·(B·A)ᵀ for the embedding. Alpha is
-not stored in checkpoints; the release uses r=64, alpha=128, i.e. a scaling of 2.0, which is our default.
+Both go through PEFT: the adapter is attached on exactly the checkpoint's modules and loaded strictly; merging
+is PEFT's own merge (W' = W + (alpha/r)·B·A, and (B·A)ᵀ for the embedding), then the LoRA layers are unwrapped.
+Alpha is not stored in checkpoints; the release uses r=64, alpha=128, i.e. a scaling of 2.0, our default.
 `lm_head`'s LoRA is accounted for but not merged: generation never calls lm_head, and in the base model it
 shares its tensor with the embedding, which a merge would corrupt.
 """
@@ -53,23 +54,19 @@ def _resolve(lmm: nn.Module, pairs) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def merge_lora(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], scaling: float) -> list[str]:
-    """Merge in place; returns the modules deliberately left unmerged (lm_head)."""
-    modules = _resolve(lmm, pairs)
-    skipped = []
-    for name, module in modules.items():
-        if name.endswith(SKIPPED_MODULES):
-            skipped.append(name)
-            continue
-        a, b = pairs[name]["A"].float(), pairs[name]["B"].float()
-        if isinstance(module, nn.Embedding):
-            delta = (b @ a).T  # A (r, V), B (d, r) -> (V, d)
-        elif isinstance(module, nn.Linear):
-            delta = b @ a
-        else:
-            raise CheckpointError(f"LoRA on {name}, a {type(module).__name__}; only Linear and Embedding are supported")
-        if delta.shape != module.weight.shape:
-            raise CheckpointError(f"LoRA for {name} gives {tuple(delta.shape)}, the weight is {tuple(module.weight.shape)}")
-        module.weight.copy_((module.weight.float() + scaling * delta).to(module.weight.dtype))
+    """Merge in place with PEFT (attach, merge, unwrap); returns the modules deliberately left unmerged (lm_head)."""
+    from peft.tuners.lora import LoraLayer
+
+    skipped = sorted(name for name in _resolve(lmm, pairs) if name.endswith(SKIPPED_MODULES))
+    merged = {name: halves for name, halves in pairs.items() if name not in skipped}
+    attach_lora_adapter(lmm, merged, alpha=scaling * lora_rank(pairs), adapter_name="deepgen_merge")
+    for name in merged:
+        layer = lmm.get_submodule(name)
+        if not isinstance(layer, LoraLayer):
+            raise CheckpointError(f"LoRA on {name}, a {type(layer).__name__}; only Linear and Embedding are supported")
+        layer.merge(adapter_names=["deepgen_merge"])
+        parent, _, leaf = name.rpartition(".")
+        setattr(lmm.get_submodule(parent) if parent else lmm, leaf, layer.get_base_layer())
     return skipped
 
 

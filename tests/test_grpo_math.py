@@ -26,7 +26,6 @@ from deepgen.train.grpo import (
     importance_ratio,
     loss_scale,
     mix_sft_loss,
-    noisy_latent,
     num_train_steps,
     per_sample_weights,
     round_old_logprob,
@@ -36,6 +35,7 @@ from deepgen.train.grpo import (
     train_sigmas,
     velocity_kl,
 )
+from deepgen.train.losses import noisy_latents
 
 
 def close(a, b, tol=1e-6):
@@ -390,7 +390,7 @@ def test_flow_matching_loss_and_noisy_latent():
     v = torch.tensor([[0.0, 0.0], [-1.0, 1.0]])
     close(flow_matching_loss(v, x0, eps), 0.5)
     # x_σ at σ = 0.25: 0.75·[1, 0] + 0.25·[0, 1] = [0.75, 0.25]
-    close(noisy_latent(x0[:1], eps[:1], 0.25), [[0.75, 0.25]])
+    close(noisy_latents(x0[:1], eps[:1], 0.25), [[0.75, 0.25]])
 
 
 def test_policy_equals_reference_gives_zero_kl_ratio_one_and_zero_grad_at_zero_advantage():

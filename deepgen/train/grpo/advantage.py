@@ -164,7 +164,8 @@ def gdpo_advantages(
             DegenerateGroupWarning,
             stacklevel=2,
         )
-    scale = torch.where(has_w, total_w / torch.where(has_w, valid_w, torch.ones_like(valid_w)), torch.zeros_like(valid_w))
+    scale = torch.where(has_w, total_w / torch.where(has_w, valid_w, torch.ones_like(valid_w)),
+                        torch.zeros_like(valid_w))
     c = (Wv * Z).sum(dim=1) * scale
     raw = (Wv * torch.where(valid, R, torch.zeros_like(R))).sum(dim=1) * scale
     stats["weighted_raw/mean"] = float(raw.mean())

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .sde import cps_sde_step
+from .sde import _bcast, cps_sde_step
 
 __all__ = [
     "LOGPROB_KINDS",
@@ -63,9 +63,7 @@ def gaussian_logprob(
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
     x = next_latent.detach().float()
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device)
-    if s.ndim == 1 and s.shape[0] == x.shape[0] and x.ndim > 1:
-        s = s.view(-1, *([1] * (x.ndim - 1)))
+    s = _bcast(std, x)
     d = x - mean.float()
     lp = -(d * d) / (2.0 * (s * s + eps)) - torch.log(s + eps) - _LOG_SQRT_2PI
     lp = torch.broadcast_to(lp, x.shape).reshape(x.shape[0], -1)

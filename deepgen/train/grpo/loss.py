@@ -119,7 +119,12 @@ def mix_sft_loss(grpo_loss: torch.Tensor, sft_loss: torch.Tensor, sft_lambda: fl
 
 
 def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """SFT-Aux loss: per-image mean of ``(v − (ε − x0))²``, then mean over images; no weighting."""
-    B = v_pred.shape[0]
-    d = v_pred.float() - (noise.float() - x0.float())
-    return (d * d).reshape(B, -1).mean(dim=1).mean()
+    """SFT-Aux loss on tensors: per-image mean of ``(v − (ε − x0))²``, then mean over images; no weighting.
+
+    Built from :mod:`deepgen.train.losses` (``flow_matching_target``, ``weighted_mse``), the one home of the
+    flow-matching loss; the trainer calls ``deepgen.train.losses.flow_matching_loss`` on the model itself.
+    """
+    from ..losses import flow_matching_target, weighted_mse
+
+    target = flow_matching_target(x0.float(), noise.float())
+    return torch.stack([weighted_mse(v, y) for v, y in zip(v_pred, target)]).mean()

@@ -215,10 +215,6 @@ class PromptSet:
         idx = torch.multinomial(self.weights, n * world_size, replacement=True, generator=g)
         return [self.records[i] for i in idx[rank * n:(rank + 1) * n].tolist()]
 
-    def summary(self) -> str:
-        return ", ".join(f"{Path(d.path).name}: {len(d.records)} × {d.category} (w {d.sample_weight:g})"
-                         for d in self.datasets)
-
 
 def load_prompt_set(entries: str | os.PathLike | Sequence[Any], *,
                     category_sample_weights: Mapping[str, float] | None = None) -> PromptSet:

@@ -6,7 +6,8 @@ The per-step math is the colleague's core (:func:`~deepgen.train.grpo.sde.cps_sd
 the noise, and applies CFG when asked.
 
 * **Schedule**: the diffusers ``FlowMatchEulerDiscreteScheduler`` of the model (``pipeline.make_scheduler``),
-  ``set_timesteps(num_steps)`` without ``mu``: σ_0 = 1 … σ_{N-1}, σ_N = 0; the DiT gets ``σ·1000``.
+  ``set_timesteps(num_steps)`` without ``mu`` (:func:`~deepgen.train.grpo.sde.rollout_schedule`, re-exported
+  here): σ_0 = 1 … σ_{N-1}, σ_N = 0; the DiT gets ``σ·1000``.
 * **Noise**: device-independent, from per-image CPU generators.  ``x_T`` is one draw per *group* (official
   ``init_same_noise``; re-implemented as one tensor per group, ref §1.1 caveat) or per image; the SDE noise z of
   step i of image b is its own draw.  So a trajectory does not depend on the micro-batch size or on how the
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from ..data import derive_seed
 from .logprob import step_logprob
-from .sde import cps_sde_step
+from .sde import cps_sde_step, rollout_schedule
 
 __all__ = [
     "Trajectory",
@@ -55,27 +56,12 @@ class Trajectory:
     timesteps: Tensor  # (N,) DiT timesteps σ_i·1000
 
     @property
-    def num_steps(self) -> int:
-        return self.logprobs.shape[1]
-
-    @property
     def final(self) -> Tensor:
         return self.latents[:, -1]
 
     def transition(self, index: Tensor | Sequence[int] | slice, step: int) -> tuple[Tensor, Tensor]:
         """``(x_i, x_{i+1})`` of step ``step`` for the images ``index``."""
         return self.latents[index, step], self.latents[index, step + 1]
-
-
-def rollout_schedule(scheduler, num_steps: int, device=None) -> tuple[Tensor, Tensor]:
-    """``(sigmas (N+1,), timesteps (N,))`` of a diffusers flow-matching scheduler after
-    ``set_timesteps(num_steps)`` (no dynamic-shift ``mu``, as officially)."""
-    scheduler.set_timesteps(num_steps, device=device)
-    sigmas = scheduler.sigmas.detach().float().cpu()
-    timesteps = scheduler.timesteps.detach().float().cpu()
-    if sigmas.numel() != num_steps + 1 or float(sigmas[-1]) != 0.0:
-        raise ValueError(f"expected {num_steps + 1} sigmas ending in 0, got {sigmas.tolist()}")
-    return sigmas, timesteps
 
 
 def initial_group_noise(num_groups: int, group_size: int, shape: Sequence[int], *, seed: int,
@@ -163,4 +149,5 @@ def cps_rollout(velocity_fn: VelocityFn, x_T: Tensor, context: Tensor, pooled: T
         latents[:, i + 1] = x.to(storage_device)
         if callback is not None:
             callback(i, N)
-    return Trajectory(latents=latents, logprobs=logprobs, sigmas=sigmas.float().cpu(), timesteps=timesteps.float().cpu())
+    return Trajectory(latents=latents, logprobs=logprobs, sigmas=sigmas.float().cpu(),
+                      timesteps=timesteps.float().cpu())

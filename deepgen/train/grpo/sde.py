@@ -2,11 +2,13 @@
 
 Conventions (docs/mrgrpo.md, mrgrpo-reference.md §1):
 
-* flow matching: ``x_σ = (1 − σ)·x0 + σ·ε``, the DiT velocity ``v`` targets ``ε − x0``;
+* flow matching: ``x_σ = (1 − σ)·x0 + σ·ε``, the DiT velocity ``v`` targets ``ε − x0``
+  (``deepgen.train.losses.noisy_latents`` / ``flow_matching_target``);
 * a step goes from ``σ`` to the next, smaller ``σ'`` (``dt = σ' − σ < 0``);
 * ``sigma`` / ``sigma_next`` may be Python floats, 0-d tensors or per-sample ``(B,)`` tensors.
 
-Everything here is pure tensor math: no model, no scheduler object.
+The CPS transition is the only sampler formula here (the Euler/ODE step is its η = 0 case).  The σ grids are the
+diffusers ``FlowMatchEulerDiscreteScheduler``'s own, read from a scheduler object, not recomputed.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ __all__ = [
     "cps_sde_step",
     "euler_step",
     "flow_sigmas",
-    "train_sigmas",
-    "sample_sft_sigmas",
-    "noisy_latent",
     "num_train_steps",
+    "rollout_schedule",
     "select_train_steps",
+    "train_sigmas",
 ]
+
 
 class CPSStep(NamedTuple):
     """Result of one CPS transition.
@@ -108,58 +110,48 @@ def cps_sde_step(
 
 
 def euler_step(x_t: torch.Tensor, v: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
-    """Deterministic flow-matching Euler (ODE) step ``x + (σ' − σ)·v``, in fp32, cast back to ``x_t.dtype``
-
-    (as the diffusers ``FlowMatchEulerDiscreteScheduler.step`` does)."""
-    xf = x_t.float()
-    dt = _bcast(sigma_next, xf) - _bcast(sigma, xf)
-    return (xf + dt * v.float()).to(x_t.dtype)
+    """Deterministic flow-matching Euler (ODE) step ``x + (σ' − σ)·v``: the CPS step with η = 0 (no noise,
+    ``μ = (1 − σ')·x̂0 + σ'·x̂1``), in fp32, cast back to ``x_t.dtype``.  Evaluation samples with the diffusers
+    scheduler's own ``step`` (``DeepGenPipeline.sample``); this is its tensor form for tests and analysis."""
+    return cps_sde_step(x_t, v, sigma, sigma_next, eta=0.0, noise=torch.zeros(x_t.shape, device=x_t.device)).next_latent
 
 
 # --------------------------------------------------------------------------------------------------
-# σ grids (deepgen-reference.md §3.3; mrgrpo-reference.md §1.1, §4.2)
+# σ grids (deepgen-reference.md §3.3; mrgrpo-reference.md §1.1, §4.2): the diffusers scheduler's
 
 
-def _shift(s, shift: float):
-    return shift * s / (1.0 + (shift - 1.0) * s)
+def _scheduler(shift: float, num_train_timesteps: int):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=shift, num_train_timesteps=num_train_timesteps)
+
+
+def rollout_schedule(scheduler, num_steps: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigmas (N+1,), timesteps (N,))`` of a diffusers flow-matching scheduler after
+    ``set_timesteps(num_steps)`` (no dynamic-shift ``mu``, as officially), fp32 on the CPU."""
+    scheduler.set_timesteps(num_steps, device=device)
+    sigmas = scheduler.sigmas.detach().float().cpu()
+    timesteps = scheduler.timesteps.detach().float().cpu()
+    if sigmas.numel() != num_steps + 1 or float(sigmas[-1]) != 0.0:
+        raise ValueError(f"expected {num_steps + 1} sigmas ending in 0, got {sigmas.tolist()}")
+    return sigmas, timesteps
 
 
 def flow_sigmas(num_steps: int = 50, shift: float = 3.0, num_train_timesteps: int = 1000) -> torch.Tensor:
-    """Inference σ grid of diffusers ``FlowMatchEulerDiscreteScheduler(shift).set_timesteps(num_steps)``
-    without dynamic shifting: ``num_steps + 1`` values, 1.0 … σ_last, 0.
-
-    σ = linspace(1, σ_min, num_steps) with σ_min = shift(1/T) (already shifted once), then shifted
-    *again* with ``shift·σ/(1 + (shift−1)·σ)`` (the "double shift"), then a terminal 0; returned in fp32
-    like diffusers (computed in float64; agrees with diffusers to ~1e-7).
-    DiT timesteps are ``σ[:-1]·1000``.
+    """Inference σ grid of ``FlowMatchEulerDiscreteScheduler(shift).set_timesteps(num_steps)`` without dynamic
+    shifting: ``num_steps + 1`` values, 1.0 … σ_last, 0 (the "double shift" grid, ref §1.1).
+    DiT timesteps are ``σ[:-1]·1000``.  The trainer reads the model's own scheduler (:func:`rollout_schedule`).
     """
     if num_steps < 1:
         raise ValueError("num_steps must be >= 1")
-    sigma_min = _shift(1.0 / num_train_timesteps, shift)
-    sig = torch.linspace(1.0, sigma_min, num_steps, dtype=torch.float64)
-    sig = _shift(sig, shift)
-    return torch.cat([sig, sig.new_zeros(1)]).float()
+    return rollout_schedule(_scheduler(shift, num_train_timesteps), num_steps)[0]
 
 
 def train_sigmas(shift: float = 3.0, num_train_timesteps: int = 1000) -> torch.Tensor:
-    """The training scheduler's ``sigmas`` (length T, descending 1 … shift(1/T)), used by the SFT loss."""
-    t = torch.arange(num_train_timesteps, 0, -1, dtype=torch.float64) / num_train_timesteps
-    return _shift(t, shift).float()
-
-
-def sample_sft_sigmas(
-    n: int, *, shift: float = 3.0, num_train_timesteps: int = 1000, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """SFT-Aux σ: ``u ~ U(0,1)`` (weighting 'none'), ``σ = train_sigmas[⌊T·u⌋]`` (mrgrpo-reference §4.2)."""
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    idx = (u * num_train_timesteps).long().clamp_(max=num_train_timesteps - 1)
-    return train_sigmas(shift, num_train_timesteps)[idx]
-
-
-def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
-    """``x_σ = (1 − σ)·x0 + σ·ε`` (fp32)."""
-    s = _bcast(sigma, x0.float())
-    return (1.0 - s) * x0.float() + s * noise.float()
+    """The training scheduler's ``sigmas`` (length T, descending 1 … shift(1/T)), the SFT loss's grid
+    (``deepgen.train.losses.TrainingGrid`` reads the same table from the model's scheduler config)."""
+    scheduler = _scheduler(shift, num_train_timesteps)
+    return scheduler.sigmas[:len(scheduler.timesteps)].float().clone()
 
 
 # --------------------------------------------------------------------------------------------------

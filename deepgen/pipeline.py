@@ -21,6 +21,11 @@ from .sizes import check_output_size, check_reference_size
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step index, total steps, current latents)
 
 
+def guide(velocity_uncond: torch.Tensor, velocity_cond: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance as the official code and diffusers write it: v_uncond + s·(v_cond − v_uncond)."""
+    return velocity_uncond + cfg_scale * (velocity_cond - velocity_uncond)
+
+
 @dataclass
 class StepOutput:
     """One denoising step, as `sample(..., on_step=...)` reports it (the tensors are the loop's own: don't
@@ -287,7 +292,7 @@ class DeepGenPipeline:
             v_neg = None
             if guided:
                 v_neg, v_pos = v_pos.chunk(2)
-                v = v_neg + cfg_scale * (v_pos - v_neg)
+                v = guide(v_neg, v_pos, cfg_scale)
             else:
                 v = v_pos
             x_in, x = x, scheduler.step(v, t, x, return_dict=False)[0]

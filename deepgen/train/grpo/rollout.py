@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ...pipeline import guide
 from ..data import derive_seed
 from .logprob import step_logprob
 from .sde import cps_sde_step, rollout_schedule
@@ -93,7 +94,7 @@ def guided_velocity(velocity_fn: VelocityFn, x: Tensor, t: Tensor, context: Tens
         v = velocity_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([negative_context, context]),
                         torch.cat([negative_pooled, pooled]))
         v_neg, v_pos = v.chunk(2)
-        return v_neg + cfg_scale * (v_pos - v_neg)
+        return guide(v_neg, v_pos, cfg_scale)
     return velocity_fn(x, t, context, pooled)
 
 

@@ -53,15 +53,16 @@ def build_accelerator(mixed_precision: str = "auto", *, cpu: bool | None = None,
     accumulation is done by the trainer (``accelerator.no_sync``), not by accelerate.
     """
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState, PartialState, is_initialized
 
     device = "cpu" if cpu else None
     precision = resolve_mixed_precision(mixed_precision, device)
-    state = AcceleratorState._shared_state
-    if state:  # an Accelerator was built before in this process (never touch a fresh state: torchrun env)
+    if is_initialized():  # an Accelerator was built before in this process (never touch a fresh state: torchrun env)
         partial = PartialState()
         wrong_device = bool(cpu) and partial.device.type != "cpu"
-        if partial.num_processes == 1 and (state.get("_mixed_precision") != precision or wrong_device):
+        if partial.num_processes == 1 and (AcceleratorState().mixed_precision != precision or wrong_device):
+            # accelerate has no public way to drop its process-wide state: _reset_state is the one private call
+            # left, which is why accelerate is pinned below the next minor release (tests/test_dependency_pins.py)
             AcceleratorState._reset_state(reset_partial_state=wrong_device)
     handlers = list(kwargs_handlers) or [ddp_kwargs()]
     return Accelerator(mixed_precision=precision, cpu=bool(cpu), kwargs_handlers=handlers,

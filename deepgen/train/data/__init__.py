@@ -18,7 +18,6 @@ from .images import VERIFY_LEVELS, check_image_size, image_to_tensor, load_train
 from .loader import MicroBatch, MicroBatchLoader, apply_caption_dropout
 from .rows import (
     IMAGE2IMAGE,
-    TASKS,
     TEXT2IMAGE,
     BadRowError,
     DataReport,
@@ -36,7 +35,6 @@ from .synthetic import write_synthetic_dataset
 __all__ = [
     "TEXT2IMAGE",
     "IMAGE2IMAGE",
-    "TASKS",
     "IMAGE_EXTENSIONS",
     "VERIFY_LEVELS",
     "fix_pixels_size",

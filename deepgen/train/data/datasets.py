@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,8 +33,8 @@ from .rows import (
     T2IRow,
     TextToImageSample,
     canonical_task,
+    collapse_whitespace,
     format_bad_rows,
-    one_line,
 )
 from .scan import read_caption_annotation, scan_image_folder, scan_json_source
 
@@ -86,7 +86,7 @@ class ImageRowsDataset(torch.utils.data.Dataset):
             except BadRowError as e:
                 self._bad.add(i)
                 failures.append((e.reason, self.rows[i].where or str(i), e.detail))
-        first = format_bad_rows([(reason, one_line(where), one_line(detail))
+        first = format_bad_rows([(reason, collapse_whitespace(where), collapse_whitespace(detail))
                                  for reason, where, detail in failures[:3]])
         raise EmptyDatasetError(f"every row of this {self.task} data set failed to load ({len(failures)} rows); "
                                 f"first: {first}; fix or remove these files")
@@ -127,7 +127,6 @@ class TaskDatasets:
     text2image: TextToImageDataset
     image2image: EditDataset
     report: DataReport
-    sources: list[str] = field(default_factory=list)
 
     def by_task(self) -> dict[str, ImageRowsDataset]:
         return {TEXT2IMAGE: self.text2image, IMAGE2IMAGE: self.image2image}
@@ -177,5 +176,4 @@ def load_datasets(sources: PathLike | Sequence[PathLike], *, root: PathLike | No
             "bad rows (data_verify = 'none' skips the checks, but the rows then fail during training)")
     image_settings = dict(resolution=resolution, unit=unit, min_side=min_side, max_aspect=max_aspect,
                           exif_transpose=exif_transpose)
-    return TaskDatasets(TextToImageDataset(t2i, **image_settings), EditDataset(edit, **image_settings), report,
-                        [str(s) for s in sources])
+    return TaskDatasets(TextToImageDataset(t2i, **image_settings), EditDataset(edit, **image_settings), report)

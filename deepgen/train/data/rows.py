@@ -13,7 +13,6 @@ from ...errors import DataError
 
 TEXT2IMAGE = "text2image"
 IMAGE2IMAGE = "image2image"
-TASKS = (TEXT2IMAGE, IMAGE2IMAGE)
 TASK_ALIASES = {"t2i": TEXT2IMAGE, "text2image": TEXT2IMAGE, "edit": IMAGE2IMAGE, "i2i": IMAGE2IMAGE,
                 "image2image": IMAGE2IMAGE}
 
@@ -87,7 +86,7 @@ class DataSourceNotFoundError(DataError, FileNotFoundError):
     """A data source (``data`` entry) that does not exist."""
 
 
-def one_line(text: str) -> str:
+def collapse_whitespace(text: str) -> str:
     """One line of a report (paths or errors that carry a newline would break the one-line messages)."""
     return " ".join(str(text).split())
 
@@ -110,16 +109,7 @@ class DataReport:
     def add(self, reason: str, where: str, detail: str = "") -> None:
         self.counts[reason] += 1
         if len(self.examples) < self.max_examples:
-            self.examples.append((reason, one_line(where), one_line(detail)))
-
-    def merge(self, other: DataReport) -> None:
-        self.counts.update(other.counts)
-        self.good.update(other.good)
-        self.rows_seen += other.rows_seen
-        for example in other.examples:
-            if len(self.examples) >= self.max_examples:
-                break
-            self.examples.append(example)
+            self.examples.append((reason, collapse_whitespace(where), collapse_whitespace(detail)))
 
     @property
     def bad(self) -> int:

@@ -13,7 +13,7 @@ lives in its own module:
   ``full|lora|frozen``, VLM LoRA), :func:`setup_trainable` (freezes everything else, injects the PEFT LoRAs,
   keeps fp32 master copies of what trains), :func:`enable_gradient_checkpointing` and :func:`preserve_model`;
 * ``checkpoint_manager.py`` — :class:`CheckpointManager` (save on every rank, resume ``auto|no|path`` with the
-  optimizer, LR schedule, RNG and data position; the format is ``checkpointing.py``'s) and
+  optimizer, LR schedule, RNG and data position; the format is the ``checkpointing`` package's) and
   :func:`load_init_tensors`;
 * ``draws.py`` — :func:`sample_generator`, :func:`flow_batch_inputs` and :func:`seeded_step`: draws keyed by the
   sample's global stream position, so they depend neither on the process count nor on a resume;

@@ -238,7 +238,7 @@ def _limit_pixels(im: Image.Image, max_pixels: int | None) -> Image.Image:
     if not max_pixels or im.width * im.height <= max_pixels:
         return im
     s = (max_pixels / (im.width * im.height)) ** 0.5
-    return im.resize((max(1, int(im.width * s)), max(1, int(im.height * s))), Image.BICUBIC)
+    return im.resize((max(1, int(im.width * s)), max(1, int(im.height * s))), Image.Resampling.BICUBIC)
 
 
 def _load_qwen(path: Path, device: torch.device, dtype: torch.dtype):

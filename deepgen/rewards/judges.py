@@ -248,7 +248,8 @@ def _load_qwen(path: Path, device: torch.device, dtype: torch.dtype):
     if cfg.model_type != "qwen2_5_vl":
         raise ValueError(f"{path} holds a {cfg.model_type!r} model; the local judge needs a Qwen2.5-VL (qwen2_5_vl) model")
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-    model = model.to(device).eval().requires_grad_(False)
+    # transformers types PreTrainedModel.to's first argument as the model itself
+    model = model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     return model, _load_processor(path, cfg)
 
 

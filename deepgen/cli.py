@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from .train.cli import add_train_parser
     except ImportError:  # the trainer is optional at import time
-        add_train_parser = None
+        add_train_parser = None  # type: ignore[assignment]  # mypy cannot type an optional import
     if add_train_parser is not None:
         add_train_parser(sub)
     return parser

@@ -75,7 +75,7 @@ def download_release(models_dir: str | Path, what=("deepgen", "vlm", "diffusion"
         raise ConfigError(f"unknown download {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCES)}")
     offline = (os.environ.get("HF_HUB_OFFLINE") or "").strip().lower() in ("1", "true", "yes", "on")
     endpoint = hub_endpoint() if offline else check_hub_reachable()  # offline: huggingface_hub's local files
-    paths = []
+    paths: list[Path] = []
     for name in what:
         repo, subfolder, patterns = SOURCES[name]
         target = models_dir / subfolder  # from the table above, never from the download

@@ -25,6 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import safe_open
@@ -78,8 +79,9 @@ def add_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dro
         raise LoraError(f"LoRA rank must be at least 1, got {rank}")
     if not targets:
         raise LoraError("No LoRA target modules")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        init_lora_weights=init)
+    # peft annotates lora_alpha as int (any number works: scale = alpha / r) and init_lora_weights as a Literal
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,  # type: ignore[arg-type]
+                        init_lora_weights=init)  # type: ignore[arg-type]
     inject_adapter_in_model(config, module, adapter_name=adapter_name)
     return module
 
@@ -196,7 +198,7 @@ class LoraFile:
         """Raise LoraError unless every module and parameter the file changes exists in `model` with its shape."""
         self.bind(model)
         for name, module in self.modules.items():
-            want = tuple(_resolve(model, name, self.path).weight.shape)
+            want = tuple(_weight(model, name, self.path).shape)
             got = tuple(module.delta_shape)
             if got != want:
                 raise LoraError(f"{self.path}: {name} gives a {got} update for a {want} weight; the LoRA was trained "
@@ -274,7 +276,7 @@ class LoraPatcher:
         params = dict(model.named_parameters())
         for lora, strength in loras:
             for name, module in lora.modules.items():
-                weight = _resolve(model, name, lora.path).weight
+                weight = _weight(model, name, lora.path)
                 self._keep(name + ".weight", weight)
                 weight.add_((strength * module.scale * module.delta()).to(device=weight.device, dtype=weight.dtype))
             for name, diff in lora.diffs.items():
@@ -300,5 +302,10 @@ def _resolve(model: nn.Module, name: str, source: str) -> nn.Module:
     except AttributeError:
         raise LoraError(f"{source}: the model has no module {name!r}; is this LoRA for DeepGen 1.0?") from None
     if hasattr(layer, "base_layer"):  # a live PEFT layer: patch its base weight
-        layer = layer.base_layer
+        layer = cast(nn.Module, layer.base_layer)
     return layer
+
+
+def _weight(model: nn.Module, name: str, source: str) -> torch.Tensor:
+    """The weight of the (base) layer ``name``; torch types a module's attributes as ``Tensor | Module``."""
+    return cast(torch.Tensor, _resolve(model, name, source).weight)

@@ -77,7 +77,9 @@ def attach_lora_adapter(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]
 
     modules = _resolve(lmm, pairs)
     rank = lora_rank(pairs)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=sorted(modules),
+    # peft annotates lora_alpha as int; any number works (scale = alpha / r)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
+                        target_modules=sorted(modules),
                         init_lora_weights="gaussian")
     inject_adapter_in_model(config, lmm, adapter_name=adapter_name)
     own = {k: v for k, v in lmm.state_dict().items() if ".lora_" in k}

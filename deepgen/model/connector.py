@@ -39,7 +39,8 @@ class ConnectorEncoder(nn.Module):
         siglip_config = SiglipVisionConfig(**config.to_dict())
         siglip_config._attn_implementation = attn_implementation
         # Keep only the layers, so our parameter names are the official `layers.{i}.*`.
-        self.layers = SiglipEncoder(siglip_config).layers
+        # transformers types SiglipEncoder(config) as SiglipConfig; its own vision model passes a SiglipVisionConfig
+        self.layers = SiglipEncoder(siglip_config).layers  # type: ignore[arg-type]
         self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ Children carry the official names (`lmm`, `meta_queries`, `projector_1/2/3`, `co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -16,6 +16,10 @@ from .. import constants as C
 from . import vlm as V
 from .connector import ConnectorConfig, ConnectorEncoder
 from .dit import DeepGenTransformer2DModel
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from transformers import PreTrainedModel
 
 References = Sequence[Sequence[torch.Tensor]]
 
@@ -64,7 +68,7 @@ class ThinkOutput:
 
 
 class DeepGenModel(nn.Module):
-    def __init__(self, lmm: nn.Module, tokenizer, transformer: DeepGenTransformer2DModel, vae: nn.Module,
+    def __init__(self, lmm: PreTrainedModel, tokenizer, transformer: DeepGenTransformer2DModel, vae: AutoencoderKL,
                  connector_config: ConnectorConfig, num_queries: int = 128, scheduler_config: dict | None = None):
         super().__init__()
         self.lmm = lmm
@@ -150,7 +154,7 @@ class DeepGenModel(nn.Module):
         position_ids = V.rope_positions(self.lmm, ids_with_queries, attention_mask, image_grid_thw)
 
         text_model = V.text_tower(self.lmm)
-        embeds = text_model.embed_tokens(input_ids)
+        embeds = cast(nn.Embedding, text_model.embed_tokens)(input_ids)  # torch: child attrs are Tensor | Module
         if embeds_per_row:
             image_slots = input_ids == C.IMAGE_PAD_TOKEN_ID
             vision = torch.cat(embeds_per_row).to(embeds.dtype)
@@ -179,7 +183,7 @@ class DeepGenModel(nn.Module):
     # ---- VAE ----------------------------------------------------------------------------------------
     @property
     def latent_scale(self) -> tuple[float, float]:
-        cfg = self.vae.config
+        cfg: Any = self.vae.config  # diffusers types it as a dict; its FrozenDict also reads fields as attributes
         return cfg.scaling_factor, (cfg.shift_factor or 0.0)
 
     def encode_image(self, pixels: torch.Tensor, noise: torch.Tensor | None = None,

@@ -13,13 +13,15 @@ unchanged.
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import SD3Transformer2DModel
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+# from the defining module: for type checkers diffusers' top-level names are its torch-missing placeholders
+from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from torch.nn.utils.rnn import pad_sequence
 
 LatentBatch = torch.Tensor | Sequence[torch.Tensor]
@@ -81,7 +83,12 @@ class DeepGenTransformer2DModel(SD3Transformer2DModel):
         self.set_attn_processor(MaskedJointAttnProcessor())
 
     # diffusers reads config fields from the __init__ signature: expose the parent's.
-    __init__.__signature__ = inspect.signature(SD3Transformer2DModel.__init__)
+    __init__.__signature__ = inspect.signature(SD3Transformer2DModel.__init__)  # type: ignore[attr-defined]
+
+    if TYPE_CHECKING:
+        @property
+        def config(self) -> Any:  # diffusers types it as a dict; its FrozenDict also reads fields as attributes
+            ...
 
     def _embed_samples(self, hidden_states: LatentBatch, reference_latents):
         """Patch-embed each target and its references with the shared pos_embed; pad right; build the mask."""

@@ -9,11 +9,14 @@ returns an output object whose `pooler_output` holds the merged tokens. Both are
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 from .. import constants as C
 
@@ -57,19 +60,21 @@ def num_vision_tokens(height: int, width: int, vision_config) -> int:
     return (round(height * C.VISION_RESIZE_FACTOR) // unit) * (round(width * C.VISION_RESIZE_FACTOR) // unit)
 
 
-def _inner(lmm: nn.Module) -> nn.Module:
+# The towers are found by attribute name (their place differs between transformers versions); torch types a
+# child-module attribute as `Tensor | Module`, so the results are cast to the transformers model they are.
+def _inner(lmm: nn.Module) -> PreTrainedModel:
     """Qwen2_5_VLModel inside the ForConditionalGeneration wrapper (or a PEFT wrapper around it)."""
-    return lmm.model
+    return cast("PreTrainedModel", lmm.model)
 
 
-def text_tower(lmm: nn.Module) -> nn.Module:
+def text_tower(lmm: nn.Module) -> PreTrainedModel:
     inner = _inner(lmm)
     return getattr(inner, "language_model", inner)
 
 
-def vision_tower(lmm: nn.Module) -> nn.Module:
+def vision_tower(lmm: nn.Module) -> PreTrainedModel:
     inner = _inner(lmm)
-    return inner.visual if hasattr(inner, "visual") else lmm.visual
+    return cast("PreTrainedModel", inner.visual if hasattr(inner, "visual") else lmm.visual)
 
 
 def vision_features(lmm: nn.Module, patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -82,7 +87,7 @@ def rope_positions(lmm: nn.Module, input_ids: torch.Tensor, attention_mask: torc
                    image_grid_thw: torch.Tensor | None) -> torch.Tensor:
     """M-RoPE position ids (3, B, L) from the model's own get_rope_index; left pads get position 1 (as 4.56 does)."""
     inner = _inner(lmm)
-    get_rope_index = inner.get_rope_index if hasattr(inner, "get_rope_index") else lmm.get_rope_index
+    get_rope_index: Any = inner.get_rope_index if hasattr(inner, "get_rope_index") else lmm.get_rope_index
     kwargs = {"image_grid_thw": image_grid_thw, "attention_mask": attention_mask}
     if "mm_token_type_ids" in inspect.signature(get_rope_index).parameters:
         kwargs["mm_token_type_ids"] = (input_ids == C.IMAGE_PAD_TOKEN_ID).int()

@@ -75,7 +75,8 @@ def _load_clip(path: Path, device: torch.device, dtype: torch.dtype):
     from transformers import CLIPModel, CLIPProcessor
 
     model = CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-    model = model.to(device).eval().requires_grad_(False)
+    # transformers types PreTrainedModel.to's first argument as the model itself
+    model = model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     processor = CLIPProcessor.from_pretrained(str(path), local_files_only=True)
     return model, processor
 

@@ -238,7 +238,7 @@ def _limit_pixels(im: Image.Image, max_pixels: int | None) -> Image.Image:
     if not max_pixels or im.width * im.height <= max_pixels:
         return im
     s = (max_pixels / (im.width * im.height)) ** 0.5
-    return im.resize((max(1, int(im.width * s)), max(1, int(im.height * s))), Image.BICUBIC)
+    return im.resize((max(1, int(im.width * s)), max(1, int(im.height * s))), Image.Resampling.BICUBIC)
 
 
 def _load_qwen(path: Path, device: torch.device, dtype: torch.dtype):
@@ -249,7 +249,8 @@ def _load_qwen(path: Path, device: torch.device, dtype: torch.dtype):
         raise CheckpointError(f"{path} holds a {cfg.model_type!r} model; the local judge needs a Qwen2.5-VL "
                               "(qwen2_5_vl) model")
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-    model = model.to(device).eval().requires_grad_(False)
+    # transformers types PreTrainedModel.to's first argument as the model itself
+    model = model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     return model, _load_processor(path, cfg)
 
 

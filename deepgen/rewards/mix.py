@@ -18,7 +18,7 @@ no applicable reward gets a NaN total.
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -99,7 +99,7 @@ class RewardMix:
     def __init__(
         self,
         weights="general",
-        rewards: Mapping[str, object] | None = None,
+        rewards: Mapping[str, Reward | Callable[..., object]] | None = None,
         reward_kwargs: Mapping[str, Mapping] | None = None,
     ):
         self._rewards: dict[str, Reward] = {}

@@ -35,6 +35,7 @@ import io
 import logging
 import math
 import re
+from typing import Any
 
 import torch
 
@@ -152,7 +153,7 @@ class OCRReward(Reward):
         self.use_cls = bool(use_cls)
         self.smart_quotes = smart_quotes
         self.jpeg_quality = jpeg_quality  # the official service received JPEG q75; None = no re-encode
-        self.new_kwargs = dict(
+        self.new_kwargs: dict[str, Any] = dict(
             case_sensitive=case_sensitive,
             ignore_punct=ignore_punct,
             min_conf=min_conf,

@@ -54,6 +54,7 @@ class CheckpointManager:
         kwargs = dict(optimizer=optimizer, lr_scheduler=lr_scheduler, grad_scaler=grad_scaler,
                       data_position=data_position, config=self.config, extra=extra,
                       keep_last=self.keep_last or None)
+        path: Path | None
         if self.accelerator is None:
             path = save_checkpoint(self.output_dir, step, trainable=trainable, **kwargs)
         else:

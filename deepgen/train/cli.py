@@ -170,7 +170,8 @@ def cmd_train(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dtype = EXPORT_DTYPES[args.export_dtype]
-    trainer = SFTTrainer(cfg, callbacks=[ConsoleCallback(cfg.log_every)], cpu=True if args.cpu else None,
+    # ConsoleCallback is a duck-typed TrainCallback (CallbackList accepts those), so this module imports without torch
+    trainer = SFTTrainer(cfg, callbacks=[ConsoleCallback(cfg.log_every)], cpu=True if args.cpu else None,  # type: ignore[list-item]
                          validation_steps=args.validation_steps, export_lora=False if args.no_export else None,
                          export_checkpoint=not args.no_export,
                          export_dtype=getattr(torch, dtype) if dtype else None)

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..lora import SCB_PREFIXES, LoraError, save_lora
+
+if TYPE_CHECKING:
+    from ..model.deepgen import DeepGenModel
 
 __all__ = [
     "export_lora",
@@ -108,14 +111,14 @@ def combine_lora_pairs(*sets: Mapping[str, dict]) -> dict[str, dict]:
     2·B·A = Σ s_i·B_i·A_i for every module; modules missing from a set get zero blocks, so every module has the
     same rank (the loader needs one rank).
     """
-    sets = [s for s in sets if s]
+    sets = tuple(s for s in sets if s)
     if not sets:
         return {}
-    ranks = [{int(p["A"].shape[0]) for p in s.values()} for s in sets]
-    for r in ranks:
-        if len(r) != 1:
-            raise LoraError(f"a LoRA with mixed ranks {sorted(r)} cannot be exported in the official layout")
-    ranks = [r.pop() for r in ranks]
+    rank_sets = [{int(p["A"].shape[0]) for p in s.values()} for s in sets]
+    for rs in rank_sets:
+        if len(rs) != 1:
+            raise LoraError(f"a LoRA with mixed ranks {sorted(rs)} cannot be exported in the official layout")
+    ranks = [r.pop() for r in rank_sets]
     modules = sorted(set().union(*[s.keys() for s in sets]))
     out = {}
     for m in modules:
@@ -149,12 +152,13 @@ def _release_lora_pairs(source, lmm: nn.Module) -> dict[str, dict]:
     out = {}
     for module, halves in pairs.items():
         layer = lmm.get_submodule(module)
-        layer = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+        # a PEFT layer's method, found by hasattr (torch types unknown module attributes as Tensor | Module)
+        layer = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer  # type: ignore[operator]
         out[module] = {"A": halves["A"], "B": halves["B"], "scale": 2.0, "embedding": isinstance(layer, nn.Embedding)}
     return out
 
 
-def official_state_dict(model: nn.Module, *, source=None, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+def official_state_dict(model: DeepGenModel, *, source=None, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
     """The official ``model.pt`` tensors of a (trained) DeepGenModel; see the module doc."""
     state: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
@@ -179,7 +183,7 @@ def official_state_dict(model: nn.Module, *, source=None, dtype: torch.dtype | N
     return out
 
 
-def export_official_checkpoint(model: nn.Module, path: str | os.PathLike, *, source=None,
+def export_official_checkpoint(model: DeepGenModel, path: str | os.PathLike, *, source=None,
                                dtype: torch.dtype | None = None, metadata: Mapping[str, str] | None = None) -> Path:
     """Write :func:`official_state_dict` to ``path`` (safetensors, atomically); returns the path."""
     path = Path(path)

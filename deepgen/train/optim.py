@@ -73,7 +73,9 @@ def build_param_groups(params: NamedParams, weight_decay: float = DEFAULT_WEIGHT
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be ≥ 0, got {weight_decay}")
-    decay, no_decay, seen = [], [], set()
+    decay: list[tuple[str, nn.Parameter]] = []
+    no_decay: list[tuple[str, nn.Parameter]] = []
+    seen = set()
     for name, p in _named(params):
         if not p.requires_grad:
             continue
@@ -163,6 +165,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str = "cos
     defaults to 1e-5 for cosine (official) and 0 for constant (transformers' ``constant_with_warmup``).
     Call ``scheduler.step()`` after each ``optimizer.step()``.
     """
+    fn: WarmupCosine | WarmupConstant
     if schedule == "cosine":
         if max_steps is None:
             raise ValueError("the cosine schedule needs max_steps")

@@ -10,12 +10,18 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import TrainingError
 from .draws import seeded_step
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from ..model.deepgen import DeepGenModel
 
 __all__ = ["SCB_PARTS", "TrainableSpec", "setup_trainable", "trainable_named_parameters", "count_parameters",
            "enable_gradient_checkpointing", "remove_lora_adapters", "preserve_model"]
@@ -84,7 +90,7 @@ def _has_peft(module: nn.Module) -> bool:
     return any(isinstance(m, LoraLayer) for m in module.modules())
 
 
-def setup_trainable(model: nn.Module, spec: TrainableSpec, *, master_dtype: torch.dtype = torch.float32,
+def setup_trainable(model: DeepGenModel, spec: TrainableSpec, *, master_dtype: torch.dtype = torch.float32,
                     seed: int = 0) -> OrderedDict[str, nn.Parameter]:
     """Freeze everything, add the LoRAs ``spec`` asks for, unfreeze what trains; returns ``{name: parameter}``.
 
@@ -146,7 +152,7 @@ def count_parameters(params: Mapping[str, torch.Tensor] | Iterable[torch.Tensor]
     return int(sum(p.numel() for p in values))
 
 
-def enable_gradient_checkpointing(model: nn.Module, parts: Sequence[str] = ("lmm", "connector", "transformer"),
+def enable_gradient_checkpointing(model: DeepGenModel, parts: Sequence[str] = ("lmm", "connector", "transformer"),
                                   enable: bool = True) -> None:
     """Activation checkpointing of the VLM text tower (HF), the connector layers and the DiT blocks (diffusers)."""
     if "transformer" in parts:
@@ -160,13 +166,13 @@ def enable_gradient_checkpointing(model: nn.Module, parts: Sequence[str] = ("lmm
         _vlm_checkpointing(model.lmm, enable)
 
 
-def _vlm_checkpointing_on(lmm: nn.Module) -> bool:
+def _vlm_checkpointing_on(lmm: PreTrainedModel) -> bool:
     name = "is_activation_checkpointing" if hasattr(type(lmm), "is_activation_checkpointing") else \
         "is_gradient_checkpointing"
     return bool(getattr(lmm, name, False))
 
 
-def _vlm_checkpointing(lmm: nn.Module, enable: bool) -> None:
+def _vlm_checkpointing(lmm: PreTrainedModel, enable: bool) -> None:
     """HF activation checkpointing (transformers ≥ 5 names it activation_checkpointing_*; older: gradient_*)."""
     kwargs = {"use_reentrant": False}
     if hasattr(lmm, "activation_checkpointing_enable"):
@@ -197,7 +203,7 @@ def remove_lora_adapters(module: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def preserve_model(model: nn.Module, restore_values: Sequence[str] = ()):
+def preserve_model(model: DeepGenModel, restore_values: Sequence[str] = ()):
     """Train on a model other code holds (a ComfyUI cached model) and give it back unchanged.
 
     On exit: PEFT adapters added inside the block are removed, ``requires_grad`` flags, train/eval modes and

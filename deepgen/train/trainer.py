@@ -392,7 +392,7 @@ class _RunContext:
             return spec.has_lora
         return bool(self.t.export_lora)
 
-    def lora_target(self) -> Path | None:
+    def lora_target(self) -> Path:
         return self.t.lora_path or (self.t.output_dir / EXPORT_DIR / "deepgen_lora.safetensors")
 
     def include_scb(self) -> bool:

@@ -54,7 +54,8 @@ def _restore_optimizer(ckpt: Checkpoint, optimizer: Any) -> None:
     if all(n is not None for n in saved + current) and saved != current:
         raise CheckpointError(
             "the optimizer's parameters differ from the checkpoint's (by name or order): saved "
-            f"{[len(n) for n in saved]} per group, now {[len(n) for n in current]}; build the optimizer "
+            f"{[len(n) for n in saved if n is not None]} per group, "
+            f"now {[len(n) for n in current if n is not None]}; build the optimizer "
             "with deepgen.train.optim.build_optimizer over the same trainable parameters.")
     optimizer.load_state_dict(ckpt.optimizer)
 

@@ -54,7 +54,7 @@ def resize_fix_pixels(image: Image.Image, target: int = 512, unit: int = 32) -> 
     h, w = fix_pixels_size(image.height, image.width, target, unit)
     if (h, w) == (image.height, image.width):
         return image
-    return image.resize((w, h), resample=Image.BICUBIC)
+    return image.resize((w, h), resample=Image.Resampling.BICUBIC)
 
 
 def image_to_tensor(image: Image.Image) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -33,7 +34,7 @@ def write_synthetic_dataset(root: PathLike, *, n_text2image: int = 8, n_edit: in
         arr[y:y + h // 3, x:x + w // 3] = colours[colour]
         Image.fromarray(arr).save(path)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i in range(n_text2image):
         h, w = sizes[i % len(sizes)]
         c = names[i % len(names)]

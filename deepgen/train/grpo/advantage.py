@@ -25,11 +25,13 @@ Deviations from the official code (which has no guards), all documented in docs/
 from __future__ import annotations
 
 import warnings
-from typing import Hashable, Mapping, Sequence
+from typing import Hashable, Mapping, Sequence, TypeVar
 
 import torch
 
 __all__ = ["DegenerateGroupWarning", "per_sample_weights", "gdpo_advantages"]
+
+_Category = TypeVar("_Category", bound=Hashable)  # a prompt category (a str in the trainer)
 
 
 class DegenerateGroupWarning(UserWarning):
@@ -37,8 +39,8 @@ class DegenerateGroupWarning(UserWarning):
 
 
 def per_sample_weights(
-    categories: Sequence[Hashable],
-    category_weights: Mapping[Hashable, Mapping[str, float]],
+    categories: Sequence[_Category],
+    category_weights: Mapping[_Category, Mapping[str, float]],
     reward_names: Sequence[str],
     *,
     device: torch.device | str | None = None,

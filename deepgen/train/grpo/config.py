@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from .logprob import LOGPROB_KINDS
 from .sde import num_train_steps as _num_train_steps
@@ -122,7 +123,7 @@ class GRPOConfig:
     @classmethod
     def official(cls, **overrides) -> "GRPOConfig":
         """The as-run official behaviour: both quirks on (ref §4.1, §4.4)."""
-        kw = {"optimizer_step_per_timestep": True, "bf16_old_logprob": True}
+        kw: dict[str, Any] = {"optimizer_step_per_timestep": True, "bf16_old_logprob": True}
         kw.update(overrides)
         return cls(**kw)
 

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 
 from .output import _finite_stats
+from .state import RunState
 
 log = logging.getLogger("deepgen.train.grpo")
 
 __all__ = ["Evaluation"]
 
 
-class Evaluation:
+class Evaluation(RunState):
     """``evaluate(step)`` of a GRPO run (mixed into ``GRPOTrainer``)."""
 
     @torch.no_grad()
@@ -23,9 +24,10 @@ class Evaluation:
         """ODE samples (``eval_num_steps``, CFG ``eval_cfg_scale``, seeds ``eval_seed + 1000·index + dup``) of the
         eval prompts, split over the processes, scored with each prompt's category weights."""
         acc, cfg, g = self.accelerator, self.cfg, self.g
+        assert self.eval_set is not None, "evaluate() needs eval_prompts"
         recs = self.eval_set.records
         mine = [(i, r) for i, r in enumerate(recs) if i % self.world == self.rank]
-        rows = []
+        rows: list[dict[str, Any]] = []
         images_all = []
         size = g.resolution
         for i, r in mine:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import runtime as R
+from .state import RunState
 from .step import RolloutBatch
 
 log = logging.getLogger("deepgen.train.grpo")
@@ -28,15 +29,17 @@ LOG_FILE = "log.jsonl"
 ADV_HIST_BINS = 10
 
 
-class RunOutput:
+class RunOutput(RunState):
     """Log records, log file and checkpoints of a GRPO run."""
 
-    def _record(self, step: int, batch: RolloutBatch, st: dict, lr: float, times: dict) -> dict:
+    def _record(self, step: int, batch: RolloutBatch, st: dict, lr: float | Tensor, times: dict) -> dict:
         """The log record of trainer step ``step``: rewards and advantages over every process, the loss terms'
         means (``st`` from the phases), maxima, grad norm, timings."""
+        assert batch.scores is not None and batch.total is not None and batch.advantages is not None \
+            and batch.adv_stats is not None, "score(batch) runs before _record(batch)"
         acc = self.accelerator
         g = self.g
-        rec: dict[str, Any] = {"step": step + 1, "lr": lr, "updates": self.updates}
+        rec: dict[str, Any] = {"step": step + 1, "lr": float(lr), "updates": self.updates}
         # rewards over every process
         for name in self.reward_names:
             col = batch.scores.get(name, torch.full((len(batch.images),), float("nan")))
@@ -129,6 +132,7 @@ class RunOutput:
                               data_position=pos, extra={"updates": self.updates, "reason": reason})
         exports: dict[str, Path] = {}
         if self.accelerator.is_main_process:
+            assert path is not None  # CheckpointManager.save returns the path on the main process
             exports["checkpoint"] = path
             if self.cfg.policy == "lora" and self.cfg.save_lora_every_checkpoint:
                 from ...lora import save_lora

@@ -98,16 +98,16 @@ def _record(obj: Any, where: str, default_category: str) -> PromptRecord | None:
         text = obj.strip()
         return PromptRecord(text, default_category, where) if text else None
     if isinstance(obj, Mapping):
-        text = obj.get("prompt")
-        if not isinstance(text, str):
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, str):
             raise PromptError(f"{where}: expected a \"prompt\" string, got keys {sorted(obj)}")
-        if not text.strip():
+        if not prompt.strip():
             return None
         cat = obj.get("category", default_category)
         if not isinstance(cat, str) or not cat.strip():
             raise PromptError(f"{where}: \"category\" must be a non-empty string, got {cat!r}")
         meta = {k: v for k, v in obj.items() if k not in ("prompt", "category")}
-        return PromptRecord(text.strip(), canonical_category(cat), where, meta)
+        return PromptRecord(prompt.strip(), canonical_category(cat), where, meta)
     raise PromptError(f"{where}: expected a prompt string or an object with \"prompt\", got {type(obj).__name__}")
 
 
@@ -170,12 +170,12 @@ def _read_set_file(path: Path) -> list:
     if not isinstance(entries, list) or not entries:
         raise PromptError(f"prompt-set file {path} needs a non-empty 'datasets' list")
     out = []
-    for e in entries:  # paths inside a set file are relative to it
-        if isinstance(e, str):
-            e = {"path": e}
-        if isinstance(e, Mapping) and "path" in e and not Path(str(e["path"])).is_absolute():
-            e = {**e, "path": str(path.parent / str(e["path"]))}
-        out.append(e)
+    for entry in entries:  # paths inside a set file are relative to it
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if isinstance(entry, Mapping) and "path" in entry and not Path(str(entry["path"])).is_absolute():
+            entry = {**entry, "path": str(path.parent / str(entry["path"]))}
+        out.append(entry)
     return out
 
 

@@ -98,6 +98,8 @@ def _import_reward_module(spec: str) -> None:
             raise R.TrainingError(f"reward_modules: {path} does not exist")
         name = f"deepgen_user_rewards_{abs(hash(str(path.resolve())))}"
         mod_spec = importlib.util.spec_from_file_location(name, path)
+        if mod_spec is None or mod_spec.loader is None:  # e.g. a file name without .py
+            raise R.TrainingError(f"reward_modules: {path} is not an importable Python file")
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = module
         mod_spec.loader.exec_module(module)
@@ -115,7 +117,7 @@ def _takes_device(name: str) -> bool:
     if not isinstance(obj, type):
         return False
     try:
-        return "device" in inspect.signature(obj.__init__).parameters
+        return "device" in inspect.signature(obj).parameters  # the constructor's parameters
     except (TypeError, ValueError):
         return False
 

@@ -91,6 +91,7 @@ def guided_velocity(velocity_fn: VelocityFn, x: Tensor, t: Tensor, context: Tens
     """The conditional velocity, or the CFG velocity ``v_neg + s·(v_pos − v_neg)`` when ``cfg_scale > 1`` and
     negatives are given (branches co-batched ``[neg; pos]``)."""
     if cfg_scale > 1.0 and negative_context is not None:
+        assert negative_pooled is not None, "negative_context needs negative_pooled"
         v = velocity_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([negative_context, context]),
                         torch.cat([negative_pooled, pooled]))
         v_neg, v_pos = v.chunk(2)

@@ -97,7 +97,7 @@ class Stage3Config:
     def problems(self) -> list[str]:
         p: list[str] = []
 
-        def need(cond: bool, msg: str) -> None:
+        def need(cond: object, msg: str) -> None:  # cond: tested for truth
             if not cond:
                 p.append(msg)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import torch
 
@@ -54,6 +54,10 @@ def _bcast(sigma, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"sigma of shape {tuple(s.shape)} does not match latent of shape {tuple(x.shape)}")
 
 
+@overload
+def cps_std(sigma_next: float, eta: float = 1.0) -> float: ...
+@overload
+def cps_std(sigma_next: torch.Tensor, eta: float = 1.0) -> torch.Tensor: ...
 def cps_std(sigma_next, eta: float = 1.0) -> "float | torch.Tensor":
     """CPS noise std ``s = σ'·sin(η·π/2)`` (``std_dev_t`` in the official code).
 
@@ -185,9 +189,6 @@ def select_train_steps(
     k = num_train_steps(num_steps, timestep_fraction, include_last)
     pool = range(num_steps if include_last else num_steps - 1)
     if rng is None:
-        r = random
-    elif isinstance(rng, random.Random):
-        r = rng
-    else:
-        r = random.Random(rng)
+        return sorted(random.sample(pool, k))
+    r = rng if isinstance(rng, random.Random) else random.Random(rng)
     return sorted(r.sample(pool, k))

@@ -18,6 +18,7 @@ from .. import runtime as R
 from .prompts import PromptSet, load_prompt_set
 from .reward_setup import build_rewards
 from .sde import rollout_schedule
+from .state import RunState
 
 log = logging.getLogger("deepgen.train.grpo")
 
@@ -57,7 +58,7 @@ class _DiT:
         self.transformer = transformer
 
 
-class RunSetup:
+class RunSetup(RunState):
     """Set-up methods and the policy / reference velocities of a GRPO run (mixed into ``GRPOTrainer``)."""
 
     def setup(self):
@@ -176,6 +177,7 @@ class RunSetup:
         from ...model.deepgen import DeepGenModel
 
         if self.reference_mode == "copy":
-            return DeepGenModel.velocity(_DiT(self.ref_transformer), x, t, context, pooled)
+            # _DiT stands in for the model (velocity only reads .transformer)
+            return DeepGenModel.velocity(_DiT(self.ref_transformer), x, t, context, pooled)  # type: ignore[arg-type]
         with lora_disabled(self.model.transformer):
             return self.model.velocity(x, t, context, pooled)

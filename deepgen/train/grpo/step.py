@@ -17,6 +17,7 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,6 +29,7 @@ from .logprob import cps_logprob, round_old_logprob
 from .loss import clipped_surrogate, grpo_step_loss, importance_ratio, loss_scale, mix_sft_loss, velocity_kl
 from .rollout import Trajectory, cps_rollout, guided_velocity, initial_group_noise
 from .sde import cps_std, select_train_steps
+from .state import RunState
 
 __all__ = ["RolloutBatch", "StepPhases", "ZeroAdvantageWarning", "new_step_stats"]
 
@@ -62,10 +64,10 @@ def new_step_stats() -> dict:
             "sft_loss": float("nan")}
 
 
-class StepPhases:
+class StepPhases(RunState):
     """Rollout, scoring, the GRPO gradient passes, SFT-Aux and the optimiser update (mixed into ``GRPOTrainer``)."""
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         return self.accelerator.autocast()
 
     def rollout(self, step: int) -> RolloutBatch:
@@ -146,6 +148,7 @@ class StepPhases:
         micro = math.ceil(B / mb)
         scale = loss_scale(g.num_actor_update_steps, len(steps), micro)
         per_timestep = g.optimizer_step_per_timestep
+        assert batch.advantages is not None, "score(batch) runs before policy_update(batch)"
         adv = batch.advantages.to(self.device)
         acc_stats["train_steps"] = steps
         for u in range(g.num_actor_update_steps):
@@ -188,6 +191,7 @@ class StepPhases:
         """SFT-Aux (ref §4.2): every ``sft_every_n_steps``, one stage-2 batch, ``λ·L_SFT`` back-propagated."""
         if not self._sft_due(step):
             return
+        assert self._sft_iter is not None  # _sft_due: there is SFT-Aux data
         batch = next(self._sft_iter)
         with self._maybe_no_sync(False):
             out = self.loss_module("sft", **self._sft_inputs(batch))

@@ -51,7 +51,8 @@ def test_two_cpu_processes_match_one_process(tmp_path):
                   sft_caption_drop=0.0)
     weights = '[category_weights]\ngeneral = { brightness = 1.0 }\n'
     lines = [f"{k} = {json.dumps(v)}" for k, v in common.items()]
-    lines += ["rollout_micro_batch_size = 4", "train_micro_batch_size = 4", "sft_batch_size = 1", f"output_dir = {json.dumps(str(tmp_path / 'two'))}",
+    lines += ["rollout_micro_batch_size = 4", "train_micro_batch_size = 4", "sft_batch_size = 1",
+              f"output_dir = {json.dumps(str(tmp_path / 'two'))}",
               f"prompts = [{{ path = {json.dumps(str(prompts))}, category = \"general\" }}]", weights]
     config = tmp_path / "two.toml"
     config.write_text("\n".join(lines), encoding="utf-8")
@@ -69,8 +70,9 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     try:
         import deepgen.train.grpo.toy_rewards  # noqa: F401
 
-        cfg = stage3_config_from_dict({**common, "rollout_micro_batch_size": 8, "train_micro_batch_size": 8, "sft_batch_size": 2,
-                                       "output_dir": str(tmp_path / "one"), "prompts": [str(prompts)],
+        cfg = stage3_config_from_dict({**common, "rollout_micro_batch_size": 8, "train_micro_batch_size": 8,
+                                       "sft_batch_size": 2, "output_dir": str(tmp_path / "one"),
+                                       "prompts": [str(prompts)],
                                        "category_weights": {"general": {"brightness": 1.0}}})
         one = GRPOTrainer(cfg).setup().train()
     finally:

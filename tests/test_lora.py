@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepgen.lora import (LoraError, LoraPatcher, add_lora, dit_lora_targets, load_lora, save_lora,
-                          vlm_lora_targets)
+from deepgen.lora import LoraError, LoraPatcher, add_lora, dit_lora_targets, load_lora, save_lora, vlm_lora_targets
 from deepgen.tiny import build_tiny_model
 
 

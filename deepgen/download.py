@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import socket
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ResourceError
+from .net import CONNECT_TIMEOUT, tcp_probe
 
-__all__ = ["SOURCES", "CONNECT_TIMEOUT", "hub_endpoint", "tcp_probe", "check_hub_reachable", "download_release"]
+__all__ = ["SOURCES", "hub_endpoint", "check_hub_reachable", "download_release"]
 
 # (repo id, sub-folder of the models dir, allow patterns)
 SOURCES = {
@@ -35,50 +35,12 @@ SOURCES = {
     "diffusers": ("deepgenteam/DeepGen-1.0-diffusers", "deepgen/DeepGen-1.0-diffusers", None),
 }
 
-CONNECT_TIMEOUT = 5.0  # seconds the hub host gets to accept a connection
-
 _DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
 def hub_endpoint() -> str:
     """The hub address huggingface_hub uses: ``HF_ENDPOINT`` if set, else https://huggingface.co."""
     return (os.environ.get("HF_ENDPOINT") or "").strip().rstrip("/") or _DEFAULT_ENDPOINT
-
-
-def _connect_target(url: str) -> tuple[str, int, str]:
-    """``(host, port, via)`` of a TCP connection to ``url``: its host, or the proxy ``urllib`` would use for it
-    (``via`` is then ``" through the proxy <proxy>"``, else ``""``)."""
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    host, port, via = parts.hostname, parts.port, ""
-    if not host:
-        raise ValueError(f"no host in {url!r}")
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        pp = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-        if pp.hostname:
-            host, port, via = pp.hostname, pp.port or 80, f" through the proxy {proxy}"
-    return host, port, via
-
-
-def tcp_probe(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """Open (and close) one TCP connection to ``url``'s host, or to the proxy ``urllib`` would use for it.
-
-    Raises :class:`ResourceError` ``"<host>[ through the proxy <proxy>]: <reason>"`` (refused, no answer
-    within ``timeout`` s, unknown host, no host in the URL); callers put it in their own sentence.
-    """
-    try:
-        host, port, via = _connect_target(url)
-    except ValueError as e:
-        raise ResourceError(str(e)) from None
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as e:
-        reason = (e.strerror or str(e) or type(e).__name__).strip()
-        if isinstance(e, socket.timeout) or "timed out" in reason:
-            reason = f"no answer within {timeout:g} s"
-        raise ResourceError(f"{urlsplit(url).netloc or url}{via}: {reason}") from None
 
 
 def check_hub_reachable(timeout: float = CONNECT_TIMEOUT) -> str:

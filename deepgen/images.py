@@ -24,12 +24,13 @@ MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 MIN_IMAGE_SIDE = 16
 
 
-def open_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> Image.Image:
+def open_image(path: str | os.PathLike, *, exif_transpose: bool = True, check_size: bool = True) -> Image.Image:
     """Open an image file for the model: checked, fully decoded, EXIF-rotated and converted to RGB.
 
     Raises InputImageError (or NotFoundError) with one line naming the file for anything unusable: empty, not an
     image, truncated, larger than MAX_IMAGE_PIXELS, smaller than MIN_IMAGE_SIDE. Other modes are converted
-    correctly (see to_rgb); an animated image gives its first frame.
+    correctly (see to_rgb); an animated image gives its first frame. ``check_size=False`` leaves the size limits
+    to the caller (the training data applies the official ones; PIL's own decompression-bomb limit still holds).
     """
     path = Path(path)
     if not path.is_file():
@@ -40,7 +41,8 @@ def open_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> Image
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
             with Image.open(path) as image:
-                check_image_size(image.width, image.height, str(path))
+                if check_size:
+                    check_image_size(image.width, image.height, str(path))
                 image.seek(0)  # the first frame of an animation
                 image.load()
                 if exif_transpose:

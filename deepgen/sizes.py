@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import SizeError
+from .errors import InputError, SizeError
 
 __all__ = ["SizeError", "OUTPUT_MULTIPLE", "REFERENCE_MULTIPLE"]  # and the functions below
 
@@ -77,4 +77,4 @@ def reference_size(height: int, width: int, mode: str = "fix_pixels", target: in
     if mode == "keep":
         check_reference_size(height, width)
         return height, width
-    raise ValueError(f"Unknown resize mode {mode!r}; use fix_pixels, longest_side, square or keep")
+    raise InputError(f"Unknown resize mode {mode!r}; use fix_pixels, longest_side, square or keep")

@@ -106,6 +106,29 @@ def test_load_training_image_resizes_with_fix_pixels(tmp_path):
     assert t.min() >= -1 and t.max() <= 1
 
 
+def test_load_training_image_scales_16_bit_grey_instead_of_clipping(tmp_path):
+    # PIL's convert("RGB") clips 16-bit greys to white; the loader converts with deepgen.images.to_rgb
+    p = tmp_path / "grey16.png"
+    Image.fromarray(np.full((96, 128), 32768, dtype=np.uint16)).save(p)
+    t = load_training_image(p, resolution=RES)
+    assert t.shape == (3, 64, 96)
+    assert abs(float(t.mean())) < 0.02  # mid grey, not white (1.0)
+
+
+def test_load_training_image_keeps_the_official_limits_below_open_images(tmp_path):
+    # open_image would refuse 10 px (its 16-px minimum) as unreadable; the training data reports too_small (≤ 80)
+    from deepgen.train.data import BadRowError
+    p = tmp_path / "tiny.png"
+    _img(p, 10, 10)
+    with pytest.raises(BadRowError) as ei:
+        load_training_image(p, resolution=RES)
+    assert ei.value.reason == "too_small"
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(BadRowError) as ei:
+        load_training_image(tmp_path / "empty.png", resolution=RES)
+    assert ei.value.reason == "unreadable_image" and "empty.png" in str(ei.value)
+
+
 # ----------------------------------------------------------------------------------------------------
 # formats and bad rows
 

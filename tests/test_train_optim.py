@@ -179,3 +179,35 @@ def test_optimizer_and_schedule_state_round_trip_weights_only():
     for (n, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), n
     assert o1.param_groups[0]["lr"] == o2.param_groups[0]["lr"]
+
+
+def test_resume_continues_on_a_changed_schedule():
+    """A resumed run whose max_steps / lr changed continues on the new schedule from the checkpoint's step (the
+    trainer's _keep_new_schedule, through the scheduler's public state_dict / step)."""
+    import warnings
+
+    from deepgen.train.trainer import _keep_new_schedule
+
+    def run(lr, max_steps):
+        opt = build_optimizer(Toy().named_parameters(), lr=lr)
+        return opt, build_lr_scheduler(opt, schedule="cosine", max_steps=max_steps, warmup_steps=2)
+
+    old_opt, old = run(1e-3, 10)
+    for _ in range(5):
+        old_opt.step()
+        old.step()
+    opt, sched = run(4e-3, 20)
+    fresh = ([dict(fn.__dict__) for fn in sched.lr_lambdas], list(sched.base_lrs))
+    opt.load_state_dict(old_opt.state_dict())
+    sched.load_state_dict(old.state_dict())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _keep_new_schedule(sched, opt, fresh, 5)
+    assert [str(w.message) for w in caught] == ["the learning-rate schedule differs from the checkpoint's "
+                                                "(max_steps, lr or warm-up changed); continuing on the new schedule"]
+    want = [base * sched.lr_lambdas[0](5) for base in fresh[1]]
+    assert sched.get_last_lr() == pytest.approx(want) and [g["lr"] for g in opt.param_groups] == pytest.approx(want)
+    assert sched.last_epoch == 5 and sched.lr_lambdas[0].max_steps == 20
+    opt.step()
+    sched.step()
+    assert sched.get_last_lr() == pytest.approx([base * sched.lr_lambdas[0](6) for base in fresh[1]])

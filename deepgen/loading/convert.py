@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..errors import InputError
 from ..model.deepgen import DeepGenModel
 from .single_file import FORMAT_VERSION, SINGLE_FILE_FORMAT, tokenizer_files
 
@@ -17,7 +18,7 @@ from .single_file import FORMAT_VERSION, SINGLE_FILE_FORMAT, tokenizer_files
 def model_tensors(model: DeepGenModel) -> dict[str, torch.Tensor]:
     """Every tensor of the model, each stored once (a tied lm_head is dropped and re-tied on load)."""
     if any(".lora_" in k for k in model.lmm.state_dict()):
-        raise ValueError("The VLM carries a PEFT adapter; load with lora='merge' before converting")
+        raise InputError("The VLM carries a PEFT adapter; load with lora='merge' before converting")
     tensors, seen = {}, set()
     for key, value in model.state_dict().items():
         pointer = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
@@ -32,7 +33,7 @@ def convert_model(model: DeepGenModel, output: str | os.PathLike, source_layout:
     """Write `model` to `output` (.safetensors) atomically."""
     output = Path(output)
     if output.suffix != ".safetensors":
-        raise ValueError(f"The converted file must end in .safetensors, not {output.name!r}")
+        raise InputError(f"The converted file must end in .safetensors, not {output.name!r}")
     tensors = model_tensors(model)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})
     configs = {

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..errors import ResourceError
+from ..errors import CheckpointError, ResourceError
 from .base import cached_model, default_device, require_model_dir
 from .images import image_to_data_url
 
@@ -75,7 +75,7 @@ class EndpointJudge:
 
         A TCP connect, not a chat request: it costs nothing on the server, needs no model name or API key, and
         a dead address is what turns a whole RL run into KL/SFT training (every comparison a 0.5 tie)."""
-        from ..download import tcp_probe
+        from ..net import tcp_probe
 
         try:
             tcp_probe(self.endpoint, timeout)
@@ -246,7 +246,8 @@ def _load_qwen(path: Path, device: torch.device, dtype: torch.dtype):
 
     cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
     if cfg.model_type != "qwen2_5_vl":
-        raise ValueError(f"{path} holds a {cfg.model_type!r} model; the local judge needs a Qwen2.5-VL (qwen2_5_vl) model")
+        raise CheckpointError(f"{path} holds a {cfg.model_type!r} model; the local judge needs a Qwen2.5-VL "
+                              "(qwen2_5_vl) model")
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype)
     model = model.to(device).eval().requires_grad_(False)
     return model, _load_processor(path, cfg)

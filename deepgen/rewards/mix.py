@@ -22,6 +22,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
+from ..errors import InputError
 from . import clip as _clip  # noqa: F401  (registers "clip")
 from . import ocr as _ocr  # noqa: F401  (registers "ocr")
 from . import preference as _pref  # noqa: F401  (registers "preference")
@@ -59,7 +60,7 @@ def preset_weights(name: str) -> dict[str, float]:
     """The weights of a category preset (general, text_rendering; a few spellings accepted)."""
     key = _PRESET_ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in PRESETS:
-        raise ValueError(f"unknown reward preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise InputError(f"unknown reward preset {name!r}; presets: {', '.join(PRESETS)}")
     return dict(PRESETS[key])
 
 
@@ -68,20 +69,20 @@ def resolve_weights(spec, available: Sequence[str] | None = None) -> dict[str, f
     if isinstance(spec, str):
         spec = preset_weights(spec)
     if not isinstance(spec, Mapping) or not spec:
-        raise ValueError("weights must be a preset name or a non-empty {reward_name: weight} dict")
+        raise InputError("weights must be a preset name or a non-empty {reward_name: weight} dict")
     names = set(available if available is not None else available_rewards())
     out: dict[str, float] = {}
     for raw, w in spec.items():
         name = canonical_reward_name(raw)
         if name not in names:
-            raise ValueError(
+            raise InputError(
                 f"weight names unknown reward {raw!r}; available rewards: {', '.join(sorted(names))}"
             )
         if name in out:
-            raise ValueError(f"reward {name!r} is given twice (check aliases like clip_sim/unifiedreward_think)")
+            raise InputError(f"reward {name!r} is given twice (check aliases like clip_sim/unifiedreward_think)")
         w = float(w)
         if w != w or w in (float("inf"), float("-inf")):
-            raise ValueError(f"weight of {name!r} must be finite, got {w}")
+            raise InputError(f"weight of {name!r} must be finite, got {w}")
         out[name] = w
     return out
 
@@ -116,7 +117,7 @@ class RewardMix:
         name = canonical_reward_name(name)
         if name not in self._rewards:
             if name not in self.available():
-                raise ValueError(f"unknown reward {name!r}; available rewards: {', '.join(self.available())}")
+                raise InputError(f"unknown reward {name!r}; available rewards: {', '.join(self.available())}")
             self._rewards[name] = create_reward(name, **self.reward_kwargs.get(name, {}))
         return self._rewards[name]
 

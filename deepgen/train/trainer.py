@@ -294,13 +294,12 @@ def _keep_new_schedule(scheduler, optimizer, fresh, step: int) -> None:
         return
     warnings.warn("the learning-rate schedule differs from the checkpoint's (max_steps, lr or warm-up changed); "
                   "continuing on the new schedule", stacklevel=3)
-    for fn, values in zip(scheduler.lr_lambdas, lambdas):
-        fn.__dict__.update(values)
-    scheduler.base_lrs = list(base_lrs)
-    groups = getattr(optimizer, "optimizer", optimizer).param_groups
-    for group, base, fn in zip(groups, base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * fn(step)
-    scheduler._last_lr = [group["lr"] for group in groups]
+    state = scheduler.state_dict()
+    state.update(lr_lambdas=lambdas, base_lrs=list(base_lrs), last_epoch=step - 1)
+    scheduler.load_state_dict(state)
+    with warnings.catch_warnings():  # the step-order check is for training steps, not for this re-positioning
+        warnings.filterwarnings("ignore", message=r"(?s).*lr_scheduler\.step\(\)", category=UserWarning)
+        scheduler.step()  # back at ``step``: every group's lr (and get_last_lr) is base_lr * lambda(step)
 
 
 class _RunContext:

@@ -91,7 +91,8 @@ def worker(run: str, checkpointing: bool, steps: int, resolution: int, threads: 
         task_pattern={"image2image": 1, "text2image": 1}, max_steps=steps + 1, lr=1e-4, warmup_steps=0,
         num_workers=0, caption_dropout=0.1, mixed_precision="no", gradient_checkpointing=checkpointing,
         output_dir=str(tmp / "out"), resume="no", save_every=0, data_verify="exists", vlm_lora_rank=16,
-        vlm_lora_alpha=32.0, dit_lora_rank=16, dit_lora_alpha=16.0, **spec)
+        vlm_lora_alpha=32.0, dit_lora_rank=16, dit_lora_alpha=16.0, export_checkpoint=False, export_lora=False,
+        validation_at_end=False, log_file=False, **spec)
     model = build_model(transformer=DIT, connector=CONNECTOR)
 
     class Clock:
@@ -109,8 +110,7 @@ def worker(run: str, checkpointing: bool, steps: int, resolution: int, threads: 
                 self.times.append(info.step_time)
 
     clock = Clock()
-    SFTTrainer(cfg, model=model, callbacks=[clock], cpu=True, export_checkpoint=False, export_lora=False,
-               validation_at_end=False, log_file=False).run()
+    SFTTrainer(cfg, model=model, callbacks=[clock], cpu=True).run()
     clock.sampler.__exit__(None, None, None)
     # what training adds on top of the model and data: measured from the RSS before the warm-up update too
     return {"run": run, "checkpointing": checkpointing, "step_s": median(clock.times),

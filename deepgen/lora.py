@@ -47,8 +47,8 @@ FLAT_PREFIX = "flat:"  # a module named with underscores (kohya), resolved again
 # DiT targets: attention projections of every joint block (image and context streams, and attn2).
 DIT_TARGET_PRESETS = {
     "attn": r"transformer_blocks\.\d+\.attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)$",
-    "attn_ff": r"transformer_blocks\.\d+\.(attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-               r"|ff(_context)?\.net\.(0\.proj|2))$",
+    "attn_ff": r"transformer_blocks\.\d+\.(attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj"
+               r"|to_add_out)|ff(_context)?\.net\.(0\.proj|2))$",
 }
 
 
@@ -62,12 +62,17 @@ def vlm_lora_targets(lmm: nn.Module) -> list[str]:
 
 
 def dit_lora_targets(transformer: nn.Module, targets: str | list[str] = "attn") -> list[str]:
+    """The DiT module names a LoRA adapts: a preset name, or a list of module names in which preset names expand."""
     if isinstance(targets, list):
-        return targets
+        if not any(t in DIT_TARGET_PRESETS for t in targets):
+            return targets
+        names = [n for t in targets for n in (dit_lora_targets(transformer, t) if t in DIT_TARGET_PRESETS else [t])]
+        return list(dict.fromkeys(names))
     if targets not in DIT_TARGET_PRESETS:
         raise LoraError(f"Unknown DiT LoRA targets {targets!r}: use one of {sorted(DIT_TARGET_PRESETS)} or a list")
     pattern = re.compile(DIT_TARGET_PRESETS[targets])
-    return [name for name, module in transformer.named_modules() if isinstance(module, nn.Linear) and pattern.search(name)]
+    return [name for name, module in transformer.named_modules()
+            if isinstance(module, nn.Linear) and pattern.search(name)]
 
 
 def add_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0,

@@ -326,28 +326,27 @@ class DeepGenTrainLoRA:
                 validation_every=save_every if 0 < save_every < steps else 0, seed=seed,
                 train_meta_queries=train_connector, train_projectors=train_connector, train_connector=train_connector,
                 train_dit="lora" if train_dit_lora else "frozen", dit_lora_rank=rank, dit_lora_alpha=float(rank),
-                vlm_lora=train_vlm_lora, vlm_lora_rank=rank, vlm_lora_alpha=2.0 * rank, vlm_lora_dropout=0.05)
+                vlm_lora=train_vlm_lora, vlm_lora_rank=rank, vlm_lora_alpha=2.0 * rank, vlm_lora_dropout=0.05,
+                validation_num_steps=validation_steps, strict_resume_data=False,
+                export_lora=True, export_lora_path=str(lora_dir / f"{lora_name}.safetensors"),
+                export_lora_scb=train_connector, save_lora_every_checkpoint=True, export_checkpoint=False,
+                export_dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(handle.dtype, "auto"),
+                export_lora_metadata={"trained_with": "DeepGenTrainLoRA", "lora_name": lora_name,
+                                      "base_model": handle.name})
 
         handle.activate()  # train on top of the LoRAs this handle carries
         net = handle.model
         device = torch.device(cs.torch_device())
         callback = NodeCallback(unique_id, steps)
         scb = ("meta_queries", "projector_1.", "projector_2.", "projector_3.", "connector.") if train_connector else ()
-        dtype = handle.dtype if handle.dtype in (torch.bfloat16, torch.float16) else None
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 _detach_inference_tensors(net)
                 cs.free_memory(3 * sum(p.numel() * p.element_size() for p in net.parameters()), device)
                 net.to(device)
                 with preserve_model(net, restore_values=scb):
-                    trainer = SFTTrainer(
-                        cfg, model=net, callbacks=[callback], device=device, cpu=device.type == "cpu",
-                        validation_steps=validation_steps, export_lora=True,
-                        lora_path=lora_dir / f"{lora_name}.safetensors", lora_include_scb=train_connector,
-                        lora_every_save=True, export_checkpoint=False, export_dtype=dtype, datasets=datasets,
-                        strict_resume_data=False,
-                        lora_metadata={"trained_with": "DeepGenTrainLoRA", "lora_name": lora_name,
-                                       "base_model": handle.name})
+                    trainer = SFTTrainer(cfg, model=net, callbacks=[callback], device=device,
+                                         cpu=device.type == "cpu", datasets=datasets)
                     try:
                         result = trainer.run()
                     except CheckpointError as exc:

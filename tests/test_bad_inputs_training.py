@@ -11,6 +11,7 @@ Runtime on 2 shared cores: ~30 s (the SIGKILL and CLI cases start a Python proce
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import json
@@ -31,7 +32,7 @@ import torch
 from PIL import Image
 from trainer_kit import base_config, one_thread, write_dataset, write_folder_dataset
 
-from deepgen.errors import (CheckpointError, ConfigError, DataError, DeepGenError, ResourceError, one_line)
+from deepgen.errors import CheckpointError, ConfigError, DataError, DeepGenError, ResourceError, one_line
 from deepgen.train import checkpointing as ck
 from deepgen.train.data import DataSourceNotFoundError, EmptyDatasetError, load_datasets
 
@@ -61,7 +62,7 @@ def forbid_model_load(mp) -> None:
 def sft_run(cfg) -> None:
     from deepgen.train.trainer import SFTTrainer
 
-    SFTTrainer(cfg, cpu=True, export_checkpoint=False, export_lora=False).run()
+    SFTTrainer(dataclasses.replace(cfg, export_checkpoint=False, export_lora=False), cpu=True).run()
 
 
 def png_bytes(size: int = 96, seed: int = 0, fmt: str = "PNG") -> bytes:
@@ -368,7 +369,7 @@ def _(tmp, mp):
     data = write_dataset(tmp / "data", n_t2i=2, n_edit=0)
     out = tmp / "out"
     script = textwrap.dedent(f"""
-        import os, signal, sys
+        import dataclasses, os, signal, sys
         from pathlib import Path
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
         import torch
@@ -384,7 +385,7 @@ def _(tmp, mp):
         ck._after_file_hook = kill
         cfg = base_config(Path({str(data)!r}), Path({str(out)!r}), max_steps=2, save_every=1, micro_batch_size=1,
                           task_pattern={{"text2image": 1}})
-        SFTTrainer(cfg, cpu=True, export_checkpoint=False, export_lora=False).run()
+        SFTTrainer(dataclasses.replace(cfg, export_checkpoint=False, export_lora=False), cpu=True).run()
     """)
 
     def run():
@@ -397,7 +398,7 @@ def _(tmp, mp):
 
         cfg = base_config(data, out, max_steps=2, save_every=1, micro_batch_size=1, resume="auto",
                           task_pattern={"text2image": 1})
-        result = SFTTrainer(cfg, cpu=True, export_checkpoint=False, export_lora=False).run()
+        result = SFTTrainer(dataclasses.replace(cfg, export_checkpoint=False, export_lora=False), cpu=True).run()
         assert [h["step"] for h in result.history] == [2]  # resumed from checkpoint 1
         assert ck.find_latest_checkpoint(out).name == "checkpoint-00000002"
         assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
@@ -419,9 +420,9 @@ def stage3_config(tmp: Path, **over):
     from deepgen.train.grpo.run_config import stage3_config_from_dict
 
     (tmp / "prompts.txt").write_text("a red square\na blue circle\n", encoding="utf-8")
-    values = dict(model="tiny", mixed_precision="no", policy="lora", lora_rank=2, lora_alpha=2.0,
+    values = dict(model="tiny", mixed_precision="no", policy="lora", dit_lora_rank=2, dit_lora_alpha=2.0,
                   prompts=[str(tmp / "prompts.txt")], category_weights={"general": {"clip_dummy": 1.0}},
-                  group_size=2, prompts_per_step=1, num_steps=2, resolution=32, max_train_steps=1, save_every=0,
+                  group_size=2, prompts_per_step=1, num_steps=2, resolution=32, max_steps=1, save_every=0,
                   output_dir=str(tmp / "out"), resume="no", keep_last=0, seed=0)
     values.update(over)
     return stage3_config_from_dict(values)
@@ -565,7 +566,7 @@ def _(tmp, mp):
     config = tmp / "stage3.toml"
     config.write_text("\n".join([
         "stage = 3", 'model = "tiny"', f'prompts = ["{tmp / "prompts.txt"}"]', f'output_dir = "{tmp / "out"}"',
-        'resume = "no"', "group_size = 2", "prompts_per_step = 1", "max_train_steps = 1",
+        'resume = "no"', "group_size = 2", "prompts_per_step = 1", "max_steps = 1",
         '[category_weights.general]', "preference = 1.0",
         '[rewards.preference]', f'url = "{url}"']) + "\n", encoding="utf-8")
 

@@ -75,10 +75,10 @@ def sft_data(folder: Path) -> str:
 
 
 def tiny_config(tmp: Path, **over):
-    values = dict(model="tiny", mixed_precision="no", policy="lora", lora_rank=4, lora_alpha=8.0,
+    values = dict(model="tiny", mixed_precision="no", policy="lora", dit_lora_rank=4, dit_lora_alpha=8.0,
                   prompts=[prompt_file(tmp)], category_weights={"general": {"mean_brightness": 1.0}},
                   group_size=4, prompts_per_step=2, rollout_micro_batch_size=8, train_micro_batch_size=8,
-                  num_steps=4, resolution=32, lr=1e-2, warmup_steps=0, max_train_steps=2, save_every=0,
+                  num_steps=4, resolution=32, lr=1e-2, warmup_steps=0, max_steps=2, save_every=0,
                   output_dir=str(tmp / "out"), resume="no", keep_last=0, seed=0)
     values.update(over)
     return stage3_config_from_dict(values)
@@ -189,7 +189,7 @@ def test_bad_input_errors(tmp_path):
 
 def test_zero_variance_groups_warn_and_train_nothing(tmp_path):
     tr = GRPOTrainer(tiny_config(tmp_path, category_weights={"general": {"constant": 1.0}}, group_size=2,
-                                 rollout_micro_batch_size=4, train_micro_batch_size=4, max_train_steps=1)).setup()
+                                 rollout_micro_batch_size=4, train_micro_batch_size=4, max_steps=1)).setup()
     before = {n: p.detach().clone() for n, p in tr.params.items()}
     with pytest.warns(ZeroAdvantageWarning, match="every advantage is 0"):
         rec = tr.train_step(0)
@@ -206,7 +206,7 @@ def test_step0_kl_is_zero_and_ratio_is_one_through_the_trainer(tmp_path, policy)
     of the full DiT), and the train forward repeats the rollout forward on the same batches: KL is exactly 0
     and ρ exactly 1 on every trained (timestep, sample)."""
     over = {"reference": "copy"} if policy == "full" else {}
-    tr = GRPOTrainer(tiny_config(tmp_path, policy=policy, max_train_steps=1, **over)).setup()
+    tr = GRPOTrainer(tiny_config(tmp_path, policy=policy, max_steps=1, **over)).setup()
     assert tr.reference_mode == ("copy" if policy == "full" else "disable_adapter")
     batch = tr.rollout(0)
     traj = batch.trajectory
@@ -240,7 +240,7 @@ def test_step0_kl_is_zero_and_ratio_is_one_through_the_trainer(tmp_path, policy)
 def test_options_cfg_exact_logprob_eta_and_per_image_noise(tmp_path):
     """The documented options run through the same path: CFG in rollouts and training (both branches with
     gradients), the exact Gaussian log-prob, η = 0.8, independent x_T per image; still KL 0 / ρ 1 at step 0."""
-    cfg = tiny_config(tmp_path, cfg_scale=2.0, logprob="exact", eta=0.8, init_same_noise=False, max_train_steps=1)
+    cfg = tiny_config(tmp_path, cfg_scale=2.0, logprob="exact", eta=0.8, init_same_noise=False, max_steps=1)
     tr = GRPOTrainer(cfg).setup()
     batch = tr.rollout(0)
     assert batch.negative_context is not None  # the negative ('') prompt is encoded for CFG
@@ -261,7 +261,7 @@ def test_learning_raises_the_custom_reward(tmp_path):
     model = build_tiny_model(0)
     model.vae = LinearDecoder()
     steps = 30
-    cfg = tiny_config(tmp_path, max_train_steps=steps, eval_prompts=prompt_file(tmp_path), eval_every=steps,
+    cfg = tiny_config(tmp_path, max_steps=steps, eval_prompts=prompt_file(tmp_path), eval_every=steps,
                       eval_before_training=True, eval_num_steps=4, eval_cfg_scale=1.0, eval_images_per_prompt=2,
                       eval_save_images=False)
     t0 = time.perf_counter()
@@ -306,7 +306,7 @@ def run(cfg, callbacks=()):
 
 def test_killed_run_resumes_to_the_same_rewards_and_losses(tmp_path):
     data = sft_data(tmp_path / "sft")
-    common = dict(max_train_steps=4, save_every=2, sft_data=[data], sft_resolution=64, sft_batch_size=2,
+    common = dict(max_steps=4, save_every=2, sft_data=[data], sft_resolution=64, sft_batch_size=2,
                   sft_lambda=0.1)
     full = run(tiny_config(tmp_path / "a", output_dir=str(tmp_path / "a"), **common))
     assert [r["step"] for r in full] == [1, 2, 3, 4]
@@ -332,7 +332,7 @@ def test_killed_run_resumes_to_the_same_rewards_and_losses(tmp_path):
 def test_official_quirk_mode_interrupt_checkpoint_and_resume(tmp_path):
     """Update after every trained timestep + bf16 old log-probs (GRPOConfig.official()); Ctrl-C at a step
     boundary writes an interrupt checkpoint; the resumed run repeats the uninterrupted one."""
-    common = dict(max_train_steps=3, optimizer_step_per_timestep=True, bf16_old_logprob=True, warmup_steps=2)
+    common = dict(max_steps=3, optimizer_step_per_timestep=True, bf16_old_logprob=True, warmup_steps=2)
     full = run(tiny_config(tmp_path / "a", output_dir=str(tmp_path / "a"), **common))
     k = full[0]["train_steps"]
     assert [r["updates"] for r in full] == [len(k), 2 * len(k), 3 * len(k)]  # K updates per rollout

@@ -44,14 +44,15 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     sft = write_synthetic_dataset(tmp_path / "sft", n_text2image=4, n_edit=0, sizes=((96, 96),))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\na blue circle\na yellow sun\n", encoding="utf-8")
-    common = dict(stage=3, model="tiny", mixed_precision="no", policy="lora", lora_rank=4, lora_alpha=8.0,
+    common = dict(stage=3, model="tiny", mixed_precision="no", policy="lora", dit_lora_rank=4, dit_lora_alpha=8.0,
                   reward_modules=["deepgen.train.grpo.toy_rewards"], group_size=4, prompts_per_step=2,
-                  num_steps=4, resolution=32, lr=1e-2, warmup_steps=0, max_train_steps=2, save_every=0,
+                  num_steps=4, resolution=32, lr=1e-2, warmup_steps=0, max_steps=2, save_every=0,
                   resume="no", seed=3, sft_data=[str(sft)], sft_resolution=64, sft_lambda=0.1,
                   sft_caption_drop=0.0)
     weights = '[category_weights]\ngeneral = { brightness = 1.0 }\n'
     lines = [f"{k} = {json.dumps(v)}" for k, v in common.items()]
-    lines += ["rollout_micro_batch_size = 4", "train_micro_batch_size = 4", "sft_batch_size = 1", f"output_dir = {json.dumps(str(tmp_path / 'two'))}",
+    lines += ["rollout_micro_batch_size = 4", "train_micro_batch_size = 4", "sft_batch_size = 1",
+              f"output_dir = {json.dumps(str(tmp_path / 'two'))}",
               f"prompts = [{{ path = {json.dumps(str(prompts))}, category = \"general\" }}]", weights]
     config = tmp_path / "two.toml"
     config.write_text("\n".join(lines), encoding="utf-8")
@@ -69,8 +70,9 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     try:
         import deepgen.train.grpo.toy_rewards  # noqa: F401
 
-        cfg = stage3_config_from_dict({**common, "rollout_micro_batch_size": 8, "train_micro_batch_size": 8, "sft_batch_size": 2,
-                                       "output_dir": str(tmp_path / "one"), "prompts": [str(prompts)],
+        cfg = stage3_config_from_dict({**common, "rollout_micro_batch_size": 8, "train_micro_batch_size": 8,
+                                       "sft_batch_size": 2, "output_dir": str(tmp_path / "one"),
+                                       "prompts": [str(prompts)],
                                        "category_weights": {"general": {"brightness": 1.0}}})
         one = GRPOTrainer(cfg).setup().train()
     finally:

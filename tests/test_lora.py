@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepgen.lora import (LoraError, LoraPatcher, add_lora, dit_lora_targets, load_lora, save_lora,
-                          vlm_lora_targets)
+from deepgen.lora import LoraError, LoraPatcher, add_lora, dit_lora_targets, load_lora, save_lora, vlm_lora_targets
 from deepgen.tiny import build_tiny_model
 
 
@@ -120,7 +119,7 @@ def test_kohya_names_load_back(adapted, tmp_path):
 
 
 def test_stage_two_and_three_adapt_the_same_dit_modules():
-    """One definition of the DiT LoRA targets: the stage 1-2 default and stage 3's `lora_targets` are the preset
+    """One definition of the DiT LoRA targets: the stage 1-2 default and stage 3's `dit_lora_targets` are the preset
     "attn", which covers SD3.5's attn2 (diffusers' SD3 suffixes such as "attn.to_q" would miss it)."""
     from deepgen.train.config import TrainConfig
     from deepgen.train.grpo.run_config import Stage3Config
@@ -128,5 +127,5 @@ def test_stage_two_and_three_adapt_the_same_dit_modules():
 
     transformer = build_tiny_model(seed=0).transformer
     stage2 = dit_lora_targets(transformer, TrainableSpec.from_config(TrainConfig()).dit_lora_targets)
-    stage3 = dit_lora_targets(transformer, Stage3Config().lora_targets)
+    stage3 = dit_lora_targets(transformer, Stage3Config().dit_lora_targets)
     assert stage2 == stage3 and any(".attn2." in name for name in stage2)

@@ -143,3 +143,72 @@ def test_example_configs_are_valid(name):
         assert c.train_dit == "lora" and c.gradient_checkpointing and c.micro_batch_size == 1
     if name == "tiny":
         assert c.model == "tiny" and c.mixed_precision == "no" and c.max_steps <= 50
+
+
+def test_old_names_in_a_file_still_load_with_a_deprecation_warning(tmp_path, caplog):
+    from deepgen.train.grpo.run_config import load_stage3_config
+
+    p = tmp_path / "old.toml"
+    p.write_text('stage = 3\nmodel = "tiny"\nprompts = ["p.txt"]\nmax_train_steps = 7\nadam_betas = [0.9, 0.99]\n'
+                 'lr_scheduler = "constant_with_warmup"\nlora_rank = 4\nlora_alpha = 8.0\nlora_targets = "attn_ff"\n')
+    with pytest.warns(DeprecationWarning, match="'max_train_steps' is now 'max_steps'") as record:
+        c = load_stage3_config(p)
+    message = str(record[0].message)
+    for part in ("'adam_betas' is now 'betas'", "'lr_scheduler' is now 'lr_schedule'", "'lora_rank' is now "
+                 "'dit_lora_rank'", "lr_schedule = 'constant_with_warmup' is now lr_schedule = 'constant'"):
+        assert part in message, part
+    assert "\n" not in message and any("max_train_steps" in r.getMessage() for r in caplog.records)
+    assert (c.grpo.max_steps, c.grpo.betas, c.grpo.lr_schedule) == (7, (0.9, 0.99), "constant")
+    assert (c.dit_lora_rank, c.dit_lora_alpha, c.dit_lora_targets) == (4, 8.0, ["attn_ff"])
+    # an override, old or new name, replaces the file's value of the same concept
+    with pytest.warns(DeprecationWarning):
+        assert load_stage3_config(p, ["max_steps=9"]).grpo.max_steps == 9
+    p.write_text('stage = 3\nmodel = "tiny"\nprompts = ["p.txt"]\nmax_steps = 7\n')
+    with pytest.warns(DeprecationWarning):
+        assert load_stage3_config(p, ["max_train_steps=5"]).grpo.max_steps == 5
+    # both names in one file: which one is meant is unclear
+    with pytest.raises(ConfigError, match="'max_train_steps' and 'max_steps' both given"):
+        load_stage3_config(p, ["max_train_steps=5", "max_steps=6"])
+    # stages 1-2 share the table: stage 3's old DiT LoRA names map to the same dit_lora_* keys
+    (tmp_path / "s2.toml").write_text('stage = 2\nmodel = "tiny"\ndata = ["d"]\ntrain_dit = "lora"\nlora_rank = 8\n')
+    with pytest.warns(DeprecationWarning, match="'lora_rank' is now 'dit_lora_rank'"):
+        assert load_config(tmp_path / "s2.toml").dit_lora_rank == 8
+
+
+def test_one_schema_one_line_errors_for_every_stage():
+    from deepgen.train.grpo.run_config import stage3_config_from_dict
+
+    with pytest.raises(ConfigError) as ei:
+        stage3_config_from_dict({"model": "tiny", "prompts": ["p"], "max_step": 3, "eta": 2.0, "betas": [0.9],
+                                 "lr_schedule": "linear", "group_size": 1, "dit_lora_rank": "4"})
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith("Invalid stage-3 config (config): ")
+    for part in ("unknown key 'max_step' (did you mean 'max_steps'?)", "eta must be in [0, 1]",
+                 "betas must be a list of 2 numbers", "lr_schedule must be one of", "group_size must be ≥ 2",
+                 "dit_lora_rank must be an integer"):
+        assert part in msg, part
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict({**BASE, "validation_size": 8, "export_dtype": "fp8", "export_lora": "yes"})
+    msg = str(ei.value)
+    assert "\n" not in msg
+    for part in ("validation_size must be ≥ 16", "export_dtype must be one of", "export_lora must be true or false"):
+        assert part in msg, part
+
+
+def test_run_settings_are_config_keys(tmp_path):
+    (tmp_path / "c.toml").write_text(
+        'model = "tiny"\ndata = ["d"]\nvalidation_num_steps = 8\nvalidation_cfg_scale = 1.0\nvalidation_size = 256\n'
+        'validation_at_end = false\nexport_lora = true\nexport_lora_path = "my.safetensors"\nexport_lora_scb = false\n'
+        'save_lora_every_checkpoint = true\nexport_checkpoint = false\nexport_dtype = "bf16"\nlog_file = false\n'
+        'strict_resume_data = false\nexport_lora_metadata = { author = "me" }\n')
+    c = load_config(tmp_path / "c.toml")
+    assert (c.validation_num_steps, c.validation_cfg_scale, c.validation_size, c.validation_at_end) == (8, 1.0, 256,
+                                                                                                        False)
+    assert (c.export_lora, c.export_lora_path, c.export_lora_scb, c.save_lora_every_checkpoint) == (
+        True, "my.safetensors", False, True)
+    assert (c.export_checkpoint, c.export_dtype, c.log_file, c.strict_resume_data) == (False, "bf16", False, False)
+    assert c.export_lora_metadata == {"author": "me"}
+    import torch
+
+    assert c.export_torch_dtype is torch.bfloat16 and TrainConfig().export_torch_dtype is None
+    assert config_from_dict(tomllib.loads(c.to_toml())) == c

@@ -3,6 +3,8 @@ checkpoint both continue to the same losses and weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from trainer_kit import Recorder, base_config, one_thread, write_dataset
@@ -39,7 +41,8 @@ def config(data, out, **kw):
 
 
 def run(cfg, *callbacks):
-    return SFTTrainer(cfg, callbacks=list(callbacks), cpu=True, export_checkpoint=False, export_lora=False).run()
+    return SFTTrainer(dataclasses.replace(cfg, export_checkpoint=False, export_lora=False), callbacks=list(callbacks),
+                      cpu=True).run()
 
 
 @pytest.fixture(scope="module")

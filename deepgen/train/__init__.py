@@ -6,6 +6,7 @@ Model-independent building blocks (no model imports, cheap to import):
   single-task micro-batch pattern sampler and loader, caption dropout;
 - :mod:`deepgen.train.optim` — AdamW parameter groups and the LR schedules;
 - :mod:`deepgen.train.checkpointing` — atomic per-step checkpoint folders and exact resume;
+- :mod:`deepgen.train.schema` — the config schema of every stage (types, unknown and old keys, one-line errors);
 - :mod:`deepgen.train.config` — ``TrainConfig`` and the stage presets (TOML/JSON/YAML files);
 - :mod:`deepgen.train.grpo` — the MR-GRPO (stage 3) math core.
 

@@ -21,7 +21,6 @@ from pathlib import Path
 __all__ = ["add_train_parser", "cmd_train", "ConsoleCallback", "load_train_config", "main"]
 
 TASK_SHORT = {"text2image": "t2i", "image2image": "edit"}
-EXPORT_DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,11 +39,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="auto: continue from output_dir's latest checkpoint; no: start fresh; or a checkpoint "
                         "folder (default: the config's 'resume')")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
-    p.add_argument("--validation-steps", type=int, default=30, help="sampling steps of validation images")
+    p.add_argument("--validation-steps", type=int, default=None,
+                   help="sampling steps of validation images (= --set validation_num_steps=N; config default 30)")
     p.add_argument("--no-export", action="store_true",
-                   help="do not write export/deepgen_lora.safetensors and export/model.safetensors at the end")
-    p.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="auto",
-                   help="dtype of the exported official checkpoint (auto: as trained, fp32 masters)")
+                   help="do not write export/deepgen_lora.safetensors and export/model.safetensors at the end "
+                        "(= --set export_lora=false --set export_checkpoint=false)")
+    p.add_argument("--export-dtype", default=None, metavar="auto|fp32|bf16|fp16",
+                   help="dtype of the exported official checkpoint (= --set export_dtype=...; auto: as trained, "
+                        "fp32 masters)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.set_defaults(func=cmd_train)
     return p
@@ -52,7 +54,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_train_config(path: str, stage: int | None, overrides: list[str]):
     """The resolved TrainConfig: the file on its stage's preset, ``--stage`` if the file has none, overrides."""
-    from .config import ConfigError, read_config_file, load_config
+    from .config import ConfigError, load_config, read_config_file
 
     file_path = Path(path)
     if not file_path.is_file():
@@ -156,7 +158,7 @@ def cmd_train(args) -> int:
 
     if args.stage is None and Path(args.config).is_file() and read_config_file(Path(args.config)).get("stage") == 3:
         return _run_stage3(args)  # a stage-3 (MR-GRPO) config file
-    cfg = load_train_config(args.config, args.stage, args.overrides)
+    cfg = load_train_config(args.config, args.stage, _flag_overrides(args) + list(args.overrides))
     if args.resume:
         cfg = dataclasses.replace(cfg, resume=args.resume)
         cfg.validate()
@@ -164,19 +166,26 @@ def cmd_train(args) -> int:
         print(cfg.to_toml(), end="")
         return 0
 
-    import torch
-
     from .trainer import SFTTrainer
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    dtype = EXPORT_DTYPES[args.export_dtype]
     # ConsoleCallback is a duck-typed TrainCallback (CallbackList accepts those), so this module imports without torch
-    trainer = SFTTrainer(cfg, callbacks=[ConsoleCallback(cfg.log_every)], cpu=True if args.cpu else None,  # type: ignore[list-item]
-                         validation_steps=args.validation_steps, export_lora=False if args.no_export else None,
-                         export_checkpoint=not args.no_export,
-                         export_dtype=getattr(torch, dtype) if dtype else None)
+    trainer = SFTTrainer(cfg, callbacks=[ConsoleCallback(cfg.log_every)],  # type: ignore[list-item]
+                         cpu=True if args.cpu else None)
     trainer.run()
     return 0
+
+
+def _flag_overrides(args) -> list[str]:
+    """The stage 1-2 flags that are config keys, as ``key=value`` overrides (``--set`` comes after them)."""
+    out = []
+    if getattr(args, "validation_steps", None) is not None:
+        out.append(f"validation_num_steps={args.validation_steps}")
+    if getattr(args, "no_export", False):
+        out += ["export_lora=false", "export_checkpoint=false"]
+    if getattr(args, "export_dtype", None) is not None:
+        out.append(f'export_dtype="{args.export_dtype}"')
+    return out
 
 
 def main(argv=None) -> int:

@@ -4,8 +4,12 @@ Config files are **TOML** (read with the standard library's ``tomllib``, or its 
 Python 3.10; comments allowed).  ``.json`` files are read too, and ``.yaml``/``.yml`` if PyYAML is
 installed.  Keys are flat (one ``key = value`` per field below; ``task_pattern`` is an inline table).
 A file is applied on top of the preset of its ``stage`` (1 if absent), so it only needs the keys it
-changes.  Unknown keys and bad values raise :class:`ConfigError` listing every problem.  TOML has no
-null: leave an optional key out to get its default.
+changes.  Unknown keys and bad values raise :class:`ConfigError` listing every problem on one line; old key names
+(stage 3's ``max_train_steps``, ``lr_scheduler``, ``adam_betas``, ``lora_rank``, …) still load, with a
+deprecation warning naming the new one.  TOML has no null: leave an optional key out to get its default.
+
+The schema (type checks, unknown and old keys, one-line errors) is shared with stage 3:
+:mod:`deepgen.train.schema` (plain dataclasses, not pydantic; the reason is in that module's doc).
 
 Stage presets (from the official configs, deepgen-reference §5.2; ``max_steps`` counts optimizer
 updates — official 200k / 400k micro-iterations at accumulation 4 / 3):
@@ -29,12 +33,9 @@ connector trained, keep 5 checkpoints.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
 import math
 import os
-import typing
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from typing import Any
 
 from .data import VERIFY_LEVELS, TaskPattern
 from .optim import SCHEDULES
+from .schema import ConfigSchema, build_config, drop_replaced
 
 __all__ = [
     "ConfigError",
@@ -51,6 +53,7 @@ __all__ = [
     "MIXED_PRECISION",
     "TRAIN_DIT_MODES",
     "DEFAULT_DIT_LORA_TARGETS",
+    "EXPORT_DTYPES",
     "stage_preset",
     "load_config",
     "config_from_dict",
@@ -66,14 +69,17 @@ TRAIN_DIT_MODES = ("full", "lora", "frozen")
 # attention projection of every block, SD3.5's second (image) attention attn2 included, which diffusers' SD3
 # training script leaves out (its ".attn.to_q"-style suffixes do not match attn2).
 DEFAULT_DIT_LORA_TARGETS = ("attn",)
+EXPORT_DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # name -> torch attribute
 
 
 from ..errors import ConfigError  # noqa: E402 - invalid training configuration; the message lists every problem
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigSchema):
     """All settings of a training run (defaults = the stage-1 preset).  See the module doc and docs/training.md."""
+
+    TITLE = "training config"
 
     # --- run ---
     stage: int = 1                      # 1 = alignment pre-training, 2 = joint SFT
@@ -112,8 +118,25 @@ class TrainConfig:
     keep_last: int = 5                  # checkpoints kept (0 = all)
     resume: str = "auto"                # auto (latest in output_dir if any) | no | path of a checkpoint folder
     log_every: int = 10
+    log_file: bool = True               # write output_dir/train_log.jsonl (one JSON line per update)
+    strict_resume_data: bool = True     # refuse to resume when the data set changed size (false: warn, continue)
+    # --- validation images ---
     validation_prompt: str = ""
     validation_every: int = 0           # updates between validation images (0 = off)
+    validation_num_steps: int = 30      # sampling steps of a validation image
+    validation_cfg_scale: float = 4.0
+    validation_size: int | None = None  # side in pixels (default: resolution)
+    validation_at_end: bool = True      # also one after the last update (when validation_prompt is set)
+    # --- export at the end ---
+    export_lora: bool | None = None     # write a LoRA file (default: when a LoRA trained)
+    export_lora_path: str = ""          # "" = output_dir/export/deepgen_lora.safetensors
+    export_lora_scb: bool | None = None  # also store meta-query/projector/connector changes as .diff tensors
+    #                                     (default: when they trained and the DiT did not train in full)
+    save_lora_every_checkpoint: bool = False  # also <lora stem>_<step>_steps.safetensors at each periodic checkpoint
+    export_lora_metadata: dict[str, Any] = field(default_factory=dict)  # extra metadata of the LoRA file
+    export_checkpoint: bool = True      # write the official-layout checkpoint
+    export_checkpoint_path: str = ""    # "" = output_dir/export/model.safetensors
+    export_dtype: str = "auto"          # auto (as trained) | fp32 | bf16 | fp16
     # --- what to train ---
     train_meta_queries: bool = True
     train_connector: bool = True
@@ -191,6 +214,12 @@ class TrainConfig:
         need(self.validation_every >= 0, f"validation_every must be ≥ 0 (0 = off) (got {self.validation_every})")
         if self.validation_every > 0:
             need(bool(self.validation_prompt.strip()), "validation_every > 0 needs a validation_prompt")
+        need(self.validation_num_steps >= 1, f"validation_num_steps must be ≥ 1 (got {self.validation_num_steps})")
+        need(self.validation_cfg_scale >= 0, f"validation_cfg_scale must be ≥ 0 (got {self.validation_cfg_scale})")
+        if self.validation_size is not None:
+            need(self.validation_size >= 16, f"validation_size must be ≥ 16 (got {self.validation_size})")
+        need(self.export_dtype in EXPORT_DTYPES,
+             f"export_dtype must be one of {tuple(EXPORT_DTYPES)} (got {self.export_dtype!r})")
         need(self.train_dit in TRAIN_DIT_MODES, f"train_dit must be one of {TRAIN_DIT_MODES} (got {self.train_dit!r})")
         need(self.dit_lora_rank >= 1, f"dit_lora_rank: rank must be ≥ 1 (got {self.dit_lora_rank}); "
                                       'to train no DiT LoRA set train_dit = "frozen"')
@@ -209,42 +238,20 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` listing every problem; warn about unusual but valid choices."""
-        problems = self.problems()
-        if problems:
-            raise ConfigError("Invalid training config: " + "; ".join(problems))
+        super().validate()
         cycle = len(self.pattern.cycle())
         if self.grad_accumulation % cycle:
             warnings.warn(f"grad_accumulation {self.grad_accumulation} is not a multiple of the task-pattern cycle "
                           f"({cycle} micro-batches), so updates see different task mixes", stacklevel=2)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+    @property
+    def export_torch_dtype(self):
+        """``export_dtype`` as a torch dtype (None = as trained)."""
+        import torch
 
-    def to_toml(self) -> str:
-        """Flat TOML text of this config (keys with value None are left out)."""
-        lines = []
-        for k, v in self.to_dict().items():
-            if v is not None:
-                lines.append(f"{k} = {_toml_value(v)}")
-        return "\n".join(lines) + "\n"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+        name = EXPORT_DTYPES[self.export_dtype]
+        return getattr(torch, name) if name else None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -264,85 +271,17 @@ def stage_preset(stage: int) -> dict[str, Any]:
     raise ConfigError(f"Invalid training config: stage must be 1 or 2 (got {stage!r})")
 
 
-_HINTS = typing.get_type_hints(TrainConfig)
-_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def coerce_value(name: str, value: Any, hint: Any) -> Any:
-    """Check/convert one value to the field's type; raise ValueError with a readable message."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union or (origin is not None and type(None) in args):  # X | None
-        if value is None:
-            return None
-        inner = [a for a in args if a is not type(None)][0]
-        return coerce_value(name, value, inner)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{name} must be true or false (got {value!r})")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"{name} must be an integer (got {value!r})")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{name} must be a number (got {value!r})")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        raise ValueError(f"{name} must be a string (got {value!r})")
-    if origin is list:
-        if isinstance(value, (str, os.PathLike)) and args and args[0] is str:
-            value = [value]  # data = "one/path" is fine
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name} must be a list (got {value!r})")
-        return [coerce_value(f"{name}[{i}]", x, args[0]) for i, x in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ValueError(f"{name} must be a list of {len(args)} numbers (got {value!r})")
-        return tuple(coerce_value(f"{name}[{i}]", x, a) for i, (x, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{name} must be a table like {{ image2image = 1, text2image = 3 }} (got {value!r})")
-        return {str(k): coerce_value(f"{name}.{k}", v, args[1]) for k, v in value.items()}
-    return value
+def _preset_of(values: Mapping[str, Any]) -> dict[str, Any]:
+    stage = values.get("stage", 1)
+    if isinstance(stage, bool) or stage not in STAGES:
+        raise ValueError(f"stage must be 1 or 2 (got {stage!r})")
+    return stage_preset(stage)
 
 
 def config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
-    """Stage preset (``values["stage"]``, default 1) + ``values``, type-checked and validated."""
-    values = dict(values)
-    problems = []
-    unknown = sorted(set(values) - _FIELDS)
-    for k in unknown:
-        close = difflib.get_close_matches(k, _FIELDS, n=1)
-        problems.append(f"unknown key {k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    stage = values.get("stage", 1)
-    if isinstance(stage, bool) or stage not in STAGES:
-        problems.append(f"stage must be 1 or 2 (got {stage!r})")
-        stage = 1
-    merged = {**stage_preset(stage), **{k: v for k, v in values.items() if k in _FIELDS}}
-    kwargs = {}
-    for k, v in merged.items():
-        try:
-            kwargs[k] = coerce_value(k, v, _HINTS[k])
-        except ValueError as e:
-            problems.append(str(e))
-    cfg = TrainConfig(**kwargs)  # badly typed keys keep their defaults here, and are reported
-    problems += cfg.problems()
-    if problems:
-        raise ConfigError(f"Invalid training config ({source}): " + "; ".join(problems))
-    return cfg.validate()
+    """Stage preset (``values["stage"]``, default 1) + ``values``, type-checked and validated (old names accepted
+    with a deprecation warning; see :func:`deepgen.train.schema.build_config`)."""
+    return build_config(TrainConfig, values, source=source, preset=_preset_of).validate()
 
 
 def _tomllib():
@@ -404,9 +343,8 @@ def read_config_values(path, overrides=()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} not found")
-    values = read_config_file(path)
-    values.update(parse_overrides(overrides))
-    return values
+    new = parse_overrides(overrides)
+    return {**drop_replaced(read_config_file(path), new), **new}
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
@@ -432,10 +370,9 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
 
     Changing ``stage`` here does *not* re-apply the other stage's preset; set ``stage`` in the file.
     """
-    values = cfg.to_dict()
-    values = {k: v for k, v in values.items() if v is not None}
-    values.update(parse_overrides(overrides))
-    return config_from_dict(values, source="overrides")
+    new = parse_overrides(overrides)
+    values = {k: v for k, v in cfg.to_dict().items() if v is not None}
+    return config_from_dict({**drop_replaced(values, new), **new}, source="overrides")
 
 
 def resolve_mixed_precision(value: str) -> str:

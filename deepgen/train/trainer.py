@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -38,10 +37,30 @@ from .checkpointing import Checkpoint
 from .config import TrainConfig
 from .data import MicroBatchLoader, load_datasets
 from .optim import build_lr_scheduler, build_optimizer
-from .runtime import (SCB_PARTS, CallbackList, CheckpointManager, LossModule, ModelSource, RunInfo, StepInfo,
-                      Stopwatch, TrainableSpec, TrainCallback, TrainingError, build_accelerator, count_parameters, ddp_kwargs,
-                      enable_gradient_checkpointing, global_mean, load_init_tensors, load_model_for_training,
-                      flow_batch_inputs, seeded_step, setup_trainable, weight_dtype_for)
+from .runtime import (
+    SCB_PARTS,
+    CallbackList,
+    CheckpointManager,
+    LossModule,
+    ModelSource,
+    RunInfo,
+    StepInfo,
+    Stopwatch,
+    TrainableSpec,
+    TrainCallback,
+    TrainingError,
+    build_accelerator,
+    count_parameters,
+    ddp_kwargs,
+    enable_gradient_checkpointing,
+    flow_batch_inputs,
+    global_mean,
+    load_init_tensors,
+    load_model_for_training,
+    seeded_step,
+    setup_trainable,
+    weight_dtype_for,
+)
 
 log = logging.getLogger("deepgen.train")
 
@@ -82,56 +101,29 @@ def sft_loss(model, *, prompts, targets, grid, reference_images=None, reference_
 class SFTTrainer:
     """Stage 1 / 2 training of a DeepGenModel (see the module doc).
 
-    cfg: the run's :class:`TrainConfig`.
+    cfg: the run's :class:`TrainConfig`: every run setting, validation (``validation_*``) and export
+        (``export_*``, ``save_lora_every_checkpoint``) included, so a TOML file can set it.
+    The arguments are what a program injects:
     model: train this model object in place (the ComfyUI node; wrap in ``runtime.preserve_model``); by default
         the model is built from ``cfg.model`` (:func:`~deepgen.train.runtime.load_model_for_training`).
     callbacks: :class:`TrainCallback` objects (progress, loss, interrupt, …).
     accelerator: an existing ``accelerate.Accelerator``; by default one is built from ``cfg.mixed_precision``.
-    device: where the model trains (default: the accelerator's device).
-    validation_steps / validation_cfg / validation_size: sampling settings of validation images (size defaults
-        to ``cfg.resolution``); validation_at_end: also validate after the last step when a prompt is set.
-    export_lora: write a LoRA file at the end (None = when a LoRA trained); lora_path: where (default
-        ``output_dir/export/deepgen_lora.safetensors``); lora_include_scb: also store think-token/projector/
-        connector changes as full-weight ``.diff`` tensors (None = when the SCB trained and the DiT is not fully
-        trained, i.e. when the file can then hold the whole change); lora_every_save: also write
-        ``<lora stem>_<step>_steps.safetensors`` at each periodic checkpoint.
-    export_checkpoint: write the official-layout checkpoint at the end (``output_dir/export/model.safetensors``).
+    device: where the model trains (default: the accelerator's device); cpu: build the accelerator on the CPU.
     datasets: already loaded ``TaskDatasets`` (default: loaded from ``cfg.data``).
-    strict_resume_data: refuse to resume when the data set changed size (False: warn and continue).
 
     Resuming with another ``max_steps``, ``lr`` or schedule continues with the new schedule (a warning says so);
     otherwise a resumed run repeats the uninterrupted one exactly.
     """
 
     def __init__(self, cfg: TrainConfig, *, model=None, callbacks: Sequence[TrainCallback] = (), accelerator=None,
-                 device: str | torch.device | None = None, cpu: bool | None = None, validation_steps: int = 30,
-                 validation_cfg: float = 4.0, validation_size: int | None = None, validation_at_end: bool = True,
-                 export_lora: bool | None = None, lora_path: str | os.PathLike | None = None,
-                 lora_include_scb: bool | None = None, lora_every_save: bool = False, export_checkpoint: bool = True,
-                 checkpoint_path: str | os.PathLike | None = None, export_dtype: torch.dtype | None = None,
-                 lora_metadata: dict | None = None, log_file: bool = True, datasets=None,
-                 strict_resume_data: bool = True):
+                 device: str | torch.device | None = None, cpu: bool | None = None, datasets=None):
         self.cfg = cfg
         self.model = model
         self.callbacks = CallbackList(callbacks)
         self.accelerator = accelerator
         self.device = device
         self.cpu = cpu
-        self.validation_steps = validation_steps
-        self.validation_cfg = validation_cfg
-        self.validation_size = validation_size
-        self.validation_at_end = validation_at_end
-        self.export_lora = export_lora
-        self.lora_path = Path(lora_path) if lora_path else None
-        self.lora_include_scb = lora_include_scb
-        self.lora_every_save = lora_every_save
-        self.export_checkpoint = export_checkpoint
-        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-        self.export_dtype = export_dtype
-        self.lora_metadata = dict(lora_metadata or {})
-        self.log_file = log_file
         self.datasets = datasets
-        self.strict_resume_data = strict_resume_data
         self.spec = TrainableSpec.from_config(cfg)
         self.source: ModelSource | None = None
         self._interrupt: BaseException | None = None
@@ -207,7 +199,7 @@ class SFTTrainer:
         if ckpt is not None:
             step = ckpt.step
             if ckpt.data_position:
-                loader.load_state_dict(ckpt.data_position, strict=self.strict_resume_data)
+                loader.load_state_dict(ckpt.data_position, strict=cfg.strict_resume_data)
             _keep_new_schedule(scheduler, optimizer, fresh_schedule, step)
             if acc.is_main_process:
                 log.info("resumed from %s at step %d", ckpt.path, step)
@@ -259,7 +251,7 @@ class SFTTrainer:
                                 grad_norm=grad_norm, samples=samples, step_time=clock.lap(), elapsed=clock.elapsed)
                 result.step = step
                 result.history.append(info.to_dict())
-                if acc.is_main_process and self.log_file:
+                if acc.is_main_process and cfg.log_file:
                     with open(log_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(info.to_dict()) + "\n")
                 if not math.isfinite(total):
@@ -281,7 +273,7 @@ class SFTTrainer:
             raise
         if manager.last_saved_step != step or result.checkpoint is None:
             ctx.save(step, position, samples, "final")
-        if self.validation_at_end and cfg.validation_prompt.strip():
+        if cfg.validation_at_end and cfg.validation_prompt.strip():
             ctx.validate(step)
         ctx.export(step)
         self.callbacks.on_train_end(run, result)
@@ -338,7 +330,7 @@ class _RunContext:
                                         "source": self.t.source.to_dict() if self.t.source else None})
         if path is not None:
             self.result.checkpoint = path
-        if reason == "periodic" and self.t.lora_every_save and self.acc.is_main_process:
+        if reason == "periodic" and self.t.cfg.save_lora_every_checkpoint and self.acc.is_main_process:
             base = self.lora_target()
             if base is not None and self._lora_wanted():
                 self.write_lora(base.with_name(f"{base.stem}_{step:06d}_steps{base.suffix}"), step)
@@ -369,15 +361,16 @@ class _RunContext:
         from ..images import to_pil
         from ..pipeline import DeepGenPipeline
 
-        size = self.t.validation_size or self.t.cfg.resolution
+        cfg = self.t.cfg
+        size = cfg.validation_size or cfg.resolution
         was_training = self.model.training
         self.model.eval()
         try:
             with self.acc.autocast():
                 pipe = DeepGenPipeline(self.model)
-                cond = pipe.encode([prompt], guidance=self.t.validation_cfg > 1.0)
-                x = pipe.sample(cond, size, size, num_steps=self.t.validation_steps, cfg_scale=self.t.validation_cfg,
-                                seed=self.t.cfg.seed)
+                cond = pipe.encode([prompt], guidance=cfg.validation_cfg_scale > 1.0)
+                x = pipe.sample(cond, size, size, num_steps=cfg.validation_num_steps,
+                                cfg_scale=cfg.validation_cfg_scale, seed=cfg.seed)
                 pixels = pipe.decode(x).float()
         finally:
             if was_training:
@@ -388,18 +381,19 @@ class _RunContext:
     # ---- export -------------------------------------------------------------------------------------------
     def _lora_wanted(self) -> bool:
         spec = self.t.spec
-        if self.t.export_lora is None:
+        if self.t.cfg.export_lora is None:
             return spec.has_lora
-        return bool(self.t.export_lora)
+        return bool(self.t.cfg.export_lora)
 
     def lora_target(self) -> Path:
-        return self.t.lora_path or (self.t.output_dir / EXPORT_DIR / "deepgen_lora.safetensors")
+        path = self.t.cfg.export_lora_path
+        return Path(path).expanduser() if path else self.t.output_dir / EXPORT_DIR / "deepgen_lora.safetensors"
 
     def include_scb(self) -> bool:
         spec = self.t.spec
-        if self.t.lora_include_scb is None:
+        if self.t.cfg.export_lora_scb is None:
             return spec.trains_scb and spec.dit != "full"
-        return bool(self.t.lora_include_scb)
+        return bool(self.t.cfg.export_lora_scb)
 
     def write_lora(self, path: Path, step: int) -> Path:
         from .export import export_lora
@@ -409,12 +403,14 @@ class _RunContext:
             "stage": cfg.stage, "steps": step, "trained": spec.to_dict(), "base_model": cfg.model,
             "dataset_sizes": self.datasets.sizes(), "resolution": cfg.resolution, "lr": cfg.lr,
             "complete": spec.dit != "full" and (self.include_scb() or not spec.trains_scb),
-            **self.t.lora_metadata,
+            **cfg.export_lora_metadata,
         }
         return export_lora(self.model, path, metadata=meta,
-                           scb_initial=self.scb_initial if self.include_scb() else None, dtype=self.t.export_dtype)
+                           scb_initial=self.scb_initial if self.include_scb() else None,
+                           dtype=cfg.export_torch_dtype)
 
     def export(self, step: int) -> None:
+        cfg = self.t.cfg
         paths: dict[str, Path] = {}
         if self.acc.is_main_process:
             if self._lora_wanted():
@@ -422,13 +418,14 @@ class _RunContext:
                     log.warning("the DiT trained in full: the LoRA file holds only the LoRA parts; the exported "
                                 "checkpoint holds the whole model")
                 paths["lora"] = self.result.lora_path = self.write_lora(self.lora_target(), step)
-            if self.t.export_checkpoint:
+            if cfg.export_checkpoint:
                 from .export import export_official_checkpoint
 
-                target = self.t.checkpoint_path or (self.t.output_dir / EXPORT_DIR / "model.safetensors")
+                target = (Path(cfg.export_checkpoint_path).expanduser() if cfg.export_checkpoint_path
+                          else self.t.output_dir / EXPORT_DIR / "model.safetensors")
                 paths["checkpoint"] = self.result.checkpoint_path = export_official_checkpoint(
-                    self.model, target, source=self.t.source, dtype=self.t.export_dtype,
-                    metadata={"stage": str(self.t.cfg.stage), "steps": str(step)})
+                    self.model, target, source=self.t.source, dtype=cfg.export_torch_dtype,
+                    metadata={"stage": str(cfg.stage), "steps": str(step)})
             if paths:
                 self.t.callbacks.on_export(self.run, paths)
         self.acc.wait_for_everyone()

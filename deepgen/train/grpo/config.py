@@ -7,10 +7,11 @@ The two as-run quirks default to the *corrected* behaviour; :meth:`GRPOConfig.of
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..optim import SCHEDULES
+from ..schema import ConfigSchema
 from .logprob import LOGPROB_KINDS
 from .sde import num_train_steps as _num_train_steps
 
@@ -26,7 +27,13 @@ DEFAULT_CATEGORY_SAMPLE_WEIGHTS: dict[str, float] = {"text_render": 3.0, "genera
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(ConfigSchema):
+    """The algorithm's settings; a group of :class:`~deepgen.train.grpo.run_config.Stage3Config` (its keys sit at
+    the top level of a stage-3 file).  Names shared with stages 1-2 (``max_steps``, ``lr``, ``betas``,
+    ``lr_schedule``, ``warmup_steps``, ``save_every``, ``seed``, …) mean the same there."""
+
+    TITLE = "MR-GRPO config"
+
     # --- rollouts (ref §1) ---
     group_size: int = 8  # ref §4.3 `rollout_n` G = 8
     prompts_per_step: int = 32  # ref §4.3 rollout_global_batch_size 256 = 32 prompts × 8 (8 GPUs)
@@ -66,13 +73,13 @@ class GRPOConfig:
     train_micro_batch_size: int = 32  # ref §4.3 `atrain_micro_batch_size` 32
     # --- optimiser (ref §4.3) ---
     lr: float = 2e-6  # ref §4.3 AdamW lr
-    adam_betas: tuple[float, float] = (0.9, 0.999)  # ref §4.3 HF defaults
+    betas: tuple[float, float] = (0.9, 0.999)  # ref §4.3 HF defaults
     adam_eps: float = 1e-8  # ref §4.3 HF default
     weight_decay: float = 0.0  # ref §4.3 HF default
-    lr_scheduler: str = "constant_with_warmup"  # ref §4.3 launcher flag (docs/training.md)
-    warmup_steps: int = 20  # ref §4.3 warmup_steps 20
+    lr_schedule: str = "constant"  # ref §4.3 launcher flag constant_with_warmup: constant after the warm-up
+    warmup_steps: int = 20  # ref §4.3 warmup_steps 20 (linear from 0)
     max_grad_norm: float = 1.0  # ref §4.3 max_grad_norm 1.0
-    max_train_steps: int = 1500  # ref §4.3 paper: 1,500 trainer steps (= rollouts)
+    max_steps: int = 1500  # ref §4.3 paper: 1,500 trainer steps (= rollouts)
     ema_decay: float = 0.0  # ref §0 `--ema_diffusion 0.0` (off)
     # --- schedule of evaluation / saving (ref §4.3, §6) ---
     eval_every: int = 10  # ref §6 eval_freq 10
@@ -84,26 +91,54 @@ class GRPOConfig:
     bf16_old_logprob: bool = False  # ref §4.1 as run: True (old log-probs cast to bf16)
 
     def __post_init__(self) -> None:
-        if self.group_size < 1:
-            raise ValueError("group_size must be >= 1")
-        if self.num_steps < 2:
-            raise ValueError("num_steps must be >= 2")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError("eta must be in [0, 1]")
-        if not 0.0 < self.timestep_fraction <= 1.0:
-            raise ValueError("timestep_fraction must be in (0, 1]")
-        if self.logprob not in LOGPROB_KINDS:
-            raise ValueError(f"logprob must be one of {LOGPROB_KINDS}")
-        if self.sampler != "cps_sde":
-            raise ValueError("only sampler='cps_sde' is implemented")
-        if self.adv_type != "gdpo":
-            raise ValueError("only adv_type='gdpo' is implemented")
-        if self.kl_type != "v-based":
-            raise ValueError("only kl_type='v-based' is implemented")
-        if self.nan_policy not in ("exclude", "raise"):
-            raise ValueError("nan_policy must be 'exclude' or 'raise'")
-        if not 0.0 <= self.sft_lambda <= 1.0:
-            raise ValueError("sft_lambda must be in [0, 1]")
+        self.validate()  # ConfigError (a ValueError) listing every problem
+
+    def problems(self) -> list[str]:
+        p: list[str] = []
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                p.append(msg)
+
+        need(self.group_size >= 2,
+             f"group_size must be ≥ 2 (got {self.group_size}): GRPO advantages compare the images of one prompt, "
+             "so with G = 1 every advantage is 0 and nothing but the KL/SFT terms would train")
+        need(self.prompts_per_step >= 1, f"prompts_per_step must be ≥ 1 (got {self.prompts_per_step})")
+        need(self.rollout_micro_batch_size >= 1, "rollout_micro_batch_size must be ≥ 1")
+        need(self.num_steps >= 2, f"num_steps must be ≥ 2 (got {self.num_steps})")
+        need(self.resolution >= 16 and self.resolution % 16 == 0,
+             f"resolution must be a multiple of 16, ≥ 16 (got {self.resolution})")
+        need(0.0 <= self.eta <= 1.0, f"eta must be in [0, 1] (got {self.eta})")
+        need(0.0 < self.timestep_fraction <= 1.0, f"timestep_fraction must be in (0, 1] (got {self.timestep_fraction})")
+        need(self.logprob in LOGPROB_KINDS, f"logprob must be one of {LOGPROB_KINDS} (got {self.logprob!r})")
+        need(self.sampler == "cps_sde", f"only sampler = 'cps_sde' is implemented (got {self.sampler!r})")
+        need(self.adv_type == "gdpo", f"only adv_type = 'gdpo' is implemented (got {self.adv_type!r})")
+        need(self.kl_type == "v-based", f"only kl_type = 'v-based' is implemented (got {self.kl_type!r})")
+        need(self.nan_policy in ("exclude", "raise"),
+             f"nan_policy must be 'exclude' or 'raise' (got {self.nan_policy!r})")
+        need(0.0 <= self.sft_lambda <= 1.0, f"sft_lambda must be in [0, 1] (got {self.sft_lambda})")
+        need(self.sft_every_n_steps >= 1, "sft_every_n_steps must be ≥ 1")
+        need(self.sft_batch_size >= 1, "sft_batch_size must be ≥ 1")
+        need(0.0 <= self.sft_caption_drop <= 1.0, "sft_caption_drop must be in [0, 1]")
+        need(self.num_actor_update_steps >= 1, "num_actor_update_steps must be ≥ 1")
+        need(self.train_micro_batch_size >= 1, "train_micro_batch_size must be ≥ 1")
+        need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+             f"betas must be two numbers in [0, 1) (got {list(self.betas)})")
+        need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES} (got {self.lr_schedule!r})")
+        need(self.warmup_steps >= 0, f"warmup_steps must be ≥ 0 (got {self.warmup_steps})")
+        need(self.max_grad_norm >= 0, f"max_grad_norm must be ≥ 0 (0 = no clipping) (got {self.max_grad_norm})")
+        need(self.max_steps >= 1, f"max_steps must be ≥ 1 (got {self.max_steps})")
+        need(self.ema_decay == 0.0, "ema_decay is not implemented (official: off)")
+        need(self.save_every >= 0, f"save_every must be ≥ 0 (0 = only at the end) (got {self.save_every})")
+        need(self.eval_every >= 0, f"eval_every must be ≥ 0 (got {self.eval_every})")
+        need(self.seed >= 0, f"seed must be ≥ 0 (got {self.seed})")
+        if not self.category_weights:
+            p.append("category_weights must define at least one category")
+        for cat, w in self.category_weights.items():
+            if not w or not any(v != 0 for v in w.values()):
+                p.append(f"category_weights.{cat}: needs at least one non-zero reward weight")
+        return p
 
     @property
     def update_every(self) -> str:
@@ -126,6 +161,3 @@ class GRPOConfig:
         kw: dict[str, Any] = {"optimizer_step_per_timestep": True, "bf16_old_logprob": True}
         kw.update(overrides)
         return cls(**kw)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)

@@ -82,9 +82,9 @@ class RunOutput(RunState):
         self.history.append(rec)
         if self.accelerator.is_main_process:
             self._write_log(rec)
-            if done % self.cfg.log_every == 0 or done == g.max_train_steps:
+            if done % self.cfg.log_every == 0 or done == g.max_steps:
                 log.info(_console_line(rec, self.reward_names))
-        info = R.StepInfo(step=done, total_steps=g.max_train_steps, loss=rec.get("policy_loss", 0.0),
+        info = R.StepInfo(step=done, total_steps=g.max_steps, loss=rec.get("policy_loss", 0.0),
                           task_losses={"grpo": rec.get("policy_loss", 0.0)}, lr=rec["lr"],
                           grad_norm=rec["grad_norm"], samples=done * rec["num_images"],
                           step_time=rec["time/step"], elapsed=watch.elapsed, extra=rec)
@@ -138,7 +138,7 @@ class RunOutput(RunState):
                 from ...lora import save_lora
 
                 exports["lora"] = save_lora(self.model, self.output_dir / "lora.safetensors",
-                                            metadata={"stage": 3, "step": step, "rank": self.cfg.lora_rank})
+                                            metadata={"stage": 3, "step": step, "rank": self.cfg.dit_lora_rank})
             if reason == "interrupt":
                 self._truncate_log(step)
             self.callbacks.on_export(self.run_info, exports)

@@ -4,28 +4,31 @@ A config file is flat TOML like stages 1–2 (``.json``/``.yaml`` too; read by :
 reader).  Every key is either
 
 * a field of :class:`~deepgen.train.grpo.config.GRPOConfig` (the algorithm: ``group_size``, ``eta``,
-  ``timestep_fraction``, ``logprob``, ``clip_range``, ``kl_beta``, ``sft_lambda``, ``lr``, ``warmup_steps``,
-  ``max_train_steps``, ``save_every``, ``eval_every``, ``seed``, the two quirk flags, …; defaults = official), or
+  ``timestep_fraction``, ``logprob``, ``clip_range``, ``kl_beta``, ``sft_lambda``, ``lr``, ``betas``,
+  ``lr_schedule``, ``warmup_steps``, ``max_steps``, ``save_every``, ``eval_every``, ``seed``, the two quirk flags,
+  …; defaults = official), or
 * a field of :class:`Stage3Config` below (model, policy, prompts, rewards, SFT data, output, evaluation).
 
 Tables: ``[[prompts]]`` (prompt datasets, see :mod:`.prompts`), ``[category_weights]`` (category → preset name
 or ``{reward = weight}``), ``[category_sample_weights]``, ``[rewards.<name>]`` (constructor kwargs of a reward).
-Unknown keys and bad values raise :class:`~deepgen.train.config.ConfigError` listing every problem.
+Parsed by the schema shared with stages 1-2 (:func:`deepgen.train.schema.build_config`): unknown keys and bad
+values raise :class:`~deepgen.errors.ConfigError` listing every problem on one line; a key shared with stages
+1-2 has their name (``max_steps``, ``betas``, ``lr_schedule``, ``dit_lora_rank``/``_alpha``/``_targets``); the
+old names (``max_train_steps``, ``adam_betas``, ``lr_scheduler = "constant_with_warmup"``, ``lora_rank``, …)
+still load, with a deprecation warning.  The SFT-Aux data keys are stage 2's data keys with an ``sft_`` prefix.
 See docs/mrgrpo.md and configs/train/stage3_*.toml.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
 import os
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import MIXED_PRECISION, ConfigError, coerce_value, read_config_values
+from ..config import DEFAULT_DIT_LORA_TARGETS, MIXED_PRECISION, read_config_values
+from ..schema import ConfigSchema, build_config, coerce_value
 from .config import GRPOConfig
 from .prompts import canonical_category
 
@@ -43,8 +46,10 @@ REFERENCES = ("auto", "copy", "disable_adapter")
 
 
 @dataclass
-class Stage3Config:
-    """Run settings of stage 3 besides the algorithm (``grpo``)."""
+class Stage3Config(ConfigSchema):
+    """Run settings of stage 3 besides the algorithm (``grpo``, a group: its keys sit at the top level)."""
+
+    TITLE = "stage-3 config"
 
     stage: int = 3
     # --- model ---
@@ -57,9 +62,10 @@ class Stage3Config:
     gradient_checkpointing: bool = False
     # --- policy / reference ---
     policy: str = "full"                # full (official: the whole DiT) | lora (DiT LoRA, single-GPU)
-    lora_rank: int = 32
-    lora_alpha: float = 64.0            # Flow-GRPO: α = 2r
-    lora_targets: Any = "attn"          # a deepgen.lora preset ("attn", "attn_ff") or a list of module names
+    dit_lora_rank: int = 32
+    dit_lora_alpha: float = 64.0        # Flow-GRPO: α = 2r
+    # deepgen.lora presets ("attn", "attn_ff") and/or module-name suffixes, as in stages 1-2
+    dit_lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_DIT_LORA_TARGETS))
     reference: str = "auto"             # auto | copy (frozen DiT copy) | disable_adapter (LoRA off; no memory)
     # --- prompts and rewards ---
     prompts: Any = field(default_factory=list)        # prompt datasets (see deepgen.train.grpo.prompts)
@@ -101,7 +107,6 @@ class Stage3Config:
             if not cond:
                 p.append(msg)
 
-        g = self.grpo
         need(self.stage == 3, f"stage must be 3 for an MR-GRPO config (got {self.stage})")
         need(bool(self.model.strip()), 'model must be set ("tiny" or a DeepGen release folder / checkpoint)')
         need(self.mixed_precision in MIXED_PRECISION,
@@ -111,34 +116,13 @@ class Stage3Config:
         if self.policy == "full":
             need(self.reference != "disable_adapter",
                  'reference = "disable_adapter" needs policy = "lora" (a full-DiT policy has no adapter to disable)')
-        need(self.lora_rank >= 1, f"lora_rank must be ≥ 1 (got {self.lora_rank})")
-        need(self.lora_alpha > 0, f"lora_alpha must be > 0 (got {self.lora_alpha})")
-        need(isinstance(self.lora_targets, str) or (isinstance(self.lora_targets, list) and self.lora_targets
-                                                     and all(isinstance(t, str) for t in self.lora_targets)),
-             "lora_targets must be a preset name (attn, attn_ff) or a non-empty list of module names")
+        need(self.dit_lora_rank >= 1, f"dit_lora_rank must be ≥ 1 (got {self.dit_lora_rank})")
+        need(self.dit_lora_alpha > 0, f"dit_lora_alpha must be > 0 (got {self.dit_lora_alpha})")
+        need(len(self.dit_lora_targets) > 0,
+             "dit_lora_targets must name a preset (attn, attn_ff) or list module names")
         need(bool(self.prompts), "prompts must list at least one prompt file (or name a prompt-set file)")
-        need(g.group_size >= 2,
-             f"group_size must be ≥ 2 (got {g.group_size}): GRPO advantages compare the images of one prompt, "
-             "so with G = 1 every advantage is 0 and nothing but the KL/SFT terms would train")
-        need(g.prompts_per_step >= 1, f"prompts_per_step must be ≥ 1 (got {g.prompts_per_step})")
-        need(g.rollout_micro_batch_size >= 1, "rollout_micro_batch_size must be ≥ 1")
-        need(g.train_micro_batch_size >= 1, "train_micro_batch_size must be ≥ 1")
-        need(g.resolution >= 16 and g.resolution % 16 == 0,
-             f"resolution must be a multiple of 16, ≥ 16 (got {g.resolution})")
-        need(g.lr > 0, f"lr must be > 0 (got {g.lr})")
-        need(g.max_train_steps >= 1, f"max_train_steps must be ≥ 1 (got {g.max_train_steps})")
-        need(g.warmup_steps >= 0, f"warmup_steps must be ≥ 0 (got {g.warmup_steps})")
-        need(g.lr_scheduler in ("constant_with_warmup", "constant"),
-             f"lr_scheduler must be constant_with_warmup (official) (got {g.lr_scheduler!r})")
-        need(g.max_grad_norm >= 0, f"max_grad_norm must be ≥ 0 (0 = no clipping) (got {g.max_grad_norm})")
-        need(g.num_actor_update_steps >= 1, "num_actor_update_steps must be ≥ 1")
-        need(g.sft_every_n_steps >= 1, "sft_every_n_steps must be ≥ 1")
-        need(g.sft_batch_size >= 1, "sft_batch_size must be ≥ 1")
-        need(0.0 <= g.sft_caption_drop <= 1.0, "sft_caption_drop must be in [0, 1]")
-        need(g.ema_decay == 0.0, "ema_decay is not implemented (official: off)")
-        need(g.save_every >= 0, f"save_every must be ≥ 0 (0 = only at the end) (got {g.save_every})")
-        need(g.eval_every >= 0, f"eval_every must be ≥ 0 (got {g.eval_every})")
-        need(g.seed >= 0, f"seed must be ≥ 0 (got {g.seed})")
+        for name, kw in self.rewards.items():
+            need(isinstance(kw, Mapping), f"rewards.{name} must be a table of constructor arguments")
         need(self.sft_resolution >= 32 and self.sft_resolution % 32 == 0,
              f"sft_resolution must be a multiple of 32 (got {self.sft_resolution})")
         need(self.keep_last >= 0, "keep_last must be ≥ 0 (0 = keep all)")
@@ -147,34 +131,10 @@ class Stage3Config:
         need(bool(self.output_dir.strip()), "output_dir must be set")
         need(self.eval_num_steps >= 1, "eval_num_steps must be ≥ 1")
         need(self.eval_images_per_prompt >= 1, "eval_images_per_prompt must be ≥ 1")
-        if not g.category_weights:
-            p.append("category_weights must define at least one category")
-        for cat, w in g.category_weights.items():
-            if not w or not any(v != 0 for v in w.values()):
-                p.append(f"category_weights.{cat}: needs at least one non-zero reward weight")
-        return p
-
-    def validate(self) -> Stage3Config:
-        problems = self.problems()
-        if problems:
-            raise ConfigError("Invalid stage-3 config: " + "; ".join(problems))
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        """Flat JSON-able dict (the GRPOConfig fields at the top level, as in the file)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "grpo"}
-        g = dataclasses.asdict(self.grpo)
-        g["adam_betas"] = list(self.grpo.adam_betas)
-        return {**d, **g}
+        return p + self.grpo.problems()
 
 
 # ----------------------------------------------------------------------------------------------------
-
-_RUN_FIELDS = {f.name for f in dataclasses.fields(Stage3Config)} - {"grpo"}
-_GRPO_FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)}
-_RUN_HINTS = typing.get_type_hints(Stage3Config)
-_GRPO_HINTS = typing.get_type_hints(GRPOConfig)
-assert not (_RUN_FIELDS & _GRPO_FIELDS), _RUN_FIELDS & _GRPO_FIELDS
 
 
 def normalise_category_weights(spec: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -212,54 +172,25 @@ def normalise_category_weights(spec: Mapping[str, Any]) -> dict[str, dict[str, f
     return out
 
 
+def _category_weights(value: Any) -> dict[str, dict[str, float]]:
+    if not isinstance(value, Mapping):
+        raise ValueError("category_weights must be a table {category = preset | {reward = w}}")
+    return normalise_category_weights(value)
+
+
+def _category_sample_weights(value: Any) -> dict[str, float]:
+    weights = coerce_value("category_sample_weights", value, dict[str, float])
+    return {canonical_category(c): w for c, w in weights.items()}
+
+
+# given or default, the category and reward names are made canonical (the defaults use the official names)
+Stage3Config.CONVERT = {"category_weights": _category_weights, "category_sample_weights": _category_sample_weights}
+
+
 def stage3_config_from_dict(values: Mapping[str, Any], *, source: str = "config") -> Stage3Config:
-    """Defaults + ``values`` (flat; GRPOConfig keys at the top level), type-checked and validated."""
-    values = dict(values)
-    problems: list[str] = []
-    for k in sorted(set(values) - _RUN_FIELDS - _GRPO_FIELDS):
-        close = difflib.get_close_matches(k, _RUN_FIELDS | _GRPO_FIELDS, n=1)
-        problems.append(f"unknown key {k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    run_kw: dict[str, Any] = {}
-    grpo_kw: dict[str, Any] = {}
-    for k, v in values.items():
-        if k in _RUN_FIELDS:
-            try:
-                run_kw[k] = coerce_value(k, v, _RUN_HINTS[k])
-            except ValueError as e:
-                problems.append(str(e))
-        elif k in _GRPO_FIELDS:
-            try:
-                if k == "category_weights":
-                    if not isinstance(v, Mapping):
-                        raise ValueError("category_weights must be a table {category = preset | {reward = w}}")
-                    grpo_kw[k] = normalise_category_weights(v)
-                elif k == "category_sample_weights":
-                    grpo_kw[k] = {canonical_category(c): float(w)
-                                  for c, w in coerce_value(k, v, _GRPO_HINTS[k]).items()}
-                else:
-                    grpo_kw[k] = coerce_value(k, v, _GRPO_HINTS[k])
-            except ValueError as e:
-                problems.append(str(e))
-    if "rewards" in run_kw:
-        for name, kw in run_kw["rewards"].items():
-            if not isinstance(kw, Mapping):
-                problems.append(f"rewards.{name} must be a table of constructor arguments")
-    try:
-        grpo = GRPOConfig(**grpo_kw)
-    except (ValueError, TypeError) as e:
-        problems.append(str(e))
-        grpo = GRPOConfig()
-    # the official defaults use the official category / reward names: normalise them too
-    if "category_weights" not in grpo_kw:
-        grpo.category_weights = normalise_category_weights(grpo.category_weights)
-    if "category_sample_weights" not in grpo_kw:
-        grpo.category_sample_weights = {canonical_category(c): float(w)
-                                        for c, w in grpo.category_sample_weights.items()}
-    cfg = Stage3Config(grpo=grpo, **run_kw)
-    problems += cfg.problems()
-    if problems:
-        raise ConfigError(f"Invalid stage-3 config ({source}): " + "; ".join(problems))
-    return cfg
+    """Defaults + ``values`` (flat; GRPOConfig keys at the top level), type-checked and validated (old names
+    accepted with a deprecation warning; see :func:`deepgen.train.schema.build_config`)."""
+    return build_config(Stage3Config, values, source=source)
 
 
 def load_stage3_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Stage3Config:

@@ -113,8 +113,8 @@ class RunSetup(RunState):
             # computes at step 0 (a bf16 copy would run its norms etc. in bf16: KL ≠ 0 before any update)
             self.ref_transformer = copy.deepcopy(model.transformer).to(torch.float32).requires_grad_(False).eval()
         spec = R.TrainableSpec(meta_queries=False, projectors=False, connector=False, dit=cfg.policy,
-                               dit_lora_rank=cfg.lora_rank, dit_lora_alpha=cfg.lora_alpha,
-                               dit_lora_targets=cfg.lora_targets, vlm_lora=False)
+                               dit_lora_rank=cfg.dit_lora_rank, dit_lora_alpha=cfg.dit_lora_alpha,
+                               dit_lora_targets=list(cfg.dit_lora_targets), vlm_lora=False)
         self.params = R.setup_trainable(model, spec, seed=g.seed)
         if cfg.gradient_checkpointing:
             R.enable_gradient_checkpointing(model, parts=("transformer",))
@@ -122,9 +122,10 @@ class RunSetup(RunState):
 
         from ..optim import build_lr_scheduler, build_optimizer
 
-        opt = build_optimizer(self.params, lr=g.lr, betas=tuple(g.adam_betas), weight_decay=g.weight_decay,
+        opt = build_optimizer(self.params, lr=g.lr, betas=tuple(g.betas), weight_decay=g.weight_decay,
                               eps=g.adam_eps)
-        self.lr_scheduler = build_lr_scheduler(opt, schedule="constant", warmup_steps=g.warmup_steps)
+        self.lr_scheduler = build_lr_scheduler(opt, schedule=g.lr_schedule, max_steps=g.max_steps,
+                                               warmup_steps=g.warmup_steps)
         self.loss_module = acc.prepare(R.LossModule(model, self._loss_fn))
         self.optimizer = acc.prepare(opt)
 
@@ -147,7 +148,7 @@ class RunSetup(RunState):
         self._sft_iter = iter(self.sft_loader) if self.sft_loader is not None else None
         if acc.is_main_process:
             self._prepare_log_file()
-        self.run_info = R.RunInfo(stage=3, total_steps=g.max_train_steps, start_step=self.start_step,
+        self.run_info = R.RunInfo(stage=3, total_steps=g.max_steps, start_step=self.start_step,
                                   output_dir=self.output_dir, is_main_process=acc.is_main_process,
                                   num_processes=self.world, trainable_parameters=self.num_trainable,
                                   config=cfg.to_dict())

@@ -90,7 +90,7 @@ class GRPOTrainer(RunSetup, StepPhases, Evaluation, RunOutput):
         return self._record(step, batch, stats, lr, times)
 
     def train(self) -> list[dict]:
-        """Trainer steps ``start_step … max_train_steps``: each :meth:`train_step`, then its report (log, console,
+        """Trainer steps ``start_step … max_steps``: each :meth:`train_step`, then its report (log, console,
         callbacks), a periodic checkpoint and evaluation; a final checkpoint and the cross-process weight check
         at the end.  An interrupt (Ctrl-C, a callback raising) checkpoints the last completed step when it can."""
         if not self._setup_done:
@@ -102,17 +102,17 @@ class GRPOTrainer(RunSetup, StepPhases, Evaluation, RunOutput):
             self.evaluate(0)
         self._clean_step: int | None = self.start_step  # params == after this many completed steps
         try:
-            for step in range(self.start_step, g.max_train_steps):
+            for step in range(self.start_step, g.max_steps):
                 ts = time.perf_counter()
                 rec = self.train_step(step)
                 done = self._clean_step = step + 1
                 rec["time/step"] = round(time.perf_counter() - ts, 4)
                 self.report_step(rec, watch)
-                if g.save_every and done % g.save_every == 0 and done != g.max_train_steps:
+                if g.save_every and done % g.save_every == 0 and done != g.max_steps:
                     self.save(done, "periodic")
                 if self.eval_set is not None and g.eval_every and done % g.eval_every == 0:
                     self.evaluate(done)
-            self.save(g.max_train_steps, "final")
+            self.save(g.max_steps, "final")
             self._check_in_sync()
         except BaseException as exc:
             path = self._save_on_interrupt()

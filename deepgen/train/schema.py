@@ -91,7 +91,7 @@ class ConfigSchema:
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-able dict, as in a file (a group's keys at the top level; tuples become lists)."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every ConfigSchema is a dataclass
             value = getattr(self, f.name)
             if isinstance(value, ConfigSchema):
                 out.update(value.to_dict())
@@ -240,7 +240,7 @@ def _rename(values: dict[str, Any], known: Mapping[str, Any], problems: list[str
 # the builder
 
 
-def build_config(cls: type, values: Mapping[str, Any], *, source: str = "config",
+def build_config(cls: type[ConfigSchema], values: Mapping[str, Any], *, source: str = "config",
                  preset: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None):
     """``cls``'s defaults, then ``preset(values)``'s keys (if given), then ``values``: checked, converted, validated.
 

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+
+# Imported from its module: the top-level name is, to a type checker, diffusers' placeholder for a missing torch.
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
+from PIL import Image
 
 from . import constants as C
 from .images import ImageLike, prepare_reference, to_pil
@@ -19,6 +22,10 @@ from .model.deepgen import DeepGenModel, ThinkOutput
 from .sizes import check_output_size, check_reference_size
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step index, total steps, current latents)
+
+
+def _optional(fn: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else fn(t)
 
 
 def guide(velocity_uncond: torch.Tensor, velocity_cond: torch.Tensor, cfg_scale: float) -> torch.Tensor:
@@ -86,17 +93,23 @@ class Conditioning:
         """Each prompt n times in a row (n images per prompt)."""
         if n == 1:
             return self
-        rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
+        def rep(t: torch.Tensor) -> torch.Tensor:
+            return t.repeat_interleave(n, dim=0)
+
         refs = None if self.reference_latents is None else [r for r in self.reference_latents for _ in range(n)]
         return replace(self, context=rep(self.context), pooled=rep(self.pooled),
-                       negative_context=rep(self.negative_context), negative_pooled=rep(self.negative_pooled),
+                       negative_context=_optional(rep, self.negative_context),
+                       negative_pooled=_optional(rep, self.negative_pooled),
                        reference_latents=refs, prompts=[p for p in self.prompts for _ in range(n)])
 
     def to(self, device=None, dtype=None) -> "Conditioning":
-        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype)
+
         refs = None if self.reference_latents is None else [[move(r) for r in rs] for rs in self.reference_latents]
         return replace(self, context=move(self.context), pooled=move(self.pooled),
-                       negative_context=move(self.negative_context), negative_pooled=move(self.negative_pooled),
+                       negative_context=_optional(move, self.negative_context),
+                       negative_pooled=_optional(move, self.negative_pooled),
                        reference_latents=refs)
 
 
@@ -130,7 +143,7 @@ class Think:
 
 @dataclass
 class DeepGenOutput:
-    images: list  # PIL images, or a (B, 3, H, W) tensor in [-1, 1] with output_type="pt"
+    images: list[Image.Image] | torch.Tensor  # PIL images, or a (B, 3, H, W) tensor in [-1, 1] with output_type="pt"
     latents: torch.Tensor
 
 
@@ -182,22 +195,22 @@ class DeepGenPipeline:
         prompts = list(prompts)
         if not prompts:
             raise ValueError("No prompts given: pass at least one prompt")
-        refs = [[] for _ in prompts] if references is None else [list(r) for r in references]
-        if len(refs) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(refs)} reference lists")
-        refs = [[prepare_reference(image, reference_resize, reference_target) for image in row] for row in refs]
+        given: list[list[ImageLike]] = [[] for _ in prompts] if references is None else [list(r) for r in references]
+        if len(given) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(given)} reference lists")
+        refs = [[prepare_reference(image, reference_resize, reference_target) for image in row] for row in given]
         for row in refs:
             for image in row:
                 check_reference_size(*image.shape[-2:])
-        negatives = None
+        negatives: list[str] | None = None
         if guidance:
             if negative_prompts is None:
                 negative_prompts = [C.EDIT_NEGATIVE_PROMPT if row else C.T2I_NEGATIVE_PROMPT for row in refs]
             negatives = list(negative_prompts)
             if len(negatives) != len(prompts):
                 raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
-        rows = prompts + negatives if guidance else prompts
-        out = self.model.think(rows, refs + refs if guidance else refs)
+        rows = prompts + negatives if negatives is not None else prompts
+        out = self.model.think(rows, refs + refs if negatives is not None else refs)
         return Think(out.scb_input, prompts, negatives, refs, reference_seed, vlm=out)
 
     @torch.no_grad()
@@ -266,11 +279,13 @@ class DeepGenPipeline:
         scheduler = self.make_scheduler(shift)
         scheduler.set_timesteps(num_steps, device=self.device)
         timesteps = scheduler.timesteps
+        x: torch.Tensor
+        # diffusers annotates the scheduler's tensors as the legacy torch.FloatTensor; any float tensor is meant
         if init_latents is not None and strength < 1.0:
             start = num_steps - min(int(num_steps * strength), num_steps)
             timesteps = timesteps[start:]
             scheduler.set_begin_index(start)
-            x = scheduler.scale_noise(init_latents.to(noise), timesteps[:1].repeat(b), noise)
+            x = scheduler.scale_noise(init_latents.to(noise), timesteps[:1].repeat(b), noise)  # type: ignore[arg-type]
         elif init_latents is not None:
             x = noise  # strength 1 ignores the starting image, as in diffusers
         else:
@@ -278,6 +293,8 @@ class DeepGenPipeline:
 
         guided = cond.has_negative and cfg_scale > 1.0
         if guided:  # diffusers' CFG order: [negative; positive]
+            if cond.negative_context is None or cond.negative_pooled is None:
+                raise ValueError("a Conditioning with negatives needs both negative_context and negative_pooled")
             context = torch.cat([cond.negative_context, cond.context])
             pooled = torch.cat([cond.negative_pooled, cond.pooled])
             refs = None if cond.reference_latents is None else cond.reference_latents * 2
@@ -295,7 +312,7 @@ class DeepGenPipeline:
                 v = guide(v_neg, v_pos, cfg_scale)
             else:
                 v = v_pos
-            x_in, x = x, scheduler.step(v, t, x, return_dict=False)[0]
+            x_in, x = x, scheduler.step(v, t, x, return_dict=False)[0]  # type: ignore[arg-type]
             if on_step is not None:
                 on_step(StepOutput(step=i, num_steps=len(timesteps), timestep=t,
                                    sigma=sigmas[first + i], sigma_next=sigmas[first + i + 1], latents=x_in,

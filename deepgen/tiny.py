@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 from diffusers import AutoencoderKL
@@ -72,7 +73,8 @@ def build_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> DeepG
         torch.manual_seed(seed)
         vlm_config = Qwen2_5_VLConfig.from_dict(TINY_VLM)
         lmm = AutoModelForImageTextToText.from_config(vlm_config, attn_implementation="sdpa")
-        transformer = DeepGenTransformer2DModel.from_config(TINY_TRANSFORMER)
+        # diffusers types from_config as "model or (model, unused kwargs)"; without return_unused_kwargs: the model
+        transformer = cast(DeepGenTransformer2DModel, DeepGenTransformer2DModel.from_config(TINY_TRANSFORMER))
         vae = AutoencoderKL.from_config(TINY_VAE)
         model = DeepGenModel(lmm, demo_tokenizer(), transformer, vae, TINY_CONNECTOR,
                              num_queries=TINY_NUM_QUERIES, scheduler_config=SCHEDULER_CONFIG)

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, cast
 
 import torch
 from accelerate import init_empty_weights
@@ -66,24 +66,25 @@ def load_model(checkpoint: str | os.PathLike, vlm: str | os.PathLike | None = No
         from ..tiny import build_tiny_model
         return build_tiny_model(seed=source.seed, dtype=dtype).to(device)
     if source.layout == "single":
-        return _load_single_file(Path(source.checkpoint), dtype, device, attn_implementation, say)
+        return _load_single_file(Path(source.path_of("checkpoint")), dtype, device, attn_implementation, say)
     connector_config = {**(source.connector_config or {}), **(connector_config or {})} or None
     if source.layout == "diffusers":
-        root = Path(source.checkpoint)
-        vlm, diffusion = root / "vlm", root
+        root = Path(source.path_of("checkpoint"))
+        vlm_dir, diffusion_dir = root / "vlm", root
         say("reading connector")
         trained = K.map_connector_keys(_read_folder_tensors(root / "connector"), str(root / "connector"))
         connector_config = {**_folder_config(root / "connector"), **(connector_config or {})}
         dit_from_folder, lora_pairs = True, {}
     else:
-        vlm, diffusion = source.vlm, source.diffusion
+        vlm_dir, diffusion_dir = Path(source.path_of("vlm")), Path(source.path_of("diffusion"))
+        checkpoint_file = source.path_of("checkpoint")
         say("reading checkpoint")
-        trained, _ = read_state_dict(source.checkpoint)
-        trained, lora_pairs, dit_from_folder = _split_official(trained, source.checkpoint, allow_pretrain_checkpoint)
+        trained, _ = read_state_dict(checkpoint_file)
+        trained, lora_pairs, dit_from_folder = _split_official(trained, checkpoint_file, allow_pretrain_checkpoint)
 
     say("loading VLM")
-    tokenizer = load_tokenizer(vlm)
-    lmm = _load_vlm(vlm, dtype, attn_implementation)
+    tokenizer = load_tokenizer(vlm_dir)
+    lmm = _load_vlm(vlm_dir, dtype, attn_implementation)
     if lora_pairs:
         say("applying VLM LoRA")
         rank = lora_rank(lora_pairs)
@@ -94,10 +95,10 @@ def load_model(checkpoint: str | os.PathLike, vlm: str | os.PathLike | None = No
             attach_lora_adapter(lmm, lora_pairs, alpha)
 
     say("loading DiT")
-    transformer = _load_dit(Path(diffusion) / "transformer", trained, dtype, from_folder=dit_from_folder)
+    transformer = _load_dit(diffusion_dir / "transformer", trained, dtype, from_folder=dit_from_folder)
     say("loading VAE")
-    vae = AutoencoderKL.from_pretrained(str(Path(diffusion) / "vae"), torch_dtype=dtype, local_files_only=True)
-    scheduler_config = _scheduler_config(Path(diffusion) / "scheduler")
+    vae = AutoencoderKL.from_pretrained(str(diffusion_dir / "vae"), torch_dtype=dtype, local_files_only=True)
+    scheduler_config = _scheduler_config(diffusion_dir / "scheduler")
 
     say("loading SCB")
     model = _assemble(lmm, tokenizer, transformer, vae, trained, scheduler_config, connector_config, dtype,
@@ -133,7 +134,8 @@ def _split_official(state, source, allow_pretrain):
 
 def load_tokenizer(vlm_path):
     path = Path(vlm_path)
-    has_files = (path / "tokenizer.json").is_file() or ((path / "vocab.json").is_file() and (path / "merges.txt").is_file())
+    has_files = (path / "tokenizer.json").is_file() or (
+        (path / "vocab.json").is_file() and (path / "merges.txt").is_file())
     if not has_files:
         raise CheckpointError(f"The VLM folder {path} has no tokenizer files (tokenizer.json, or vocab.json + "
                               "merges.txt). Copy them from Qwen/Qwen2.5-VL-3B-Instruct into that folder.")
@@ -154,9 +156,11 @@ def _load_vlm(path, dtype, attn_implementation):
 def _load_dit(folder: Path, trained, dtype, from_folder: bool):
     if from_folder:
         return DeepGenTransformer2DModel.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
-    config = DeepGenTransformer2DModel.load_config(str(folder), local_files_only=True)
+    # diffusers annotates load_config / from_config with their return_unused_kwargs=True tuple forms as well;
+    # with the defaults used here they return the plain dict / the model.
+    config = cast(dict[str, Any], DeepGenTransformer2DModel.load_config(str(folder), local_files_only=True))
     with init_empty_weights():
-        transformer = DeepGenTransformer2DModel.from_config(config)
+        transformer = cast(DeepGenTransformer2DModel, DeepGenTransformer2DModel.from_config(config))
     given = {k[len(K.DIT_PREFIX):]: v.to(dtype) for k, v in trained.items() if k.startswith(K.DIT_PREFIX)}
     own = transformer.state_dict()
     # The 2-D sin-cos grid is deterministic; older checkpoints may omit it, so it may come from the module.

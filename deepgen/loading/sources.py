@@ -46,6 +46,14 @@ class ModelSource:
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
+    def path_of(self, field: str) -> str:
+        """The path ``field`` (``checkpoint``, ``vlm`` or ``diffusion``) that this layout needs; a clear
+        :class:`CheckpointError` if a hand-built source lacks it."""
+        value = getattr(self, field)
+        if not value:
+            raise CheckpointError(f"A {self.layout!r} model source needs a {field} path; it has none")
+        return str(value)
+
 
 # ---- what a folder is ------------------------------------------------------------------------------------
 

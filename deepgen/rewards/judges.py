@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -88,9 +89,12 @@ class EndpointJudge:
     def payload(self, text: str, urls: list[str]) -> dict:
         content = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
         content.append({"type": "text", "text": text})
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages: list[dict[str, Any]] = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
         messages.append({"role": "user", "content": content})
-        return {"model": self.model, "messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {"model": self.model, "messages": messages, "temperature": self.temperature,
+                "max_tokens": self.max_tokens}
 
     def request(self, payload: dict) -> str:
         """One POST with retries; returns the answer text or raises the last error."""
@@ -224,7 +228,7 @@ class QwenVLJudge:
 
     def judge_many(self, items: list[tuple[str, Image.Image, Image.Image]]) -> list[str | None]:
         self.load()  # a missing folder is an error, not a tie
-        out = []
+        out: list[str | None] = []
         for text, a, b in items:
             try:
                 out.append(self.generate(text, [a, b]))
@@ -275,7 +279,11 @@ class _QwenInputs:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.image_processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
         self.chat_template = getattr(self.tokenizer, "chat_template", None)
-        self.image_token_id = int(getattr(cfg, "image_token_id", None) or self.tokenizer.convert_tokens_to_ids(self.image_token))
+        # convert_tokens_to_ids is typed int | list[int]; one token in gives one id out
+        token_id = getattr(cfg, "image_token_id", None)
+        if not token_id:
+            token_id = cast(int, self.tokenizer.convert_tokens_to_ids(self.image_token))
+        self.image_token_id = int(token_id)
 
     def apply_chat_template(self, messages, **kw):
         return self.tokenizer.apply_chat_template(messages, **kw)

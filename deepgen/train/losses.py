@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
 from ..model.deepgen import DeepGenModel
 

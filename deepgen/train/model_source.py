@@ -40,7 +40,7 @@ def load_model_for_training(source: str | os.PathLike | ModelSource, *, dtype: t
     src = source if isinstance(source, ModelSource) else describe_model_source(source)
     if src.layout == "bases":
         return _fresh_model(src, dtype, device, num_queries), src
-    spec = f"tiny:{src.seed}" if src.layout == "tiny" else src.checkpoint
+    spec = f"tiny:{src.seed}" if src.layout == "tiny" else src.path_of("checkpoint")
     return load_model(spec, src.vlm, src.diffusion, dtype=dtype, device=device, lora="merge",
                       allow_pretrain_checkpoint=True, connector_config=src.connector_config, progress=progress), src
 
@@ -54,8 +54,8 @@ def _fresh_model(src: ModelSource, dtype, device, num_queries: int):
     from ..model.deepgen import DeepGenModel
     from ..model.dit import DeepGenTransformer2DModel
 
-    diffusion = Path(src.diffusion)
-    lmm = Qwen2_5_VLForConditionalGeneration.from_pretrained(src.vlm, dtype=dtype, attn_implementation="sdpa",
+    diffusion, vlm = Path(src.path_of("diffusion")), src.path_of("vlm")
+    lmm = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, dtype=dtype, attn_implementation="sdpa",
                                                              local_files_only=True)
     transformer = DeepGenTransformer2DModel.from_pretrained(str(diffusion / "transformer"), torch_dtype=dtype,
                                                             local_files_only=True)
@@ -63,6 +63,6 @@ def _fresh_model(src: ModelSource, dtype, device, num_queries: int):
     scheduler = json.loads((diffusion / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
     fields = ConnectorConfig.__dataclass_fields__
     connector = ConnectorConfig(**{k: v for k, v in (src.connector_config or {}).items() if k in fields})
-    model = DeepGenModel(lmm, load_tokenizer(src.vlm), transformer, vae, connector, num_queries=num_queries,
+    model = DeepGenModel(lmm, load_tokenizer(vlm), transformer, vae, connector, num_queries=num_queries,
                          scheduler_config=scheduler)
     return model.to(device=device, dtype=dtype).eval()

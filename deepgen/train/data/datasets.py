@@ -76,7 +76,7 @@ class ImageRowsDataset(torch.utils.data.Dataset):
         n = len(self.rows)
         if n == 0:
             raise IndexError("empty dataset")
-        failures = []
+        failures: list[tuple[str, str, str]] = []
         for k in range(n):
             i = (index + k) % n
             if i in self._bad:
@@ -104,6 +104,8 @@ class TextToImageDataset(ImageRowsDataset):
         row: T2IRow = self.rows[index]
         caption = row.caption
         if caption is None:
+            if row.annotation is None:  # the scanners never build such a row; a hand-made one is a bad row
+                raise BadRowError("missing_caption", f"{row.image} has neither a caption nor an annotation file")
             caption = read_caption_annotation(row.annotation, row.cap_source)
         return TextToImageSample(caption=caption, image=self._image(row.image), source=row.where)
 
@@ -151,14 +153,14 @@ def load_datasets(sources: PathLike | Sequence[PathLike], *, root: PathLike | No
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    sources = [Path(s) for s in sources]
-    if not sources:
+    paths = [Path(s) for s in sources]
+    if not paths:
         raise EmptyDatasetError("No data sources given (config key 'data').")
     report = DataReport(max_examples=max_examples)
-    checks = dict(verify=verify, min_side=min_side, max_aspect=max_aspect, report=report)
+    checks: dict[str, Any] = dict(verify=verify, min_side=min_side, max_aspect=max_aspect, report=report)
     t2i: list[T2IRow] = []
     edit: list[EditRow] = []
-    for source in sources:
+    for source in paths:
         if not source.exists():
             raise DataSourceNotFoundError(f"Data source {source} does not exist; check the 'data' setting")
         if source.is_dir():
@@ -172,8 +174,8 @@ def load_datasets(sources: PathLike | Sequence[PathLike], *, root: PathLike | No
             raise DataError(f"Data source {source}: expected a folder, a .json list or a .jsonl file")
     if not t2i and not edit:
         raise EmptyDatasetError(
-            f"No usable training rows in {', '.join(map(str, sources))}: {report.brief()}; fix or remove the "
+            f"No usable training rows in {', '.join(map(str, paths))}: {report.brief()}; fix or remove the "
             "bad rows (data_verify = 'none' skips the checks, but the rows then fail during training)")
-    image_settings = dict(resolution=resolution, unit=unit, min_side=min_side, max_aspect=max_aspect,
+    image_settings: dict[str, Any] = dict(resolution=resolution, unit=unit, min_side=min_side, max_aspect=max_aspect,
                           exif_transpose=exif_transpose)
     return TaskDatasets(TextToImageDataset(t2i, **image_settings), EditDataset(edit, **image_settings), report)

@@ -16,7 +16,7 @@ import copy
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -45,7 +45,7 @@ class _SampleKey(NamedTuple):
     """What the DataLoader asks of the dataset for one sample (and carries to the collated batch)."""
 
     task: str
-    index: int
+    row: int  # dataset index (not named ``index``, which would shadow ``tuple.index``)
     stream_pos: int
     micro_step: int
     position: dict
@@ -98,7 +98,7 @@ class _SampleSource(torch.utils.data.Dataset):
         return sum(len(d) for d in self.datasets.values())
 
     def __getitem__(self, key: _SampleKey):
-        sample, failures = self.datasets[key.task].get_with_fallback(key.index)
+        sample, failures = self.datasets[key.task].get_with_fallback(key.row)
         if key.task == TEXT2IMAGE and self.caption_dropout > 0:
             g = torch.Generator().manual_seed(derive_seed(self.seed, "caption_dropout", key.task, key.stream_pos))
             caption = apply_caption_dropout([sample.caption], self.caption_dropout, g)[0]
@@ -109,7 +109,7 @@ class _SampleSource(torch.utils.data.Dataset):
 
 def _collate(items: list) -> MicroBatch:
     keys = [k for k, _, _ in items]
-    return MicroBatch(task=keys[0].task, samples=[s for _, s, _ in items], indices=[k.index for k in keys],
+    return MicroBatch(task=keys[0].task, samples=[s for _, s, _ in items], indices=[k.row for k in keys],
                       micro_step=keys[0].micro_step, position=keys[0].position,
                       failures=[f for _, _, fs in items for f in fs])
 
@@ -154,7 +154,7 @@ class MicroBatchLoader:
 
     def __iter__(self) -> Iterator[MicroBatch]:
         self.sampler.load_state_dict(self._position)
-        options = {}
+        options: dict[str, Any] = {}
         if self.num_workers > 0 and self.prefetch_factor is not None:
             options["prefetch_factor"] = self.prefetch_factor
         loader = torch.utils.data.DataLoader(self.sample_source, batch_sampler=_KeyBatches(self.sampler),

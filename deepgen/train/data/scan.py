@@ -49,7 +49,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path, PureWindowsPath
-from typing import Any
+from typing import Any, TypeGuard
 
 from ...errors import ConfigError, DataError
 from ...paths import is_inside
@@ -122,7 +122,7 @@ def read_json_rows(path: PathLike) -> list[tuple[str, Any]]:
     return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
 
 
-def _nonempty_str(x: Any) -> bool:
+def _nonempty_str(x: Any) -> TypeGuard[str]:
     return isinstance(x, str) and x.strip() != ""
 
 
@@ -194,7 +194,9 @@ def _verify_row(row: T2IRow | EditRow, verify: str, min_side: int, max_aspect: f
         for path in (*row.references, row.target):
             verify_image_file(path, verify, min_side, max_aspect)
         return row
-    if row.caption is None and verify != "none":
+    if row.caption is None and row.annotation is None:  # never built by _parse_row
+        raise BadRowError("missing_caption", f"{row.image} has neither a caption nor an annotation file")
+    if row.caption is None and row.annotation is not None and verify != "none":
         row = dataclasses.replace(row, caption=read_caption_annotation(row.annotation, row.cap_source),
                                   annotation=None)
     verify_image_file(row.image, verify, min_side, max_aspect)

@@ -125,7 +125,7 @@ def euler_step(x_t: torch.Tensor, v: torch.Tensor, sigma, sigma_next) -> torch.T
 
 
 def _scheduler(shift: float, num_train_timesteps: int):
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler(shift=shift, num_train_timesteps=num_train_timesteps)
 

@@ -26,9 +26,14 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from the repository ro
 def machine() -> dict:
     import torch
 
-    return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    return {
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def median(values) -> float:
@@ -68,8 +73,9 @@ def write_results(name: str, data: dict) -> Path:
     return path
 
 
-def build_model(transformer: dict | None = None, connector: dict | None = None, num_queries: int | None = None,
-                seed: int = 0):
+def build_model(
+    transformer: dict | None = None, connector: dict | None = None, num_queries: int | None = None, seed: int = 0
+):
     """A random DeepGenModel like `deepgen.tiny.build_tiny_model` (tiny VLM and VAE, official scheduler),
     with the DiT config and connector sizes overridden. float32, eval mode."""
     import torch
@@ -85,12 +91,20 @@ def build_model(transformer: dict | None = None, connector: dict | None = None, 
     connector_config = ConnectorConfig(**{**tiny.TINY_CONNECTOR.to_dict(), **(connector or {})})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        lmm = AutoModelForImageTextToText.from_config(Qwen2_5_VLConfig.from_dict(tiny.TINY_VLM),
-                                                      attn_implementation="sdpa")
+        lmm = AutoModelForImageTextToText.from_config(
+            Qwen2_5_VLConfig.from_dict(tiny.TINY_VLM), attn_implementation="sdpa"
+        )
         dit = DeepGenTransformer2DModel.from_config({**tiny.TINY_TRANSFORMER, **(transformer or {})})
         vae = AutoencoderKL.from_config(tiny.TINY_VAE)
-        model = DeepGenModel(lmm, demo_tokenizer(), dit, vae, connector_config,
-                             num_queries=num_queries or tiny.TINY_NUM_QUERIES, scheduler_config=tiny.SCHEDULER_CONFIG)
+        model = DeepGenModel(
+            lmm,
+            demo_tokenizer(),
+            dit,
+            vae,
+            connector_config,
+            num_queries=num_queries or tiny.TINY_NUM_QUERIES,
+            scheduler_config=tiny.SCHEDULER_CONFIG,
+        )
         for head in (model.projector_2, model.projector_3):  # as tiny.py: make the output depend on the prompt
             torch.nn.init.normal_(head.weight, std=0.2)
     return model.float().eval()

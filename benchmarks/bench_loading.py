@@ -32,8 +32,15 @@ from _common import CACHE, RESULTS, ROOT, machine, median, repeat_within, table,
 
 NAME = "bench_loading"
 # Real SD3.5-M: 24 heads x 64, 24 layers, joint 4096, pooled 2048. Scaled to 12 heads x 64, 4 layers.
-DIT = {"num_layers": 4, "attention_head_dim": 64, "num_attention_heads": 12, "joint_attention_dim": 1024,
-       "caption_projection_dim": 768, "pooled_projection_dim": 768, "dual_attention_layers": [0, 1]}
+DIT = {
+    "num_layers": 4,
+    "attention_head_dim": 64,
+    "num_attention_heads": 12,
+    "joint_attention_dim": 1024,
+    "caption_projection_dim": 768,
+    "pooled_projection_dim": 768,
+    "dual_attention_layers": [0, 1],
+}
 # Real SCB connector: 6 layers, width 2048, 32 heads, MLP 11946. Scaled to width 512, 8 heads.
 CONNECTOR = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 8}
 LORA_RANK = 8
@@ -42,6 +49,7 @@ MB = 1e6
 
 
 # ---- the scaled release (built once) ------------------------------------------------------------------
+
 
 def release_dir() -> Path:
     digest = hashlib.sha1(json.dumps(SPEC, sort_keys=True).encode()).hexdigest()[:10]
@@ -55,6 +63,7 @@ def ensure_release(rebuild: bool) -> dict[str, Path]:
         import shutil
 
         from _common import build_model, save_official_release
+
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         print(f"building the scaled release in {folder} ...", flush=True)
@@ -75,12 +84,19 @@ def ensure_converted(paths: dict[str, Path], dtype: str, rebuild: bool) -> Path 
     except ImportError:
         return None
     print(f"converting to {output.name} ...", flush=True)
-    convert_checkpoint(paths["checkpoint"], output, paths["vlm"], paths["diffusion"], dtype=getattr(torch, dtype),
-                       connector_config={"num_attention_heads": CONNECTOR["num_attention_heads"]})
+    convert_checkpoint(
+        paths["checkpoint"],
+        output,
+        paths["vlm"],
+        paths["diffusion"],
+        dtype=getattr(torch, dtype),
+        connector_config={"num_attention_heads": CONNECTOR["num_attention_heads"]},
+    )
     return output
 
 
 # ---- child processes -----------------------------------------------------------------------------------
+
 
 def _status() -> dict[str, int]:
     """This process image's VmRSS (now), VmHWM (peak), RssAnon (private) and RssFile (file-backed), in bytes.
@@ -101,8 +117,13 @@ def child(mode: str, layout: str, dtype: str, target: str) -> None:
         paths = json.loads(target)
         start = time.perf_counter()
         if layout == "official":
-            model = load_model(paths["checkpoint"], paths["vlm"], paths["diffusion"], dtype=getattr(torch, dtype),
-                               connector_config={"num_attention_heads": CONNECTOR["num_attention_heads"]})
+            model = load_model(
+                paths["checkpoint"],
+                paths["vlm"],
+                paths["diffusion"],
+                dtype=getattr(torch, dtype),
+                connector_config={"num_attention_heads": CONNECTOR["num_attention_heads"]},
+            )
         else:
             model = load_model(paths["single"], dtype=getattr(torch, dtype))
         out["load_s"] = time.perf_counter() - start
@@ -145,12 +166,17 @@ def raw_read(files: list[Path]) -> float:
 
 # ---- main ----------------------------------------------------------------------------------------------
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--budget-s", type=float, default=150,
-                        help="do fewer reps when the shared machine is slow, to end within about this (s)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=150,
+        help="do fewer reps when the shared machine is slow, to end within about this (s)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached release and converted file")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "LAYOUT", "DTYPE", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,10 +186,18 @@ def main() -> None:
     t0 = time.perf_counter()
     paths = ensure_release(args.rebuild)
     converted = ensure_converted(paths, args.dtype, args.rebuild)
-    weight_files = [paths["checkpoint"], *sorted(paths["vlm"].glob("*.safetensors")),
-                    *sorted((paths["diffusion"] / "vae").glob("*.safetensors"))]
-    cases = {"official": {"files": weight_files, "target": {k: str(v) for k, v in paths.items()},
-                          "checkpoint": paths["checkpoint"]}}
+    weight_files = [
+        paths["checkpoint"],
+        *sorted(paths["vlm"].glob("*.safetensors")),
+        *sorted((paths["diffusion"] / "vae").glob("*.safetensors")),
+    ]
+    cases = {
+        "official": {
+            "files": weight_files,
+            "target": {k: str(v) for k, v in paths.items()},
+            "checkpoint": paths["checkpoint"],
+        }
+    }
     if converted is not None:
         cases["single"] = {"files": [converted], "target": {"single": str(converted)}, "checkpoint": converted}
 
@@ -190,33 +224,71 @@ def main() -> None:
         touched = median(r["after_touch"]["VmRSS"] - r["after_imports"]["VmRSS"] for r in runs)
         private = median(r["after_touch"]["RssAnon"] - r["after_imports"]["RssAnon"] for r in runs)
         results[name] = r = {
-            "checkpoint_mb": ckpt_bytes / MB, "weight_files_mb": weight_bytes / MB,
+            "checkpoint_mb": ckpt_bytes / MB,
+            "weight_files_mb": weight_bytes / MB,
             "model_tensors_mb": runs[0]["params_bytes"] / MB,
             "peak_rss_delta_mb": peak / MB,
-            "peak_rss_x_checkpoint": peak / ckpt_bytes, "peak_rss_x_weight_files": peak / weight_bytes,
-            "touched_rss_delta_mb": touched / MB, "touched_rss_x_weight_files": touched / weight_bytes,
+            "peak_rss_x_checkpoint": peak / ckpt_bytes,
+            "peak_rss_x_weight_files": peak / weight_bytes,
+            "touched_rss_delta_mb": touched / MB,
+            "touched_rss_x_weight_files": touched / weight_bytes,
             "touched_private_mb": private / MB,
-            "load_s_median": median(r["load_s"] for r in runs), "raw_read_s_median": median(r["raw_s"] for r in runs),
+            "load_s_median": median(r["load_s"] for r in runs),
+            "raw_read_s_median": median(r["raw_s"] for r in runs),
             "load_x_raw_read": median(r["load_s"] / r["raw_s"] for r in runs),
-            "baseline": baseline["after_imports"], "runs": runs,
+            "baseline": baseline["after_imports"],
+            "runs": runs,
         }
-        rows.append([name, f"{r['checkpoint_mb']:.0f}", f"{r['weight_files_mb']:.0f}", f"{r['peak_rss_delta_mb']:.0f}",
-                     f"{r['peak_rss_x_checkpoint']:.2f}", f"{r['peak_rss_x_weight_files']:.2f}",
-                     f"{r['touched_rss_x_weight_files']:.2f}", f"{r['touched_private_mb']:.0f}",
-                     r["load_s_median"], r["raw_read_s_median"], f"{r['load_x_raw_read']:.1f}"])
+        rows.append(
+            [
+                name,
+                f"{r['checkpoint_mb']:.0f}",
+                f"{r['weight_files_mb']:.0f}",
+                f"{r['peak_rss_delta_mb']:.0f}",
+                f"{r['peak_rss_x_checkpoint']:.2f}",
+                f"{r['peak_rss_x_weight_files']:.2f}",
+                f"{r['touched_rss_x_weight_files']:.2f}",
+                f"{r['touched_private_mb']:.0f}",
+                r["load_s_median"],
+                r["raw_read_s_median"],
+                f"{r['load_x_raw_read']:.1f}",
+            ]
+        )
 
     print(f"\nload dtype {args.dtype}, {len(reps)} alternating reps (medians), a fresh process each")
-    print(table(["layout", "ckpt MB", "weights MB", "peak dRSS MB", "peak/ckpt", "peak/weights", "touched/weights",
-                 "private MB", "load s", "raw read s", "load/raw"], rows))
-    print("peak: the load's peak RSS over an import-only sibling; touched: RSS once every weight has been read "
-          "(private MB: the part that is not memory-mapped file pages)")
+    print(
+        table(
+            [
+                "layout",
+                "ckpt MB",
+                "weights MB",
+                "peak dRSS MB",
+                "peak/ckpt",
+                "peak/weights",
+                "touched/weights",
+                "private MB",
+                "load s",
+                "raw read s",
+                "load/raw",
+            ],
+            rows,
+        )
+    )
+    print(
+        "peak: the load's peak RSS over an import-only sibling; touched: RSS once every weight has been read "
+        "(private MB: the part that is not memory-mapped file pages)"
+    )
     if converted is None:
         print("TODO: deepgen.loading.convert not found; the single-file layout was not measured")
 
     previous = RESULTS / f"{NAME}.json"
     data = json.loads(previous.read_text()) if previous.is_file() else {}
-    data.setdefault("by_dtype", {})[args.dtype] = {"machine": machine(), "reps": len(reps), "results": results,
-                                                   "wall_s": time.perf_counter() - t0}
+    data.setdefault("by_dtype", {})[args.dtype] = {
+        "machine": machine(),
+        "reps": len(reps),
+        "results": results,
+        "wall_s": time.perf_counter() - t0,
+    }
     data["spec"] = SPEC
     print(f"wrote {write_results(NAME, data)} ({time.perf_counter() - t0:.0f} s)")
 

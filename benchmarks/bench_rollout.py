@@ -37,15 +37,23 @@ def median(values) -> float:
 def table(headers: list[str], rows: list[list]) -> str:
     cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = lambda items: "  ".join(s.rjust(w) for s, w in zip(items, widths))
+
+    def line(items):
+        return "  ".join(s.rjust(w) for s, w in zip(items, widths))
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
 def machine() -> dict:
     import torch
 
-    return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    return {
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def main() -> None:
@@ -79,13 +87,22 @@ def main() -> None:
     def one_run(size: int, mb: int, rep: int, decode: bool):
         x_T = initial_group_noise(1, G, (16, size // 8, size // 8), seed=0, tag=(rep,))
         t0 = time.perf_counter()
-        traj = cps_rollout(model.velocity, x_T, cond.context, cond.pooled, sigmas=sigmas, timesteps=timesteps,
-                           seed=0, noise_tag=(rep,), micro_batch_size=mb)
+        traj = cps_rollout(
+            model.velocity,
+            x_T,
+            cond.context,
+            cond.pooled,
+            sigmas=sigmas,
+            timesteps=timesteps,
+            seed=0,
+            noise_tag=(rep,),
+            micro_batch_size=mb,
+        )
         t_roll = time.perf_counter() - t0
         if decode:
             with torch.no_grad():
                 for s in range(0, G, mb):
-                    to_pil(model.decode_latents(traj.final[s:s + mb]))
+                    to_pil(model.decode_latents(traj.final[s : s + mb]))
         return traj, t_roll, time.perf_counter() - t0
 
     rows, results = [], []
@@ -97,20 +114,50 @@ def main() -> None:
             tb, rb, ab = one_run(size, G, rep, True)
             t1, r1, a1 = one_run(size, 1, rep, True)
             max_diff = max(max_diff, float((tb.latents - t1.latents).abs().max()))
-            ratios_roll.append(r1 / rb)   # = (G/rb) / (G/r1): batched images/s over one-at-a-time images/s
+            ratios_roll.append(r1 / rb)  # = (G/rb) / (G/r1): batched images/s over one-at-a-time images/s
             ratios_all.append(a1 / ab)
             ips_b.append(G / rb)
             ips_1.append(G / r1)
-        res = {"size": size, "group_size": G, "steps": args.steps, "reps": args.reps,
-               "batched_images_per_s": median(ips_b), "one_at_a_time_images_per_s": median(ips_1),
-               "ratio_rollout": median(ratios_roll), "ratio_rollout_and_decode": median(ratios_all),
-               "max_abs_latent_diff": max_diff}
+        res = {
+            "size": size,
+            "group_size": G,
+            "steps": args.steps,
+            "reps": args.reps,
+            "batched_images_per_s": median(ips_b),
+            "one_at_a_time_images_per_s": median(ips_1),
+            "ratio_rollout": median(ratios_roll),
+            "ratio_rollout_and_decode": median(ratios_all),
+            "max_abs_latent_diff": max_diff,
+        }
         results.append(res)
-        rows.append([f"{size}x{size}", G, args.steps, res["batched_images_per_s"], res["one_at_a_time_images_per_s"],
-                     res["ratio_rollout"], res["ratio_rollout_and_decode"], f"{max_diff:.1e}"])
+        rows.append(
+            [
+                f"{size}x{size}",
+                G,
+                args.steps,
+                res["batched_images_per_s"],
+                res["one_at_a_time_images_per_s"],
+                res["ratio_rollout"],
+                res["ratio_rollout_and_decode"],
+                f"{max_diff:.1e}",
+            ]
+        )
         print(f"size {size}: done", flush=True)
-    print(table(["image", "G", "steps", "batched img/s", "1-at-a-time img/s", "ratio rollout",
-                 "ratio + decode", "max |Δ latents|"], rows))
+    print(
+        table(
+            [
+                "image",
+                "G",
+                "steps",
+                "batched img/s",
+                "1-at-a-time img/s",
+                "ratio rollout",
+                "ratio + decode",
+                "max |Δ latents|",
+            ],
+            rows,
+        )
+    )
     path = HERE / "results" / f"{NAME}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), "args": vars(args), "results": results}, indent=2) + "\n")

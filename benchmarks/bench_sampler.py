@@ -24,9 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import build_model, machine, median, repeat_within, table, write_results  # noqa: E402
 
 NAME = "bench_sampler"
-DIT = {"num_layers": 4, "attention_head_dim": 64, "num_attention_heads": 4, "joint_attention_dim": 256,
-       "caption_projection_dim": 256, "pooled_projection_dim": 128, "sample_size": 64, "pos_embed_max_size": 64,
-       "dual_attention_layers": [0, 1]}
+DIT = {
+    "num_layers": 4,
+    "attention_head_dim": 64,
+    "num_attention_heads": 4,
+    "joint_attention_dim": 256,
+    "caption_projection_dim": 256,
+    "pooled_projection_dim": 128,
+    "sample_size": 64,
+    "pos_embed_max_size": 64,
+    "dual_attention_layers": [0, 1],
+}
 PROMPT = "a red cube on a wooden table"
 
 
@@ -34,8 +42,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--budget-s", type=float, default=120,
-                        help="run fewer reps when the shared machine is slow, to end within about this (s)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=120,
+        help="run fewer reps when the shared machine is slow, to end within about this (s)",
+    )
     parser.add_argument("--size", type=int, default=512, help="output pixels (latents are size/8)")
     args = parser.parse_args()
 
@@ -99,20 +111,43 @@ def main() -> None:
     sampler_s, bare_s = median(p[0] for p in pairs), median(p[1] for p in pairs)
     ratio = sum(p[0] for p in pairs) / sum(p[1] for p in pairs)
     step_ratio = median(s / b for s, b in pairs)
-    results = {"sampler_s_per_step": sampler_s, "bare_dit_s_per_step": bare_s, "sampler_x_bare": ratio,
-               "sampler_x_bare_median_step": step_ratio,
-               "loop_only_ms_per_step": stub_s * 1e3, "loop_only_x_bare": 1 + stub_s / bare_s, "pairs": pairs,
-               "setup": {"dit": DIT, "size": size, "latent": size // 8, "steps": steps, "runs": len(runs),
-                         "cfg_scale": 4.0, "batch": 2,
-                         "dit_params_m": sum(p.numel() for p in model.transformer.parameters()) / 1e6}}
-    print(f"\nCFG on (DiT batch 2), {size}x{size} ({size // 8}x{size // 8} latents), {steps} steps, "
-          f"{len(runs)} runs, each step paired with a bare forward ({len(pairs)} pairs), "
-          f"{torch.get_num_threads()} threads")
-    print(table(["loop", "median s / step", "x bare (total)", "x bare (median step)"],
-                [["DeepGenPipeline.sample", sampler_s, f"{ratio:.3f}", f"{step_ratio:.3f}"],
-                 ["bare transformer(...)", bare_s, "1.000", "1.000"]]))
-    print(f"the loop alone (stub DiT, 20 runs): {stub_s * 1e3:.2f} ms / step, "
-          f"i.e. x{1 + stub_s / bare_s:.4f} of a bare step")
+    results = {
+        "sampler_s_per_step": sampler_s,
+        "bare_dit_s_per_step": bare_s,
+        "sampler_x_bare": ratio,
+        "sampler_x_bare_median_step": step_ratio,
+        "loop_only_ms_per_step": stub_s * 1e3,
+        "loop_only_x_bare": 1 + stub_s / bare_s,
+        "pairs": pairs,
+        "setup": {
+            "dit": DIT,
+            "size": size,
+            "latent": size // 8,
+            "steps": steps,
+            "runs": len(runs),
+            "cfg_scale": 4.0,
+            "batch": 2,
+            "dit_params_m": sum(p.numel() for p in model.transformer.parameters()) / 1e6,
+        },
+    }
+    print(
+        f"\nCFG on (DiT batch 2), {size}x{size} ({size // 8}x{size // 8} latents), {steps} steps, "
+        f"{len(runs)} runs, each step paired with a bare forward ({len(pairs)} pairs), "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        table(
+            ["loop", "median s / step", "x bare (total)", "x bare (median step)"],
+            [
+                ["DeepGenPipeline.sample", sampler_s, f"{ratio:.3f}", f"{step_ratio:.3f}"],
+                ["bare transformer(...)", bare_s, "1.000", "1.000"],
+            ],
+        )
+    )
+    print(
+        f"the loop alone (stub DiT, 20 runs): {stub_s * 1e3:.2f} ms / step, "
+        f"i.e. x{1 + stub_s / bare_s:.4f} of a bare step"
+    )
     write_results(NAME, {"machine": machine(), "results": results, "wall_s": time.perf_counter() - t0})
 
 

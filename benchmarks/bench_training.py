@@ -34,8 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, build_model, machine, median, table, write_results  # noqa: E402
 
 NAME = "bench_training"
-DIT = {"num_layers": 4, "attention_head_dim": 64, "num_attention_heads": 12, "joint_attention_dim": 1024,
-       "caption_projection_dim": 768, "pooled_projection_dim": 768, "dual_attention_layers": [0, 1]}
+DIT = {
+    "num_layers": 4,
+    "attention_head_dim": 64,
+    "num_attention_heads": 12,
+    "joint_attention_dim": 1024,
+    "caption_projection_dim": 768,
+    "pooled_projection_dim": 768,
+    "dual_attention_layers": [0, 1],
+}
 CONNECTOR = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 8}
 RUNS = {
     "stage1": dict(stage=1),
@@ -82,17 +89,40 @@ def worker(run: str, checkpointing: bool, steps: int, resolution: int, threads: 
     from deepgen.train.trainer import SFTTrainer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-training-"))
-    data = write_synthetic_dataset(tmp / "data", n_text2image=8, n_edit=4,
-                                   sizes=((resolution, resolution),) if resolution > 80 else ((96, 96),))
+    data = write_synthetic_dataset(
+        tmp / "data", n_text2image=8, n_edit=4, sizes=((resolution, resolution),) if resolution > 80 else ((96, 96),)
+    )
     spec = dict(RUNS[run])
     stage = spec.pop("stage")
     cfg = TrainConfig.for_stage(
-        stage, model="bench", data=[str(data)], resolution=resolution, micro_batch_size=2, grad_accumulation=2,
-        task_pattern={"image2image": 1, "text2image": 1}, max_steps=steps + 1, lr=1e-4, warmup_steps=0,
-        num_workers=0, caption_dropout=0.1, mixed_precision="no", gradient_checkpointing=checkpointing,
-        output_dir=str(tmp / "out"), resume="no", save_every=0, data_verify="exists", vlm_lora_rank=16,
-        vlm_lora_alpha=32.0, dit_lora_rank=16, dit_lora_alpha=16.0, export_checkpoint=False, export_lora=False,
-        validation_at_end=False, log_file=False, **spec)
+        stage,
+        model="bench",
+        data=[str(data)],
+        resolution=resolution,
+        micro_batch_size=2,
+        grad_accumulation=2,
+        task_pattern={"image2image": 1, "text2image": 1},
+        max_steps=steps + 1,
+        lr=1e-4,
+        warmup_steps=0,
+        num_workers=0,
+        caption_dropout=0.1,
+        mixed_precision="no",
+        gradient_checkpointing=checkpointing,
+        output_dir=str(tmp / "out"),
+        resume="no",
+        save_every=0,
+        data_verify="exists",
+        vlm_lora_rank=16,
+        vlm_lora_alpha=32.0,
+        dit_lora_rank=16,
+        dit_lora_alpha=16.0,
+        export_checkpoint=False,
+        export_lora=False,
+        validation_at_end=False,
+        log_file=False,
+        **spec,
+    )
     model = build_model(transformer=DIT, connector=CONNECTOR)
 
     class Clock:
@@ -113,9 +143,15 @@ def worker(run: str, checkpointing: bool, steps: int, resolution: int, threads: 
     SFTTrainer(cfg, model=model, callbacks=[clock], cpu=True).run()
     clock.sampler.__exit__(None, None, None)
     # what training adds on top of the model and data: measured from the RSS before the warm-up update too
-    return {"run": run, "checkpointing": checkpointing, "step_s": median(clock.times),
-            "trainable_params": clock.trainable, "peak_rss_mib": clock.sampler.peak / 1024,
-            "rss_after_warmup_mib": clock.start_rss / 1024, "model_params": sum(p.numel() for p in model.parameters())}
+    return {
+        "run": run,
+        "checkpointing": checkpointing,
+        "step_s": median(clock.times),
+        "trainable_params": clock.trainable,
+        "peak_rss_mib": clock.sampler.peak / 1024,
+        "rss_after_warmup_mib": clock.start_rss / 1024,
+        "model_params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def baseline_rss(resolution: int, threads: int) -> float:
@@ -129,8 +165,13 @@ m = build_model(transformer=DIT, connector=CONNECTOR)
 import deepgen.train.trainer, accelerate, peft
 print(json.dumps({{"rss_mib": rss_kib() / 1024}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])["rss_mib"]
@@ -154,10 +195,25 @@ def main() -> None:
     for run in args.runs:
         for gc in ("off", "on"):
             t = time.perf_counter()
-            out = subprocess.run([sys.executable, __file__, "--worker", run, gc, "--steps", str(args.steps),
-                                  "--resolution", str(args.resolution), "--threads", str(args.threads)],
-                                 capture_output=True, text=True, cwd=ROOT,
-                                 env={**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"})
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    run,
+                    gc,
+                    "--steps",
+                    str(args.steps),
+                    "--resolution",
+                    str(args.resolution),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env={**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"},
+            )
             if out.returncode:
                 raise RuntimeError(out.stderr[-4000:])
             r = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
@@ -171,16 +227,42 @@ def main() -> None:
     rows = []
     for r in results:
         off = next(x for x in results if x["run"] == r["run"] and not x["checkpointing"])
-        rows.append([f"{r['run']} ckpt {'on' if r['checkpointing'] else 'off'}", r["trainable_params"] / 1e6,
-                     r["step_s"], r["step_s"] / ref["step_s"], r["training_mib"],
-                     r["training_mib"] / ref["training_mib"], r["step_peak_mib"],
-                     r["step_peak_mib"] / off["step_peak_mib"], r["step_s"] / off["step_s"]])
-    headers = ["run", "trainable M", "s/update", "time vs stage1", "train MiB", "train vs stage1", "step peak MiB",
-               "step peak vs ckpt off", "time vs ckpt off"]
+        rows.append(
+            [
+                f"{r['run']} ckpt {'on' if r['checkpointing'] else 'off'}",
+                r["trainable_params"] / 1e6,
+                r["step_s"],
+                r["step_s"] / ref["step_s"],
+                r["training_mib"],
+                r["training_mib"] / ref["training_mib"],
+                r["step_peak_mib"],
+                r["step_peak_mib"] / off["step_peak_mib"],
+                r["step_s"] / off["step_s"],
+            ]
+        )
+    headers = [
+        "run",
+        "trainable M",
+        "s/update",
+        "time vs stage1",
+        "train MiB",
+        "train vs stage1",
+        "step peak MiB",
+        "step peak vs ckpt off",
+        "time vs ckpt off",
+    ]
     print()
     print(table(headers, rows))
-    path = write_results(NAME, {"machine": machine(), "settings": vars(args), "baseline_rss_mib": base,
-                                "results": results, "table": {"headers": headers, "rows": rows}})
+    path = write_results(
+        NAME,
+        {
+            "machine": machine(),
+            "settings": vars(args),
+            "baseline_rss_mib": base,
+            "results": results,
+            "table": {"headers": headers, "rows": rows},
+        },
+    )
     print(f"\nwrote {path}")
 
 

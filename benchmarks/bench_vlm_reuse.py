@@ -68,15 +68,30 @@ def main() -> None:
 
     same = all(torch.equal(a, b) for a, b in zip(reused, naive))
     max_diff = max(float((a - b).abs().max()) for a, b in zip(reused, naive))
-    results = {"seeds": args.seeds, "steps": args.steps, "size": SIZE,
-               "reuse_vlm_forwards": reuse_forwards, "reuse_extra_forwards_after_encode": extra,
-               "naive_vlm_forwards": naive_forwards, "naive_x_reuse_forwards": naive_forwards / reuse_forwards,
-               "reuse_s": reuse_s, "naive_s": naive_s, "naive_x_reuse_time": naive_s / reuse_s,
-               "same_latents": same, "max_abs_diff": max_diff}
+    results = {
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "size": SIZE,
+        "reuse_vlm_forwards": reuse_forwards,
+        "reuse_extra_forwards_after_encode": extra,
+        "naive_vlm_forwards": naive_forwards,
+        "naive_x_reuse_forwards": naive_forwards / reuse_forwards,
+        "reuse_s": reuse_s,
+        "naive_s": naive_s,
+        "naive_x_reuse_time": naive_s / reuse_s,
+        "same_latents": same,
+        "max_abs_diff": max_diff,
+    }
     print(f"\n{args.seeds} seeds, {args.steps} steps, {SIZE}x{SIZE}, CFG on (one VLM forward encodes [pos; neg])")
-    print(table(["path", "VLM forwards", "extra after encode", "x reuse (forwards)", "wall s"],
-                [["encode once + sample per seed", reuse_forwards, extra, "1.0", reuse_s],
-                 ["pipe(...) per seed", naive_forwards, "-", f"{naive_forwards / reuse_forwards:.1f}", naive_s]]))
+    print(
+        table(
+            ["path", "VLM forwards", "extra after encode", "x reuse (forwards)", "wall s"],
+            [
+                ["encode once + sample per seed", reuse_forwards, extra, "1.0", reuse_s],
+                ["pipe(...) per seed", naive_forwards, "-", f"{naive_forwards / reuse_forwards:.1f}", naive_s],
+            ],
+        )
+    )
     print(f"same latents per seed: {same} (max |diff| {max_diff:.3g})")
     write_results(NAME, {"machine": machine(), "results": results, "wall_s": time.perf_counter() - t0})
     if extra != 0:

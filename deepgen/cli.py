@@ -14,12 +14,14 @@ from pathlib import Path
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 
-
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", default="tiny",
-                   help="DeepGen model.pt/.safetensors, a DeepGen-1.0-diffusers folder, a converted file, "
-                        "or 'tiny' (random weights, the default)")
+    g.add_argument(
+        "--checkpoint",
+        default="tiny",
+        help="DeepGen model.pt/.safetensors, a DeepGen-1.0-diffusers folder, a converted file, "
+        "or 'tiny' (random weights, the default)",
+    )
     g.add_argument("--vlm", help="Qwen2.5-VL-3B-Instruct folder (official layout)")
     g.add_argument("--diffusion", help="UniPic2-SD3.5M-Kontext folder with transformer/ vae/ scheduler/")
     g.add_argument("--connector-heads", type=int, help="connector attention heads, for non-official widths only")
@@ -51,12 +53,22 @@ def load_pipeline(args):
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     if args.checkpoint == "tiny":
-        print("Using the embedded tiny DeepGen (random weights: noise-like images). "
-              "Pass --checkpoint/--vlm/--diffusion for the released model.", file=sys.stderr)
+        print(
+            "Using the embedded tiny DeepGen (random weights: noise-like images). "
+            "Pass --checkpoint/--vlm/--diffusion for the released model.",
+            file=sys.stderr,
+        )
     connector = {"num_attention_heads": args.connector_heads} if args.connector_heads else None
     with tqdm(desc="loading", unit="part", total=None) as bar:  # closed on errors too: the error gets its own line
-        model = load_model(args.checkpoint, args.vlm, args.diffusion, dtype=dtype, device=device,
-                           connector_config=connector, progress=lambda msg: (bar.set_postfix_str(msg), bar.update()))
+        model = load_model(
+            args.checkpoint,
+            args.vlm,
+            args.diffusion,
+            dtype=dtype,
+            device=device,
+            connector_config=connector,
+            progress=lambda msg: (bar.set_postfix_str(msg), bar.update()),
+        )
     return DeepGenPipeline(model)
 
 
@@ -82,14 +94,27 @@ def run_sampling(args, references=None) -> list[Path]:
     pipe = load_pipeline(args)
     negatives = [args.negative] * len(args.prompt) if args.negative is not None else None
     with tqdm(total=len(args.prompt), desc="encoding", unit="prompt") as bar:
-        cond = pipe.encode(args.prompt, negatives, references, guidance=args.cfg > 1.0,
-                           reference_resize=getattr(args, "resize", "fix_pixels"),
-                           reference_target=getattr(args, "reference_size", 512))
+        cond = pipe.encode(
+            args.prompt,
+            negatives,
+            references,
+            guidance=args.cfg > 1.0,
+            reference_resize=getattr(args, "resize", "fix_pixels"),
+            reference_target=getattr(args, "reference_size", 512),
+        )
         bar.update(len(args.prompt))
     cond = cond.repeat(args.num_images)
     with tqdm(total=args.steps, desc="sampling", unit="step") as bar:
-        latents = pipe.sample(cond, args.height, args.width, num_steps=args.steps, cfg_scale=args.cfg,
-                              seed=args.seed, shift=args.shift, callback=lambda i, n, x: bar.update())
+        latents = pipe.sample(
+            cond,
+            args.height,
+            args.width,
+            num_steps=args.steps,
+            cfg_scale=args.cfg,
+            seed=args.seed,
+            shift=args.shift,
+            callback=lambda i, n, x: bar.update(),
+        )
     with tqdm(total=1, desc="decoding", unit="batch") as bar:
         images = to_pil(pipe.decode(latents))
         bar.update()
@@ -128,8 +153,14 @@ def cmd_convert(args) -> int:
 
     device = "cpu"
     connector = {"num_attention_heads": args.connector_heads} if args.connector_heads else None
-    out = convert_checkpoint(args.checkpoint, args.output, args.vlm, args.diffusion,
-                             dtype=pick_dtype(args.dtype, device), connector_config=connector)
+    out = convert_checkpoint(
+        args.checkpoint,
+        args.output,
+        args.vlm,
+        args.diffusion,
+        dtype=pick_dtype(args.dtype, device),
+        connector_config=connector,
+    )
     print(out)
     return 0
 
@@ -163,8 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_sampling_args(p, None)
     p.add_argument("--image", action="append", required=True, help="reference image; repeat for several")
-    p.add_argument("--resize", default="fix_pixels", choices=["fix_pixels", "longest_side", "square", "keep"],
-                   help="how references are brought to multiples of 32 (default: about 512² pixels)")
+    p.add_argument(
+        "--resize",
+        default="fix_pixels",
+        choices=["fix_pixels", "longest_side", "square", "keep"],
+        help="how references are brought to multiples of 32 (default: about 512² pixels)",
+    )
     p.add_argument("--reference-size", type=int, default=512)
     p.set_defaults(func=cmd_edit)
 
@@ -183,8 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("download", help="fetch the official files with huggingface_hub (only when you ask)")
     p.add_argument("--models-dir", default="models")
-    p.add_argument("--what", nargs="+", default=["deepgen", "vlm", "diffusion"],
-                   choices=["deepgen", "vlm", "diffusion", "diffusers"])
+    p.add_argument(
+        "--what",
+        nargs="+",
+        default=["deepgen", "vlm", "diffusion"],
+        choices=["deepgen", "vlm", "diffusion", "diffusers"],
+    )
     p.set_defaults(func=cmd_download)
 
     try:

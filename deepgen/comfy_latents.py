@@ -20,10 +20,22 @@ from .pipeline import Conditioning
 SD3_SCALE_FACTOR = 1.5305
 SD3_SHIFT_FACTOR = 0.0609
 SD3_LATENT_RGB_FACTORS = (
-    (-0.0922, -0.0175, 0.0749), (0.0311, 0.0633, 0.0954), (0.1994, 0.0927, 0.0458), (0.0856, 0.0339, 0.0902),
-    (0.0587, 0.0272, -0.0496), (-0.0006, 0.1104, 0.0309), (0.0978, 0.0306, 0.0427), (-0.0042, 0.1038, 0.1358),
-    (-0.0194, 0.0020, 0.0669), (-0.0488, 0.0130, -0.0268), (0.0922, 0.0988, 0.0951), (-0.0278, 0.0524, -0.0542),
-    (0.0332, 0.0456, 0.0895), (-0.0069, -0.0030, -0.0810), (-0.0596, -0.0465, -0.0293), (-0.1448, -0.1463, -0.1189),
+    (-0.0922, -0.0175, 0.0749),
+    (0.0311, 0.0633, 0.0954),
+    (0.1994, 0.0927, 0.0458),
+    (0.0856, 0.0339, 0.0902),
+    (0.0587, 0.0272, -0.0496),
+    (-0.0006, 0.1104, 0.0309),
+    (0.0978, 0.0306, 0.0427),
+    (-0.0042, 0.1038, 0.1358),
+    (-0.0194, 0.0020, 0.0669),
+    (-0.0488, 0.0130, -0.0268),
+    (0.0922, 0.0988, 0.0951),
+    (-0.0278, 0.0524, -0.0542),
+    (0.0332, 0.0456, 0.0895),
+    (-0.0069, -0.0030, -0.0810),
+    (-0.0596, -0.0465, -0.0293),
+    (-0.1448, -0.1463, -0.1189),
 )
 SD3_LATENT_RGB_BIAS = (0.2394, 0.2135, 0.1925)
 
@@ -38,8 +50,9 @@ def from_comfy_samples(samples: torch.Tensor, scale: float, shift: float) -> tor
     return (samples.float() - shift) * scale
 
 
-def to_comfy_conditioning(cond: Conditioning, scale: float, shift: float,
-                          device: torch.device | str = "cpu") -> tuple[list, list | None]:
+def to_comfy_conditioning(
+    cond: Conditioning, scale: float, shift: float, device: torch.device | str = "cpu"
+) -> tuple[list, list | None]:
     """Conditioning -> (positive, negative) native CONDITIONING lists (negative None without guidance rows).
 
     Reference latents (edits) are added as "reference_latents" when every prompt shares the same references

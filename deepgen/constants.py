@@ -57,5 +57,7 @@ def scb_tap_indices(num_layers: int) -> list[int]:
     """
     taps = list(range(num_layers - 1, 0, -SCB_TAP_STRIDE))[:SCB_NUM_TAPS]
     if len(taps) != SCB_NUM_TAPS:
-        raise ValueError(f"SCB needs a VLM with at least {SCB_TAP_STRIDE * (SCB_NUM_TAPS - 1) + 2} layers, got {num_layers}")
+        raise ValueError(
+            f"SCB needs a VLM with at least {SCB_TAP_STRIDE * (SCB_NUM_TAPS - 1) + 2} layers, got {num_layers}"
+        )
     return taps

@@ -30,8 +30,11 @@ __all__ = ["SOURCES", "hub_endpoint", "check_hub_reachable", "download_release"]
 SOURCES = {
     "deepgen": ("deepgenteam/DeepGen-1.0", "deepgen/DeepGen-1.0", ["model.pt", "*.md", "*.json"]),
     "vlm": ("Qwen/Qwen2.5-VL-3B-Instruct", "text_encoders/Qwen2.5-VL-3B-Instruct", None),
-    "diffusion": ("Skywork/UniPic2-SD3.5M-Kontext-2B", "diffusion_models/UniPic2-SD3.5M-Kontext-2B",
-                  ["transformer/*", "vae/*", "scheduler/*", "*.json", "*.md"]),
+    "diffusion": (
+        "Skywork/UniPic2-SD3.5M-Kontext-2B",
+        "diffusion_models/UniPic2-SD3.5M-Kontext-2B",
+        ["transformer/*", "vae/*", "scheduler/*", "*.json", "*.md"],
+    ),
     "diffusers": ("deepgenteam/DeepGen-1.0-diffusers", "deepgen/DeepGen-1.0-diffusers", None),
 }
 
@@ -50,16 +53,27 @@ def check_hub_reachable(timeout: float = CONNECT_TIMEOUT) -> str:
     try:
         tcp_probe(endpoint, timeout)
     except ResourceError as e:
-        raise ResourceError(f"cannot reach {e}: check your network or proxy, or set HF_ENDPOINT to a mirror; "
-                            "nothing was downloaded") from None
+        raise ResourceError(
+            f"cannot reach {e}: check your network or proxy, or set HF_ENDPOINT to a mirror; nothing was downloaded"
+        ) from None
     return endpoint
 
 
 def _is_network_error(exc: BaseException) -> bool:
     """huggingface_hub's (and its HTTP client's) ways of saying "no connection", whatever the version."""
     names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectTimeout",
-                "TimeoutException", "NetworkError", "ProxyError", "ConnectionError", "Timeout", "ReadTimeout"}:
+    if names & {
+        "LocalEntryNotFoundError",
+        "OfflineModeIsEnabled",
+        "ConnectError",
+        "ConnectTimeout",
+        "TimeoutException",
+        "NetworkError",
+        "ProxyError",
+        "ConnectionError",
+        "Timeout",
+        "ReadTimeout",
+    }:
         return True
     return isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror))
 
@@ -88,7 +102,8 @@ def download_release(models_dir: str | Path, what=("deepgen", "vlm", "diffusion"
                 raise ResourceError(
                     f"cannot reach {urlsplit(endpoint).netloc} while downloading {repo} ({reason}): check your "
                     f"network or proxy, or set HF_ENDPOINT to a mirror; run the same command again to continue"
-                    f"{done}") from e
+                    f"{done}"
+                ) from e
             raise
         paths.append(target)
     return paths

@@ -105,6 +105,9 @@ def run_cli(func: Callable[[], int], *, debug: bool | None = None, stream=None) 
         if message is not None:
             print(f"error: {message}", file=stream)
             return 2
-        print(f"error: unexpected {type(exc).__name__}: {one_line(exc)} (a bug in ComfyUI-DeepGen: run again with "
-              "--debug for the traceback and report it)", file=stream)
+        print(
+            f"error: unexpected {type(exc).__name__}: {one_line(exc)} (a bug in ComfyUI-DeepGen: run again with "
+            "--debug for the traceback and report it)",
+            file=stream,
+        )
         return 1

@@ -56,17 +56,21 @@ def open_image(path: str | os.PathLike, *, exif_transpose: bool = True, check_si
         if isinstance(exc, InputImageError):
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputImageError(f"image {path} is truncated or damaged ({reason}); open it in an image editor and "
-                              "save it again") from exc
+        raise InputImageError(
+            f"image {path} is truncated or damaged ({reason}); open it in an image editor and save it again"
+        ) from exc
 
 
 def check_image_size(width: int, height: int, where: str = "image") -> None:
     if width * height > MAX_IMAGE_PIXELS:
-        raise InputImageError(f"{where} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS // 2**20} "
-                              "megapixels DeepGen accepts; downscale it first (references are used at about 512²)")
+        raise InputImageError(
+            f"{where} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS // 2**20} "
+            "megapixels DeepGen accepts; downscale it first (references are used at about 512²)"
+        )
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise InputImageError(f"{where} is {width}x{height} pixels; an input image needs at least "
-                              f"{MIN_IMAGE_SIDE} pixels per side")
+        raise InputImageError(
+            f"{where} is {width}x{height} pixels; an input image needs at least {MIN_IMAGE_SIDE} pixels per side"
+        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -142,8 +146,9 @@ def to_comfy_image(pixels: torch.Tensor) -> torch.Tensor:
 def from_comfy_image(images: torch.Tensor) -> list[torch.Tensor]:
     """ComfyUI IMAGE (B, H, W, C) 0..1 -> list of (3, H, W) in [-1, 1] (alpha dropped, grey expanded)."""
     if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 3, 4):
-        raise InputImageError(f"Expected a ComfyUI IMAGE batch (B, H, W, C) with C 1, 3 or 4, got shape "
-                              f"{tuple(images.shape)}")
+        raise InputImageError(
+            f"Expected a ComfyUI IMAGE batch (B, H, W, C) with C 1, 3 or 4, got shape {tuple(images.shape)}"
+        )
     rgb = images[..., :3] if images.shape[-1] >= 3 else images[..., :1].expand(*images.shape[:-1], 3)
     return list(rgb.permute(0, 3, 1, 2).float() * 2 - 1)
 

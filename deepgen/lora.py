@@ -38,8 +38,10 @@ LORA_FORMAT = "deepgen-lora"
 PARTS = ("lmm", "transformer")
 DIFF_SUFFIX = ".diff"
 SCB_PREFIXES = ("meta_queries", "projector_1.", "projector_2.", "projector_3.", "connector.")
-_LORA_KEY = re.compile(r"^((?:lmm|transformer)\..+)\.(lora_A(?:\.default)?\.weight|lora_B(?:\.default)?\.weight|"
-                       r"lora_embedding_A(?:\.default)?|lora_embedding_B(?:\.default)?|alpha)$")
+_LORA_KEY = re.compile(
+    r"^((?:lmm|transformer)\..+)\.(lora_A(?:\.default)?\.weight|lora_B(?:\.default)?\.weight|"
+    r"lora_embedding_A(?:\.default)?|lora_embedding_B(?:\.default)?|alpha)$"
+)
 # kohya / OneTrainer: the module path with "." -> "_", under lora_transformer_ (DiT) or lora_lmm_ (VLM)
 _KOHYA_KEY = re.compile(r"^lora_(transformer|lmm)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 _KOHYA_PART = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "alpha": "alpha"}
@@ -48,7 +50,7 @@ FLAT_PREFIX = "flat:"  # a module named with underscores (kohya), resolved again
 DIT_TARGET_PRESETS = {
     "attn": r"transformer_blocks\.\d+\.attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)$",
     "attn_ff": r"transformer_blocks\.\d+\.(attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj"
-               r"|to_add_out)|ff(_context)?\.net\.(0\.proj|2))$",
+    r"|to_add_out)|ff(_context)?\.net\.(0\.proj|2))$",
 }
 
 
@@ -71,12 +73,20 @@ def dit_lora_targets(transformer: nn.Module, targets: str | list[str] = "attn") 
     if targets not in DIT_TARGET_PRESETS:
         raise LoraError(f"Unknown DiT LoRA targets {targets!r}: use one of {sorted(DIT_TARGET_PRESETS)} or a list")
     pattern = re.compile(DIT_TARGET_PRESETS[targets])
-    return [name for name, module in transformer.named_modules()
-            if isinstance(module, nn.Linear) and pattern.search(name)]
+    return [
+        name for name, module in transformer.named_modules() if isinstance(module, nn.Linear) and pattern.search(name)
+    ]
 
 
-def add_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0,
-             init: str | bool = "gaussian", adapter_name: str = "default") -> nn.Module:
+def add_lora(
+    module: nn.Module,
+    targets: list[str],
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    init: str | bool = "gaussian",
+    adapter_name: str = "default",
+) -> nn.Module:
     """Inject a trainable PEFT LoRA into `module` (in place) on exactly `targets`."""
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -85,8 +95,13 @@ def add_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dro
     if not targets:
         raise LoraError("No LoRA target modules")
     # peft annotates lora_alpha as int (any number works: scale = alpha / r) and init_lora_weights as a Literal
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,  # type: ignore[arg-type]
-                        init_lora_weights=init)  # type: ignore[arg-type]
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        target_modules=targets,
+        init_lora_weights=init,  # type: ignore[arg-type]
+    )
     inject_adapter_in_model(config, module, adapter_name=adapter_name)
     return module
 
@@ -128,8 +143,13 @@ def adapter_settings(model: nn.Module, adapter_name: str = "default") -> dict[st
     return settings
 
 
-def save_lora(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None,
-              diffs: dict[str, torch.Tensor] | None = None, adapter_name: str = "default") -> Path:
+def save_lora(
+    model: nn.Module,
+    path: str | os.PathLike,
+    metadata: dict | None = None,
+    diffs: dict[str, torch.Tensor] | None = None,
+    adapter_name: str = "default",
+) -> Path:
     """Write the model's LoRA adapters (VLM and/or DiT), plus optional SCB `diffs` ({parameter name: trained −
     initial}), to one safetensors file, atomically."""
     tensors = {}
@@ -144,8 +164,12 @@ def save_lora(model: nn.Module, path: str | os.PathLike, metadata: dict | None =
         raise LoraError("The model carries no LoRA adapter to save")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": LORA_FORMAT, "format_version": "2", "deepgen": json.dumps(metadata or {}, default=str),
-            "trained_adapters": json.dumps(adapter_settings(model, adapter_name))}
+    meta = {
+        "format": LORA_FORMAT,
+        "format_version": "2",
+        "deepgen": json.dumps(metadata or {}, default=str),
+        "trained_adapters": json.dumps(adapter_settings(model, adapter_name)),
+    }
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=meta)
     os.replace(partial, path)
@@ -189,13 +213,18 @@ class LoraFile:
         """Give kohya-style (underscore) module names their dotted names in `model`; returns self."""
         flat = [name for name in self.modules if name.startswith(FLAT_PREFIX)]
         if flat:
-            dotted = {f"{part}.{name}".replace(".", "_"): f"{part}.{name}" for part in PARTS
-                      for name, _ in getattr(model, part).named_modules() if name}
+            dotted = {
+                f"{part}.{name}".replace(".", "_"): f"{part}.{name}"
+                for part in PARTS
+                for name, _ in getattr(model, part).named_modules()
+                if name
+            }
             for name in flat:
-                key = name[len(FLAT_PREFIX):]
+                key = name[len(FLAT_PREFIX) :]
                 if key.replace(".", "_") not in dotted:
-                    raise LoraError(f"{self.path}: the model has no module for the LoRA key {key!r}; is this LoRA "
-                                    "for DeepGen 1.0?")
+                    raise LoraError(
+                        f"{self.path}: the model has no module for the LoRA key {key!r}; is this LoRA for DeepGen 1.0?"
+                    )
                 self.modules[dotted[key.replace(".", "_")]] = self.modules.pop(name)
         return self
 
@@ -206,8 +235,10 @@ class LoraFile:
             want = tuple(_weight(model, name, self.path).shape)
             got = tuple(module.delta_shape)
             if got != want:
-                raise LoraError(f"{self.path}: {name} gives a {got} update for a {want} weight; the LoRA was trained "
-                                "for another model size")
+                raise LoraError(
+                    f"{self.path}: {name} gives a {got} update for a {want} weight; the LoRA was trained "
+                    "for another model size"
+                )
         params = dict(model.named_parameters())
         for name, diff in self.diffs.items():
             if name not in params or tuple(params[name].shape) != tuple(diff.shape):
@@ -239,13 +270,15 @@ def load_lora(path: str | os.PathLike) -> LoraFile:
     diffs = {}
     for key, value in tensors.items():
         if key.endswith(DIFF_SUFFIX) and key.startswith(SCB_PREFIXES):
-            diffs[key[:-len(DIFF_SUFFIX)]] = value
+            diffs[key[: -len(DIFF_SUFFIX)]] = value
             continue
         name, kind = _module_and_kind(key)
         if name is None:
-            raise LoraError(f"{path}: unrecognised LoRA key {key!r} (expected lmm.* or transformer.* LoRA tensors, "
-                            "kohya lora_transformer_* names, or think-token/connector .diff tensors): is this a "
-                            "DeepGen LoRA?")
+            raise LoraError(
+                f"{path}: unrecognised LoRA key {key!r} (expected lmm.* or transformer.* LoRA tensors, "
+                "kohya lora_transformer_* names, or think-token/connector .diff tensors): is this a "
+                "DeepGen LoRA?"
+            )
         groups.setdefault(name, {})[kind] = value
     modules = {}
     for name, parts in groups.items():

@@ -48,8 +48,10 @@ def join_inside(root: str | os.PathLike, name: str, what: str = "name") -> Path:
     root = Path(root)
     path = root.joinpath(*rel.split("/"))
     if not allow_external_symlinks() and not is_inside(os.path.realpath(path), os.path.realpath(root)):
-        raise UnsafePathError(f"{what} {name!r} leads through a symlink to {os.path.realpath(path)}, outside "
-                              f"{root}; move the files inside, or set {ALLOW_EXTERNAL_SYMLINKS_ENV}=1")
+        raise UnsafePathError(
+            f"{what} {name!r} leads through a symlink to {os.path.realpath(path)}, outside "
+            f"{root}; move the files inside, or set {ALLOW_EXTERNAL_SYMLINKS_ENV}=1"
+        )
     return path
 
 
@@ -61,6 +63,8 @@ def check_inside(path: str | os.PathLike, root: str | os.PathLike, what: str = "
     if not is_inside(os.path.abspath(path), os.path.abspath(root)) and not is_inside(real, real_root):
         raise UnsafePathError(f"{what} {str(path)!r} is outside {root}; use a path inside that folder")
     if not allow_external_symlinks() and not is_inside(real, real_root):
-        raise UnsafePathError(f"{what} {str(path)!r} leads through a symlink to {real}, outside {root}; move the "
-                              f"files inside, or set {ALLOW_EXTERNAL_SYMLINKS_ENV}=1")
+        raise UnsafePathError(
+            f"{what} {str(path)!r} leads through a symlink to {real}, outside {root}; move the "
+            f"files inside, or set {ALLOW_EXTERNAL_SYMLINKS_ENV}=1"
+        )
     return path

@@ -93,24 +93,34 @@ class Conditioning:
         """Each prompt n times in a row (n images per prompt)."""
         if n == 1:
             return self
+
         def rep(t: torch.Tensor) -> torch.Tensor:
             return t.repeat_interleave(n, dim=0)
 
         refs = None if self.reference_latents is None else [r for r in self.reference_latents for _ in range(n)]
-        return replace(self, context=rep(self.context), pooled=rep(self.pooled),
-                       negative_context=_optional(rep, self.negative_context),
-                       negative_pooled=_optional(rep, self.negative_pooled),
-                       reference_latents=refs, prompts=[p for p in self.prompts for _ in range(n)])
+        return replace(
+            self,
+            context=rep(self.context),
+            pooled=rep(self.pooled),
+            negative_context=_optional(rep, self.negative_context),
+            negative_pooled=_optional(rep, self.negative_pooled),
+            reference_latents=refs,
+            prompts=[p for p in self.prompts for _ in range(n)],
+        )
 
     def to(self, device=None, dtype=None) -> "Conditioning":
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype)
 
         refs = None if self.reference_latents is None else [[move(r) for r in rs] for rs in self.reference_latents]
-        return replace(self, context=move(self.context), pooled=move(self.pooled),
-                       negative_context=_optional(move, self.negative_context),
-                       negative_pooled=_optional(move, self.negative_pooled),
-                       reference_latents=refs)
+        return replace(
+            self,
+            context=move(self.context),
+            pooled=move(self.pooled),
+            negative_context=_optional(move, self.negative_context),
+            negative_pooled=_optional(move, self.negative_pooled),
+            reference_latents=refs,
+        )
 
 
 @dataclass
@@ -136,9 +146,12 @@ class Think:
         return any(self.references)
 
     def to(self, device=None) -> "Think":
-        return replace(self, scb_input=self.scb_input.to(device),
-                       references=[[r.to(device) for r in row] for row in self.references],
-                       vlm=None if self.vlm is None else self.vlm.to(device))
+        return replace(
+            self,
+            scb_input=self.scb_input.to(device),
+            references=[[r.to(device) for r in row] for row in self.references],
+            vlm=None if self.vlm is None else self.vlm.to(device),
+        )
 
 
 @dataclass
@@ -169,6 +182,7 @@ class DeepGenPipeline:
     @classmethod
     def from_pretrained(cls, checkpoint, vlm=None, diffusion=None, **kwargs) -> "DeepGenPipeline":
         from .loading import load_model
+
         return cls(load_model(checkpoint, vlm, diffusion, **kwargs))
 
     @property
@@ -181,9 +195,17 @@ class DeepGenPipeline:
 
     # ---- encode: think (VLM) then bridge (SCB + reference latents) ------------------------------------
     @torch.no_grad()
-    def think(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
-              references: Sequence[Sequence[ImageLike]] | None = None, *, guidance: bool = True,
-              reference_resize: str = "fix_pixels", reference_target: int = 512, reference_seed: int = 0) -> Think:
+    def think(
+        self,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str] | None = None,
+        references: Sequence[Sequence[ImageLike]] | None = None,
+        *,
+        guidance: bool = True,
+        reference_resize: str = "fix_pixels",
+        reference_target: int = 512,
+        reference_seed: int = 0,
+    ) -> Think:
         """Run the VLM (think tokens appended) on the prompts and, co-batched after them, their negatives.
 
         negative_prompts: default '' for text-to-image and the official quality negative for edits.
@@ -219,20 +241,42 @@ class DeepGenPipeline:
         officially; `reference_noise` fixes the standard-normal draws)."""
         b = len(think)
         context, pooled = self.model.bridge(think.scb_input.to(self.device))
-        ref_latents = (self.encode_references(think.references, reference_noise, think.reference_seed)
-                       if think.has_references else None)
-        return Conditioning(context=context[:b], pooled=pooled[:b],
-                            negative_context=context[b:] if think.has_negative else None,
-                            negative_pooled=pooled[b:] if think.has_negative else None,
-                            reference_latents=ref_latents, prompts=list(think.prompts))
+        ref_latents = (
+            self.encode_references(think.references, reference_noise, think.reference_seed)
+            if think.has_references
+            else None
+        )
+        return Conditioning(
+            context=context[:b],
+            pooled=pooled[:b],
+            negative_context=context[b:] if think.has_negative else None,
+            negative_pooled=pooled[b:] if think.has_negative else None,
+            reference_latents=ref_latents,
+            prompts=list(think.prompts),
+        )
 
-    def encode(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
-               references: Sequence[Sequence[ImageLike]] | None = None, *, guidance: bool = True,
-               reference_resize: str = "fix_pixels", reference_target: int = 512,
-               reference_noise: Sequence[Sequence[torch.Tensor]] | None = None, seed: int = 0) -> Conditioning:
+    def encode(
+        self,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str] | None = None,
+        references: Sequence[Sequence[ImageLike]] | None = None,
+        *,
+        guidance: bool = True,
+        reference_resize: str = "fix_pixels",
+        reference_target: int = 512,
+        reference_noise: Sequence[Sequence[torch.Tensor]] | None = None,
+        seed: int = 0,
+    ) -> Conditioning:
         """Prompts (and per-prompt reference images) -> Conditioning: `bridge(think(...))`."""
-        think = self.think(prompts, negative_prompts, references, guidance=guidance, reference_resize=reference_resize,
-                           reference_target=reference_target, reference_seed=seed)
+        think = self.think(
+            prompts,
+            negative_prompts,
+            references,
+            guidance=guidance,
+            reference_resize=reference_resize,
+            reference_target=reference_target,
+            reference_seed=seed,
+        )
         return self.bridge(think, reference_noise)
 
     def encode_references(self, refs, noise=None, seed: int = 0) -> list[list[torch.Tensor]]:
@@ -249,11 +293,22 @@ class DeepGenPipeline:
 
     # ---- sample -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, cond: Conditioning, height: int | None = None, width: int | None = None, *,
-               num_steps: int = C.DEFAULT_STEPS, cfg_scale: float = C.DEFAULT_CFG, seed: int | Sequence[int] = 0,
-               latents: torch.Tensor | None = None, init_latents: torch.Tensor | None = None, strength: float = 1.0,
-               shift: float | None = None, callback: StepCallback | None = None,
-               on_step: StepHook | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        cond: Conditioning,
+        height: int | None = None,
+        width: int | None = None,
+        *,
+        num_steps: int = C.DEFAULT_STEPS,
+        cfg_scale: float = C.DEFAULT_CFG,
+        seed: int | Sequence[int] = 0,
+        latents: torch.Tensor | None = None,
+        init_latents: torch.Tensor | None = None,
+        strength: float = 1.0,
+        shift: float | None = None,
+        callback: StepCallback | None = None,
+        on_step: StepHook | None = None,
+    ) -> torch.Tensor:
         """Denoise B latents from noise (or from `init_latents` at `strength`) and return them (B, 16, H/8, W/8).
 
         latents: the initial noise (as in diffusers); otherwise drawn per image from `seed`.
@@ -314,10 +369,21 @@ class DeepGenPipeline:
                 v = v_pos
             x_in, x = x, scheduler.step(v, t, x, return_dict=False)[0]  # type: ignore[arg-type]
             if on_step is not None:
-                on_step(StepOutput(step=i, num_steps=len(timesteps), timestep=t,
-                                   sigma=sigmas[first + i], sigma_next=sigmas[first + i + 1], latents=x_in,
-                                   velocity_cond=v_pos, velocity_uncond=v_neg, velocity=v, next_latents=x,
-                                   cfg_scale=cfg_scale if guided else 1.0))
+                on_step(
+                    StepOutput(
+                        step=i,
+                        num_steps=len(timesteps),
+                        timestep=t,
+                        sigma=sigmas[first + i],
+                        sigma_next=sigmas[first + i + 1],
+                        latents=x_in,
+                        velocity_cond=v_pos,
+                        velocity_uncond=v_neg,
+                        velocity=v,
+                        next_latents=x,
+                        cfg_scale=cfg_scale if guided else 1.0,
+                    )
+                )
             if callback is not None:
                 callback(i, len(timesteps), x)
         return x
@@ -327,16 +393,30 @@ class DeepGenPipeline:
         return self.model.decode_latents(latents.to(self.device))
 
     # ---- all at once ----------------------------------------------------------------------------------
-    def __call__(self, prompts: str | Sequence[str], references: Sequence[Sequence[ImageLike]] | None = None,
-                 negative_prompts: Sequence[str] | None = None, *, height: int | None = None, width: int | None = None,
-                 num_steps: int = C.DEFAULT_STEPS, cfg_scale: float = C.DEFAULT_CFG, seed: int | Sequence[int] = 0,
-                 num_images_per_prompt: int = 1, output_type: str = "pil", callback: StepCallback | None = None,
-                 reference_resize: str = "fix_pixels", on_step: StepHook | None = None) -> DeepGenOutput:
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        references: Sequence[Sequence[ImageLike]] | None = None,
+        negative_prompts: Sequence[str] | None = None,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        num_steps: int = C.DEFAULT_STEPS,
+        cfg_scale: float = C.DEFAULT_CFG,
+        seed: int | Sequence[int] = 0,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+        callback: StepCallback | None = None,
+        reference_resize: str = "fix_pixels",
+        on_step: StepHook | None = None,
+    ) -> DeepGenOutput:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        cond = self.encode(prompts, negative_prompts, references, guidance=cfg_scale > 1.0,
-                           reference_resize=reference_resize).repeat(num_images_per_prompt)
-        latents = self.sample(cond, height, width, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed,
-                              callback=callback, on_step=on_step)
+        cond = self.encode(
+            prompts, negative_prompts, references, guidance=cfg_scale > 1.0, reference_resize=reference_resize
+        ).repeat(num_images_per_prompt)
+        latents = self.sample(
+            cond, height, width, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed, callback=callback, on_step=on_step
+        )
         if output_type == "latent":
             return DeepGenOutput(images=[], latents=latents)
         pixels = self.decode(latents)

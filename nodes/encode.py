@@ -23,8 +23,13 @@ def reference_inputs(first_required: bool) -> tuple[dict, dict]:
     """(required, optional) IMAGE inputs image_1..image_4."""
     required, optional = {}, {}
     for i in range(1, NUM_REFERENCE_INPUTS + 1):
-        spec = (IMAGE, {"tooltip": f"Reference image {i}. Every image of a batch counts as one more reference, "
-                                   "in order." + (" Required." if i == 1 and first_required else " Optional.")})
+        spec = (
+            IMAGE,
+            {
+                "tooltip": f"Reference image {i}. Every image of a batch counts as one more reference, "
+                "in order." + (" Required." if i == 1 and first_required else " Optional.")
+            },
+        )
         (required if i == 1 and first_required else optional)[f"image_{i}"] = spec
     return required, optional
 
@@ -39,8 +44,9 @@ def check_prompt(prompt) -> str | bool:
     return True if isinstance(prompt, str) and prompt.strip() else EMPTY_PROMPT
 
 
-def encode_prompt(handle, prompt: str, negative_prompt: str, images, reference_resize: str = "fix_pixels",
-                  node_id=None):
+def encode_prompt(
+    handle, prompt: str, negative_prompt: str, images, reference_resize: str = "fix_pixels", node_id=None
+):
     """One prompt (+ its negative, + references from IMAGE batches) -> Think on the intermediate device.
 
     An empty negative means the official one for the task: the empty prompt for text-to-image, the fixed quality
@@ -87,15 +93,21 @@ def bridge(handle, think, node_id=None):
 
 
 class ThinkTokenEncode:
-    DESCRIPTION = ("Runs Qwen2.5-VL on the prompt (and the reference images, for edits) with DeepGen's 128 learnable "
-                   "think tokens appended, and stacks six of its hidden layers for SCB. The prompt and the negative "
-                   "are encoded in one batch, as the official code does. With references the prompt is an edit "
-                   "instruction; without, a text-to-image prompt.")
+    DESCRIPTION = (
+        "Runs Qwen2.5-VL on the prompt (and the reference images, for edits) with DeepGen's 128 learnable "
+        "think tokens appended, and stacks six of its hidden layers for SCB. The prompt and the negative "
+        "are encoded in one batch, as the official code does. With references the prompt is an edit "
+        "instruction; without, a text-to-image prompt."
+    )
     CATEGORY = category("conditioning")
     RETURN_TYPES = (DEEPGEN_THINK,)
     RETURN_NAMES = ("think",)
-    OUTPUT_TOOLTIPS = (("Stacked VLM hidden states (think tokens included) of the prompt and the negative, plus the "
-                        "references; connect to SCBBridge."),)
+    OUTPUT_TOOLTIPS = (
+        (
+            "Stacked VLM hidden states (think tokens included) of the prompt and the negative, plus the "
+            "references; connect to SCBBridge."
+        ),
+    )
     FUNCTION = "encode"
 
     @classmethod
@@ -104,14 +116,26 @@ class ThinkTokenEncode:
         return {
             "required": {
                 "model": (DEEPGEN_MODEL, {"tooltip": "The model from DeepGenLoader."}),
-                "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True,
-                                      "default": "A red fox sitting in a snowy forest at sunrise, soft light",
-                                      "tooltip": "What to generate, or, with reference images, the edit to make "
-                                                 "(e.g. 'Replace the sky with a starry night')."}),
-                "negative_prompt": ("STRING", {"multiline": True, "default": "",
-                                               "tooltip": "What to avoid (the CFG negative). Empty: the official "
-                                                          "negative, which is the empty prompt for text-to-image and "
-                                                          "a fixed quality negative for edits."}),
+                "prompt": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "dynamicPrompts": True,
+                        "default": "A red fox sitting in a snowy forest at sunrise, soft light",
+                        "tooltip": "What to generate, or, with reference images, the edit to make "
+                        "(e.g. 'Replace the sky with a starry night').",
+                    },
+                ),
+                "negative_prompt": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "What to avoid (the CFG negative). Empty: the official "
+                        "negative, which is the empty prompt for text-to-image and "
+                        "a fixed quality negative for edits.",
+                    },
+                ),
                 "reference_resize": reference_resize_input(),
             },
             "optional": optional,
@@ -122,24 +146,38 @@ class ThinkTokenEncode:
     def VALIDATE_INPUTS(cls, prompt=None):
         return check_prompt(prompt)
 
-    def encode(self, model, prompt, negative_prompt="", reference_resize="fix_pixels", image_1=None, image_2=None,
-               image_3=None, image_4=None, unique_id=None):
+    def encode(
+        self,
+        model,
+        prompt,
+        negative_prompt="",
+        reference_resize="fix_pixels",
+        image_1=None,
+        image_2=None,
+        image_3=None,
+        image_4=None,
+        unique_id=None,
+    ):
         images = [image_1, image_2, image_3, image_4]
         return (encode_prompt(model, prompt, negative_prompt, images, reference_resize, unique_id),)
 
 
 class SCBBridge:
-    DESCRIPTION = ("Stacked Channel Bridging: the connector and projectors turn the stacked VLM states into the DiT's "
-                   "context sequence and pooled vector, and the reference images into VAE latents. Also outputs "
-                   "ComfyUI CONDITIONING ([[context, {'pooled_output', 'reference_latents'}]]) for native SD3 "
-                   "nodes.")
+    DESCRIPTION = (
+        "Stacked Channel Bridging: the connector and projectors turn the stacked VLM states into the DiT's "
+        "context sequence and pooled vector, and the reference images into VAE latents. Also outputs "
+        "ComfyUI CONDITIONING ([[context, {'pooled_output', 'reference_latents'}]]) for native SD3 "
+        "nodes."
+    )
     CATEGORY = category("conditioning")
     RETURN_TYPES = (DEEPGEN_COND, CONDITIONING, CONDITIONING)
     RETURN_NAMES = ("cond", "positive", "negative")
     OUTPUT_TOOLTIPS = (
         "DeepGen conditioning (prompt, negative and reference latents) for DeepGenSampler.",
-        ("The prompt as native CONDITIONING: context [B, L, 4096] with pooled_output [B, 2048]; edits also carry "
-         "reference_latents (raw VAE latents, as ComfyUI's ReferenceLatent stores them)."),
+        (
+            "The prompt as native CONDITIONING: context [B, L, 4096] with pooled_output [B, 2048]; edits also carry "
+            "reference_latents (raw VAE latents, as ComfyUI's ReferenceLatent stores them)."
+        ),
         "The negative prompt as native CONDITIONING (use it instead of ConditioningZeroOut).",
     )
     FUNCTION = "bridge"

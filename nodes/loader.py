@@ -17,6 +17,7 @@ _LOAD_PHASES = 7  # load_model reports at most 6 phases; the last step is placin
 
 # ---- what the folders hold -----------------------------------------------------------------------------
 
+
 def _safe_resolve(kind: str, name: str) -> str | None:
     try:
         return cs.resolve_model_path(kind, name)
@@ -40,11 +41,23 @@ def checkpoint_choices() -> list[str]:
 
     entries = [(name, _safe_resolve("deepgen", name)) for name in cs.list_models("deepgen")]
     releases = [name for name, path in entries if path and os.path.isdir(path) and is_diffusers_release(path)]
-    folders = releases + [name for name, path in entries if path and os.path.isdir(path)
-                          and not is_model_folder(path) and not is_diffusers_release(path) and _checkpoint_in(path)]
-    files = [name for name, path in entries if path and os.path.isfile(path)
-             and os.path.splitext(name)[1].lower() in CHECKPOINT_EXTS
-             and not is_model_folder(os.path.dirname(path))]
+    folders = releases + [
+        name
+        for name, path in entries
+        if path
+        and os.path.isdir(path)
+        and not is_model_folder(path)
+        and not is_diffusers_release(path)
+        and _checkpoint_in(path)
+    ]
+    files = [
+        name
+        for name, path in entries
+        if path
+        and os.path.isfile(path)
+        and os.path.splitext(name)[1].lower() in CHECKPOINT_EXTS
+        and not is_model_folder(os.path.dirname(path))
+    ]
 
     def inside_release(name: str) -> bool:
         return any(name.startswith(folder + "/") for folder in folders)
@@ -69,8 +82,11 @@ def _folder_choices(kind: str, accept) -> list[str]:
 def _accept(kind: str):
     from deepgen.loading import sources
 
-    return {"text_encoders": sources.is_qwen_folder, "diffusion_models": sources.is_diffusion_folder,
-            "vae": sources.is_model_folder}[kind]
+    return {
+        "text_encoders": sources.is_qwen_folder,
+        "diffusion_models": sources.is_diffusion_folder,
+        "vae": sources.is_model_folder,
+    }[kind]
 
 
 def vlm_choices() -> list[str]:
@@ -111,12 +127,28 @@ def resolve_sources(checkpoint: str, vlm: str = AUTO, diffusion: str = AUTO, vae
     from deepgen.loading import CheckpointError, resolve_source
 
     if checkpoint == TINY_CHOICE:
-        return {"checkpoint": "tiny", "layout": "tiny", "vlm": None, "diffusion": None, "vae": None,
-                "connector_config": None}
-    source = resolve_source(cs.resolve_model_path("deepgen", checkpoint), _chosen_folder("vlm", vlm),
-                            _chosen_folder("diffusion", diffusion), candidates=_candidates)
-    out = {"checkpoint": source.checkpoint, "layout": source.layout, "vlm": source.vlm,
-           "diffusion": source.diffusion, "vae": None, "connector_config": source.connector_config}
+        return {
+            "checkpoint": "tiny",
+            "layout": "tiny",
+            "vlm": None,
+            "diffusion": None,
+            "vae": None,
+            "connector_config": None,
+        }
+    source = resolve_source(
+        cs.resolve_model_path("deepgen", checkpoint),
+        _chosen_folder("vlm", vlm),
+        _chosen_folder("diffusion", diffusion),
+        candidates=_candidates,
+    )
+    out = {
+        "checkpoint": source.checkpoint,
+        "layout": source.layout,
+        "vlm": source.vlm,
+        "diffusion": source.diffusion,
+        "vae": None,
+        "connector_config": source.connector_config,
+    }
     if vae != AUTO:
         folder = cs.resolve_model_path("vae", vae)
         if not os.path.isfile(os.path.join(folder, "config.json")) and os.path.isdir(os.path.join(folder, "vae")):
@@ -154,13 +186,16 @@ def resolve_dtype(precision: str):
 
 # ---- the node ------------------------------------------------------------------------------------------
 
+
 class DeepGenLoader:
-    DESCRIPTION = ("Loads DeepGen 1.0 (Qwen2.5-VL + think tokens + SCB + SD3.5-M DiT + VAE). Official layout: the "
-                   "checkpoint from models/deepgen plus the Qwen2.5-VL folder (models/text_encoders) and the "
-                   "UniPic2/SD3.5 diffusers folder (models/diffusion_models), found automatically when they sit next "
-                   "to the checkpoint. Diffusers layout: one folder in models/deepgen. The demo choice builds a tiny "
-                   "random-weight model, so workflows run without downloads (its pictures are noise). About 10 GB of "
-                   "VRAM in bf16 with the VLM offloaded after encoding.")
+    DESCRIPTION = (
+        "Loads DeepGen 1.0 (Qwen2.5-VL + think tokens + SCB + SD3.5-M DiT + VAE). Official layout: the "
+        "checkpoint from models/deepgen plus the Qwen2.5-VL folder (models/text_encoders) and the "
+        "UniPic2/SD3.5 diffusers folder (models/diffusion_models), found automatically when they sit next "
+        "to the checkpoint. Diffusers layout: one folder in models/deepgen. The demo choice builds a tiny "
+        "random-weight model, so workflows run without downloads (its pictures are noise). About 10 GB of "
+        "VRAM in bf16 with the VLM offloaded after encoding."
+    )
     CATEGORY = category("loaders")
     RETURN_TYPES = (DEEPGEN_MODEL,)
     RETURN_NAMES = ("model",)
@@ -171,35 +206,63 @@ class DeepGenLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "checkpoint": (checkpoint_choices(), {
-                    "default": TINY_CHOICE,
-                    "tooltip": "DeepGen checkpoint or release folder in models/deepgen. "
-                               f"'{TINY_CHOICE}' needs no files."}),
-                "vlm": (vlm_choices(), {
-                    "default": AUTO,
-                    "tooltip": "Qwen2.5-VL-3B-Instruct folder in models/text_encoders (official layout only). "
-                               "auto: the one next to the checkpoint."}),
-                "diffusion": (diffusion_choices(), {
-                    "default": AUTO,
-                    "tooltip": "UniPic2-SD3.5M-Kontext diffusers folder (transformer/, vae/, scheduler/) in "
-                               "models/diffusion_models (official layout only). auto: the one next to the checkpoint."}),
-                "vae": (vae_choices(), {
-                    "default": AUTO,
-                    "tooltip": "Optional SD3.5 VAE folder (diffusers) in models/vae replacing the release's own. "
-                               "auto: the release's VAE."}),
-                "precision": (PRECISIONS, {
-                    "default": "auto",
-                    "tooltip": "Weight dtype. auto: bf16 on recent NVIDIA GPUs, fp16 on older GPUs and Apple, "
-                               "fp32 on CPU."}),
-                "memory_mode": (MEMORY_MODES, {
-                    "default": "offload_vlm_after_encode",
-                    "tooltip": "keep_all_on_gpu: fastest, most VRAM. offload_vlm_after_encode: the VLM leaves the "
-                               "GPU once the prompt is encoded. sequential_offload: only the part in use is on the "
-                               "GPU (least VRAM, slowest)."}),
-                "attention": (ATTENTION, {
-                    "default": "sdpa",
-                    "tooltip": "Attention kernel of the VLM. sdpa works everywhere; flash_attention_2 needs the "
-                               "flash-attn package; eager is the slow reference."}),
+                "checkpoint": (
+                    checkpoint_choices(),
+                    {
+                        "default": TINY_CHOICE,
+                        "tooltip": "DeepGen checkpoint or release folder in models/deepgen. "
+                        f"'{TINY_CHOICE}' needs no files.",
+                    },
+                ),
+                "vlm": (
+                    vlm_choices(),
+                    {
+                        "default": AUTO,
+                        "tooltip": "Qwen2.5-VL-3B-Instruct folder in models/text_encoders (official layout only). "
+                        "auto: the one next to the checkpoint.",
+                    },
+                ),
+                "diffusion": (
+                    diffusion_choices(),
+                    {
+                        "default": AUTO,
+                        "tooltip": "UniPic2-SD3.5M-Kontext diffusers folder (transformer/, vae/, scheduler/) in "
+                        "models/diffusion_models (official layout only). auto: the one next to the checkpoint.",
+                    },
+                ),
+                "vae": (
+                    vae_choices(),
+                    {
+                        "default": AUTO,
+                        "tooltip": "Optional SD3.5 VAE folder (diffusers) in models/vae replacing the release's own. "
+                        "auto: the release's VAE.",
+                    },
+                ),
+                "precision": (
+                    PRECISIONS,
+                    {
+                        "default": "auto",
+                        "tooltip": "Weight dtype. auto: bf16 on recent NVIDIA GPUs, fp16 on older GPUs and Apple, "
+                        "fp32 on CPU.",
+                    },
+                ),
+                "memory_mode": (
+                    MEMORY_MODES,
+                    {
+                        "default": "offload_vlm_after_encode",
+                        "tooltip": "keep_all_on_gpu: fastest, most VRAM. offload_vlm_after_encode: the VLM leaves the "
+                        "GPU once the prompt is encoded. sequential_offload: only the part in use is on the "
+                        "GPU (least VRAM, slowest).",
+                    },
+                ),
+                "attention": (
+                    ATTENTION,
+                    {
+                        "default": "sdpa",
+                        "tooltip": "Attention kernel of the VLM. sdpa works everywhere; flash_attention_2 needs the "
+                        "flash-attn package; eager is the slow reference.",
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -213,18 +276,38 @@ class DeepGenLoader:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, checkpoint, vlm=AUTO, diffusion=AUTO, vae=AUTO, precision="auto",
-                   memory_mode="offload_vlm_after_encode", attention="sdpa", **_):
+    def IS_CHANGED(
+        cls,
+        checkpoint,
+        vlm=AUTO,
+        diffusion=AUTO,
+        vae=AUTO,
+        precision="auto",
+        memory_mode="offload_vlm_after_encode",
+        attention="sdpa",
+        **_,
+    ):
         try:
             src = resolve_sources(checkpoint, vlm, diffusion, vae)
         except Exception as exc:  # the run reports it properly
             return f"unresolved:{exc}"
         keys = [src["checkpoint"], src["vlm"], src["diffusion"], src["vae"]]
-        return "\n".join([checkpoint, precision, memory_mode, attention]
-                         + [f"{k}={_fingerprint(k if k != 'tiny' else None)}" for k in keys if k])
+        return "\n".join(
+            [checkpoint, precision, memory_mode, attention]
+            + [f"{k}={_fingerprint(k if k != 'tiny' else None)}" for k in keys if k]
+        )
 
-    def load(self, checkpoint, vlm=AUTO, diffusion=AUTO, vae=AUTO, precision="auto",
-             memory_mode="offload_vlm_after_encode", attention="sdpa", unique_id=None):
+    def load(
+        self,
+        checkpoint,
+        vlm=AUTO,
+        diffusion=AUTO,
+        vae=AUTO,
+        precision="auto",
+        memory_mode="offload_vlm_after_encode",
+        attention="sdpa",
+        unique_id=None,
+    ):
         from deepgen.loading import load_model
 
         src = resolve_sources(checkpoint, vlm, diffusion, vae)
@@ -236,15 +319,24 @@ class DeepGenLoader:
             cs.send_progress_text(f"DeepGen: {message}", unique_id)
             bar.update(1)
 
-        model = load_model(src["checkpoint"], src["vlm"], src["diffusion"], dtype=dtype, device="cpu",
-                           connector_config=src["connector_config"], attn_implementation=attention, progress=say,
-                           # The graph has no place for a Python opt-in: a checkpoint without DiT or LoRA
-                           # tensors (stage-1 output, a tiny release) loads, and the loader logs what it lacks.
-                           allow_pretrain_checkpoint=True)
+        model = load_model(
+            src["checkpoint"],
+            src["vlm"],
+            src["diffusion"],
+            dtype=dtype,
+            device="cpu",
+            connector_config=src["connector_config"],
+            attn_implementation=attention,
+            progress=say,
+            # The graph has no place for a Python opt-in: a checkpoint without DiT or LoRA
+            # tensors (stage-1 output, a tiny release) loads, and the loader logs what it lacks.
+            allow_pretrain_checkpoint=True,
+        )
         if src["vae"]:
             model.vae = _load_vae(src["vae"], dtype)
-        handle = DeepGenModelHandle(model, name=checkpoint, memory_mode=memory_mode, dtype=dtype,
-                                    attention=attention, sources=src).place()
+        handle = DeepGenModelHandle(
+            model, name=checkpoint, memory_mode=memory_mode, dtype=dtype, attention=attention, sources=src
+        ).place()
         bar.update_absolute(_LOAD_PHASES)
         bar.close()
         return (handle,)
@@ -257,8 +349,9 @@ def _load_vae(folder: str, dtype):
 
     vae = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     if vae.config.latent_channels != 16:
-        raise CheckpointError(f"{folder} is a {vae.config.latent_channels}-channel VAE; DeepGen needs the 16-channel "
-                              "SD3/SD3.5 VAE")
+        raise CheckpointError(
+            f"{folder} is a {vae.config.latent_channels}-channel VAE; DeepGen needs the 16-channel SD3/SD3.5 VAE"
+        )
     return vae.eval()
 
 

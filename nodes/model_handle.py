@@ -31,7 +31,8 @@ _ACTIVE_PATCHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _module_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
-        b.numel() * b.element_size() for b in module.buffers())
+        b.numel() * b.element_size() for b in module.buffers()
+    )
 
 
 @dataclass(eq=False)
@@ -144,4 +145,3 @@ class DeepGenModelHandle:
 
     def __repr__(self) -> str:
         return f"DeepGenModelHandle({self.name!r}, {self.memory_mode}, dtype={self.dtype})"
-

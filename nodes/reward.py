@@ -32,7 +32,9 @@ def parse_weights(choice: str, custom: str):
         try:
             weights[name.strip()] = float(value)
         except ValueError:
-            raise InputError(f"custom_weights: '{part.strip()}' is not 'name=weight' (e.g. 'clip=0.3, ocr=0.7')") from None
+            raise InputError(
+                f"custom_weights: '{part.strip()}' is not 'name=weight' (e.g. 'clip=0.3, ocr=0.7')"
+            ) from None
     if not weights:
         raise InputError("custom_weights is empty: write e.g. 'preference=0.7, clip=0.3'")
     return weights
@@ -74,10 +76,14 @@ def score(images, prompt: str, weights, clip_model=AUTO, judge_model=AUTO, judge
     from deepgen.rewards import RewardMix
 
     device = str(cs.torch_device())
-    kwargs = {"clip": {"model_path": _model_folder(clip_model, DEFAULT_CLIP_FOLDER), "device": device},
-              "preference": ({"url": judge_url.strip(), "seed": seed} if judge_url and judge_url.strip() else
-                             {"model_path": _model_folder(judge_model, DEFAULT_JUDGE_FOLDER), "device": device,
-                              "seed": seed})}
+    kwargs = {
+        "clip": {"model_path": _model_folder(clip_model, DEFAULT_CLIP_FOLDER), "device": device},
+        "preference": (
+            {"url": judge_url.strip(), "seed": seed}
+            if judge_url and judge_url.strip()
+            else {"model_path": _model_folder(judge_model, DEFAULT_JUDGE_FOLDER), "device": device, "seed": seed}
+        ),
+    }
     mix = RewardMix(weights, reward_kwargs=kwargs)
     bar = cs.Progress(1, node_id=node_id, desc="DeepGen rewards")
     cs.check_interrupt()
@@ -99,8 +105,10 @@ def judge_notes(mix, result) -> list[str]:
     failed = sum(c["verdict"] is None for c in comparisons)
     if not failed:
         return []
-    return [f"WARNING: the preference judge failed or gave no readable answer on {failed} of {len(comparisons)} "
-            "comparisons (counted as ties, 0.5). Check judge_url / judge_model; the server log has details."]
+    return [
+        f"WARNING: the preference judge failed or gave no readable answer on {failed} of {len(comparisons)} "
+        "comparisons (counted as ties, 0.5). Check judge_url / judge_model; the server log has details."
+    ]
 
 
 def report(result, best, notes=()) -> tuple[list[dict], str]:
@@ -109,32 +117,45 @@ def report(result, best, notes=()) -> tuple[list[dict], str]:
     n = result.total.shape[0]
     rows = []
     for i in range(n):
-        rows.append({"index": i, "total": _finite(result.total[i]),
-                     "rewards": {k: _finite(result.scores[k][i]) for k in names}, "best": i == best})
+        rows.append(
+            {
+                "index": i,
+                "total": _finite(result.total[i]),
+                "rewards": {k: _finite(result.scores[k][i]) for k in names},
+                "best": i == best,
+            }
+        )
     mean_weights = {k: float(result.weights[k].mean()) for k in names}
     lines = ["rewards: " + ", ".join(f"{k} (weight {mean_weights[k]:.2f})" for k in names)]
     lines.append("  #  " + "  ".join(f"{h:>10}" for h in ["total"] + names))
     for r in rows:
         cells = [_fmt(r["total"])] + [_fmt(r["rewards"][k]) for k in names]
         lines.append(f"{'*' if r['best'] else ' '}{r['index']:>2}  " + "  ".join(f"{c:>10}" for c in cells))
-    lines.append(f"best: image {best} (total {_fmt(rows[best]['total'])})" if best is not None
-                 else "best: none (no reward applied to any image)")
+    lines.append(
+        f"best: image {best} (total {_fmt(rows[best]['total'])})"
+        if best is not None
+        else "best: none (no reward applied to any image)"
+    )
     return rows, "\n".join([*lines, *notes])
 
 
 class RewardScore:
-    DESCRIPTION = ("Scores each image of a batch against the prompt with DeepGen's RL rewards (CLIP similarity, OCR of "
-                   "the quoted text, pairwise VLM preference) mixed with the official presets, and picks the best "
-                   "image (best-of-N). Reward models are read from models/deepgen (clip/, unifiedreward-think/) or a "
-                   "judge endpoint; nothing is downloaded. OCR works offline out of the box.")
+    DESCRIPTION = (
+        "Scores each image of a batch against the prompt with DeepGen's RL rewards (CLIP similarity, OCR of "
+        "the quoted text, pairwise VLM preference) mixed with the official presets, and picks the best "
+        "image (best-of-N). Reward models are read from models/deepgen (clip/, unifiedreward-think/) or a "
+        "judge endpoint; nothing is downloaded. OCR works offline out of the box."
+    )
     CATEGORY = category("rewards")
     RETURN_TYPES = ("FLOAT", IMAGE, "STRING", "INT")
     RETURN_NAMES = ("scores", "best_image", "report", "best_index")
     OUTPUT_IS_LIST = (True, False, False, False)
-    OUTPUT_TOOLTIPS = ("Weighted total per image (a list; NaN where no reward applied).",
-                       "The image with the highest total.",
-                       "A table with the per-reward breakdown.",
-                       "0-based batch index of the best image (-1 if none).")
+    OUTPUT_TOOLTIPS = (
+        "Weighted total per image (a list; NaN where no reward applied).",
+        "The image with the highest total.",
+        "A table with the per-reward breakdown.",
+        "0-based batch index of the best image (-1 if none).",
+    )
     OUTPUT_NODE = True
     FUNCTION = "score"
 
@@ -144,42 +165,85 @@ class RewardScore:
         return {
             "required": {
                 "images": (IMAGE, {"tooltip": "The batch to score, e.g. DeepGenSampler with batch size N."}),
-                "prompt": ("STRING", {"multiline": True, "default": "",
-                                      "tooltip": "The prompt the images were made from. For OCR, put the text to "
-                                                 "render in double quotes."}),
-                "rewards": (REWARD_CHOICES, {
-                    "default": "general",
-                    "tooltip": "general: preference 0.7 + clip 0.3. text_rendering: preference 0.2 + clip 0.1 + "
-                               "ocr 0.7. clip / ocr / preference: that reward alone. custom: custom_weights."}),
-                "custom_weights": ("STRING", {"default": "preference=0.7, clip=0.3",
-                                              "tooltip": "Used when rewards is custom: 'name=weight' pairs "
-                                                         "(clip, ocr, preference)."}),
-                "clip_model": (folders, {"default": AUTO,
-                                         "tooltip": "CLIP ViT-L/14 folder in models/deepgen. auto: "
-                                                    "models/deepgen/clip."}),
-                "judge_model": (folders, {"default": AUTO,
-                                          "tooltip": "Preference judge (UnifiedReward-Think, Qwen2.5-VL) folder in "
-                                                     "models/deepgen. auto: models/deepgen/unifiedreward-think. "
-                                                     "Unused when judge_url is set."}),
-                "judge_url": ("STRING", {"default": "",
-                                         "tooltip": "Optional OpenAI-compatible endpoint (e.g. vLLM) serving the "
-                                                    "preference judge; empty runs the local judge_model."}),
+                "prompt": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "The prompt the images were made from. For OCR, put the text to "
+                        "render in double quotes.",
+                    },
+                ),
+                "rewards": (
+                    REWARD_CHOICES,
+                    {
+                        "default": "general",
+                        "tooltip": "general: preference 0.7 + clip 0.3. text_rendering: preference 0.2 + clip 0.1 + "
+                        "ocr 0.7. clip / ocr / preference: that reward alone. custom: custom_weights.",
+                    },
+                ),
+                "custom_weights": (
+                    "STRING",
+                    {
+                        "default": "preference=0.7, clip=0.3",
+                        "tooltip": "Used when rewards is custom: 'name=weight' pairs (clip, ocr, preference).",
+                    },
+                ),
+                "clip_model": (
+                    folders,
+                    {"default": AUTO, "tooltip": "CLIP ViT-L/14 folder in models/deepgen. auto: models/deepgen/clip."},
+                ),
+                "judge_model": (
+                    folders,
+                    {
+                        "default": AUTO,
+                        "tooltip": "Preference judge (UnifiedReward-Think, Qwen2.5-VL) folder in "
+                        "models/deepgen. auto: models/deepgen/unifiedreward-think. "
+                        "Unused when judge_url is set.",
+                    },
+                ),
+                "judge_url": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "Optional OpenAI-compatible endpoint (e.g. vLLM) serving the "
+                        "preference judge; empty runs the local judge_model.",
+                    },
+                ),
                 # No control_after_generate: a re-randomised seed would re-run the judge on every queue.
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": False,
-                                 "tooltip": "Seed of the order in which the preference judge sees each pair."}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFF,
+                        "control_after_generate": False,
+                        "tooltip": "Seed of the order in which the preference judge sees each pair.",
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def score(self, images, prompt, rewards="general", custom_weights="", clip_model=AUTO, judge_model=AUTO,
-              judge_url="", seed=0, unique_id=None):
-        result, best, notes = score(images, prompt, parse_weights(rewards, custom_weights), clip_model, judge_model,
-                                    judge_url, seed, unique_id)
+    def score(
+        self,
+        images,
+        prompt,
+        rewards="general",
+        custom_weights="",
+        clip_model=AUTO,
+        judge_model=AUTO,
+        judge_url="",
+        seed=0,
+        unique_id=None,
+    ):
+        result, best, notes = score(
+            images, prompt, parse_weights(rewards, custom_weights), clip_model, judge_model, judge_url, seed, unique_id
+        )
         rows, text = report(result, best, notes)
-        best_image = images[best:best + 1] if best is not None else images[:1]
+        best_image = images[best : best + 1] if best is not None else images[:1]
         scores = [float(t) for t in result.total.tolist()]
-        return {"ui": {"deepgen1_rewards": rows},
-                "result": (scores, best_image, text, -1 if best is None else best)}
+        return {"ui": {"deepgen1_rewards": rows}, "result": (scores, best_image, text, -1 if best is None else best)}
 
 
 NODE_CLASS_MAPPINGS = {"RewardScore": RewardScore}

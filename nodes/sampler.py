@@ -19,8 +19,21 @@ def validate_size(width=None, height=None) -> bool | str:
     return True
 
 
-def generate(handle, cond, *, width: int, height: int, batch_size: int, steps: int, cfg: float, shift: float,
-             seed: int, latent: dict | None = None, denoise: float = 1.0, node_id=None):
+def generate(
+    handle,
+    cond,
+    *,
+    width: int,
+    height: int,
+    batch_size: int,
+    steps: int,
+    cfg: float,
+    shift: float,
+    seed: int,
+    latent: dict | None = None,
+    denoise: float = 1.0,
+    node_id=None,
+):
     """Sample and decode; returns (IMAGE [B, H, W, 3] 0..1, LATENT {"samples": raw SD3 VAE latents})."""
     import torch
 
@@ -51,13 +64,24 @@ def generate(handle, cond, *, width: int, height: int, batch_size: int, steps: i
     handle.prepare("sample")
     preview = None
     if cs.previews_enabled():
+
         def preview(step, total, x):
             return ("JPEG", latent_preview(x), PREVIEW_MAX_SIZE)
+
     bar = cs.Progress(runs, node_id=node_id, desc="DeepGen sample")
     try:
-        x = pipe.sample(cond.to(pipe.device), height, width, num_steps=steps, cfg_scale=cfg, seed=seeds,
-                        init_latents=init, strength=denoise if init is not None else 1.0, shift=shift or None,
-                        callback=bar.callback(preview))
+        x = pipe.sample(
+            cond.to(pipe.device),
+            height,
+            width,
+            num_steps=steps,
+            cfg_scale=cfg,
+            seed=seeds,
+            init_latents=init,
+            strength=denoise if init is not None else 1.0,
+            shift=shift or None,
+            callback=bar.callback(preview),
+        )
     finally:
         bar.close()
 
@@ -67,7 +91,7 @@ def generate(handle, cond, *, width: int, height: int, batch_size: int, steps: i
     images = []
     for i in range(x.shape[0]):
         cs.check_interrupt()
-        images.append(to_comfy_image(pipe.decode(x[i:i + 1])).to(device))
+        images.append(to_comfy_image(pipe.decode(x[i : i + 1])).to(device))
         bar.update(1)
     bar.close()
     return torch.cat(images), {"samples": to_comfy_samples(x, scale, shift_factor).to(device)}
@@ -79,8 +103,10 @@ def _latent_batch(latent, num_prompts: int, batch_size: int, channels: int):
         raise InputError("latent must be a ComfyUI LATENT (a dict with 'samples')")
     samples = latent["samples"]
     if samples.ndim != 4 or samples.shape[1] != channels:
-        raise InputError(f"latent has shape {tuple(samples.shape)}; DeepGen needs {channels}-channel SD3 latents "
-                         "[B, 16, H/8, W/8] (e.g. from EmptySD3LatentImage or a DeepGen node)")
+        raise InputError(
+            f"latent has shape {tuple(samples.shape)}; DeepGen needs {channels}-channel SD3 latents "
+            "[B, 16, H/8, W/8] (e.g. from EmptySD3LatentImage or a DeepGen node)"
+        )
     total = num_prompts * batch_size
     if samples.shape[0] == total:
         return samples, batch_size
@@ -88,20 +114,26 @@ def _latent_batch(latent, num_prompts: int, batch_size: int, channels: int):
         return samples.expand(total, -1, -1, -1), batch_size
     if num_prompts == 1:
         return samples, samples.shape[0]
-    raise InputError(f"latent holds {samples.shape[0]} images but {num_prompts} prompts x batch size {batch_size} "
-                     f"= {total} are asked for")
+    raise InputError(
+        f"latent holds {samples.shape[0]} images but {num_prompts} prompts x batch size {batch_size} "
+        f"= {total} are asked for"
+    )
 
 
 class DeepGenSampler:
-    DESCRIPTION = ("Denoises with the DeepGen DiT (flow-matching Euler, classifier-free guidance with the encoded "
-                   "negative, reference-image tokens for edits) and decodes with the VAE. The LATENT output is in "
-                   "ComfyUI's SD3 convention, so VAEDecode with the SD3.5 VAE, latent upscalers and a second "
-                   "DeepGenSampler (with denoise < 1) accept it.")
+    DESCRIPTION = (
+        "Denoises with the DeepGen DiT (flow-matching Euler, classifier-free guidance with the encoded "
+        "negative, reference-image tokens for edits) and decodes with the VAE. The LATENT output is in "
+        "ComfyUI's SD3 convention, so VAEDecode with the SD3.5 VAE, latent upscalers and a second "
+        "DeepGenSampler (with denoise < 1) accept it."
+    )
     CATEGORY = category("sampling")
     RETURN_TYPES = (IMAGE, LATENT)
     RETURN_NAMES = ("images", "latent")
-    OUTPUT_TOOLTIPS = ("The decoded images [B, H, W, 3].",
-                       "The final latents (raw SD3 VAE space, like EmptySD3LatentImage).")
+    OUTPUT_TOOLTIPS = (
+        "The decoded images [B, H, W, 3].",
+        "The final latents (raw SD3 VAE space, like EmptySD3LatentImage).",
+    )
     FUNCTION = "sample"
 
     @classmethod
@@ -113,11 +145,24 @@ class DeepGenSampler:
                 **sampler_inputs(default_size=512),
             },
             "optional": {
-                "latent": (LATENT, {"tooltip": "Optional starting latent (img2img / refine). Its size and batch "
-                                               "replace width, height and batch size."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
-                                      "tooltip": "With a latent: how much of it to repaint (1.0 = everything, "
-                                                 "i.e. ignore it). Without a latent it has no effect."}),
+                "latent": (
+                    LATENT,
+                    {
+                        "tooltip": "Optional starting latent (img2img / refine). Its size and batch "
+                        "replace width, height and batch size."
+                    },
+                ),
+                "denoise": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.01,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "With a latent: how much of it to repaint (1.0 = everything, "
+                        "i.e. ignore it). Without a latent it has no effect.",
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -126,10 +171,23 @@ class DeepGenSampler:
     def VALIDATE_INPUTS(cls, width, height):
         return validate_size(width, height)
 
-    def sample(self, model, cond, width, height, batch_size, steps, cfg, shift, seed, latent=None, denoise=1.0,
-               unique_id=None):
-        return generate(model, cond, width=width, height=height, batch_size=batch_size, steps=steps, cfg=cfg,
-                        shift=shift, seed=seed, latent=latent, denoise=denoise, node_id=unique_id)
+    def sample(
+        self, model, cond, width, height, batch_size, steps, cfg, shift, seed, latent=None, denoise=1.0, unique_id=None
+    ):
+        return generate(
+            model,
+            cond,
+            width=width,
+            height=height,
+            batch_size=batch_size,
+            steps=steps,
+            cfg=cfg,
+            shift=shift,
+            seed=seed,
+            latent=latent,
+            denoise=denoise,
+            node_id=unique_id,
+        )
 
 
 NODE_CLASS_MAPPINGS = {"DeepGenSampler": DeepGenSampler}

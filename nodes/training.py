@@ -35,6 +35,7 @@ _ADAPTER_CACHE: dict[tuple[str, int, int], object] = {}
 
 # ---- where things go ---------------------------------------------------------------------------------------
 
+
 def _folder_paths():
     return sys.modules.get("folder_paths") if cs.in_comfyui() else None
 
@@ -74,25 +75,32 @@ def resolve_dataset(path: str) -> Path:
 
     text = (path or "").strip().strip('"').strip("'")
     if not text:
-        raise InputError("dataset is empty: give a folder of images with same-named .txt captions, or a .json/.jsonl "
-                         "list, inside ComfyUI's input folder")
+        raise InputError(
+            "dataset is empty: give a folder of images with same-named .txt captions, or a .json/.jsonl "
+            "list, inside ComfyUI's input folder"
+        )
     root = input_root()
     given = Path(text).expanduser()
     found = check_inside(given, root, "dataset") if given.is_absolute() else join_inside(root, text, "dataset")
     if not found.exists():
-        raise NotFoundError(f"dataset {text!r} not found in {root}; put a folder of images with same-named .txt "
-                            "captions, or a .json/.jsonl list, in ComfyUI's input folder")
+        raise NotFoundError(
+            f"dataset {text!r} not found in {root}; put a folder of images with same-named .txt "
+            "captions, or a .json/.jsonl list, in ComfyUI's input folder"
+        )
     return found
 
 
 def check_lora_name(name: str) -> str | None:
     if not isinstance(name, str) or not _NAME_OK.match(name.strip()) or ".." in name:
-        return (f"lora_name {name!r} must be a plain file name (letters, digits, space . _ + -; no folders), "
-                "e.g. my_deepgen_lora")
+        return (
+            f"lora_name {name!r} must be a plain file name (letters, digits, space . _ + -; no folders), "
+            "e.g. my_deepgen_lora"
+        )
     return None
 
 
 # ---- progress, interrupt and loss events -----------------------------------------------------------------
+
 
 class NodeCallback:
     """The trainer's callbacks → ComfyUI: progress bar, interrupt button, loss chart events, status text."""
@@ -107,8 +115,9 @@ class NodeCallback:
     def on_train_start(self, run) -> None:
         self.bar.update_absolute(run.start_step, run.total_steps)
         where = f"resuming at step {run.start_step}" if run.start_step else "starting"
-        cs.send_progress_text(f"DeepGen train: {where} ({run.trainable_parameters:,} trainable parameters)",
-                              self.node_id)
+        cs.send_progress_text(
+            f"DeepGen train: {where} ({run.trainable_parameters:,} trainable parameters)", self.node_id
+        )
 
     def check_interrupt(self) -> None:
         cs.check_interrupt()
@@ -118,9 +127,17 @@ class NodeCallback:
         self.losses.append(info.loss)
         for task, loss in sorted(info.task_losses.items()):
             self.task_losses.setdefault(task, []).append(loss)
-            cs.send_event("deepgen1.train_loss", {"node": self.node_id, "step": info.step,
-                                                  "total_steps": info.total_steps, "loss": loss, "task": task,
-                                                  "lr": info.lr})
+            cs.send_event(
+                "deepgen1.train_loss",
+                {
+                    "node": self.node_id,
+                    "step": info.step,
+                    "total_steps": info.total_steps,
+                    "loss": loss,
+                    "task": task,
+                    "lr": info.lr,
+                },
+            )
         self.bar.update_absolute(info.step, info.total_steps)
         cs.send_progress_text(f"step {info.step}/{info.total_steps} · loss {info.loss:.4f}", self.node_id)
 
@@ -143,6 +160,7 @@ class NodeCallback:
 
 
 # ---- the model while it trains ----------------------------------------------------------------------------
+
 
 def _detach_inference_tensors(model) -> None:
     """ComfyUI runs nodes under torch.inference_mode(): weights created there cannot take part in autograd.
@@ -189,13 +207,15 @@ def load_adapter_cached(path: str):
 
 # ---- DeepGenTrainLoRA ----------------------------------------------------------------------------------------
 
+
 class DeepGenTrainLoRA:
     DESCRIPTION = (
         "Fine-tunes DeepGen 1.0 on your images (a folder of images with same-named .txt captions, or an official "
         ".json/.jsonl list, edits included) and saves a LoRA to output/loras/deepgen/. Defaults suit a style or "
         "subject LoRA of 10-200 images on a 24 GB GPU: a rank-16 LoRA on the DiT's attention, learning rate 1e-4, "
         "500 steps, batch 1, 512 px, gradient checkpointing. Training resumes after an interrupt (resume on). "
-        "The output model has the LoRA applied; the cached base model is not changed.")
+        "The output model has the LoRA applied; the cached base model is not changed."
+    )
     CATEGORY = category("training")
     RETURN_TYPES = (DEEPGEN_MODEL, "STRING", LOSS_MAP, IMAGE)
     RETURN_NAMES = ("model", "lora_path", "loss", "validation_images")
@@ -212,58 +232,170 @@ class DeepGenTrainLoRA:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (DEEPGEN_MODEL, {"tooltip": "The model from DeepGenLoader (trained on top of any LoRA it "
-                                                     "already carries)."}),
-                "dataset": ("STRING", {"default": "deepgen_lora_dataset", "tooltip": (
-                    "Folder of images with same-named .txt captions (cat.png + cat.txt), or a .json/.jsonl list in the "
-                    "official formats (edits too), inside ComfyUI's input folder (a name relative to it).")}),
-                "lora_name": ("STRING", {"default": "my_deepgen_lora", "tooltip": (
-                    "File name of the LoRA (output/loras/deepgen/<name>.safetensors) and of its training run "
-                    "(output/deepgen_training/<name>/).")}),
-                "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": (
-                    "Optimizer steps in total (with resume: including the steps already done). About 20-50 per "
-                    "training image is a good start.")}),
-                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-2, "step": 1e-5, "round": 1e-7,
-                                            "tooltip": "Peak learning rate (1 % warm-up, then cosine to 0). 1e-4 "
-                                                       "suits LoRAs; lower it if images fall apart."}),
-                "rank": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": (
-                    "LoRA rank: 8-32 for a style or subject. Alpha = rank for the DiT LoRA, 2 x rank for the VLM "
-                    "LoRA (the official ratio).")}),
-                "train_dit_lora": ("BOOLEAN", {"default": True, "tooltip": (
-                    "LoRA on the DiT's attention projections: learns the look (style, subject). The usual choice.")}),
-                "train_vlm_lora": ("BOOLEAN", {"default": False, "tooltip": (
-                    "LoRA on the Qwen2.5-VL language model, as the official fine-tune: learns new words and prompt "
-                    "understanding. More memory.")}),
-                "train_connector": ("BOOLEAN", {"default": False, "tooltip": (
-                    "Also train the think tokens, projectors and connector (the bridge from VLM to DiT), stored in "
-                    "the LoRA file as weight differences (large: about the bridge's size).")}),
-                "validation_prompt": ("STRING", {"default": "", "multiline": True, "tooltip": (
-                    "Prompt of the validation images made at each save and at the end. Empty: the first caption of "
-                    "the dataset.")}),
-                "save_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": (
-                    "Steps between resumable checkpoints, LoRA snapshots (<name>_<step>_steps.safetensors) and "
-                    "validation images. 0: only at the end.")}),
-                "resume": ("BOOLEAN", {"default": True, "tooltip": (
-                    "Continue the run of the same lora_name from its last checkpoint (after an interrupt, or with "
-                    "more steps). Off: start over (the old run folder is kept, renamed).")}),
+                "model": (
+                    DEEPGEN_MODEL,
+                    {"tooltip": "The model from DeepGenLoader (trained on top of any LoRA it already carries)."},
+                ),
+                "dataset": (
+                    "STRING",
+                    {
+                        "default": "deepgen_lora_dataset",
+                        "tooltip": (
+                            "Folder of images with same-named .txt captions (cat.png + cat.txt), or a .json/.jsonl list in the "
+                            "official formats (edits too), inside ComfyUI's input folder (a name relative to it)."
+                        ),
+                    },
+                ),
+                "lora_name": (
+                    "STRING",
+                    {
+                        "default": "my_deepgen_lora",
+                        "tooltip": (
+                            "File name of the LoRA (output/loras/deepgen/<name>.safetensors) and of its training run "
+                            "(output/deepgen_training/<name>/)."
+                        ),
+                    },
+                ),
+                "steps": (
+                    "INT",
+                    {
+                        "default": 500,
+                        "min": 1,
+                        "max": 100000,
+                        "tooltip": (
+                            "Optimizer steps in total (with resume: including the steps already done). About 20-50 per "
+                            "training image is a good start."
+                        ),
+                    },
+                ),
+                "learning_rate": (
+                    "FLOAT",
+                    {
+                        "default": 1e-4,
+                        "min": 1e-7,
+                        "max": 1e-2,
+                        "step": 1e-5,
+                        "round": 1e-7,
+                        "tooltip": "Peak learning rate (1 % warm-up, then cosine to 0). 1e-4 "
+                        "suits LoRAs; lower it if images fall apart.",
+                    },
+                ),
+                "rank": (
+                    "INT",
+                    {
+                        "default": 16,
+                        "min": 1,
+                        "max": 256,
+                        "tooltip": (
+                            "LoRA rank: 8-32 for a style or subject. Alpha = rank for the DiT LoRA, 2 x rank for the VLM "
+                            "LoRA (the official ratio)."
+                        ),
+                    },
+                ),
+                "train_dit_lora": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": (
+                            "LoRA on the DiT's attention projections: learns the look (style, subject). The usual choice."
+                        ),
+                    },
+                ),
+                "train_vlm_lora": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": (
+                            "LoRA on the Qwen2.5-VL language model, as the official fine-tune: learns new words and prompt "
+                            "understanding. More memory."
+                        ),
+                    },
+                ),
+                "train_connector": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": (
+                            "Also train the think tokens, projectors and connector (the bridge from VLM to DiT), stored in "
+                            "the LoRA file as weight differences (large: about the bridge's size)."
+                        ),
+                    },
+                ),
+                "validation_prompt": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "tooltip": (
+                            "Prompt of the validation images made at each save and at the end. Empty: the first caption of "
+                            "the dataset."
+                        ),
+                    },
+                ),
+                "save_every": (
+                    "INT",
+                    {
+                        "default": 100,
+                        "min": 0,
+                        "max": 100000,
+                        "tooltip": (
+                            "Steps between resumable checkpoints, LoRA snapshots (<name>_<step>_steps.safetensors) and "
+                            "validation images. 0: only at the end."
+                        ),
+                    },
+                ),
+                "resume": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": (
+                            "Continue the run of the same lora_name from its last checkpoint (after an interrupt, or with "
+                            "more steps). Off: start over (the old run folder is kept, renamed)."
+                        ),
+                    },
+                ),
                 # No control_after_generate: a training seed that changes on every queue breaks resume.
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": False,
-                                 "tooltip": "Seed of the data order, noise and LoRA init."}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": MAX_SEED,
+                        "control_after_generate": False,
+                        "tooltip": "Seed of the data order, noise and LoRA init.",
+                    },
+                ),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per step."}),
-                "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 32, "tooltip": (
-                    "Training size: each image is resized to about resolution² pixels, keeping its aspect ratio "
-                    "(DeepGen was trained at 512).")}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": (
-                    "Recompute activations in the backward pass: much less memory, about 30 % slower.")}),
-                "validation_steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": (
-                    "Sampling steps of the validation images.")}),
+                "resolution": (
+                    "INT",
+                    {
+                        "default": 512,
+                        "min": 64,
+                        "max": 2048,
+                        "step": 32,
+                        "tooltip": (
+                            "Training size: each image is resized to about resolution² pixels, keeping its aspect ratio "
+                            "(DeepGen was trained at 512)."
+                        ),
+                    },
+                ),
+                "gradient_checkpointing": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": ("Recompute activations in the backward pass: much less memory, about 30 % slower."),
+                    },
+                ),
+                "validation_steps": (
+                    "INT",
+                    {"default": 20, "min": 1, "max": 200, "tooltip": ("Sampling steps of the validation images.")},
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name=None, rank=None, train_dit_lora=None, train_vlm_lora=None,
-                        train_connector=None):
+    def VALIDATE_INPUTS(cls, lora_name=None, rank=None, train_dit_lora=None, train_vlm_lora=None, train_connector=None):
         if lora_name is not None:
             error = check_lora_name(lora_name)
             if error:
@@ -288,9 +420,27 @@ class DeepGenTrainLoRA:
                 stamp.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
         return "|".join(stamp)
 
-    def train(self, model, dataset, lora_name, steps, learning_rate, rank, train_dit_lora, train_vlm_lora,
-              train_connector, validation_prompt, save_every, resume, seed, batch_size=1, resolution=512,
-              gradient_checkpointing=True, validation_steps=20, unique_id=None):
+    def train(
+        self,
+        model,
+        dataset,
+        lora_name,
+        steps,
+        learning_rate,
+        rank,
+        train_dit_lora,
+        train_vlm_lora,
+        train_connector,
+        validation_prompt,
+        save_every,
+        resume,
+        seed,
+        batch_size=1,
+        resolution=512,
+        gradient_checkpointing=True,
+        validation_steps=20,
+        unique_id=None,
+    ):
         import torch
 
         from deepgen.train.checkpointing import CheckpointError, check_output_dir_writable, find_latest_checkpoint
@@ -315,24 +465,54 @@ class DeepGenTrainLoRA:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="grad_accumulation .* is not a multiple")
             cfg = TrainConfig.for_stage(
-                2, model=handle.name or "comfyui", data=[str(data_path)], resolution=resolution,
-                task_pattern=({"image2image": 1, "text2image": 2} if datasets.sizes()["image2image"]
-                              else {"text2image": 1}),
-                caption_dropout=0.1, num_workers=0,
-                micro_batch_size=batch_size, grad_accumulation=1, max_steps=steps, lr=learning_rate,
-                warmup_ratio=0.01, mixed_precision="auto", gradient_checkpointing=gradient_checkpointing,
-                output_dir=str(runs), save_every=save_every if save_every < steps else 0, keep_last=2,
-                resume="auto" if resume else "no", log_every=1, validation_prompt=prompt,
-                validation_every=save_every if 0 < save_every < steps else 0, seed=seed,
-                train_meta_queries=train_connector, train_projectors=train_connector, train_connector=train_connector,
-                train_dit="lora" if train_dit_lora else "frozen", dit_lora_rank=rank, dit_lora_alpha=float(rank),
-                vlm_lora=train_vlm_lora, vlm_lora_rank=rank, vlm_lora_alpha=2.0 * rank, vlm_lora_dropout=0.05,
-                validation_num_steps=validation_steps, strict_resume_data=False,
-                export_lora=True, export_lora_path=str(lora_dir / f"{lora_name}.safetensors"),
-                export_lora_scb=train_connector, save_lora_every_checkpoint=True, export_checkpoint=False,
+                2,
+                model=handle.name or "comfyui",
+                data=[str(data_path)],
+                resolution=resolution,
+                task_pattern=(
+                    {"image2image": 1, "text2image": 2} if datasets.sizes()["image2image"] else {"text2image": 1}
+                ),
+                caption_dropout=0.1,
+                num_workers=0,
+                micro_batch_size=batch_size,
+                grad_accumulation=1,
+                max_steps=steps,
+                lr=learning_rate,
+                warmup_ratio=0.01,
+                mixed_precision="auto",
+                gradient_checkpointing=gradient_checkpointing,
+                output_dir=str(runs),
+                save_every=save_every if save_every < steps else 0,
+                keep_last=2,
+                resume="auto" if resume else "no",
+                log_every=1,
+                validation_prompt=prompt,
+                validation_every=save_every if 0 < save_every < steps else 0,
+                seed=seed,
+                train_meta_queries=train_connector,
+                train_projectors=train_connector,
+                train_connector=train_connector,
+                train_dit="lora" if train_dit_lora else "frozen",
+                dit_lora_rank=rank,
+                dit_lora_alpha=float(rank),
+                vlm_lora=train_vlm_lora,
+                vlm_lora_rank=rank,
+                vlm_lora_alpha=2.0 * rank,
+                vlm_lora_dropout=0.05,
+                validation_num_steps=validation_steps,
+                strict_resume_data=False,
+                export_lora=True,
+                export_lora_path=str(lora_dir / f"{lora_name}.safetensors"),
+                export_lora_scb=train_connector,
+                save_lora_every_checkpoint=True,
+                export_checkpoint=False,
                 export_dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(handle.dtype, "auto"),
-                export_lora_metadata={"trained_with": "DeepGenTrainLoRA", "lora_name": lora_name,
-                                      "base_model": handle.name})
+                export_lora_metadata={
+                    "trained_with": "DeepGenTrainLoRA",
+                    "lora_name": lora_name,
+                    "base_model": handle.name,
+                },
+            )
 
         handle.activate()  # train on top of the LoRAs this handle carries
         net = handle.model
@@ -345,13 +525,16 @@ class DeepGenTrainLoRA:
                 cs.free_memory(3 * sum(p.numel() * p.element_size() for p in net.parameters()), device)
                 net.to(device)
                 with preserve_model(net, restore_values=scb):
-                    trainer = SFTTrainer(cfg, model=net, callbacks=[callback], device=device,
-                                         cpu=device.type == "cpu", datasets=datasets)
+                    trainer = SFTTrainer(
+                        cfg, model=net, callbacks=[callback], device=device, cpu=device.type == "cpu", datasets=datasets
+                    )
                     try:
                         result = trainer.run()
                     except CheckpointError as exc:
-                        raise CheckpointError(f"{exc} Cannot resume the run in {runs}: switch resume off, or choose "
-                                              "another lora_name, to train with these settings.") from exc
+                        raise CheckpointError(
+                            f"{exc} Cannot resume the run in {runs}: switch resume off, or choose "
+                            "another lora_name, to train with these settings."
+                        ) from exc
         finally:
             handle._where.clear()
             handle.place()
@@ -360,8 +543,11 @@ class DeepGenTrainLoRA:
         cs.send_event("deepgen1.train_done", {"node": callback.node_id, "lora_path": lora_path})
         adapter = load_adapter_cached(lora_path)
         trained = handle.with_loras([(adapter, 1.0)])
-        loss = {"loss": [h["loss"] for h in result.history], "steps": [h["step"] for h in result.history],
-                **{f"loss_{t}": v for t, v in callback.task_losses.items()}}
+        loss = {
+            "loss": [h["loss"] for h in result.history],
+            "steps": [h["step"] for h in result.history],
+            **{f"loss_{t}": v for t, v in callback.task_losses.items()},
+        }
         images = _to_image_batch(result.validation_images).to(cs.intermediate_device())
         return (trained, lora_path, loss, images)
 
@@ -378,6 +564,7 @@ def _first_caption(datasets) -> str | None:
 
 # ---- DeepGenLoRALoader ---------------------------------------------------------------------------------------
 
+
 def lora_choices() -> list[str]:
     names = [n for n in cs.list_models("loras") if n.lower().endswith((".safetensors", ".sft"))]
     ours = sorted(n for n in names if n.startswith(LORA_SUBFOLDER + "/"))
@@ -385,9 +572,11 @@ def lora_choices() -> list[str]:
 
 
 class DeepGenLoRALoader:
-    DESCRIPTION = ("Applies a DeepGen LoRA (from DeepGenTrainLoRA or `deepgen train`) with a strength. Chain several "
-                   "to combine LoRAs. Returns a new model; the cached base model and other workflows keep the "
-                   "original weights. Handles VLM LoRAs, DiT LoRAs and trained-bridge (connector) differences.")
+    DESCRIPTION = (
+        "Applies a DeepGen LoRA (from DeepGenTrainLoRA or `deepgen train`) with a strength. Chain several "
+        "to combine LoRAs. Returns a new model; the cached base model and other workflows keep the "
+        "original weights. Handles VLM LoRAs, DiT LoRAs and trained-bridge (connector) differences."
+    )
     CATEGORY = category("loaders")
     RETURN_TYPES = (DEEPGEN_MODEL,)
     RETURN_NAMES = ("model",)
@@ -399,10 +588,20 @@ class DeepGenLoRALoader:
         return {
             "required": {
                 "model": (DEEPGEN_MODEL, {"tooltip": "The model from DeepGenLoader (or another LoRA loader)."}),
-                "lora_name": (lora_choices(), {"tooltip": "A DeepGen LoRA file from the loras folders (trained "
-                                                          "LoRAs are in loras/deepgen/)."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "1 = as trained, 0 = off; between blends, above exaggerates."}),
+                "lora_name": (
+                    lora_choices(),
+                    {"tooltip": "A DeepGen LoRA file from the loras folders (trained LoRAs are in loras/deepgen/)."},
+                ),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": -10.0,
+                        "max": 10.0,
+                        "step": 0.01,
+                        "tooltip": "1 = as trained, 0 = off; between blends, above exaggerates.",
+                    },
+                ),
             },
         }
 
@@ -416,8 +615,10 @@ class DeepGenLoRALoader:
 
     def load(self, model, lora_name, strength=1.0):
         if lora_name == NO_LORAS:
-            raise NotFoundError("No LoRA files in the loras folders: train one with DeepGenTrainLoRA (it saves "
-                                    "to output/loras/deepgen/), then refresh")
+            raise NotFoundError(
+                "No LoRA files in the loras folders: train one with DeepGenTrainLoRA (it saves "
+                "to output/loras/deepgen/), then refresh"
+            )
         path = cs.resolve_model_path("loras", lora_name)
         adapter = load_adapter_cached(path)
         adapter.check(model.model)
@@ -425,5 +626,7 @@ class DeepGenLoRALoader:
 
 
 NODE_CLASS_MAPPINGS = {"DeepGenTrainLoRA": DeepGenTrainLoRA, "DeepGenLoRALoader": DeepGenLoRALoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"DeepGenTrainLoRA": display_name("DeepGen Train LoRA"),
-                              "DeepGenLoRALoader": display_name("DeepGen LoRA Loader")}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DeepGenTrainLoRA": display_name("DeepGen Train LoRA"),
+    "DeepGenLoRALoader": display_name("DeepGen LoRA Loader"),
+}

@@ -37,12 +37,19 @@ def display_name(name: str) -> str:
 
 # ---- widget specs shared by DeepGenSampler and DeepGenEdit (same names, so workflows read alike) ---------
 
+
 def size_input(which: str, default: int) -> tuple:
-    return ("INT", {
-        "default": default, "min": 0, "max": MAX_RESOLUTION, "step": SIZE_MULTIPLE,
-        "tooltip": f"Output {which} in pixels, a multiple of {SIZE_MULTIPLE}. 0 = the size of the first "
-                   "reference image (edits), or 512 without references. Ignored when a latent is given.",
-    })
+    return (
+        "INT",
+        {
+            "default": default,
+            "min": 0,
+            "max": MAX_RESOLUTION,
+            "step": SIZE_MULTIPLE,
+            "tooltip": f"Output {which} in pixels, a multiple of {SIZE_MULTIPLE}. 0 = the size of the first "
+            "reference image (edits), or 512 without references. Ignored when a latent is given.",
+        },
+    )
 
 
 def sampler_inputs(default_size: int) -> dict:
@@ -50,30 +57,73 @@ def sampler_inputs(default_size: int) -> dict:
     return {
         "width": size_input("width", default_size),
         "height": size_input("height", default_size),
-        "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
-                               "tooltip": "Images per prompt. Image i uses seed + i, so a batch reproduces "
-                                          "single runs with consecutive seeds."}),
-        "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
-                          "tooltip": "Denoising steps (flow-matching Euler). The official setting is 50."}),
-        "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                          "tooltip": "Classifier-free guidance scale. Official: 4.0 (7.5 for dense prompts). "
-                                     "1.0 or less runs the prompt alone (faster, no negative)."}),
-        "shift": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.05, "round": 0.01,
-                            "tooltip": "Timestep shift of the flow-matching schedule (SD3.5: 3.0). "
-                                       "0 uses the value in the checkpoint's scheduler config."}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                         "tooltip": "Noise seed; the same seed and settings give the same image on any device."}),
+        "batch_size": (
+            "INT",
+            {
+                "default": 1,
+                "min": 1,
+                "max": 64,
+                "tooltip": "Images per prompt. Image i uses seed + i, so a batch reproduces "
+                "single runs with consecutive seeds.",
+            },
+        ),
+        "steps": (
+            "INT",
+            {
+                "default": 50,
+                "min": 1,
+                "max": 1000,
+                "tooltip": "Denoising steps (flow-matching Euler). The official setting is 50.",
+            },
+        ),
+        "cfg": (
+            "FLOAT",
+            {
+                "default": 4.0,
+                "min": 0.0,
+                "max": 30.0,
+                "step": 0.1,
+                "round": 0.01,
+                "tooltip": "Classifier-free guidance scale. Official: 4.0 (7.5 for dense prompts). "
+                "1.0 or less runs the prompt alone (faster, no negative).",
+            },
+        ),
+        "shift": (
+            "FLOAT",
+            {
+                "default": 3.0,
+                "min": 0.0,
+                "max": 100.0,
+                "step": 0.05,
+                "round": 0.01,
+                "tooltip": "Timestep shift of the flow-matching schedule (SD3.5: 3.0). "
+                "0 uses the value in the checkpoint's scheduler config.",
+            },
+        ),
+        "seed": (
+            "INT",
+            {
+                "default": 0,
+                "min": 0,
+                "max": MAX_SEED,
+                "control_after_generate": True,
+                "tooltip": "Noise seed; the same seed and settings give the same image on any device.",
+            },
+        ),
     }
 
 
 def reference_resize_input() -> tuple:
-    return (REFERENCE_RESIZE, {
-        "default": "fix_pixels",
-        "tooltip": "How reference images are resized to sides that are multiples of 32: fix_pixels (about "
-                   "512x512 pixels, aspect kept; the training rule), longest_side (longest side 512), square "
-                   "(512x512, the official benchmark scripts) or keep (no resize; the size must already be a "
-                   "multiple of 32).",
-    })
+    return (
+        REFERENCE_RESIZE,
+        {
+            "default": "fix_pixels",
+            "tooltip": "How reference images are resized to sides that are multiples of 32: fix_pixels (about "
+            "512x512 pixels, aspect kept; the training rule), longest_side (longest side 512), square "
+            "(512x512, the official benchmark scripts) or keep (no resize; the size must already be a "
+            "multiple of 32).",
+        },
+    )
 
 
 def check_size(name: str, value) -> str | None:
@@ -89,6 +139,8 @@ def check_size(name: str, value) -> str | None:
     if value % SIZE_MULTIPLE:
         lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
         nearest = f"{lower} or {lower + SIZE_MULTIPLE}" if lower else f"{SIZE_MULTIPLE}"
-        return (f"{name} {value} is not a multiple of {SIZE_MULTIPLE}; DeepGen needs multiples of {SIZE_MULTIPLE} "
-                f"(try {nearest}), or 0 for the reference image's size")
+        return (
+            f"{name} {value} is not a multiple of {SIZE_MULTIPLE}; DeepGen needs multiples of {SIZE_MULTIPLE} "
+            f"(try {nearest}), or 0 for the reference image's size"
+        )
     return None

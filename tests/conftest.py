@@ -16,7 +16,6 @@ def official_model():
     return load_official()
 
 
-
 @pytest.fixture(scope="session")
 def reference():
     from safetensors.torch import load_file

@@ -15,8 +15,11 @@ OFFICIAL_CONNECTOR = {"num_attention_heads": 4}
 
 
 def official_paths(checkpoint: str = "model.safetensors") -> dict:
-    return {"checkpoint": OFFICIAL / checkpoint, "vlm": OFFICIAL / "Qwen2.5-VL-tiny",
-            "diffusion": OFFICIAL / "UniPic2-tiny"}
+    return {
+        "checkpoint": OFFICIAL / checkpoint,
+        "vlm": OFFICIAL / "Qwen2.5-VL-tiny",
+        "diffusion": OFFICIAL / "UniPic2-tiny",
+    }
 
 
 def load_official(checkpoint: str = "model.safetensors", **kwargs):

@@ -21,7 +21,10 @@ def save_diffusers_release(model, root: Path) -> None:
     (root / "scheduler").mkdir()
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config))
     (root / "connector").mkdir()
-    scb = {k.replace("connector.layers.", "encoder.layers."): v.contiguous()
-           for k, v in model.trained_state_dict().items() if not k.startswith("transformer.")}
+    scb = {
+        k.replace("connector.layers.", "encoder.layers."): v.contiguous()
+        for k, v in model.trained_state_dict().items()
+        if not k.startswith("transformer.")
+    }
     save_file(scb, str(root / "connector" / "model.safetensors"))
     (root / "connector" / "config.json").write_text(json.dumps(model.connector.config.to_dict()))

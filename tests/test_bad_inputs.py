@@ -37,6 +37,7 @@ EVIL_NAMES = ("deepgen-evil-relative.txt", "deepgen-evil-absolute.txt")
 
 # ---- shared material ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """A genuine converted single file of the tiny model: (path, tensors, metadata)."""
@@ -66,10 +67,14 @@ def header_json(converted, field: str, edit) -> str:
 
 def png_bytes(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (the pixel data is one row: only the header is ever read)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4)) + chunk(b"IEND", b"")
+    )
 
 
 def save_image(path: Path, mode: str = "RGB", size=(64, 48), **kwargs) -> Path:
@@ -85,6 +90,7 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
 
 
 # ---- running a case -------------------------------------------------------------------------------------
+
 
 class Sandbox:
     def __init__(self, root: Path, converted):
@@ -110,8 +116,9 @@ def run_case(sandbox: Sandbox, case, capsys):
     before = files_under(sandbox.root)
     if isinstance(action, tuple) and action[0] == "cli":
         capsys.readouterr()
-        status = cli_main(action[1] + ["--out", str(sandbox.out / "x.png")] if action[1][0] in ("generate", "edit")
-                          else action[1])
+        status = cli_main(
+            action[1] + ["--out", str(sandbox.out / "x.png")] if action[1][0] in ("generate", "edit") else action[1]
+        )
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert status == 2, err
@@ -133,6 +140,7 @@ def run_case(sandbox: Sandbox, case, capsys):
 
 # ---- loading surface ------------------------------------------------------------------------------------
 
+
 def load(path, **kw):
     from deepgen.loading import load_model
 
@@ -143,8 +151,9 @@ def load_official_file(path):
     from deepgen.loading import load_model
 
     paths = official_paths()
-    return lambda: load_model(path, paths["vlm"], paths["diffusion"], dtype=torch.float32,
-                              connector_config={"num_attention_heads": 4})
+    return lambda: load_model(
+        path, paths["vlm"], paths["diffusion"], dtype=torch.float32, connector_config={"num_attention_heads": 4}
+    )
 
 
 def official_tensors():
@@ -174,8 +183,11 @@ def case_tokenizer_name_through_cli_generate(s):
 
 
 def case_metadata_only_file(s):
-    return load(crafted(s.converted, s.inputs, "empty-model.safetensors", tensors={})), E.CheckpointError, [
-        "empty-model.safetensors", "no tensors"]
+    return (
+        load(crafted(s.converted, s.inputs, "empty-model.safetensors", tensors={})),
+        E.CheckpointError,
+        ["empty-model.safetensors", "no tensors"],
+    )
 
 
 def case_future_format_version(s):
@@ -215,6 +227,7 @@ def case_header_foreign_tokenizer_class(s):
         config = json.loads(files["tokenizer_config.json"])
         config["tokenizer_class"] = "SomeRemoteTokenizer"
         files["tokenizer_config.json"] = json.dumps(config)
+
     files = header_json(s.converted, "tokenizer_files", edit)
     return load(crafted(s.converted, s.inputs, tokenizer_files=files)), E.CheckpointError, ["SomeRemoteTokenizer"]
 
@@ -292,8 +305,9 @@ def case_truncated_lora(s):
     from deepgen.lora import load_lora
 
     path = s.inputs / "style.safetensors"
-    save_file({"transformer.a.lora_A.weight": torch.zeros(4, 8), "transformer.a.lora_B.weight": torch.zeros(8, 4)},
-              str(path))
+    save_file(
+        {"transformer.a.lora_A.weight": torch.zeros(4, 8), "transformer.a.lora_B.weight": torch.zeros(8, 4)}, str(path)
+    )
     truncate(path)
     return (lambda: load_lora(path)), E.CheckpointError, ["style.safetensors"]
 
@@ -305,6 +319,7 @@ def case_cli_info_truncated(s):
 
 
 # ---- generation and node surface ------------------------------------------------------------------------
+
 
 def edit_cli(s, image):
     return s.cli("edit", "--image", image, "--prompt", "make it blue", "--steps", "1")
@@ -445,25 +460,66 @@ def case_node_edit_empty_instruction(s):
     def validate():
         message = DeepGenEdit.VALIDATE_INPUTS(512, 512, instruction="   ")
         raise E.InputError(message)  # ComfyUI shows the returned sentence; raised here to check it like the rest
+
     return validate, E.InputError, ["prompt is empty"]
 
 
-LOADING = [case_tokenizer_name_climbs_out, case_tokenizer_name_absolute, case_tokenizer_name_through_cli_info,
-           case_tokenizer_name_through_cli_generate, case_metadata_only_file, case_future_format_version,
-           case_header_configs_not_json, case_header_lacks_tokenizer, case_header_unknown_config_part,
-           case_header_absurd_size, case_header_negative_size, case_header_unknown_dit_field,
-           case_header_foreign_tokenizer_class, case_header_config_not_object, case_official_truncated_safetensors,
-           case_official_truncated_pt, case_pickle_with_code, case_empty_checkpoint, case_unsupported_extension,
-           case_missing_checkpoint, case_foreign_model, case_missing_tensor, case_wrong_shape,
-           case_official_without_vlm_folder, case_truncated_lora, case_cli_info_truncated]
-GENERATION = [case_edit_empty_image, case_edit_not_an_image, case_edit_truncated_png, case_edit_truncated_jpeg,
-              case_edit_decompression_bomb, case_edit_huge_image, case_edit_one_pixel, case_edit_missing_image,
-              case_generate_size_not_multiple, case_generate_empty_prompt, case_generate_zero_steps,
-              case_reference_tensor_with_nan, case_reference_tensor_one_pixel, case_comfy_image_wrong_shape]
-NODES = [case_node_model_name_climbs_out, case_node_model_name_absolute, case_node_model_name_windows_climb,
-         case_node_model_symlink_out, case_node_model_missing, case_node_dataset_climbs_out,
-         case_node_dataset_absolute_outside, case_node_dataset_symlink_out, case_node_dataset_missing,
-         case_node_edit_empty_instruction]
+LOADING = [
+    case_tokenizer_name_climbs_out,
+    case_tokenizer_name_absolute,
+    case_tokenizer_name_through_cli_info,
+    case_tokenizer_name_through_cli_generate,
+    case_metadata_only_file,
+    case_future_format_version,
+    case_header_configs_not_json,
+    case_header_lacks_tokenizer,
+    case_header_unknown_config_part,
+    case_header_absurd_size,
+    case_header_negative_size,
+    case_header_unknown_dit_field,
+    case_header_foreign_tokenizer_class,
+    case_header_config_not_object,
+    case_official_truncated_safetensors,
+    case_official_truncated_pt,
+    case_pickle_with_code,
+    case_empty_checkpoint,
+    case_unsupported_extension,
+    case_missing_checkpoint,
+    case_foreign_model,
+    case_missing_tensor,
+    case_wrong_shape,
+    case_official_without_vlm_folder,
+    case_truncated_lora,
+    case_cli_info_truncated,
+]
+GENERATION = [
+    case_edit_empty_image,
+    case_edit_not_an_image,
+    case_edit_truncated_png,
+    case_edit_truncated_jpeg,
+    case_edit_decompression_bomb,
+    case_edit_huge_image,
+    case_edit_one_pixel,
+    case_edit_missing_image,
+    case_generate_size_not_multiple,
+    case_generate_empty_prompt,
+    case_generate_zero_steps,
+    case_reference_tensor_with_nan,
+    case_reference_tensor_one_pixel,
+    case_comfy_image_wrong_shape,
+]
+NODES = [
+    case_node_model_name_climbs_out,
+    case_node_model_name_absolute,
+    case_node_model_name_windows_climb,
+    case_node_model_symlink_out,
+    case_node_model_missing,
+    case_node_dataset_climbs_out,
+    case_node_dataset_absolute_outside,
+    case_node_dataset_symlink_out,
+    case_node_dataset_missing,
+    case_node_edit_empty_instruction,
+]
 
 
 def name_of(case) -> str:
@@ -486,12 +542,17 @@ def test_the_table_is_large_enough():
 
 # ---- inputs that are converted, not refused -------------------------------------------------------------
 
-@pytest.mark.parametrize("mode, check", [
-    ("CMYK", lambda rgb: rgb.shape[-1] == 3),
-    ("P", lambda rgb: rgb.shape[-1] == 3),
-    ("LA", lambda rgb: rgb.shape[-1] == 3),
-    ("RGBA", lambda rgb: rgb.shape[-1] == 3),
-], ids=lambda v: v if isinstance(v, str) else "")
+
+@pytest.mark.parametrize(
+    "mode, check",
+    [
+        ("CMYK", lambda rgb: rgb.shape[-1] == 3),
+        ("P", lambda rgb: rgb.shape[-1] == 3),
+        ("LA", lambda rgb: rgb.shape[-1] == 3),
+        ("RGBA", lambda rgb: rgb.shape[-1] == 3),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_other_modes_convert_to_rgb(tmp_path, mode, check):
     from deepgen.images import open_image
 
@@ -530,6 +591,7 @@ def test_tokenizer_config_paths_are_ignored(converted, tmp_path):
         config = json.loads(files["tokenizer_config.json"])
         config.update({"tokenizer_file": str(secret), "vocab_file": str(secret), "auto_map": {"AutoTokenizer": "x.Y"}})
         files["tokenizer_config.json"] = json.dumps(config)
+
     path = crafted(converted, tmp_path, tokenizer_files=header_json(converted, "tokenizer_files", edit))
     model = load_model(path, dtype=torch.float32)
     assert model.tokenizer("a red cat")["input_ids"]
@@ -538,13 +600,24 @@ def test_tokenizer_config_paths_are_ignored(converted, tmp_path):
 def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
     """`python -m deepgen` as a user runs it: exit 2 and one line; --debug shows the traceback."""
     (tmp_path / "notes.png").write_text("not a picture")
-    cmd = [sys.executable, "-m", "deepgen", "edit", "--image", str(tmp_path / "notes.png"), "--prompt", "x",
-           "--out", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepgen",
+        "edit",
+        "--image",
+        str(tmp_path / "notes.png"),
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert plain.returncode == 2, plain.stderr
-    assert plain.stderr.strip().splitlines() == [f"error: {tmp_path / 'notes.png'} is not an image that can be read "
-                                                 "(PNG, JPEG, WebP, BMP, TIFF, GIF...)"]
+    assert plain.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'notes.png'} is not an image that can be read (PNG, JPEG, WebP, BMP, TIFF, GIF...)"
+    ]
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, timeout=120)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
     assert not (tmp_path / "out").exists()

@@ -38,7 +38,7 @@ from deepgen.train.data import DataSourceNotFoundError, EmptyDatasetError, load_
 
 ROOT = Path(__file__).resolve().parents[1]
 WARNING = "warning"  # expectation of a case that must go on with one warning line
-CLEAN = "clean"      # expectation of a case that must go on without any warning (its own asserts inside)
+CLEAN = "clean"  # expectation of a case that must go on without any warning (its own asserts inside)
 
 
 @pytest.fixture(autouse=True)
@@ -103,8 +103,8 @@ def one_good_image(folder: Path, name: str = "good.png") -> str:
 
 @dataclass
 class Built:
-    run: Callable[[], object]            # raises the expected error (or logs the expected warning)
-    names: list[str]                     # what the message must name
+    run: Callable[[], object]  # raises the expected error (or logs the expected warning)
+    names: list[str]  # what the message must name
     after: Callable[[], None] | None = None  # further checks once it ran
 
 
@@ -115,35 +115,41 @@ def case(case_id: str, expect):
     def register(build):
         CASES.append(pytest.param(build, expect, id=case_id))
         return build
+
     return register
 
 
 # ---- data sets: found in one pass before the model loads
 
+
 @case("empty-folder", EmptyDatasetError)
 def _(tmp, mp):
     (tmp / "data").mkdir()
     forbid_model_load(mp)
-    return Built(lambda: sft_run(base_config(tmp / "data", tmp / "out", data_verify="header",
-                                             task_pattern={"text2image": 1})), [str(tmp / "data"), "No images"])
+    return Built(
+        lambda: sft_run(base_config(tmp / "data", tmp / "out", data_verify="header", task_pattern={"text2image": 1})),
+        [str(tmp / "data"), "No images"],
+    )
 
 
 @case("folder-without-captions", EmptyDatasetError)
 def _(tmp, mp):
     data = write_folder_dataset(tmp / "data", n=2, captions=False)
     forbid_model_load(mp)
-    return Built(lambda: sft_run(base_config(data, tmp / "out", data_verify="header",
-                                             task_pattern={"text2image": 1})),
-                 [str(data), "img0.png", "img0.txt"])
+    return Built(
+        lambda: sft_run(base_config(data, tmp / "out", data_verify="header", task_pattern={"text2image": 1})),
+        [str(data), "img0.png", "img0.txt"],
+    )
 
 
 @case("missing-image-every-row", EmptyDatasetError)
 def _(tmp, mp):
     data = rows_file(tmp / "data", [{"txt": "a cat", "image_path": "img/gone.png"}] * 2)
     forbid_model_load(mp)
-    return Built(lambda: sft_run(base_config(data, tmp / "out", data_verify="header",
-                                             task_pattern={"text2image": 1})),
-                 ["rows.jsonl", "missing_file: 2", "gone.png"])
+    return Built(
+        lambda: sft_run(base_config(data, tmp / "out", data_verify="header", task_pattern={"text2image": 1})),
+        ["rows.jsonl", "missing_file: 2", "gone.png"],
+    )
 
 
 @case("truncated-png-alone", EmptyDatasetError)
@@ -154,9 +160,10 @@ def _(tmp, mp):
     data = rows_file(tmp / "data", [{"txt": "a cat", "image_path": "cut.png"}])
     forbid_model_load(mp)
     # the header of a truncated PNG reads fine: the TrainConfig default data_verify ("header") must find it
-    return Built(lambda: sft_run(base_config(data, tmp / "out", data_verify="header",
-                                             task_pattern={"text2image": 1})),
-                 ["cut.png", "unreadable_image: 1", "truncated"])
+    return Built(
+        lambda: sft_run(base_config(data, tmp / "out", data_verify="header", task_pattern={"text2image": 1})),
+        ["cut.png", "unreadable_image: 1", "truncated"],
+    )
 
 
 @case("truncated-jpeg-among-good", WARNING)
@@ -172,6 +179,7 @@ def _(tmp, mp):
     def run():
         with pytest.raises(ModelLoaded):  # the scan ran, warned, and only then the model was asked for
             sft_run(base_config(data, tmp / "out", data_verify="header", task_pattern={"text2image": 1}))
+
     return Built(run, ["skipped 2", "unreadable_image: 2", "cut.jpg", "junk.png", "usable text2image: 3"])
 
 
@@ -192,8 +200,9 @@ def _(tmp, mp):
 @case("non-utf8-manifest", DataError)
 def _(tmp, mp):
     (tmp / "data").mkdir()
-    (tmp / "data" / "rows.jsonl").write_bytes(b'{"txt": "ok", "image_path": "a.png"}\n'
-                                              b'{"txt": "caf\xe9", "image_path": "b.png"}\n')
+    (tmp / "data" / "rows.jsonl").write_bytes(
+        b'{"txt": "ok", "image_path": "a.png"}\n{"txt": "caf\xe9", "image_path": "b.png"}\n'
+    )
     return Built(lambda: load_datasets(tmp / "data" / "rows.jsonl"), ["rows.jsonl", "UTF-8", "line 2"])
 
 
@@ -207,11 +216,14 @@ def _(tmp, mp):
 @case("missing-data-source", DataSourceNotFoundError)
 def _(tmp, mp):
     forbid_model_load(mp)
-    return Built(lambda: sft_run(base_config(tmp / "nowhere.jsonl", tmp / "out", task_pattern={"text2image": 1})),
-                 ["nowhere.jsonl", "data"])
+    return Built(
+        lambda: sft_run(base_config(tmp / "nowhere.jsonl", tmp / "out", task_pattern={"text2image": 1})),
+        ["nowhere.jsonl", "data"],
+    )
 
 
 # ---- dataset paths stay inside the chosen folder
+
 
 def _outside(tmp: Path) -> Path:
     (tmp / "outside").mkdir(exist_ok=True)
@@ -230,8 +242,9 @@ def _(tmp, mp):
 def _(tmp, mp):
     _outside(tmp)
     good = one_good_image(tmp / "data")
-    data = rows_file(tmp / "data", [{"input_image": ["../outside/secret.png"], "output_image": good,
-                                     "instruction": "make it blue"}])
+    data = rows_file(
+        tmp / "data", [{"input_image": ["../outside/secret.png"], "output_image": good, "instruction": "make it blue"}]
+    )
     return Built(lambda: load_datasets(data), ["outside_root: 1", "input_image", "../outside/secret.png"])
 
 
@@ -243,13 +256,20 @@ def _(tmp, mp):
     (tmp / "data" / "ann.json").write_text(json.dumps({"caption": "a caption"}), encoding="utf-8")
     (tmp / "outside" / "ann.json").write_text(json.dumps({"caption": "outside"}), encoding="utf-8")
     (tmp / "data" / "ann_link.json").symlink_to(tmp / "outside" / "ann.json")
-    data = rows_file(tmp / "data", [{"txt": "fine", "image_path": good}, {"txt": "x", "image_path": "link.png"},
-                                    {"image": good, "annotation": "ann_link.json"}])
+    data = rows_file(
+        tmp / "data",
+        [
+            {"txt": "fine", "image_path": good},
+            {"txt": "x", "image_path": "link.png"},
+            {"image": good, "annotation": "ann_link.json"},
+        ],
+    )
     forbid_model_load(mp)
 
     def run():
         with pytest.raises(ModelLoaded):
             sft_run(base_config(data, tmp / "out", data_verify="header", task_pattern={"text2image": 1}))
+
     return Built(run, ["outside_root: 2", "link.png", "ann_link.json", "symlink", "usable text2image: 1"])
 
 
@@ -264,6 +284,7 @@ def _(tmp, mp):
 
 # ---- checkpoints: truncated or foreign files, full disk, SIGKILL
 
+
 def _small_run_state():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
@@ -274,8 +295,14 @@ def _small_run_state():
 
 
 def _save(out: Path, step: int, model, opt) -> Path:
-    return ck.save_checkpoint(out, step, trainable=dict(model.named_parameters()), optimizer=opt,
-                              data_position={"micro_step": step}, config={"lr": 1e-3})
+    return ck.save_checkpoint(
+        out,
+        step,
+        trainable=dict(model.named_parameters()),
+        optimizer=opt,
+        data_position={"micro_step": step},
+        config={"lr": 1e-3},
+    )
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -287,7 +314,8 @@ def _resume(out_or_path, model, opt, resume: str):
     from deepgen.train.runtime import CheckpointManager
 
     return CheckpointManager(None, out_or_path, config={}).resume(
-        resume, trainable=dict(model.named_parameters()), optimizer=opt)
+        resume, trainable=dict(model.named_parameters()), optimizer=opt
+    )
 
 
 def _make_truncated(name: str, keep: float):
@@ -296,11 +324,11 @@ def _make_truncated(name: str, keep: float):
         path = _save(tmp / "out", 1, model, opt)
         _truncate(path / name, keep)
         return Built(lambda: _resume(tmp / "out", model, opt, str(path)), [name, "checkpoint-00000001", "resume"])
+
     return build
 
 
-for _name, _keep in ((ck.TRAINABLE_FILE, 0.5), (ck.OPTIMIZER_FILE, 0.6), (ck.RNG_FILE, 0.3),
-                     (ck.STATE_FILE, 0.5)):
+for _name, _keep in ((ck.TRAINABLE_FILE, 0.5), (ck.OPTIMIZER_FILE, 0.6), (ck.RNG_FILE, 0.3), (ck.STATE_FILE, 0.5)):
     case(f"truncated-{_name}-explicit-resume", CheckpointError)(_make_truncated(_name, _keep))
 
 
@@ -330,6 +358,7 @@ def _(tmp, mp):
     def run():
         ckpt = _resume(tmp / "out", model, opt, "auto")
         assert ckpt is not None and ckpt.step == 1
+
     return Built(run, ["checkpoint-00000002", ck.TRAINABLE_FILE, "checkpoint-00000001"])
 
 
@@ -338,8 +367,10 @@ def _(tmp, mp):
     model, opt = _small_run_state()
     for step in (1, 2):
         _truncate(_save(tmp / "out", step, model, opt) / ck.OPTIMIZER_FILE)
-    return Built(lambda: _resume(tmp / "out", model, opt, "auto"),
-                 ["checkpoint-00000001", "checkpoint-00000002", str(tmp / "out"), "resume = 'no'"])
+    return Built(
+        lambda: _resume(tmp / "out", model, opt, "auto"),
+        ["checkpoint-00000001", "checkpoint-00000002", str(tmp / "out"), "resume = 'no'"],
+    )
 
 
 @case("disk-full-while-saving", ResourceError)
@@ -359,9 +390,12 @@ def _(tmp, mp):
         assert (out / ck.LATEST_FILE).read_text().strip() == "checkpoint-00000001"
         assert [s for s, _ in ck.list_checkpoints(out)] == [1]
         assert ck.load_checkpoint(out).step == 1
-    return Built(lambda: _save(out, 2, model, opt),
-                 ["disk full", "checkpoint-00000002", str(out), "checkpoint-00000001 is intact", "free space"],
-                 after)
+
+    return Built(
+        lambda: _save(out, 2, model, opt),
+        ["disk full", "checkpoint-00000002", str(out), "checkpoint-00000001 is intact", "free space"],
+        after,
+    )
 
 
 @case("sigkill-mid-save-then-resume", CLEAN)
@@ -371,7 +405,7 @@ def _(tmp, mp):
     script = textwrap.dedent(f"""
         import dataclasses, os, signal, sys
         from pathlib import Path
-        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
         import torch
         torch.set_num_threads(1)
         from trainer_kit import base_config
@@ -396,34 +430,54 @@ def _(tmp, mp):
         assert any(p.name.startswith(".tmp-checkpoint-00000002") for p in out.iterdir())  # the killed write
         from deepgen.train.trainer import SFTTrainer
 
-        cfg = base_config(data, out, max_steps=2, save_every=1, micro_batch_size=1, resume="auto",
-                          task_pattern={"text2image": 1})
+        cfg = base_config(
+            data, out, max_steps=2, save_every=1, micro_batch_size=1, resume="auto", task_pattern={"text2image": 1}
+        )
         result = SFTTrainer(dataclasses.replace(cfg, export_checkpoint=False, export_lora=False), cpu=True).run()
         assert [h["step"] for h in result.history] == [2]  # resumed from checkpoint 1
         assert ck.find_latest_checkpoint(out).name == "checkpoint-00000002"
         assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
+
     return Built(run, [])
 
 
 # ---- output folder
+
 
 @case("output-dir-is-a-file-stage1", CheckpointError)
 def _(tmp, mp):
     data = write_dataset(tmp / "data", n_t2i=2, n_edit=0)
     (tmp / "out").write_text("not a folder")
     forbid_model_load(mp)
-    return Built(lambda: sft_run(base_config(data, tmp / "out", task_pattern={"text2image": 1})),
-                 [str(tmp / "out"), "output_dir"])
+    return Built(
+        lambda: sft_run(base_config(data, tmp / "out", task_pattern={"text2image": 1})),
+        [str(tmp / "out"), "output_dir"],
+    )
 
 
 def stage3_config(tmp: Path, **over):
     from deepgen.train.grpo.run_config import stage3_config_from_dict
 
     (tmp / "prompts.txt").write_text("a red square\na blue circle\n", encoding="utf-8")
-    values = dict(model="tiny", mixed_precision="no", policy="lora", dit_lora_rank=2, dit_lora_alpha=2.0,
-                  prompts=[str(tmp / "prompts.txt")], category_weights={"general": {"clip_dummy": 1.0}},
-                  group_size=2, prompts_per_step=1, num_steps=2, resolution=32, max_steps=1, save_every=0,
-                  output_dir=str(tmp / "out"), resume="no", keep_last=0, seed=0)
+    values = dict(
+        model="tiny",
+        mixed_precision="no",
+        policy="lora",
+        dit_lora_rank=2,
+        dit_lora_alpha=2.0,
+        prompts=[str(tmp / "prompts.txt")],
+        category_weights={"general": {"clip_dummy": 1.0}},
+        group_size=2,
+        prompts_per_step=1,
+        num_steps=2,
+        resolution=32,
+        max_steps=1,
+        save_every=0,
+        output_dir=str(tmp / "out"),
+        resume="no",
+        keep_last=0,
+        seed=0,
+    )
     values.update(over)
     return stage3_config_from_dict(values)
 
@@ -451,19 +505,22 @@ def _(tmp, mp):
     data = rows_file(tmp / "sft", [{"txt": "x", "image_path": "/etc/hostname"}])
     forbid_model_load(mp)
     cfg = stage3_config(tmp, sft_data=[str(data)], sft_lambda=0.1)
-    return Built(lambda: grpo_setup(cfg, rewards={"clip_dummy": constant_reward}),
-                 ["rows.jsonl", "outside_root: 1"])
+    return Built(lambda: grpo_setup(cfg, rewards={"clip_dummy": constant_reward}), ["rows.jsonl", "outside_root: 1"])
 
 
 # ---- remote judge, download
+
 
 @case("dead-judge-url-at-start", ResourceError)
 def _(tmp, mp):
     local_no_proxy(mp)
     url = f"http://127.0.0.1:{free_port()}"
     forbid_model_load(mp)
-    cfg = stage3_config(tmp, category_weights={"general": {"preference": 1.0}},
-                        rewards={"preference": {"url": url, "max_retries": 1, "timeout": 2}})
+    cfg = stage3_config(
+        tmp,
+        category_weights={"general": {"preference": 1.0}},
+        rewards={"preference": {"url": url, "max_retries": 1, "timeout": 2}},
+    )
     return Built(lambda: grpo_setup(cfg), [url, "cannot be reached", "judge server"])
 
 
@@ -478,7 +535,8 @@ def _(tmp, mp):
 
     def run():
         assert reward(images, "p").tolist() == [0.5, 0.5, 0.5]  # one failed call: tolerated (a blip)
-        reward(images, "p")                                      # the second in a row: stop
+        reward(images, "p")  # the second in a row: stop
+
     return Built(run, [url, "2 calls in a row", "resume"])
 
 
@@ -512,8 +570,12 @@ def _(tmp, mp):
         finally:
             # it cannot hang: the one connection it tries has a timeout of seconds (no wall clock measured here)
             assert timeouts and all(t is not None and t <= 5 for t in timeouts), timeouts
-    return Built(run, [f"127.0.0.1:{port}", "HF_ENDPOINT", "nothing was downloaded"],
-                 lambda: not (tmp / "models").exists() or pytest.fail("models folder created"))
+
+    return Built(
+        run,
+        [f"127.0.0.1:{port}", "HF_ENDPOINT", "nothing was downloaded"],
+        lambda: not (tmp / "models").exists() or pytest.fail("models folder created"),
+    )
 
 
 @case("hub-connection-error-mapped", ResourceError)
@@ -529,18 +591,23 @@ def _(tmp, mp):
     mp.setattr("huggingface_hub.snapshot_download", offline)
     from deepgen.download import download_release
 
-    return Built(lambda: download_release(tmp / "models", ("deepgen",)),
-                 ["hub.example.invalid", "deepgenteam/DeepGen-1.0", "HF_ENDPOINT"])
+    return Built(
+        lambda: download_release(tmp / "models", ("deepgen",)),
+        ["hub.example.invalid", "deepgenteam/DeepGen-1.0", "HF_ENDPOINT"],
+    )
 
 
 # ---- config keys and values
+
 
 @case("config-unknown-key", ConfigError)
 def _(tmp, mp):
     from deepgen.train.config import config_from_dict
 
-    return Built(lambda: config_from_dict({"model": "tiny", "data": ["d"], "max_step": 3}),
-                 ["'max_step'", "did you mean 'max_steps'"])
+    return Built(
+        lambda: config_from_dict({"model": "tiny", "data": ["d"], "max_step": 3}),
+        ["'max_step'", "did you mean 'max_steps'"],
+    )
 
 
 @case("config-wrong-type", ConfigError)
@@ -554,8 +621,10 @@ def _(tmp, mp):
 def _(tmp, mp):
     from deepgen.train.grpo.run_config import stage3_config_from_dict
 
-    return Built(lambda: stage3_config_from_dict({"model": "tiny", "prompts": ["p.txt"], "group_sise": 4}),
-                 ["'group_sise'", "did you mean 'group_size'"])
+    return Built(
+        lambda: stage3_config_from_dict({"model": "tiny", "prompts": ["p.txt"], "group_sise": 4}),
+        ["'group_sise'", "did you mean 'group_size'"],
+    )
 
 
 @case("cli-stage3-dead-judge-exit-2", SystemExit)
@@ -564,19 +633,41 @@ def _(tmp, mp):
     url = f"http://127.0.0.1:{free_port()}"
     (tmp / "prompts.txt").write_text("a red square\n", encoding="utf-8")
     config = tmp / "stage3.toml"
-    config.write_text("\n".join([
-        "stage = 3", 'model = "tiny"', f'prompts = ["{tmp / "prompts.txt"}"]', f'output_dir = "{tmp / "out"}"',
-        'resume = "no"', "group_size = 2", "prompts_per_step = 1", "max_steps = 1",
-        '[category_weights.general]', "preference = 1.0",
-        '[rewards.preference]', f'url = "{url}"']) + "\n", encoding="utf-8")
+    config.write_text(
+        "\n".join(
+            [
+                "stage = 3",
+                'model = "tiny"',
+                f'prompts = ["{tmp / "prompts.txt"}"]',
+                f'output_dir = "{tmp / "out"}"',
+                'resume = "no"',
+                "group_size = 2",
+                "prompts_per_step = 1",
+                "max_steps = 1",
+                "[category_weights.general]",
+                "preference = 1.0",
+                "[rewards.preference]",
+                f'url = "{url}"',
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
 
     def run():
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run([sys.executable, "-m", "deepgen", "train", "--config", str(config), "--cpu"],
-                              cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "deepgen", "train", "--config", str(config), "--cpu"],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         raise SystemExit(errors[0])
+
     return Built(run, [url, "cannot be reached"])
 
 
@@ -601,8 +692,9 @@ def test_bad_input_gives_one_clear_line(build, expect, request, tmp_path, monkey
     if expect in (WARNING, CLEAN):
         with caplog.at_level(logging.WARNING, logger="deepgen"):
             built.run()
-        lines = [r.getMessage() for r in caplog.records
-                 if r.name.startswith("deepgen") and r.levelno == logging.WARNING]
+        lines = [
+            r.getMessage() for r in caplog.records if r.name.startswith("deepgen") and r.levelno == logging.WARNING
+        ]
         assert len(lines) == (1 if expect is WARNING else 0), lines
         message = lines[0] if lines else ""
     else:

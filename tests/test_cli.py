@@ -12,8 +12,28 @@ from deepgen.cli import main
 
 def test_generate_on_tiny_writes_pngs(tmp_path):
     out = tmp_path / "out"
-    assert main(["generate", "--prompt", "a red cat", "--prompt", "a blue dog", "--steps", "2", "--width", "64",
-                 "--height", "48", "--num-images", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompt",
+                "a red cat",
+                "--prompt",
+                "a blue dog",
+                "--steps",
+                "2",
+                "--width",
+                "64",
+                "--height",
+                "48",
+                "--num-images",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     files = sorted(out.glob("*.png"))
     assert len(files) == 4
     assert Image.open(files[0]).size == (64, 48)
@@ -23,8 +43,24 @@ def test_edit_on_tiny(tmp_path):
     ref = tmp_path / "ref.png"
     Image.new("RGB", (100, 60), (200, 30, 30)).save(ref)
     out = tmp_path / "edited.png"
-    assert main(["edit", "--image", str(ref), "--prompt", "make it blue", "--steps", "2", "--reference-size", "64",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                "--image",
+                str(ref),
+                "--prompt",
+                "make it blue",
+                "--steps",
+                "2",
+                "--reference-size",
+                "64",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     # The output takes the (resized) reference's size: about 64² pixels, sides multiples of 32.
     assert Image.open(out).size == (96, 64)
 
@@ -44,12 +80,36 @@ def test_info_names_layout_and_groups(capsys):
 
 def test_convert_then_info(tmp_path, capsys):
     out = tmp_path / "tiny.safetensors"
-    assert main(["convert", str(OFFICIAL / "model.safetensors"), str(out), "--vlm", str(OFFICIAL / "Qwen2.5-VL-tiny"),
-                 "--diffusion", str(OFFICIAL / "UniPic2-tiny"), "--connector-heads", "4", "--dtype", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(OFFICIAL / "model.safetensors"),
+                str(out),
+                "--vlm",
+                str(OFFICIAL / "Qwen2.5-VL-tiny"),
+                "--diffusion",
+                str(OFFICIAL / "UniPic2-tiny"),
+                "--connector-heads",
+                "4",
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["layout"] == "single"
     assert info["metadata"]["format_version"] == "1" and info["metadata"]["dtype"] == "float32"
-    assert info["components"] == ["connector", "lmm", "meta_queries", "projector_1", "projector_2", "projector_3",
-                                  "transformer", "vae"]
+    assert info["components"] == [
+        "connector",
+        "lmm",
+        "meta_queries",
+        "projector_1",
+        "projector_2",
+        "projector_3",
+        "transformer",
+        "vae",
+    ]

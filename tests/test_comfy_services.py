@@ -287,8 +287,14 @@ def test_send_event_outside_reaches_listeners_only():
     cs.add_event_listener(listener)  # registered once
     cs.send_event(
         "deepgen1.train_loss",
-        {"node": "7", "step": torch.tensor(3), "loss": float("nan"), "lr": torch.tensor(1e-4),
-         "extra": (1, float("inf")), "path": Path("a/b")},
+        {
+            "node": "7",
+            "step": torch.tensor(3),
+            "loss": float("nan"),
+            "lr": torch.tensor(1e-4),
+            "extra": (1, float("inf")),
+            "path": Path("a/b"),
+        },
     )
     assert len(got) == 1
     event, payload = got[0]

@@ -38,7 +38,9 @@ def test_pinned_libraries_match_the_tested_range():
     for name, tested in TESTED.items():
         spec = Requirement(f"{name}{tested}").specifier
         assert {where: Requirement(f"{name}{s}").specifier for where, s in declared(name).items()} == {
-            "pyproject.toml": spec, "requirements.txt": spec}
+            "pyproject.toml": spec,
+            "requirements.txt": spec,
+        }
         assert spec.contains(version(name)), f"installed {name} {version(name)} is outside the tested {tested}"
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from official_fixture import load_official
 
 from deepgen.images import to_uint8
 from deepgen.pipeline import DeepGenPipeline
-
-from official_fixture import load_official
 
 
 def tolerance_for(name: str, meta: dict) -> dict:
@@ -56,9 +55,13 @@ def test_text_to_image_matches_official(pipe, reference, reference_meta):
     rows = run["prompts"] + run["cfg_prompts"]
     with torch.no_grad():
         think = model.think(rows)
-        for field, value in [("input_ids", think.input_ids), ("vlm_attention_mask", think.attention_mask),
-                             ("position_ids", think.position_ids), ("scb_input", think.scb_input),
-                             ("connector_out", model.connector_output(think.scb_input))]:
+        for field, value in [
+            ("input_ids", think.input_ids),
+            ("vlm_attention_mask", think.attention_mask),
+            ("position_ids", think.position_ids),
+            ("scb_input", think.scb_input),
+            ("connector_out", model.connector_output(think.scb_input)),
+        ]:
             assert_matches(f"t2i.{field}", value, reference, reference_meta)
     cond = pipe.encode(run["prompts"])
     assert_matches("t2i.seq", torch.cat([cond.context, cond.negative_context]), reference, reference_meta)
@@ -69,8 +72,12 @@ def test_text_to_image_matches_official(pipe, reference, reference_meta):
 def test_edit_matches_official(pipe, reference, reference_meta):
     run = reference_meta["runs"]["edit"]
     ref_image = reference["edit.ref_pixels.s0.r0"]
-    cond = pipe.encode(run["prompts"], references=[[ref_image]], reference_resize="keep",
-                       reference_noise=[[reference["edit.ref_eps.s0.r0"]]])
+    cond = pipe.encode(
+        run["prompts"],
+        references=[[ref_image]],
+        reference_resize="keep",
+        reference_noise=[[reference["edit.ref_eps.s0.r0"]]],
+    )
     assert_matches("edit.ref_latents.s0.r0", cond.reference_latents[0][0], reference, reference_meta)
     assert_matches("edit.seq", torch.cat([cond.context, cond.negative_context]), reference, reference_meta)
     assert_matches("edit.pooled", torch.cat([cond.pooled, cond.negative_pooled]), reference, reference_meta)
@@ -86,14 +93,25 @@ def check_sampling(prefix, pipe, cond, run, reference, meta):
     assert_matches(f"{prefix}.sigmas", scheduler.sigmas, reference, meta)
     refs = None if cond.reference_latents is None else cond.reference_latents * 2
     with torch.no_grad():
-        velocity = pipe.model.velocity(torch.cat([noise, noise]), scheduler.timesteps[0].expand(2 * len(cond)),
-                                       torch.cat([cond.negative_context, cond.context]),
-                                       torch.cat([cond.negative_pooled, cond.pooled]), refs)
+        velocity = pipe.model.velocity(
+            torch.cat([noise, noise]),
+            scheduler.timesteps[0].expand(2 * len(cond)),
+            torch.cat([cond.negative_context, cond.context]),
+            torch.cat([cond.negative_pooled, cond.pooled]),
+            refs,
+        )
     assert_matches(f"{prefix}.velocity.step0", velocity, reference, meta)
 
     recorder = Recorder()
-    latents = pipe.sample(cond, run["height"], run["width"], num_steps=run["num_steps"], cfg_scale=run["cfg_scale"],
-                          latents=noise, callback=recorder)
+    latents = pipe.sample(
+        cond,
+        run["height"],
+        run["width"],
+        num_steps=run["num_steps"],
+        cfg_scale=run["cfg_scale"],
+        latents=noise,
+        callback=recorder,
+    )
     for step in range(1, run["num_steps"]):
         assert_matches(f"{prefix}.latents.step{step}", recorder.latents[step], reference, meta)
     assert_matches(f"{prefix}.final_latents", latents, reference, meta)

@@ -106,8 +106,9 @@ def test_cps_per_sample_sigma_and_dtype():
     # per-sample σ (B,) broadcasts; next latent keeps the input dtype, mean/std are fp32
     x = torch.zeros(2, 1, 2, 2, dtype=torch.bfloat16)
     v = torch.ones(2, 1, 2, 2, dtype=torch.bfloat16)
-    out = cps_sde_step(x, v, torch.tensor([0.5, 1.0]), torch.tensor([0.25, 0.5]), eta=1.0,
-                       noise=torch.zeros(2, 1, 2, 2))
+    out = cps_sde_step(
+        x, v, torch.tensor([0.5, 1.0]), torch.tensor([0.25, 0.5]), eta=1.0, noise=torch.zeros(2, 1, 2, 2)
+    )
     # sample 0: x̂0 = −0.5, μ = 0.75·(−0.5) = −0.375; sample 1: x̂0 = −1, μ = 0.5·(−1) = −0.5
     assert out.next_latent.dtype == torch.bfloat16 and out.mean.dtype == torch.float32
     close(out.mean[:, 0, 0, 0], [-0.375, -0.5])
@@ -258,8 +259,9 @@ def test_gdpo_hand_table():
     assert st["weighted_raw/mean"] == pytest.approx(2.525, abs=1e-6)
     # group order / labels do not matter
     perm = torch.tensor([5, 0, 3, 1, 4, 2])
-    A2, _ = gdpo_advantages({k: r[perm] for k, r in REWARDS.items()}, (GROUPS[perm] + 7) * 3,
-                            {k: x[perm] for k, x in w.items()})
+    A2, _ = gdpo_advantages(
+        {k: r[perm] for k, r in REWARDS.items()}, (GROUPS[perm] + 7) * 3, {k: x[perm] for k, x in w.items()}
+    )
     close(A2, torch.tensor(A_HAND)[perm], tol=2e-6)
 
 
@@ -430,9 +432,21 @@ def test_policy_equals_reference_gives_zero_kl_ratio_one_and_zero_grad_at_zero_a
 def test_config_defaults_and_quirks():
     c = GRPOConfig()
     assert (c.group_size, c.eta, c.timestep_fraction, c.clip_range, c.kl_beta, c.sft_lambda) == (
-        8, 1.0, 0.6, 1e-4, 5e-7, 1e-4)
+        8,
+        1.0,
+        0.6,
+        1e-4,
+        5e-7,
+        1e-4,
+    )
     assert (c.lr, c.warmup_steps, c.max_grad_norm, c.cfg_scale, c.num_steps, c.resolution) == (
-        2e-6, 20, 1.0, 0.0, 50, 512)
+        2e-6,
+        20,
+        1.0,
+        0.0,
+        50,
+        512,
+    )
     assert c.logprob == "simplified" and c.num_train_timesteps == 30 and c.latent_shape == (16, 64, 64)
     assert c.optimizer_step_per_timestep is False and c.bf16_old_logprob is False and c.update_every == "rollout"
     o = GRPOConfig.official()

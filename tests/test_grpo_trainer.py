@@ -29,8 +29,12 @@ from deepgen.train.grpo.trainer import (
 from deepgen.train.runtime import TrainCallback, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ["a red square on a grey background", "a blue circle on a white page",
-           "a yellow sun over a green field", "a black cat on a wooden chair"]
+PROMPTS = [
+    "a red square on a grey background",
+    "a blue circle on a white page",
+    "a yellow sun over a green field",
+    "a black cat on a wooden chair",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -75,11 +79,29 @@ def sft_data(folder: Path) -> str:
 
 
 def tiny_config(tmp: Path, **over):
-    values = dict(model="tiny", mixed_precision="no", policy="lora", dit_lora_rank=4, dit_lora_alpha=8.0,
-                  prompts=[prompt_file(tmp)], category_weights={"general": {"mean_brightness": 1.0}},
-                  group_size=4, prompts_per_step=2, rollout_micro_batch_size=8, train_micro_batch_size=8,
-                  num_steps=4, resolution=32, lr=1e-2, warmup_steps=0, max_steps=2, save_every=0,
-                  output_dir=str(tmp / "out"), resume="no", keep_last=0, seed=0)
+    values = dict(
+        model="tiny",
+        mixed_precision="no",
+        policy="lora",
+        dit_lora_rank=4,
+        dit_lora_alpha=8.0,
+        prompts=[prompt_file(tmp)],
+        category_weights={"general": {"mean_brightness": 1.0}},
+        group_size=4,
+        prompts_per_step=2,
+        rollout_micro_batch_size=8,
+        train_micro_batch_size=8,
+        num_steps=4,
+        resolution=32,
+        lr=1e-2,
+        warmup_steps=0,
+        max_steps=2,
+        save_every=0,
+        output_dir=str(tmp / "out"),
+        resume="no",
+        keep_last=0,
+        seed=0,
+    )
     values.update(over)
     return stage3_config_from_dict(values)
 
@@ -112,36 +134,47 @@ def metrics(rec: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- prompts
 
+
 def test_prompt_files_categories_and_weighted_sampling(tmp_path):
     txt = prompt_file(tmp_path, ["a cat", "", "  # comment", "a dog"], "g.txt")
     jsonl = tmp_path / "t.jsonl"
-    jsonl.write_text('{"prompt": "a sign that says \\"OPEN\\"", "category": "text_render"}\n\n'
-                     '"a bare string line"\n{"prompt": "a tree", "id": 7}\n', encoding="utf-8")
+    jsonl.write_text(
+        '{"prompt": "a sign that says \\"OPEN\\"", "category": "text_render"}\n\n'
+        '"a bare string line"\n{"prompt": "a tree", "id": 7}\n',
+        encoding="utf-8",
+    )
     js = tmp_path / "l.json"
     js.write_text(json.dumps(["one", {"prompt": "two", "category": "text"}]), encoding="utf-8")
     assert [r.prompt for r in read_prompt_file(txt)] == ["a cat", "a dog"]
     recs = read_prompt_file(jsonl, "general")
-    assert [(r.prompt, r.category) for r in recs] == [('a sign that says "OPEN"', "text_rendering"),
-                                                      ("a bare string line", "general"), ("a tree", "general")]
+    assert [(r.prompt, r.category) for r in recs] == [
+        ('a sign that says "OPEN"', "text_rendering"),
+        ("a bare string line", "general"),
+        ("a tree", "general"),
+    ]
     assert recs[2].meta == {"id": 7}
     assert [r.category for r in read_prompt_file(js)] == ["general", "text_rendering"]
 
-    ps = load_prompt_set([{"path": txt, "category": "general"}, {"path": str(jsonl), "category": "text_rendering"}],
-                         category_sample_weights={"text_rendering": 3.0, "general": 1.0})
+    ps = load_prompt_set(
+        [{"path": txt, "category": "general"}, {"path": str(jsonl), "category": "text_rendering"}],
+        category_sample_weights={"text_rendering": 3.0, "general": 1.0},
+    )
     assert [d.sample_weight for d in ps.datasets] == [1.0, 3.0]  # from the category defaults
     assert ps.categories == ["general", "text_rendering"]
     a = ps.sample(64, seed=1, step=5, rank=0)
     assert a == ps.sample(64, seed=1, step=5, rank=0)  # a pure function of (seed, step)
     assert a != ps.sample(64, seed=1, step=6, rank=0)
     # two processes take the two halves of the same global draw
-    assert ps.sample(32, seed=1, step=5, rank=0, world_size=2) + ps.sample(32, seed=1, step=5, rank=1,
-                                                                           world_size=2) == a
+    assert (
+        ps.sample(32, seed=1, step=5, rank=0, world_size=2) + ps.sample(32, seed=1, step=5, rank=1, world_size=2) == a
+    )
     draws = [r.source.startswith(str(jsonl)) for s in range(40) for r in ps.sample(8, seed=0, step=s)]
     assert 0.72 < sum(draws) / len(draws) < 0.95  # 3 prompts × 3.0 vs 2 × 1.0 → 9/11 ≈ 0.82
 
     # a prompt-set file (mirrors the official deepgen_train.yaml), paths relative to it
-    (tmp_path / "set.toml").write_text('[[datasets]]\npath = "g.txt"\ncategory = "general"\nsample_weight = 2.0\n',
-                                       encoding="utf-8")
+    (tmp_path / "set.toml").write_text(
+        '[[datasets]]\npath = "g.txt"\ncategory = "general"\nsample_weight = 2.0\n', encoding="utf-8"
+    )
     ps2 = load_prompt_set(str(tmp_path / "set.toml"))
     assert len(ps2) == 2 and ps2.datasets[0].sample_weight == 2.0
 
@@ -149,11 +182,26 @@ def test_prompt_files_categories_and_weighted_sampling(tmp_path):
 def test_shipped_stage3_configs_parse():
     c8 = load_stage3_config(ROOT / "configs/train/stage3_8gpu.toml")
     g = c8.grpo
-    assert (c8.policy, c8.reference, g.group_size, g.prompts_per_step, g.num_steps, g.eta, g.timestep_fraction,
-            g.clip_range, g.kl_beta, g.sft_lambda, g.lr, g.warmup_steps, g.max_grad_norm, g.logprob) == (
-        "full", "copy", 8, 32, 50, 1.0, 0.6, 1e-4, 5e-7, 1e-4, 2e-6, 20, 1.0, "simplified")
-    assert g.category_weights == {"text_rendering": {"preference": 0.2, "clip": 0.1, "ocr": 0.7},
-                                  "general": {"preference": 0.7, "clip": 0.3}}
+    assert (
+        c8.policy,
+        c8.reference,
+        g.group_size,
+        g.prompts_per_step,
+        g.num_steps,
+        g.eta,
+        g.timestep_fraction,
+        g.clip_range,
+        g.kl_beta,
+        g.sft_lambda,
+        g.lr,
+        g.warmup_steps,
+        g.max_grad_norm,
+        g.logprob,
+    ) == ("full", "copy", 8, 32, 50, 1.0, 0.6, 1e-4, 5e-7, 1e-4, 2e-6, 20, 1.0, "simplified")
+    assert g.category_weights == {
+        "text_rendering": {"preference": 0.2, "clip": 0.1, "ocr": 0.7},
+        "general": {"preference": 0.7, "clip": 0.3},
+    }
     c1 = load_stage3_config(ROOT / "configs/train/stage3_1gpu_lora.toml", ["group_size=6", "eta=0.8"])
     assert (c1.policy, c1.reference, c1.grpo.group_size, c1.grpo.eta) == ("lora", "disable_adapter", 6, 0.8)
     assert c1.grpo.category_weights == c8.grpo.category_weights  # presets by name
@@ -168,6 +216,7 @@ def test_shipped_stage3_configs_parse():
 
 # ---------------------------------------------------------------------------------------------------- bad input
 
+
 def test_bad_input_errors(tmp_path):
     empty = prompt_file(tmp_path, ["", "# only comments"], "empty.txt")
     with pytest.raises(PromptError, match="holds no prompts"):
@@ -181,15 +230,26 @@ def test_bad_input_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown reward preset 'genral'"):
         tiny_config(tmp_path, category_weights={"general": "genral"})
     # a missing reward model: a clear error at start-up (preflight), before any rollout
-    cfg = tiny_config(tmp_path, category_weights={"general": {"clip": 0.5, "mean_brightness": 0.5}},
-                      rewards={"clip": {"model_path": str(tmp_path / "no-clip-here")}})
+    cfg = tiny_config(
+        tmp_path,
+        category_weights={"general": {"clip": 0.5, "mean_brightness": 0.5}},
+        rewards={"clip": {"model_path": str(tmp_path / "no-clip-here")}},
+    )
     with pytest.raises(TrainingError, match=r"(?s)reward 'clip' .*cannot load its model.*no-clip-here.*hf download"):
         GRPOTrainer(cfg).setup()
 
 
 def test_zero_variance_groups_warn_and_train_nothing(tmp_path):
-    tr = GRPOTrainer(tiny_config(tmp_path, category_weights={"general": {"constant": 1.0}}, group_size=2,
-                                 rollout_micro_batch_size=4, train_micro_batch_size=4, max_steps=1)).setup()
+    tr = GRPOTrainer(
+        tiny_config(
+            tmp_path,
+            category_weights={"general": {"constant": 1.0}},
+            group_size=2,
+            rollout_micro_batch_size=4,
+            train_micro_batch_size=4,
+            max_steps=1,
+        )
+    ).setup()
     before = {n: p.detach().clone() for n, p in tr.params.items()}
     with pytest.warns(ZeroAdvantageWarning, match="every advantage is 0"):
         rec = tr.train_step(0)
@@ -199,6 +259,7 @@ def test_zero_variance_groups_warn_and_train_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- step 0
+
 
 @pytest.mark.parametrize("policy", ["lora", "full"])
 def test_step0_kl_is_zero_and_ratio_is_one_through_the_trainer(tmp_path, policy):
@@ -230,9 +291,18 @@ def test_step0_kl_is_zero_and_ratio_is_one_through_the_trainer(tmp_path, policy)
         # the trajectory does not depend on the rollout micro-batch (up to batch-shape rounding)
         from deepgen.train.grpo.rollout import cps_rollout
 
-        one = cps_rollout(tr.policy_velocity, x_T, batch.context, batch.pooled, sigmas=tr.sigmas,
-                          timesteps=tr.timesteps, seed=tr.g.seed, noise_tag=(0,), image_ids=range(8),
-                          micro_batch_size=1)
+        one = cps_rollout(
+            tr.policy_velocity,
+            x_T,
+            batch.context,
+            batch.pooled,
+            sigmas=tr.sigmas,
+            timesteps=tr.timesteps,
+            seed=tr.g.seed,
+            noise_tag=(0,),
+            image_ids=range(8),
+            micro_batch_size=1,
+        )
         assert torch.allclose(one.latents, traj.latents, atol=1e-4)
         assert torch.allclose(one.logprobs, traj.logprobs, atol=1e-5)
 
@@ -253,6 +323,7 @@ def test_options_cfg_exact_logprob_eta_and_per_image_noise(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- learning
 
+
 def test_learning_raises_the_custom_reward(tmp_path):
     """30 steps on the tiny model (LoRA policy, lr 1e-2) with a registered brightness reward and a fixed seed
     schedule: the reward's rollout mean and its fixed-seed evaluation both go up by a wide margin."""
@@ -261,9 +332,17 @@ def test_learning_raises_the_custom_reward(tmp_path):
     model = build_tiny_model(0)
     model.vae = LinearDecoder()
     steps = 30
-    cfg = tiny_config(tmp_path, max_steps=steps, eval_prompts=prompt_file(tmp_path), eval_every=steps,
-                      eval_before_training=True, eval_num_steps=4, eval_cfg_scale=1.0, eval_images_per_prompt=2,
-                      eval_save_images=False)
+    cfg = tiny_config(
+        tmp_path,
+        max_steps=steps,
+        eval_prompts=prompt_file(tmp_path),
+        eval_every=steps,
+        eval_before_training=True,
+        eval_num_steps=4,
+        eval_cfg_scale=1.0,
+        eval_images_per_prompt=2,
+        eval_save_images=False,
+    )
     t0 = time.perf_counter()
     hist = GRPOTrainer(cfg, model=model).setup().train()
     seconds = time.perf_counter() - t0
@@ -272,9 +351,11 @@ def test_learning_raises_the_custom_reward(tmp_path):
     means = [r["reward/mean_brightness/mean"] for r in train]
     first, last = float(np.mean(means[:5])), float(np.mean(means[-5:]))
     std0 = train[0]["reward/mean_brightness/std"]
-    print(f"\nlearning: brightness {first:.4f} -> {last:.4f} (+{last - first:.4f}; within-batch std at step 1 "
-          f"{std0:.4f}); fixed-seed eval {evals[0]:.4f} -> {evals[-1]:.4f} (+{evals[-1] - evals[0]:.4f}); "
-          f"{steps} steps in {seconds:.1f} s")
+    print(
+        f"\nlearning: brightness {first:.4f} -> {last:.4f} (+{last - first:.4f}; within-batch std at step 1 "
+        f"{std0:.4f}); fixed-seed eval {evals[0]:.4f} -> {evals[-1]:.4f} (+{evals[-1] - evals[0]:.4f}); "
+        f"{steps} steps in {seconds:.1f} s"
+    )
     assert len(train) == steps and len(evals) == 2
     # measured: seed 0 +0.103 (rollouts) / +0.110 (eval); seeds 1, 2, 3: +0.087/+0.072, +0.127/+0.118, +0.150/+0.138
     assert last - first > 0.04
@@ -283,6 +364,7 @@ def test_learning_raises_the_custom_reward(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- resume
+
 
 class KillAt(TrainCallback):
     """Raises KeyboardInterrupt at the ``n``-th interrupt check (inside a step) or at the end of step ``step``."""
@@ -306,13 +388,26 @@ def run(cfg, callbacks=()):
 
 def test_killed_run_resumes_to_the_same_rewards_and_losses(tmp_path):
     data = sft_data(tmp_path / "sft")
-    common = dict(max_steps=4, save_every=2, sft_data=[data], sft_resolution=64, sft_batch_size=2,
-                  sft_lambda=0.1)
+    common = dict(max_steps=4, save_every=2, sft_data=[data], sft_resolution=64, sft_batch_size=2, sft_lambda=0.1)
     full = run(tiny_config(tmp_path / "a", output_dir=str(tmp_path / "a"), **common))
     assert [r["step"] for r in full] == [1, 2, 3, 4]
     assert all(np.isfinite(r["sft_loss"]) for r in full)
-    keys = {"reward/mean_brightness/mean", "reward/mean_brightness/std", "kl", "kl_max", "clip_frac", "ratio_mean",
-            "approx_kl", "policy_loss", "sft_loss", "adv/hist", "adv/std", "grad_norm", "lr", "updates"}
+    keys = {
+        "reward/mean_brightness/mean",
+        "reward/mean_brightness/std",
+        "kl",
+        "kl_max",
+        "clip_frac",
+        "ratio_mean",
+        "approx_kl",
+        "policy_loss",
+        "sft_loss",
+        "adv/hist",
+        "adv/std",
+        "grad_norm",
+        "lr",
+        "updates",
+    }
     assert keys <= set(full[0])
     assert sum(full[0]["adv/hist"]) == 8
 

@@ -44,24 +44,72 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     sft = write_synthetic_dataset(tmp_path / "sft", n_text2image=4, n_edit=0, sizes=((96, 96),))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\na blue circle\na yellow sun\n", encoding="utf-8")
-    common = dict(stage=3, model="tiny", mixed_precision="no", policy="lora", dit_lora_rank=4, dit_lora_alpha=8.0,
-                  reward_modules=["deepgen.train.grpo.toy_rewards"], group_size=4, prompts_per_step=2,
-                  num_steps=4, resolution=32, lr=1e-2, warmup_steps=0, max_steps=2, save_every=0,
-                  resume="no", seed=3, sft_data=[str(sft)], sft_resolution=64, sft_lambda=0.1,
-                  sft_caption_drop=0.0)
-    weights = '[category_weights]\ngeneral = { brightness = 1.0 }\n'
+    common = dict(
+        stage=3,
+        model="tiny",
+        mixed_precision="no",
+        policy="lora",
+        dit_lora_rank=4,
+        dit_lora_alpha=8.0,
+        reward_modules=["deepgen.train.grpo.toy_rewards"],
+        group_size=4,
+        prompts_per_step=2,
+        num_steps=4,
+        resolution=32,
+        lr=1e-2,
+        warmup_steps=0,
+        max_steps=2,
+        save_every=0,
+        resume="no",
+        seed=3,
+        sft_data=[str(sft)],
+        sft_resolution=64,
+        sft_lambda=0.1,
+        sft_caption_drop=0.0,
+    )
+    weights = "[category_weights]\ngeneral = { brightness = 1.0 }\n"
     lines = [f"{k} = {json.dumps(v)}" for k, v in common.items()]
-    lines += ["rollout_micro_batch_size = 4", "train_micro_batch_size = 4", "sft_batch_size = 1",
-              f"output_dir = {json.dumps(str(tmp_path / 'two'))}",
-              f"prompts = [{{ path = {json.dumps(str(prompts))}, category = \"general\" }}]", weights]
+    lines += [
+        "rollout_micro_batch_size = 4",
+        "train_micro_batch_size = 4",
+        "sft_batch_size = 1",
+        f"output_dir = {json.dumps(str(tmp_path / 'two'))}",
+        f'prompts = [{{ path = {json.dumps(str(prompts))}, category = "general" }}]',
+        weights,
+    ]
     config = tmp_path / "two.toml"
     config.write_text("\n".join(lines), encoding="utf-8")
     launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "deepgen", "train", "--stage", "3", "--config", str(config), "--set", "cpu=true"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        str(launcher),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "deepgen",
+        "train",
+        "--stage",
+        "3",
+        "--config",
+        str(config),
+        "--set",
+        "cpu=true",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     # meanwhile: one process, the same global batch (8 images), in this process
@@ -70,10 +118,17 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     try:
         import deepgen.train.grpo.toy_rewards  # noqa: F401
 
-        cfg = stage3_config_from_dict({**common, "rollout_micro_batch_size": 8, "train_micro_batch_size": 8,
-                                       "sft_batch_size": 2, "output_dir": str(tmp_path / "one"),
-                                       "prompts": [str(prompts)],
-                                       "category_weights": {"general": {"brightness": 1.0}}})
+        cfg = stage3_config_from_dict(
+            {
+                **common,
+                "rollout_micro_batch_size": 8,
+                "train_micro_batch_size": 8,
+                "sft_batch_size": 2,
+                "output_dir": str(tmp_path / "one"),
+                "prompts": [str(prompts)],
+                "category_weights": {"general": {"brightness": 1.0}},
+            }
+        )
         one = GRPOTrainer(cfg).setup().train()
     finally:
         torch.set_num_threads(before)
@@ -101,9 +156,11 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     d = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
     lr = common["lr"]
     mean, flipped = d.mean().item(), (d > lr / 2).float().mean().item()
-    print(f"one vs two processes: step-2 brightness {one[1]['reward/brightness/mean']:.6f} vs "
-          f"{two[1]['reward/brightness/mean']:.6f}; mean |Δθ| {mean:.2e} (lr {lr}), {flipped:.2%} of elements "
-          f"> lr/2 apart")
+    print(
+        f"one vs two processes: step-2 brightness {one[1]['reward/brightness/mean']:.6f} vs "
+        f"{two[1]['reward/brightness/mean']:.6f}; mean |Δθ| {mean:.2e} (lr {lr}), {flipped:.2%} of elements "
+        f"> lr/2 apart"
+    )
     # AdamW's first updates are ~lr·sign(g): elements whose gradient is ~0 may flip sign between the two runs
     # (the advantages differ by ~1e-4 relative), the rest agree; a missing all-reduce (each rank stepping on half
     # the batch) or a doubled step would move most elements by ~lr

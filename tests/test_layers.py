@@ -44,8 +44,11 @@ def place(module: str) -> str | None:
 
 
 def test_every_module_has_a_layer():
-    places = {p.relative_to(ROOT / "deepgen").parts[0].removesuffix(".py")
-              for p in (ROOT / "deepgen").rglob("*.py") if p.name != "__init__.py" or p.parent != ROOT / "deepgen"}
+    places = {
+        p.relative_to(ROOT / "deepgen").parts[0].removesuffix(".py")
+        for p in (ROOT / "deepgen").rglob("*.py")
+        if p.name != "__init__.py" or p.parent != ROOT / "deepgen"
+    }
     assert places <= set(LAYER_OF), sorted(places - set(LAYER_OF))
 
 

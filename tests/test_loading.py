@@ -25,8 +25,9 @@ def load_with(tmp_path, tensors, name="model.safetensors", **kwargs):
     path = tmp_path / name
     save_file(tensors, str(path))
     paths = official_paths()
-    return load_model(path, paths["vlm"], paths["diffusion"], dtype=torch.float32,
-                      connector_config=OFFICIAL_CONNECTOR, **kwargs)
+    return load_model(
+        path, paths["vlm"], paths["diffusion"], dtype=torch.float32, connector_config=OFFICIAL_CONNECTOR, **kwargs
+    )
 
 
 def test_pt_and_safetensors_load_identically(official_model):
@@ -67,8 +68,9 @@ def test_old_transformers_key_layout_is_accepted(tmp_path, checkpoint_tensors, o
         key = key.replace("lmm.model.language_model.", "lmm.model.").replace("lmm.model.visual.", "lmm.visual.")
         renamed["module." + key] = value  # DeepSpeed/DDP prefix too
     model = load_with(tmp_path, renamed)
-    assert torch.equal(model.lmm.model.language_model.embed_tokens.weight,
-                       official_model.lmm.model.language_model.embed_tokens.weight)
+    assert torch.equal(
+        model.lmm.model.language_model.embed_tokens.weight, official_model.lmm.model.language_model.embed_tokens.weight
+    )
 
 
 def test_state_dict_wrapper_in_pt(tmp_path, checkpoint_tensors):
@@ -88,8 +90,10 @@ def test_convert_round_trip_is_bit_identical(tmp_path, official_model):
     for key in a:
         assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
     assert loaded.lmm.lm_head.weight is loaded.lmm.model.language_model.embed_tokens.weight  # still tied
-    assert loaded.tokenizer("Generate an image: a cat")["input_ids"] == \
-        official_model.tokenizer("Generate an image: a cat")["input_ids"]
+    assert (
+        loaded.tokenizer("Generate an image: a cat")["input_ids"]
+        == official_model.tokenizer("Generate an image: a cat")["input_ids"]
+    )
 
 
 def test_pretrain_checkpoint_needs_opt_in(tmp_path, checkpoint_tensors):
@@ -102,6 +106,7 @@ def test_pretrain_checkpoint_needs_opt_in(tmp_path, checkpoint_tensors):
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
+
 
 def test_checkpoint_of_another_model(tmp_path):
     other = {"model.diffusion_model.input_blocks.0.weight": torch.zeros(4, 4), "first_stage_model.x": torch.zeros(2)}
@@ -156,8 +161,9 @@ def test_vlm_folder_without_tokenizer(tmp_path):
         (vlm / name).unlink()
     paths = official_paths()
     with pytest.raises(CheckpointError, match="no tokenizer files"):
-        load_model(paths["checkpoint"], vlm, paths["diffusion"], dtype=torch.float32,
-                   connector_config=OFFICIAL_CONNECTOR)
+        load_model(
+            paths["checkpoint"], vlm, paths["diffusion"], dtype=torch.float32, connector_config=OFFICIAL_CONNECTOR
+        )
 
 
 class _Exploit:
@@ -189,6 +195,7 @@ def test_base_folders_next_to_the_checkpoint_are_found(official_model):
 
 
 # ---- bad sampling input --------------------------------------------------------------------------------
+
 
 def test_bad_sampling_input(official_model):
     pipe = DeepGenPipeline(official_model)

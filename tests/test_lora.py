@@ -102,7 +102,7 @@ def test_kohya_names_load_back(adapted, tmp_path):
         if not key.startswith("transformer."):
             continue
         module, kind = key.rsplit(".lora_", 1) if ".lora_" in key else key.rsplit(".", 1)
-        flat = "lora_transformer_" + module[len("transformer."):].replace(".", "_")
+        flat = "lora_transformer_" + module[len("transformer.") :].replace(".", "_")
         if kind == "A.weight":
             kohya[f"{flat}.lora_down.weight"] = value
         elif kind == "B.weight":

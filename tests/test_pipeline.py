@@ -36,15 +36,19 @@ def test_ragged_batch_masks_padding(pipe):
     t = torch.tensor([500.0, 500.0])
     with torch.no_grad():
         together = model.velocity(x, t, ctx, pooled, refs)
-        separate = [model.velocity(x[i:i + 1], t[:1], ctx[i:i + 1], pooled[i:i + 1], [refs[i]]) for i in range(2)]
+        separate = [model.velocity(x[i : i + 1], t[:1], ctx[i : i + 1], pooled[i : i + 1], [refs[i]]) for i in range(2)]
     for i in range(2):
         assert torch.allclose(together[i], separate[i][0], atol=1e-5)
 
 
 def test_targets_of_different_sizes_return_a_list(pipe):
     with torch.no_grad():
-        out = pipe.model.velocity([torch.randn(16, 4, 4), torch.randn(16, 4, 6)], torch.tensor([10.0, 10.0]),
-                                  torch.randn(2, 3, 48), torch.randn(2, 24))
+        out = pipe.model.velocity(
+            [torch.randn(16, 4, 4), torch.randn(16, 4, 6)],
+            torch.tensor([10.0, 10.0]),
+            torch.randn(2, 3, 48),
+            torch.randn(2, 24),
+        )
     assert [tuple(o.shape) for o in out] == [(16, 4, 4), (16, 4, 6)]
 
 
@@ -74,8 +78,9 @@ def test_img2img_strength(pipe):
     cond = pipe.encode(["a cat"])
     init = torch.randn(1, 16, 4, 4)
     steps = []
-    pipe.sample(cond, 32, 32, num_steps=4, seed=1, init_latents=init, strength=0.5,
-                callback=lambda i, n, x: steps.append(n))
+    pipe.sample(
+        cond, 32, 32, num_steps=4, seed=1, init_latents=init, strength=0.5, callback=lambda i, n, x: steps.append(n)
+    )
     assert steps == [2, 2]
     full = pipe.sample(cond, 32, 32, num_steps=4, seed=1, init_latents=init, strength=1.0)
     plain = pipe.sample(cond, 32, 32, num_steps=4, seed=1)

@@ -16,8 +16,14 @@ from test_fidelity import assert_matches
 
 from deepgen.constants import scb_tap_indices
 from deepgen.pipeline import DeepGenPipeline, StepOutput
-from deepgen.train.losses import (TrainingGrid, flow_matching_loss, flow_matching_target, loss_weighting,
-                                  noisy_latents, weighted_mse)
+from deepgen.train.losses import (
+    TrainingGrid,
+    flow_matching_loss,
+    flow_matching_target,
+    loss_weighting,
+    noisy_latents,
+    weighted_mse,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +44,13 @@ def test_think_ids_positions_and_scb_input_match_official(pipe, reference, refer
     think = pipe.think(run["prompts"], references=references, reference_resize="keep")
     assert think.negative_prompts == run["cfg_prompts"]
     vlm = think.vlm
-    for field, value in [("input_ids", vlm.input_ids), ("attention_mask", vlm.text_attention_mask),
-                         ("vlm_attention_mask", vlm.attention_mask), ("position_ids", vlm.position_ids),
-                         ("scb_input", think.scb_input)]:
+    for field, value in [
+        ("input_ids", vlm.input_ids),
+        ("attention_mask", vlm.text_attention_mask),
+        ("vlm_attention_mask", vlm.attention_mask),
+        ("position_ids", vlm.position_ids),
+        ("scb_input", think.scb_input),
+    ]:
         assert_matches(f"{prefix}.{field}", value, reference, reference_meta)
 
     # The think tokens: the last num_queries places of the sequence, after every row's (left-padded) prompt.
@@ -49,8 +59,10 @@ def test_think_ids_positions_and_scb_input_match_official(pipe, reference, refer
     assert vlm.num_think_tokens == num_queries
     assert vlm.think_slice == slice(length, length + num_queries)
     assert torch.equal(vlm.think_position_ids, reference[f"{prefix}.position_ids"][:, :, length:])
-    assert torch.equal(vlm.attention_mask[:, vlm.think_slice], torch.ones(len(vlm.input_ids), num_queries,
-                                                                           dtype=vlm.attention_mask.dtype))
+    assert torch.equal(
+        vlm.attention_mask[:, vlm.think_slice],
+        torch.ones(len(vlm.input_ids), num_queries, dtype=vlm.attention_mask.dtype),
+    )
     # They continue the prompt's positions on all three M-RoPE axes: max(prompt) + 1, + 2, ...
     recorded = reference[f"{prefix}.position_ids"]
     prompt_max = recorded[:, :, :length].amax(dim=(0, 2))
@@ -75,9 +87,16 @@ def test_step_velocities_match_official(pipe, reference, reference_meta, prefix)
         cond = pipe.encode(run["prompts"])
     steps: list[StepOutput] = []
     latents_seen = []
-    final = pipe.sample(cond, run["height"], run["width"], num_steps=run["num_steps"], cfg_scale=run["cfg_scale"],
-                        latents=reference[f"{prefix}.noise"], on_step=steps.append,
-                        callback=lambda i, n, x: latents_seen.append(x))  # the old callback still works
+    final = pipe.sample(
+        cond,
+        run["height"],
+        run["width"],
+        num_steps=run["num_steps"],
+        cfg_scale=run["cfg_scale"],
+        latents=reference[f"{prefix}.noise"],
+        on_step=steps.append,
+        callback=lambda i, n, x: latents_seen.append(x),
+    )  # the old callback still works
     assert [s.step for s in steps] == list(range(run["num_steps"]))
     sigmas = reference[f"{prefix}.sigmas"]
     for i, s in enumerate(steps):
@@ -91,8 +110,7 @@ def test_step_velocities_match_official(pipe, reference, reference_meta, prefix)
         assert math.isclose(s.sigma_next, sigmas[i + 1].item(), rel_tol=1e-6, abs_tol=1e-7)
         assert torch.allclose(s.next_latents, s.latents + (s.sigma_next - s.sigma) * s.velocity, atol=1e-5)
         assert s.next_latents is latents_seen[i]
-    assert_matches(f"{prefix}.dit_timestep.step0", steps[0].timestep.expand(2 * len(cond)), reference,
-                   reference_meta)
+    assert_matches(f"{prefix}.dit_timestep.step0", steps[0].timestep.expand(2 * len(cond)), reference, reference_meta)
     assert_matches(f"{prefix}.final_latents", steps[-1].next_latents, reference, reference_meta)
     assert torch.equal(final, steps[-1].next_latents)
 
@@ -107,8 +125,16 @@ def test_step_output_without_guidance_and_with_strength(pipe, reference, referen
     # img2img at strength 0.5 runs the last 2 of 4 steps: the sigmas are the schedule's from there on.
     steps.clear()
     noise = reference["t2i.noise"][:1]
-    pipe.sample(pipe.encode(run["prompts"][:1]), 64, 64, num_steps=4, latents=noise, init_latents=noise,
-                strength=0.5, on_step=steps.append)
+    pipe.sample(
+        pipe.encode(run["prompts"][:1]),
+        64,
+        64,
+        num_steps=4,
+        latents=noise,
+        init_latents=noise,
+        strength=0.5,
+        on_step=steps.append,
+    )
     sigmas = reference["t2i.sigmas"]
     assert [s.num_steps for s in steps] == [2, 2]
     assert [s.sigma for s in steps] == pytest.approx(sigmas[2:4].tolist(), rel=1e-6)
@@ -158,14 +184,21 @@ def test_loss_by_hand_matches_official(pipe, reference, reference_meta):
 def test_edit_loss_target_matches_official(pipe, reference, reference_meta):
     model, run = pipe.model, reference_meta["runs"]["loss_edit"]
     with torch.no_grad():
-        target_latent = model.encode_image(reference["loss_edit.target_pixels.s0"][None],
-                                           noise=reference["loss_edit.target_eps.s0"][None])[0]
+        target_latent = model.encode_image(
+            reference["loss_edit.target_pixels.s0"][None], noise=reference["loss_edit.target_eps.s0"][None]
+        )[0]
         ref = reference["loss_edit.ref_pixels.s0.r0"]
         ref_latent = model.encode_image(ref[None], noise=reference["loss_edit.ref_eps.s0.r0"][None])[0]
-        out = flow_matching_loss(model, run["texts"], [target_latent], grid=TrainingGrid.from_model(model),
-                                 reference_images=[[ref]], reference_latents=[[ref_latent]],
-                                 noise=[reference["loss_edit.noise.s0"]],
-                                 timestep_index=reference["loss_edit.timestep_index"])
+        out = flow_matching_loss(
+            model,
+            run["texts"],
+            [target_latent],
+            grid=TrainingGrid.from_model(model),
+            reference_images=[[ref]],
+            reference_latents=[[ref_latent]],
+            noise=[reference["loss_edit.noise.s0"]],
+            timestep_index=reference["loss_edit.timestep_index"],
+        )
     assert_matches("loss_edit.target.s0", out.targets[0], reference, reference_meta)
     assert_matches("loss_edit.velocity.s0", out.velocities[0], reference, reference_meta)
     assert_matches("loss_edit.per_sample", out.per_sample, reference, reference_meta)

@@ -105,8 +105,12 @@ def test_per_image_weights_compute_each_reward_only_where_needed():
     mix = RewardMix("general", rewards={"preference": const(0.5), "clip": const(0.2), "ocr": ocr})
     imgs = [Image.new("RGB", (8, 8))] * 4
     prompts = ['say "A"', 'say "A"', "plain", "plain"]
-    res = mix(imgs, prompts, group_ids=["g1", "g1", "g2", "g2"],
-              weights=["text_rendering", "text_rendering", "general", "general"])
+    res = mix(
+        imgs,
+        prompts,
+        group_ids=["g1", "g1", "g2", "g2"],
+        weights=["text_rendering", "text_rendering", "general", "general"],
+    )
     assert ocr.calls == [(2, ['say "A"', 'say "A"'], ["g1", "g1"])]
     assert res.scores["ocr"][:2].tolist() == [1.0, 1.0] and torch.isnan(res.scores["ocr"][2:]).all()
     assert res.total.tolist() == pytest.approx([0.2 * 0.5 + 0.1 * 0.2 + 0.7] * 2 + [0.7 * 0.5 + 0.3 * 0.2] * 2)

@@ -4,13 +4,12 @@ import math
 
 import numpy as np
 import pytest
+import rapidocr_onnxruntime  # noqa: E402,F401  (a dependency: fail, never skip, when it is broken)
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from deepgen.rewards import OCRReward, levenshtein, quoted_targets
 from deepgen.rewards.ocr import score_new, score_old
-
-import rapidocr_onnxruntime  # noqa: E402,F401  (a dependency: fail, never skip, when it is broken)
 
 
 def _font(size=56):

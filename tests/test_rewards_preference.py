@@ -161,8 +161,13 @@ class _Judge(BaseHTTPRequestHandler):
             answer = "I am not sure what to say."
         else:
             answer = f"<think>comparing brightness {b1:.0f} vs {b2:.0f}</think><answer>Image {1 if b1 > b2 else 2} is better</answer>"
-        out = json.dumps({"id": "x", "object": "chat.completion",
-                          "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]})
+        out = json.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            }
+        )
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -202,7 +207,9 @@ def test_endpoint_judge_win_rates_and_payload(server):
     content = body["messages"][-1]["content"]
     assert [c["type"] for c in content] == ["image_url", "image_url", "text"]
     assert content[-1]["text"] == PROMPT_TEMPLATE.format(prompt="a bright square")
-    assert content[-1]["text"] == "Compare these two images based on the prompt: a bright square. Which image is better?"
+    assert (
+        content[-1]["text"] == "Compare these two images based on the prompt: a bright square. Which image is better?"
+    )
 
 
 def test_endpoint_pair_order_is_seeded(server):

@@ -58,8 +58,16 @@ def _train_step(m, opt, sched):
 
 
 def _save(out, step, m, opt, sched, **kw):
-    return save_checkpoint(out, step, trainable=trainable_parameters(m), optimizer=opt, lr_scheduler=sched,
-                           data_position={"micro_step": step * 3}, config={"lr": 1e-2}, **kw)
+    return save_checkpoint(
+        out,
+        step,
+        trainable=trainable_parameters(m),
+        optimizer=opt,
+        lr_scheduler=sched,
+        data_position={"micro_step": step * 3},
+        config={"lr": 1e-2},
+        **kw,
+    )
 
 
 def test_layout_and_round_trip(tmp_path):
@@ -67,8 +75,13 @@ def test_layout_and_round_trip(tmp_path):
     _train_step(m, opt, sched)
     path = _save(tmp_path, 1, m, opt, sched, extra={"loss": 0.5})
     assert path == tmp_path / "checkpoint-00000001"
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "optimizer.pt", "rng.pt", "state.json",
-                                                       "trainable.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.json",
+        "optimizer.pt",
+        "rng.pt",
+        "state.json",
+        "trainable.safetensors",
+    ]
     assert (tmp_path / "latest").read_text().strip() == "checkpoint-00000001"
     # every torch file loads with weights_only=True
     for name in ("optimizer.pt", "rng.pt"):
@@ -224,28 +237,39 @@ def test_restore_checks_parameter_names(tmp_path):
     other = nn.Linear(6, 6)
     with pytest.raises(CheckpointError, match="missing"):
         restore_training_state(ckpt, params=trainable_parameters(other))
-    opt2 = build_optimizer({"meta_queries": m.meta_queries, "x.weight": nn.Parameter(torch.zeros(6, 6)),
-                            "proj.bias": m.proj.bias}, lr=1e-2)
+    opt2 = build_optimizer(
+        {"meta_queries": m.meta_queries, "x.weight": nn.Parameter(torch.zeros(6, 6)), "proj.bias": m.proj.bias}, lr=1e-2
+    )
     with pytest.raises(CheckpointError, match="optimizer's parameters differ"):
         restore_training_state(ckpt, optimizer=opt2)
-    wrong_shape = {"meta_queries": nn.Parameter(torch.zeros(2, 6)), "proj.weight": m.proj.weight,
-                   "proj.bias": m.proj.bias}
+    wrong_shape = {
+        "meta_queries": nn.Parameter(torch.zeros(2, 6)),
+        "proj.weight": m.proj.weight,
+        "proj.bias": m.proj.bias,
+    }
     with pytest.raises(CheckpointError, match="shape"):
         restore_training_state(ckpt, params=wrong_shape)
 
 
 def test_save_with_accelerate_single_process(tmp_path):
     import accelerate
+
     acc = accelerate.Accelerator(cpu=True)
     m, opt, sched = _setup()
     model, opt_p = acc.prepare(m, opt)
-    path = ck.save_checkpoint_accelerate(acc, tmp_path, 4, trainable=model, optimizer=opt_p, lr_scheduler=sched,
-                                         data_position={"micro_step": 12})
+    path = ck.save_checkpoint_accelerate(
+        acc, tmp_path, 4, trainable=model, optimizer=opt_p, lr_scheduler=sched, data_position={"micro_step": 12}
+    )
     ckpt = load_checkpoint(path)
     assert set(ckpt.trainable) == {"meta_queries", "proj.weight", "proj.bias"}
     assert len(ckpt.rng_states) == 1 and ckpt.data_position == {"micro_step": 12}
-    restore_training_state(ckpt, params=trainable_parameters(acc.unwrap_model(model)), optimizer=opt_p,
-                           lr_scheduler=sched, rank=acc.process_index)
+    restore_training_state(
+        ckpt,
+        params=trainable_parameters(acc.unwrap_model(model)),
+        optimizer=opt_p,
+        lr_scheduler=sched,
+        rank=acc.process_index,
+    )
 
 
 def test_save_with_accelerate_two_processes(tmp_path):
@@ -267,8 +291,16 @@ def test_save_with_accelerate_two_processes(tmp_path):
     """)
     procs = []
     for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                   LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            WORLD_SIZE="2",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE="2",
+            OMP_NUM_THREADS="1",
+        )
         procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)

@@ -46,8 +46,10 @@ def test_stage_presets():
 
 def test_load_toml_applies_stage_preset(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text('stage = 2\nmodel = "tiny"\ndata = "one/folder"   # a single path is fine\n'
-                 'task_pattern = { edit = 1, t2i = 2 }\nbetas = [0.9, 0.99]\nlr = 3e-5\n')
+    p.write_text(
+        'stage = 2\nmodel = "tiny"\ndata = "one/folder"   # a single path is fine\n'
+        "task_pattern = { edit = 1, t2i = 2 }\nbetas = [0.9, 0.99]\nlr = 3e-5\n"
+    )
     c = load_config(p)
     assert c.stage == 2 and c.lr == 3e-5 and c.data == ["one/folder"] and c.betas == (0.9, 0.99)
     assert c.grad_accumulation == 3 and c.vlm_lora  # from the stage-2 preset
@@ -72,12 +74,28 @@ def test_rank_zero_and_other_errors_are_clear():
     with pytest.raises(ConfigError, match="vlm_lora_rank: rank must be ≥ 1"):
         TrainConfig.for_stage(2, vlm_lora_rank=0, **BASE)
     with pytest.raises(ConfigError) as ei:
-        config_from_dict({**BASE, "lrr": 1e-4, "lr": -1.0, "train_dit": "half", "micro_batch_size": "4",
-                          "mixed_precision": "fp8", "caption_dropout": 1.5, "resolution": 500})
+        config_from_dict(
+            {
+                **BASE,
+                "lrr": 1e-4,
+                "lr": -1.0,
+                "train_dit": "half",
+                "micro_batch_size": "4",
+                "mixed_precision": "fp8",
+                "caption_dropout": 1.5,
+                "resolution": 500,
+            }
+        )
     msg = str(ei.value)
-    for part in ("unknown key 'lrr' (did you mean 'lr'?)", "lr must be > 0", "train_dit must be one of",
-                 "micro_batch_size must be an integer", "mixed_precision must be one of",
-                 "caption_dropout must be in [0, 1]", "resolution must be a multiple of 32"):
+    for part in (
+        "unknown key 'lrr' (did you mean 'lr'?)",
+        "lr must be > 0",
+        "train_dit must be one of",
+        "micro_batch_size must be an integer",
+        "mixed_precision must be one of",
+        "caption_dropout must be in [0, 1]",
+        "resolution must be a multiple of 32",
+    ):
         assert part in msg, part
     with pytest.raises(ConfigError, match="stage must be 1 or 2"):
         config_from_dict({**BASE, "stage": 3})
@@ -149,13 +167,19 @@ def test_old_names_in_a_file_still_load_with_a_deprecation_warning(tmp_path, cap
     from deepgen.train.grpo.run_config import load_stage3_config
 
     p = tmp_path / "old.toml"
-    p.write_text('stage = 3\nmodel = "tiny"\nprompts = ["p.txt"]\nmax_train_steps = 7\nadam_betas = [0.9, 0.99]\n'
-                 'lr_scheduler = "constant_with_warmup"\nlora_rank = 4\nlora_alpha = 8.0\nlora_targets = "attn_ff"\n')
+    p.write_text(
+        'stage = 3\nmodel = "tiny"\nprompts = ["p.txt"]\nmax_train_steps = 7\nadam_betas = [0.9, 0.99]\n'
+        'lr_scheduler = "constant_with_warmup"\nlora_rank = 4\nlora_alpha = 8.0\nlora_targets = "attn_ff"\n'
+    )
     with pytest.warns(DeprecationWarning, match="'max_train_steps' is now 'max_steps'") as record:
         c = load_stage3_config(p)
     message = str(record[0].message)
-    for part in ("'adam_betas' is now 'betas'", "'lr_scheduler' is now 'lr_schedule'", "'lora_rank' is now "
-                 "'dit_lora_rank'", "lr_schedule = 'constant_with_warmup' is now lr_schedule = 'constant'"):
+    for part in (
+        "'adam_betas' is now 'betas'",
+        "'lr_scheduler' is now 'lr_schedule'",
+        "'lora_rank' is now 'dit_lora_rank'",
+        "lr_schedule = 'constant_with_warmup' is now lr_schedule = 'constant'",
+    ):
         assert part in message, part
     assert "\n" not in message and any("max_train_steps" in r.getMessage() for r in caplog.records)
     assert (c.grpo.max_steps, c.grpo.betas, c.grpo.lr_schedule) == (7, (0.9, 0.99), "constant")
@@ -179,13 +203,28 @@ def test_one_schema_one_line_errors_for_every_stage():
     from deepgen.train.grpo.run_config import stage3_config_from_dict
 
     with pytest.raises(ConfigError) as ei:
-        stage3_config_from_dict({"model": "tiny", "prompts": ["p"], "max_step": 3, "eta": 2.0, "betas": [0.9],
-                                 "lr_schedule": "linear", "group_size": 1, "dit_lora_rank": "4"})
+        stage3_config_from_dict(
+            {
+                "model": "tiny",
+                "prompts": ["p"],
+                "max_step": 3,
+                "eta": 2.0,
+                "betas": [0.9],
+                "lr_schedule": "linear",
+                "group_size": 1,
+                "dit_lora_rank": "4",
+            }
+        )
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("Invalid stage-3 config (config): ")
-    for part in ("unknown key 'max_step' (did you mean 'max_steps'?)", "eta must be in [0, 1]",
-                 "betas must be a list of 2 numbers", "lr_schedule must be one of", "group_size must be ≥ 2",
-                 "dit_lora_rank must be an integer"):
+    for part in (
+        "unknown key 'max_step' (did you mean 'max_steps'?)",
+        "eta must be in [0, 1]",
+        "betas must be a list of 2 numbers",
+        "lr_schedule must be one of",
+        "group_size must be ≥ 2",
+        "dit_lora_rank must be an integer",
+    ):
         assert part in msg, part
     with pytest.raises(ConfigError) as ei:
         config_from_dict({**BASE, "validation_size": 8, "export_dtype": "fp8", "export_lora": "yes"})
@@ -200,12 +239,21 @@ def test_run_settings_are_config_keys(tmp_path):
         'model = "tiny"\ndata = ["d"]\nvalidation_num_steps = 8\nvalidation_cfg_scale = 1.0\nvalidation_size = 256\n'
         'validation_at_end = false\nexport_lora = true\nexport_lora_path = "my.safetensors"\nexport_lora_scb = false\n'
         'save_lora_every_checkpoint = true\nexport_checkpoint = false\nexport_dtype = "bf16"\nlog_file = false\n'
-        'strict_resume_data = false\nexport_lora_metadata = { author = "me" }\n')
+        'strict_resume_data = false\nexport_lora_metadata = { author = "me" }\n'
+    )
     c = load_config(tmp_path / "c.toml")
-    assert (c.validation_num_steps, c.validation_cfg_scale, c.validation_size, c.validation_at_end) == (8, 1.0, 256,
-                                                                                                        False)
+    assert (c.validation_num_steps, c.validation_cfg_scale, c.validation_size, c.validation_at_end) == (
+        8,
+        1.0,
+        256,
+        False,
+    )
     assert (c.export_lora, c.export_lora_path, c.export_lora_scb, c.save_lora_every_checkpoint) == (
-        True, "my.safetensors", False, True)
+        True,
+        "my.safetensors",
+        False,
+        True,
+    )
     assert (c.export_checkpoint, c.export_dtype, c.log_file, c.strict_resume_data) == (False, "bf16", False, False)
     assert c.export_lora_metadata == {"author": "me"}
     import torch

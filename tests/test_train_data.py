@@ -52,16 +52,19 @@ def _write_json(path: Path, rows) -> Path:
 # sizes and pixels
 
 
-@pytest.mark.parametrize("hw, expected", [
-    ((512, 512), (512, 512)),      # ratio 1
-    ((1024, 1024), (512, 512)),    # ratio 1/2
-    ((720, 1280), (384, 704)),     # sqrt = 960, ratio 8/15: 384 (exact) and 682.7 → 704
-    ((1280, 720), (704, 384)),     # transposed
-    ((1024, 768), (608, 448)),     # sqrt = 886.8: 591.2 → 608, 443.4 → 448
-    ((2048, 512), (1024, 256)),    # sqrt = 1024, ratio 1/2
-    ((100, 900), (192, 1536)),     # sqrt = 300: 170.7 → 192, 1536 (exact)
-    ((96, 128), (448, 608)),       # upscales small images: 443.4 → 448, 591.2 → 608
-])
+@pytest.mark.parametrize(
+    "hw, expected",
+    [
+        ((512, 512), (512, 512)),  # ratio 1
+        ((1024, 1024), (512, 512)),  # ratio 1/2
+        ((720, 1280), (384, 704)),  # sqrt = 960, ratio 8/15: 384 (exact) and 682.7 → 704
+        ((1280, 720), (704, 384)),  # transposed
+        ((1024, 768), (608, 448)),  # sqrt = 886.8: 591.2 → 608, 443.4 → 448
+        ((2048, 512), (1024, 256)),  # sqrt = 1024, ratio 1/2
+        ((100, 900), (192, 1536)),  # sqrt = 300: 170.7 → 192, 1536 (exact)
+        ((96, 128), (448, 608)),  # upscales small images: 443.4 → 448, 591.2 → 608
+    ],
+)
 def test_fix_pixels_size_hand_values(hw, expected):
     assert fix_pixels_size(*hw) == expected
 
@@ -76,6 +79,7 @@ def test_fix_pixels_size_other_target_and_unit():
 
 def test_fix_pixels_size_agrees_with_deepgen_sizes():
     from deepgen import sizes
+
     for h in range(81, 2000, 37):
         for w in range(81, 2000, 41):
             assert fix_pixels_size(h, w) == sizes.fix_pixels_size(h, w), (h, w)
@@ -83,11 +87,11 @@ def test_fix_pixels_size_agrees_with_deepgen_sizes():
 
 def test_check_image_size_official_limits():
     assert check_image_size(81, 81) is None
-    assert check_image_size(80, 500) == "too_small"      # a side ≤ 80
+    assert check_image_size(80, 500) == "too_small"  # a side ≤ 80
     assert check_image_size(500, 80) == "too_small"
-    assert check_image_size(1000, 100) == "bad_aspect"   # w/h = 10
-    assert check_image_size(100, 1000) == "bad_aspect"   # w/h = 0.1
-    assert check_image_size(999, 100) is None            # 9.99
+    assert check_image_size(1000, 100) == "bad_aspect"  # w/h = 10
+    assert check_image_size(100, 1000) == "bad_aspect"  # w/h = 0.1
+    assert check_image_size(999, 100) is None  # 9.99
 
 
 def test_image_to_tensor_range_and_formula():
@@ -118,6 +122,7 @@ def test_load_training_image_scales_16_bit_grey_instead_of_clipping(tmp_path):
 def test_load_training_image_keeps_the_official_limits_below_open_images(tmp_path):
     # open_image would refuse 10 px (its 16-px minimum) as unreadable; the training data reports too_small (≤ 80)
     from deepgen.train.data import BadRowError
+
     p = tmp_path / "tiny.png"
     _img(p, 10, 10)
     with pytest.raises(BadRowError) as ei:
@@ -149,25 +154,28 @@ def _mixed_json(tmp_path: Path) -> Path:
     _img(d / "img" / "wide.png", 90, 950)
     (d / "img" / "corrupt.png").write_bytes(b"\x89PNG not really an image")
     rows = [
-        {"image": "img/cap.png", "annotation": "ann/cap.json"},                              # caption format
+        {"image": "img/cap.png", "annotation": "ann/cap.json"},  # caption format
         {"type": "T2I_SFT", "txt": "sft caption", "image": "", "image_path": "img/sft.jpg"},  # SFT format
-        {"input_image": ["img/src0.png", "img/src1.png"], "output_image": "img/dst.png",
-         "instruction": "make it blue"},                                                       # edit, 2 refs
-        {"image": "img/inline.png", "caption": "inline caption"},                             # inline caption
+        {
+            "input_image": ["img/src0.png", "img/src1.png"],
+            "output_image": "img/dst.png",
+            "instruction": "make it blue",
+        },  # edit, 2 refs
+        {"image": "img/inline.png", "caption": "inline caption"},  # inline caption
         {"input_image": "img/src0.png", "output_image": "img/dst.png", "instruction": "one ref as a string"},
         # bad rows:
-        {"image": "img/missing.png", "annotation": "ann/cap.json"},                          # missing_file
-        {"image": "img/cap.png", "annotation": "ann/nocap.json"},                            # missing_caption
-        {"image": "img/cap.png", "annotation": "ann/broken.json"},                           # bad_annotation
-        {"txt": "", "image_path": "img/sft.jpg"},                                              # missing_caption
-        {"txt": "corrupt", "image_path": "img/corrupt.png"},                                   # unreadable_image
-        {"txt": "small", "image_path": "img/small.png"},                                       # too_small
-        {"txt": "wide", "image_path": "img/wide.png"},                                         # bad_aspect
-        {"input_image": [], "output_image": "img/dst.png", "instruction": "x"},               # missing_field
-        {"input_image": ["img/src0.png"], "output_image": "img/dst.png"},                     # missing_caption
+        {"image": "img/missing.png", "annotation": "ann/cap.json"},  # missing_file
+        {"image": "img/cap.png", "annotation": "ann/nocap.json"},  # missing_caption
+        {"image": "img/cap.png", "annotation": "ann/broken.json"},  # bad_annotation
+        {"txt": "", "image_path": "img/sft.jpg"},  # missing_caption
+        {"txt": "corrupt", "image_path": "img/corrupt.png"},  # unreadable_image
+        {"txt": "small", "image_path": "img/small.png"},  # too_small
+        {"txt": "wide", "image_path": "img/wide.png"},  # bad_aspect
+        {"input_image": [], "output_image": "img/dst.png", "instruction": "x"},  # missing_field
+        {"input_image": ["img/src0.png"], "output_image": "img/dst.png"},  # missing_caption
         {"input_image": ["img/nope.png"], "output_image": "img/dst.png", "instruction": "x"},  # missing_file
-        {"foo": 1},                                                                            # unknown_format
-        ["not", "a", "dict"],                                                                  # bad_json_row
+        {"foo": 1},  # unknown_format
+        ["not", "a", "dict"],  # bad_json_row
     ]
     return _write_json(d / "data.json", rows)
 
@@ -178,9 +186,19 @@ def test_json_formats_autodetected_and_bad_rows_counted(tmp_path):
     assert ds.sizes() == {TEXT2IMAGE: 3, IMAGE2IMAGE: 2}
     r = ds.report
     assert r.rows_seen == 17 and r.bad == 12
-    assert r.counts == Counter({"missing_caption": 3, "missing_file": 2, "bad_annotation": 1, "unreadable_image": 1,
-                                "too_small": 1, "bad_aspect": 1, "missing_field": 1, "unknown_format": 1,
-                                "bad_json_row": 1})
+    assert r.counts == Counter(
+        {
+            "missing_caption": 3,
+            "missing_file": 2,
+            "bad_annotation": 1,
+            "unreadable_image": 1,
+            "too_small": 1,
+            "bad_aspect": 1,
+            "missing_field": 1,
+            "unknown_format": 1,
+            "bad_json_row": 1,
+        }
+    )
     assert len(r.examples) == 10 and r.examples[0][1] == f"{path}[5]"
     text = r.summary()
     assert "missing_caption: 3" in text and "text2image: 3" in text
@@ -205,12 +223,17 @@ def test_max_references_cap_source_root_and_jsonl(tmp_path):
     lists = tmp_path / "lists"
     lists.mkdir()
     jl = lists / "rows.jsonl"
-    jl.write_text("\n".join([
-        json.dumps({"input_image": ["a.png", "b.png"], "output_image": "c.png", "instruction": "edit"}),
-        "",
-        "{broken json",
-        json.dumps({"image": "a.png", "annotation": "ann.json"}),
-    ]) + "\n")
+    jl.write_text(
+        "\n".join(
+            [
+                json.dumps({"input_image": ["a.png", "b.png"], "output_image": "c.png", "instruction": "edit"}),
+                "",
+                "{broken json",
+                json.dumps({"image": "a.png", "annotation": "ann.json"}),
+            ]
+        )
+        + "\n"
+    )
     ds = load_datasets(jl, root=d, max_references=1, cap_source="caption_internlm2_short", resolution=RES)
     assert ds.sizes() == {TEXT2IMAGE: 1, IMAGE2IMAGE: 1}
     assert ds.report.counts == Counter({"bad_json_row": 1})
@@ -227,8 +250,9 @@ def test_lazy_annotation_with_verify_none(tmp_path):
     d = tmp_path
     _img(d / "a.png")
     (d / "a.json").write_text(json.dumps({"caption": "lazy"}))
-    ds = load_datasets(_write_json(d / "l.json", [{"image": "a.png", "annotation": "a.json"}]), verify="none",
-                       resolution=RES)
+    ds = load_datasets(
+        _write_json(d / "l.json", [{"image": "a.png", "annotation": "a.json"}]), verify="none", resolution=RES
+    )
     assert ds.text2image.rows[0].caption is None  # not read at scan time
     assert ds.text2image[0].caption == "lazy"
 
@@ -288,8 +312,11 @@ def test_corrupt_image_found_at_load_time_is_replaced_and_reported(tmp_path):
     _img(tmp_path / "good0.png", seed=0)
     (tmp_path / "corrupt.png").write_bytes(b"garbage")
     _img(tmp_path / "good1.png", seed=1)
-    rows = [{"txt": "g0", "image_path": "good0.png"}, {"txt": "bad", "image_path": "corrupt.png"},
-            {"txt": "g1", "image_path": "good1.png"}]
+    rows = [
+        {"txt": "g0", "image_path": "good0.png"},
+        {"txt": "bad", "image_path": "corrupt.png"},
+        {"txt": "g1", "image_path": "good1.png"},
+    ]
     ds = load_datasets(_write_json(tmp_path / "l.json", rows), verify="none", resolution=RES)
     assert len(ds.text2image) == 3
     sample, failures = ds.text2image.get_with_fallback(1)
@@ -324,7 +351,7 @@ def test_sampler_follows_pattern_and_covers_each_epoch():
     assert [p.micro_step for p in plans] == list(range(20))
     t2i = [i for p in plans if p.task == TEXT2IMAGE for i in p.indices]  # 30 = 3 epochs of 10
     for e in range(3):
-        assert sorted(t2i[10 * e:10 * e + 10]) == list(range(10))
+        assert sorted(t2i[10 * e : 10 * e + 10]) == list(range(10))
     assert t2i[:10] != list(range(10))  # shuffled
     edit = [i for p in plans if p.task == IMAGE2IMAGE for i in p.indices]
     assert sorted(edit[:4]) == [0, 1, 2, 3]

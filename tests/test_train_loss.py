@@ -20,9 +20,14 @@ def test_text_to_image_loss_matches_official(official_model, reference, referenc
     assert close(grid.timesteps[index], reference["loss_t2i.timesteps"], 1e-6)
     assert close(grid.sigmas[index], reference["loss_t2i.sigmas"], 1e-6)
     with torch.no_grad():
-        out = flow_matching_loss(official_model, run["texts"], [reference[f"loss_t2i.x0.s{i}"] for i in range(2)],
-                                 grid=grid, noise=[reference[f"loss_t2i.noise.s{i}"] for i in range(2)],
-                                 timestep_index=index)
+        out = flow_matching_loss(
+            official_model,
+            run["texts"],
+            [reference[f"loss_t2i.x0.s{i}"] for i in range(2)],
+            grid=grid,
+            noise=[reference[f"loss_t2i.noise.s{i}"] for i in range(2)],
+            timestep_index=index,
+        )
     assert close(out.velocities[1], reference["loss_t2i.velocity.s1"], 2e-4)
     assert close(out.per_sample, reference["loss_t2i.per_sample"], 1e-5)
     assert abs(out.loss.item() - run["loss"]) <= 1e-5 * abs(run["loss"])
@@ -35,12 +40,20 @@ def test_edit_loss_matches_official(official_model, reference, reference_meta):
     ref = reference["loss_edit.ref_pixels.s0.r0"]
     with torch.no_grad():
         ref_latent = model.encode_image(ref[None], noise=reference["loss_edit.ref_eps.s0.r0"][None])[0]
-        target = model.encode_image(reference["loss_edit.target_pixels.s0"][None],
-                                    noise=reference["loss_edit.target_eps.s0"][None])[0]
+        target = model.encode_image(
+            reference["loss_edit.target_pixels.s0"][None], noise=reference["loss_edit.target_eps.s0"][None]
+        )[0]
         assert close(target, reference["loss_edit.target_latents.s0"], 1e-4)
-        out = flow_matching_loss(model, run["texts"], [target], grid=grid, reference_images=[[ref]],
-                                 reference_latents=[[ref_latent]], noise=[reference["loss_edit.noise.s0"]],
-                                 timestep_index=reference["loss_edit.timestep_index"])
+        out = flow_matching_loss(
+            model,
+            run["texts"],
+            [target],
+            grid=grid,
+            reference_images=[[ref]],
+            reference_latents=[[ref_latent]],
+            noise=[reference["loss_edit.noise.s0"]],
+            timestep_index=reference["loss_edit.timestep_index"],
+        )
     assert abs(out.loss.item() - run["loss"]) <= 1e-5 * abs(run["loss"])
 
 

@@ -21,11 +21,11 @@ from deepgen.train.optim import (
 class Toy(nn.Module):
     def __init__(self):
         super().__init__()
-        self.meta_queries = nn.Parameter(torch.randn(4, 8))   # 2-D: decayed (official)
-        self.proj = nn.Linear(8, 8)                            # weight decayed, bias not
-        self.norm = nn.LayerNorm(8)                            # 1-D: not decayed
-        self.scale = nn.Parameter(torch.ones(8))               # 1-D: not decayed
-        self.conv = nn.Conv2d(2, 2, 3)                         # 4-D weight decayed
+        self.meta_queries = nn.Parameter(torch.randn(4, 8))  # 2-D: decayed (official)
+        self.proj = nn.Linear(8, 8)  # weight decayed, bias not
+        self.norm = nn.LayerNorm(8)  # 1-D: not decayed
+        self.scale = nn.Parameter(torch.ones(8))  # 1-D: not decayed
+        self.conv = nn.Conv2d(2, 2, 3)  # 4-D weight decayed
         self.frozen = nn.Linear(8, 8)
         self.frozen.requires_grad_(False)
 
@@ -75,8 +75,8 @@ def test_param_group_errors():
 
 
 def test_warmup_steps_like_mmengine():
-    assert warmup_steps_for(200_000, 0.01) == 2000   # official stage 1 (micro-iterations)
-    assert warmup_steps_for(400_000, 0.01) == 4000   # official stage 2
+    assert warmup_steps_for(200_000, 0.01) == 2000  # official stage 1 (micro-iterations)
+    assert warmup_steps_for(400_000, 0.01) == 4000  # official stage 2
     assert warmup_steps_for(133_333, 0.01) == 1333
     with pytest.raises(ValueError):
         warmup_steps_for(100, 1.0)
@@ -98,15 +98,15 @@ def test_cosine_schedule_hand_values():
     # max_steps 410, warmup int(0.025 · 410) = 10, cosine over the remaining 400 steps
     lrs = _lrs(410, 0.025, 412)
     base = 1e-4
-    assert lrs[0] == pytest.approx(base * 1e-5, rel=1e-12)                      # warm-up start: lr · 1e-5
+    assert lrs[0] == pytest.approx(base * 1e-5, rel=1e-12)  # warm-up start: lr · 1e-5
     assert lrs[5] == pytest.approx(base * (1e-5 + (1 - 1e-5) * 0.5), rel=1e-12)  # half-way: 0.500005 · lr
-    assert lrs[10] == pytest.approx(base, rel=1e-12)                            # warm-up end: full lr
+    assert lrs[10] == pytest.approx(base, rel=1e-12)  # warm-up end: full lr
     assert lrs[110] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi / 4)), rel=1e-12)  # 0.853553 · lr
-    assert lrs[210] == pytest.approx(base * 0.5, rel=1e-12)                     # mid-cosine
-    assert lrs[310] == pytest.approx(base * 0.14644660940672624, rel=1e-9)     # 0.5·(1 − cos(π/4))
-    assert lrs[410] == 0.0 and lrs[411] == 0.0                                   # end and after
-    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11]))                      # rising warm-up
-    assert all(a >= b for a, b in zip(lrs[10:410], lrs[11:411]))                 # falling cosine
+    assert lrs[210] == pytest.approx(base * 0.5, rel=1e-12)  # mid-cosine
+    assert lrs[310] == pytest.approx(base * 0.14644660940672624, rel=1e-9)  # 0.5·(1 − cos(π/4))
+    assert lrs[410] == 0.0 and lrs[411] == 0.0  # end and after
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11]))  # rising warm-up
+    assert all(a >= b for a, b in zip(lrs[10:410], lrs[11:411]))  # falling cosine
 
 
 def test_cosine_equals_torch_linear_then_cosine():
@@ -114,10 +114,14 @@ def test_cosine_equals_torch_linear_then_cosine():
     o1 = torch.optim.SGD([p], lr=1e-4)
     o2 = torch.optim.SGD([p], lr=1e-4)
     ours = build_lr_scheduler(o1, max_steps=300, warmup_ratio=0.1)
-    theirs = torch.optim.lr_scheduler.SequentialLR(o2, [
-        torch.optim.lr_scheduler.LinearLR(o2, start_factor=1e-5, end_factor=1.0, total_iters=30),
-        torch.optim.lr_scheduler.CosineAnnealingLR(o2, T_max=270, eta_min=0.0),
-    ], milestones=[30])
+    theirs = torch.optim.lr_scheduler.SequentialLR(
+        o2,
+        [
+            torch.optim.lr_scheduler.LinearLR(o2, start_factor=1e-5, end_factor=1.0, total_iters=30),
+            torch.optim.lr_scheduler.CosineAnnealingLR(o2, T_max=270, eta_min=0.0),
+        ],
+        milestones=[30],
+    )
     for _ in range(300):
         assert o1.param_groups[0]["lr"] == pytest.approx(o2.param_groups[0]["lr"], rel=1e-6, abs=1e-15)
         o1.step(), o2.step()
@@ -126,7 +130,7 @@ def test_cosine_equals_torch_linear_then_cosine():
 
 def test_constant_schedule_with_warmup():
     lrs = _lrs(None, 0.0, 30, lr=2e-6, schedule="constant", warmup_steps=20)
-    assert lrs[0] == 0.0                                    # transformers constant_with_warmup: s / W
+    assert lrs[0] == 0.0  # transformers constant_with_warmup: s / W
     assert lrs[10] == pytest.approx(1e-6, rel=1e-12)
     assert lrs[19] == pytest.approx(2e-6 * 19 / 20, rel=1e-12)
     assert lrs[20:] == [pytest.approx(2e-6, rel=1e-12)] * 10
@@ -203,8 +207,10 @@ def test_resume_continues_on_a_changed_schedule():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _keep_new_schedule(sched, opt, fresh, 5)
-    assert [str(w.message) for w in caught] == ["the learning-rate schedule differs from the checkpoint's "
-                                                "(max_steps, lr or warm-up changed); continuing on the new schedule"]
+    assert [str(w.message) for w in caught] == [
+        "the learning-rate schedule differs from the checkpoint's "
+        "(max_steps, lr or warm-up changed); continuing on the new schedule"
+    ]
     want = [base * sched.lr_lambdas[0](5) for base in fresh[1]]
     assert sched.get_last_lr() == pytest.approx(want) and [g["lr"] for g in opt.param_groups] == pytest.approx(want)
     assert sched.last_epoch == 5 and sched.lr_lambdas[0].max_steps == 20

@@ -10,19 +10,42 @@ import pytest
 from trainer_kit import one_thread, write_dataset, write_folder_dataset
 
 from deepgen.cli import main
-from deepgen.train.cli import load_train_config
 from deepgen.lora import load_lora
+from deepgen.train.cli import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--set", "resolution=32", "--set", "micro_batch_size=1", "--set", "grad_accumulation=1",
-        "--set", "num_workers=0", "--set", "data_verify='exists'", "--set", "vlm_lora_rank=2",
-        "--set", "mixed_precision='no'"]
+TINY = [
+    "--set",
+    "resolution=32",
+    "--set",
+    "micro_batch_size=1",
+    "--set",
+    "grad_accumulation=1",
+    "--set",
+    "num_workers=0",
+    "--set",
+    "data_verify='exists'",
+    "--set",
+    "vlm_lora_rank=2",
+    "--set",
+    "mixed_precision='no'",
+]
 
 
 def tiny_config(tmp_path: Path, data: Path, **values) -> Path:
-    lines = ['stage = 2', 'model = "tiny"', f'data = ["{data}"]', f'output_dir = "{tmp_path / "out"}"',
-             'resume = "no"', 'max_steps = 2', 'log_every = 1', 'save_every = 0', 'train_dit = "lora"',
-             'dit_lora_rank = 2', 'dit_lora_alpha = 2.0']
+    lines = [
+        "stage = 2",
+        'model = "tiny"',
+        f'data = ["{data}"]',
+        f'output_dir = "{tmp_path / "out"}"',
+        'resume = "no"',
+        "max_steps = 2",
+        "log_every = 1",
+        "save_every = 0",
+        'train_dit = "lora"',
+        "dit_lora_rank = 2",
+        "dit_lora_alpha = 2.0",
+    ]
     lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     path = tmp_path / "run.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -33,8 +56,7 @@ def test_tiny_run_logs_validates_and_exports(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", n_t2i=2, n_edit=1)
     config = tiny_config(tmp_path, data, validation_prompt="a red square", validation_every=1)
     with one_thread():
-        code = main(["train", "--stage", "2", "--config", str(config), *TINY, "--validation-steps", "2",
-                     "--cpu"])
+        code = main(["train", "--stage", "2", "--config", str(config), *TINY, "--validation-steps", "2", "--cpu"])
     err = capsys.readouterr().err
     assert code == 0, err[-3000:]
     out = tmp_path / "out"
@@ -60,11 +82,23 @@ def test_shipped_configs_parse():
         assert cfg.stage in (1, 2), path
     s1 = load_train_config(str(ROOT / "configs/train/stage1.toml"), 1, [])
     assert (s1.lr, s1.grad_accumulation, s1.task_pattern, s1.train_dit, s1.vlm_lora) == (
-        1e-4, 4, {"image2image": 1, "text2image": 3}, "frozen", False)
+        1e-4,
+        4,
+        {"image2image": 1, "text2image": 3},
+        "frozen",
+        False,
+    )
     s2 = load_train_config(str(ROOT / "configs/train/stage2.toml"), 2, [])
-    assert (s2.lr, s2.grad_accumulation, s2.task_pattern, s2.train_dit, s2.vlm_lora, s2.vlm_lora_rank,
-            s2.vlm_lora_alpha, s2.vlm_lora_dropout) == (5e-5, 3, {"image2image": 1, "text2image": 2}, "full", True,
-                                                         64, 128.0, 0.05)
+    assert (
+        s2.lr,
+        s2.grad_accumulation,
+        s2.task_pattern,
+        s2.train_dit,
+        s2.vlm_lora,
+        s2.vlm_lora_rank,
+        s2.vlm_lora_alpha,
+        s2.vlm_lora_dropout,
+    ) == (5e-5, 3, {"image2image": 1, "text2image": 2}, "full", True, 64, 128.0, 0.05)
     consumer = load_train_config(str(ROOT / "configs/train/stage2_consumer_dit_lora.toml"), None, [])
     assert consumer.train_dit == "lora" and consumer.gradient_checkpointing
     tiny = load_train_config(str(ROOT / "configs/train/tiny.toml"), None, ["max_steps=3"])
@@ -85,10 +119,10 @@ def test_stage3_dispatch(tmp_path, capsys, monkeypatch):
     from deepgen.train.grpo import trainer as grpo
 
     calls = []
-    monkeypatch.setattr(grpo, "run_grpo_from_config_file",
-                        lambda path, overrides, resume: calls.append((path, overrides, resume)))
-    assert main(["train", "--stage", "3", "--config", "rl.toml", "--set", "lr=1e-6", "--resume", "auto",
-                 "--cpu"]) == 0
+    monkeypatch.setattr(
+        grpo, "run_grpo_from_config_file", lambda path, overrides, resume: calls.append((path, overrides, resume))
+    )
+    assert main(["train", "--stage", "3", "--config", "rl.toml", "--set", "lr=1e-6", "--resume", "auto", "--cpu"]) == 0
     assert calls == [("rl.toml", ["lr=1e-6", "cpu=true"], "auto")]
     rl = tmp_path / "rl.toml"
     rl.write_text('stage = 3\nmodel = "tiny"\n', encoding="utf-8")
@@ -99,20 +133,26 @@ def test_stage3_dispatch(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     empty = tmp_path / "empty.txt"
     empty.write_text("# only a comment\n", encoding="utf-8")
-    rl.write_text(f'stage = 3\nmodel = "tiny"\noutput_dir = "{tmp_path / "out"}"\n[[prompts]]\npath = "{empty}"\n'
-                  'category = "general"\n', encoding="utf-8")
+    rl.write_text(
+        f'stage = 3\nmodel = "tiny"\noutput_dir = "{tmp_path / "out"}"\n[[prompts]]\npath = "{empty}"\n'
+        'category = "general"\n',
+        encoding="utf-8",
+    )
     assert main(["train", "--config", str(rl)]) == 2
     assert "holds no prompts" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty", "No images"),
-    ("no_captions", "no captions: each image needs a same-named .txt"),
-    ("corrupt", "unreadable_image"),
-    ("rank0", "dit_lora_rank: rank must be ≥ 1"),
-    ("unwritable", "Cannot create the output folder"),
-    ("missing", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "No images"),
+        ("no_captions", "no captions: each image needs a same-named .txt"),
+        ("corrupt", "unreadable_image"),
+        ("rank0", "dit_lora_rank: rank must be ≥ 1"),
+        ("unwritable", "Cannot create the output folder"),
+        ("missing", "does not exist"),
+    ],
+)
 def test_bad_input_gives_a_clear_error(tmp_path, capsys, case, message):
     data = tmp_path / "data"
     extra = []

@@ -32,27 +32,71 @@ def free_port() -> int:
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     data = write_dataset(tmp_path / "data", n_t2i=4, n_edit=2)
-    common = dict(stage=2, max_steps=2, grad_accumulation=2, lr=3e-3, train_dit="lora", vlm_lora=True,
-                  vlm_lora_rank=2, vlm_lora_alpha=4.0, vlm_lora_dropout=0.0, dit_lora_rank=2, dit_lora_alpha=2.0,
-                  adam_eps=1e-6)  # see the bound below
+    common = dict(
+        stage=2,
+        max_steps=2,
+        grad_accumulation=2,
+        lr=3e-3,
+        train_dit="lora",
+        vlm_lora=True,
+        vlm_lora_rank=2,
+        vlm_lora_alpha=4.0,
+        vlm_lora_dropout=0.0,
+        dit_lora_rank=2,
+        dit_lora_alpha=2.0,
+        adam_eps=1e-6,
+    )  # see the bound below
     stage = common.pop("stage")
     # two processes, micro batch 1 each
     two = base_config(data, tmp_path / "two", stage=stage, micro_batch_size=1, **common)
     config = tmp_path / "two.toml"
     config.write_text(two.to_toml(), encoding="utf-8")
     launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "deepgen", "train", "--cpu", "--config", str(config), "--no-export"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        str(launcher),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "deepgen",
+        "train",
+        "--cpu",
+        "--config",
+        str(config),
+        "--no-export",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # meanwhile, one process in this process, with the same global batch made of the same micro-batches of one
     # sample (so every sample's forward and backward runs the same kernels on the same shapes as on the ranks)
     with one_thread():
-        one = SFTTrainer(base_config(data, tmp_path / "one", stage=stage, micro_batch_size=1,
-                                     **{**common, "grad_accumulation": 4}, export_checkpoint=False,
-                                     export_lora=False), cpu=True).run()
+        one = SFTTrainer(
+            base_config(
+                data,
+                tmp_path / "one",
+                stage=stage,
+                micro_batch_size=1,
+                **{**common, "grad_accumulation": 4},
+                export_checkpoint=False,
+                export_lora=False,
+            ),
+            cpu=True,
+        ).run()
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
     assert "2 process(es)" in out, out[-2000:]

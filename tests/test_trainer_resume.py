@@ -32,17 +32,30 @@ def data(tmp_path_factory):
 def config(data, out, **kw):
     # stage 2 with both LoRAs, LoRA dropout on, caption dropout on, 2 micro-batches per update: every random
     # draw must repeat on resume
-    values = dict(stage=2, lr=3e-3, max_steps=4, micro_batch_size=1, grad_accumulation=2, train_dit="lora",
-                  vlm_lora=True, vlm_lora_rank=2, vlm_lora_alpha=4.0, vlm_lora_dropout=0.3, caption_dropout=0.5,
-                  dit_lora_rank=2, dit_lora_alpha=2.0)
+    values = dict(
+        stage=2,
+        lr=3e-3,
+        max_steps=4,
+        micro_batch_size=1,
+        grad_accumulation=2,
+        train_dit="lora",
+        vlm_lora=True,
+        vlm_lora_rank=2,
+        vlm_lora_alpha=4.0,
+        vlm_lora_dropout=0.3,
+        caption_dropout=0.5,
+        dit_lora_rank=2,
+        dit_lora_alpha=2.0,
+    )
     values.update(kw)
     stage = values.pop("stage")
     return base_config(data, out, stage=stage, **values)
 
 
 def run(cfg, *callbacks):
-    return SFTTrainer(dataclasses.replace(cfg, export_checkpoint=False, export_lora=False), callbacks=list(callbacks),
-                      cpu=True).run()
+    return SFTTrainer(
+        dataclasses.replace(cfg, export_checkpoint=False, export_lora=False), callbacks=list(callbacks), cpu=True
+    ).run()
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,22 @@ import shutil
 
 import pytest
 import torch
-from trainer_kit import (Recorder, assert_same_outputs, base_config, changed, eval_loss, one_thread, outputs,
-                         snapshot, write_dataset)
+from trainer_kit import (
+    Recorder,
+    assert_same_outputs,
+    base_config,
+    changed,
+    eval_loss,
+    one_thread,
+    outputs,
+    snapshot,
+    write_dataset,
+)
 
 from deepgen.loading import load_model
+from deepgen.lora import load_lora
 from deepgen.tiny import build_tiny_model, save_tiny_release
 from deepgen.train.checkpointing import load_checkpoint
-from deepgen.lora import load_lora
 from deepgen.train.export import combine_lora_pairs
 from deepgen.train.trainer import SFTTrainer
 
@@ -43,8 +52,9 @@ def release(tmp_path_factory):
 
 
 def load_export(path, paths, **kw):
-    return load_model(path, paths["vlm"], paths["diffusion"], dtype=torch.float32,
-                      connector_config=TINY_CONNECTOR, **kw)
+    return load_model(
+        path, paths["vlm"], paths["diffusion"], dtype=torch.float32, connector_config=TINY_CONNECTOR, **kw
+    )
 
 
 class Before(Recorder):
@@ -69,8 +79,9 @@ def train(cfg, data, model=None, **kw):
 
 
 def test_stage1_trains_only_the_bridge(data, tmp_path, release):
-    model, result, before = train(base_config(data, tmp_path, stage=1, lr=1e-2, max_steps=6, save_every=3), data,
-                                  model=build_tiny_model(seed=0))
+    model, result, before = train(
+        base_config(data, tmp_path, stage=1, lr=1e-2, max_steps=6, save_every=3), data, model=build_tiny_model(seed=0)
+    )
     assert eval_loss(model, data) < before.loss
     moved = changed(before.before, snapshot(model))
     assert {"meta_queries", "projector_1.weight", "projector_3.weight", "connector.layers.1.mlp.fc2.weight"} <= moved
@@ -125,18 +136,32 @@ def test_stage2_full_dit_and_vlm_lora_from_an_official_release(data, tmp_path, r
         (second / sub).symlink_to(folder / sub)
     shutil.copy(folder / "connector_config.json", second)
     shutil.copy(result.checkpoint_path, second / "model.safetensors")
-    cfg2 = base_config(data, tmp_path / "out2", stage=2, model=str(second), lr=1e-2, max_steps=1, train_dit="frozen",
-                       vlm_lora_rank=2, vlm_lora_alpha=6.0, vlm_lora_dropout=0.0)
+    cfg2 = base_config(
+        data,
+        tmp_path / "out2",
+        stage=2,
+        model=str(second),
+        lr=1e-2,
+        max_steps=1,
+        train_dit="frozen",
+        vlm_lora_rank=2,
+        vlm_lora_alpha=6.0,
+        vlm_lora_dropout=0.0,
+    )
     model2, result2, _ = train(cfg2, data)
     assert_same_outputs(outputs(load_export(result2.checkpoint_path, paths)), outputs(model2))
-    ranks = {t.shape[0] for k, t in load_adapter_keys(result2.checkpoint_path, tensors=True).items()
-             if k.endswith("lora_A.default.weight")}
+    ranks = {
+        t.shape[0]
+        for k, t in load_adapter_keys(result2.checkpoint_path, tensors=True).items()
+        if k.endswith("lora_A.default.weight")
+    }
     assert ranks == {4 + 2}
 
 
 def test_stage2_dit_lora_option(data, tmp_path, release):
-    cfg = base_config(data, tmp_path, stage=2, lr=1e-2, max_steps=4, train_dit="lora", vlm_lora=False,
-                      dit_lora_targets=["attn_ff"])
+    cfg = base_config(
+        data, tmp_path, stage=2, lr=1e-2, max_steps=4, train_dit="lora", vlm_lora=False, dit_lora_targets=["attn_ff"]
+    )
     model, result, before = train(cfg, data, model=build_tiny_model(seed=0))
     assert eval_loss(model, data) < before.loss
     moved = changed(before.before, snapshot(model))
@@ -144,7 +169,9 @@ def test_stage2_dit_lora_option(data, tmp_path, release):
     dit_b = {n: p for n, p in model.transformer.named_parameters() if "lora_B" in n}
     assert any(".ff.net.2." in n for n in dit_b)
     # all get a gradient but the last block's context queries (context_pre_only: its context output is dropped)
-    assert {n for n, p in dit_b.items() if p.abs().sum() == 0} == {"transformer_blocks.3.attn.add_q_proj.lora_B.default.weight"}
+    assert {n for n, p in dit_b.items() if p.abs().sum() == 0} == {
+        "transformer_blocks.3.attn.add_q_proj.lora_B.default.weight"
+    }
     # the LoRA file holds the DiT LoRA and the bridge change (.diff), so it is the whole run
     adapter = load_lora(result.lora_path)
     assert adapter.parts == ["transformer", "scb"] and adapter.metadata["complete"] is True
@@ -153,17 +180,35 @@ def test_stage2_dit_lora_option(data, tmp_path, release):
     _, paths = release
     keys = load_adapter_keys(result.checkpoint_path)
     assert not any(".lora_" in k or "base_layer" in k for k in keys)
-    assert_same_outputs(outputs(load_export(result.checkpoint_path, paths, allow_pretrain_checkpoint=True)), outputs(model))
+    assert_same_outputs(
+        outputs(load_export(result.checkpoint_path, paths, allow_pretrain_checkpoint=True)), outputs(model)
+    )
 
 
 def test_combined_lora_pairs_sum_the_updates():
     g = torch.Generator().manual_seed(0)
-    a = {"m": {"A": torch.randn(3, 5, generator=g), "B": torch.randn(4, 3, generator=g), "scale": 2.0,
-               "embedding": False}}
-    b = {"m": {"A": torch.randn(2, 5, generator=g), "B": torch.randn(4, 2, generator=g), "scale": 1.5,
-               "embedding": False},
-         "n": {"A": torch.randn(2, 5, generator=g), "B": torch.randn(4, 2, generator=g), "scale": 1.5,
-               "embedding": False}}
+    a = {
+        "m": {
+            "A": torch.randn(3, 5, generator=g),
+            "B": torch.randn(4, 3, generator=g),
+            "scale": 2.0,
+            "embedding": False,
+        }
+    }
+    b = {
+        "m": {
+            "A": torch.randn(2, 5, generator=g),
+            "B": torch.randn(4, 2, generator=g),
+            "scale": 1.5,
+            "embedding": False,
+        },
+        "n": {
+            "A": torch.randn(2, 5, generator=g),
+            "B": torch.randn(4, 2, generator=g),
+            "scale": 1.5,
+            "embedding": False,
+        },
+    }
     out = combine_lora_pairs(a, b)
     assert out["m"]["A"].shape == (5, 5) and out["n"]["A"].shape == (5, 5)
     want_m = 2.0 * a["m"]["B"] @ a["m"]["A"] + 1.5 * b["m"]["B"] @ b["m"]["A"]

@@ -10,8 +10,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-CAPTIONS = ["a red square on a grey background", "a blue square on a grey background",
-            "a green square on a grey background", "a pink square on a grey background"]
+CAPTIONS = [
+    "a red square on a grey background",
+    "a blue square on a grey background",
+    "a green square on a grey background",
+    "a pink square on a grey background",
+]
 
 
 @contextlib.contextmanager
@@ -35,7 +39,7 @@ def write_dataset(root: Path, n_t2i: int = 4, n_edit: int = 2, size: int = 96, s
     def make(name: str, colour) -> str:
         arr = (rng.random((size, size, 3)) * 40 + 110).astype(np.uint8)
         y, x = rng.integers(0, size // 2, 2)
-        arr[y:y + size // 3, x:x + size // 3] = colour
+        arr[y : y + size // 3, x : x + size // 3] = colour
         Image.fromarray(arr).save(root / "img" / name)
         return f"img/{name}"
 
@@ -64,11 +68,30 @@ def write_folder_dataset(root: Path, n: int = 3, size: int = 96, captions: bool 
 def base_config(data: Path, out: Path, stage: int = 1, **overrides):
     from deepgen.train.config import TrainConfig
 
-    kw = dict(model="tiny", data=[str(data)], resolution=32, micro_batch_size=2, grad_accumulation=1, max_steps=4,
-              lr=3e-3, warmup_steps=0, num_workers=0, caption_dropout=0.0, mixed_precision="no", data_verify="exists",
-              output_dir=str(out), resume="no", save_every=0, keep_last=0, log_every=1,
-              task_pattern={"image2image": 1, "text2image": 1}, vlm_lora_rank=4, vlm_lora_alpha=8.0,
-              dit_lora_rank=4, dit_lora_alpha=4.0)
+    kw = dict(
+        model="tiny",
+        data=[str(data)],
+        resolution=32,
+        micro_batch_size=2,
+        grad_accumulation=1,
+        max_steps=4,
+        lr=3e-3,
+        warmup_steps=0,
+        num_workers=0,
+        caption_dropout=0.0,
+        mixed_precision="no",
+        data_verify="exists",
+        output_dir=str(out),
+        resume="no",
+        save_every=0,
+        keep_last=0,
+        log_every=1,
+        task_pattern={"image2image": 1, "text2image": 1},
+        vlm_lora_rank=4,
+        vlm_lora_alpha=8.0,
+        dit_lora_rank=4,
+        dit_lora_alpha=4.0,
+    )
     kw.update(overrides)
     return TrainConfig.for_stage(stage, **kw)
 
@@ -93,8 +116,9 @@ def eval_loss(model, data_jsonl: Path, resolution: int = 32, n: int = 4) -> floa
             latents.append(model.encode_image(px[None].to(model.device), sample=False)[0])
             prompts.append(r["txt"])
         noise = [torch.randn(x.shape, generator=g) for x in latents]
-        out = flow_matching_loss(model, prompts, latents, grid=grid, noise=noise,
-                                 timestep_index=torch.full((len(rows),), idx))
+        out = flow_matching_loss(
+            model, prompts, latents, grid=grid, noise=noise, timestep_index=torch.full((len(rows),), idx)
+        )
         total.append(out.loss.item())
     model.train(was)
     return float(np.mean(total))

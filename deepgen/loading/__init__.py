@@ -5,8 +5,15 @@ from .release import load_model, load_tokenizer
 from .sources import ModelSource, detect_layout, resolve_source
 from .state_dict_io import read_state_dict
 
-__all__ = ["CheckpointError", "ModelSource", "detect_layout", "load_model", "load_tokenizer", "read_state_dict",
-           "resolve_source"]
+__all__ = [
+    "CheckpointError",
+    "ModelSource",
+    "detect_layout",
+    "load_model",
+    "load_tokenizer",
+    "read_state_dict",
+    "resolve_source",
+]
 
 from .convert import convert_checkpoint, convert_model  # noqa: E402
 

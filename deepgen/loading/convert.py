@@ -58,8 +58,9 @@ def convert_model(model: DeepGenModel, output: str | os.PathLike, source_layout:
     return output
 
 
-def convert_checkpoint(checkpoint, output, vlm=None, diffusion=None, *, dtype: torch.dtype = torch.bfloat16,
-                       **load_kwargs) -> Path:
+def convert_checkpoint(
+    checkpoint, output, vlm=None, diffusion=None, *, dtype: torch.dtype = torch.bfloat16, **load_kwargs
+) -> Path:
     """Load any supported release layout and write it as one converted file."""
     from .release import load_model
     from .sources import detect_layout

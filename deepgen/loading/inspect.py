@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from . import keys as K
-from .sources import detect_layout
 from . import single_file
+from .sources import detect_layout
 from .state_dict_io import read_metadata, read_state_dict
 
 
@@ -30,13 +30,25 @@ def describe(path) -> dict:
         info["components"] = sorted({k.split(".")[0] for k in state})
         return info
     info["groups"] = {name: len(keys) for name, keys in groups.items() if keys}
-    lora_layouts = {("new (transformers >= 4.52)" if ".language_model." in k or ".model.visual." in k
-                     else "old (transformers <= 4.51)") for k in groups["lora"] if not k.startswith("lmm.lm_head")}
+    lora_layouts = {
+        (
+            "new (transformers >= 4.52)"
+            if ".language_model." in k or ".model.visual." in k
+            else "old (transformers <= 4.51)"
+        )
+        for k in groups["lora"]
+        if not k.startswith("lmm.lm_head")
+    }
     info["lora_key_layout"] = sorted(lora_layouts)
     if "meta_queries" in state:
         info["num_think_tokens"] = int(state["meta_queries"].shape[0])
-    info["kind"] = ("pre-training (SCB only)" if not groups["transformer"] and not groups["lora"]
-                    else "SFT/RL (SCB + DiT + VLM LoRA)" if groups["lora"] else "SCB + DiT")
+    info["kind"] = (
+        "pre-training (SCB only)"
+        if not groups["transformer"] and not groups["lora"]
+        else "SFT/RL (SCB + DiT + VLM LoRA)"
+        if groups["lora"]
+        else "SCB + DiT"
+    )
     return info
 
 

@@ -39,7 +39,8 @@ def group_keys(keys) -> dict[str, list[str]]:
 
 def is_lora_key(key: str) -> bool:
     return any(marker in key for marker in LORA_MARKERS) or key.endswith(
-        (".lora_embedding_A.default", ".lora_embedding_B.default"))
+        (".lora_embedding_A.default", ".lora_embedding_B.default")
+    )
 
 
 def normalize_vlm_key(key: str) -> str:
@@ -47,13 +48,13 @@ def normalize_vlm_key(key: str) -> str:
     if key.startswith("visual."):
         return "model." + key
     if _OLD_TEXT.match(key):
-        return "model.language_model." + key[len("model."):]
+        return "model.language_model." + key[len("model.") :]
     return key
 
 
 def split_lora_key(key: str) -> tuple[str, str]:
     """`lmm.<module>.lora_A.default.weight` -> (normalised module path, 'A'|'B')."""
-    body = key[len(LMM_PREFIX):]
+    body = key[len(LMM_PREFIX) :]
     match = re.match(r"^(.*)\.lora_(?:embedding_)?([AB])(?:\.default)?(?:\.weight)?$", body)
     if not match:
         raise CheckpointError(f"Unrecognised LoRA key {key!r}")
@@ -78,18 +79,24 @@ def map_connector_keys(state: dict[str, torch.Tensor], source: str) -> dict[str,
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointError(f"{source}: unknown connector tensor names: {format_keys(unknown)}. Expected "
-                              "meta_queries, projector_{1,2,3}.* and connector layers.* (SigLIP-style names).")
+        raise CheckpointError(
+            f"{source}: unknown connector tensor names: {format_keys(unknown)}. Expected "
+            "meta_queries, projector_{1,2,3}.* and connector layers.* (SigLIP-style names)."
+        )
     return mapped
 
 
-def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], what: str,
-                     optional: tuple[str, ...] = ()) -> None:
+def check_state_dict(
+    expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], what: str, optional: tuple[str, ...] = ()
+) -> None:
     """Every key accounted for: raise one error naming missing, unexpected and wrongly shaped keys."""
     missing = [k for k in expected if k not in given and k not in optional]
     unexpected = [k for k in given if k not in expected]
-    shapes = [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in given if k in expected and tuple(given[k].shape) != tuple(expected[k].shape)]
+    shapes = [
+        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in given
+        if k in expected and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing: {format_keys(missing)}")

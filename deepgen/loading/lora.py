@@ -47,8 +47,10 @@ def _resolve(lmm: nn.Module, pairs) -> dict[str, nn.Module]:
         except AttributeError:
             unknown.append(name)
     if unknown:
-        raise CheckpointError(f"LoRA keys for modules the VLM does not have: {format_keys(unknown)}. "
-                              "Is this checkpoint for Qwen2.5-VL-3B-Instruct (the DeepGen 1.0 base)?")
+        raise CheckpointError(
+            f"LoRA keys for modules the VLM does not have: {format_keys(unknown)}. "
+            "Is this checkpoint for Qwen2.5-VL-3B-Instruct (the DeepGen 1.0 base)?"
+        )
     return modules
 
 
@@ -70,30 +72,43 @@ def merge_lora(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], scalin
     return skipped
 
 
-def attach_lora_adapter(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], alpha: float,
-                        dropout: float = 0.0, adapter_name: str = "default") -> nn.Module:
+def attach_lora_adapter(
+    lmm: nn.Module,
+    pairs: dict[str, dict[str, torch.Tensor]],
+    alpha: float,
+    dropout: float = 0.0,
+    adapter_name: str = "default",
+) -> nn.Module:
     """Inject a PEFT LoRA adapter on exactly the checkpoint's modules and load its tensors (strictly)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     modules = _resolve(lmm, pairs)
     rank = lora_rank(pairs)
     # peft annotates lora_alpha as int; any number works (scale = alpha / r)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
-                        target_modules=sorted(modules),
-                        init_lora_weights="gaussian")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        target_modules=sorted(modules),
+        init_lora_weights="gaussian",
+    )
     inject_adapter_in_model(config, lmm, adapter_name=adapter_name)
     own = {k: v for k, v in lmm.state_dict().items() if ".lora_" in k}
     given = {}
     for name, halves in pairs.items():
         for half, tensor in halves.items():
             embedding = isinstance(modules[name], nn.Embedding)
-            key = (f"{name}.lora_embedding_{half}.{adapter_name}" if embedding
-                   else f"{name}.lora_{half}.{adapter_name}.weight")
+            key = (
+                f"{name}.lora_embedding_{half}.{adapter_name}"
+                if embedding
+                else f"{name}.lora_{half}.{adapter_name}.weight"
+            )
             given[key] = tensor
     missing, unexpected = set(own) - set(given), set(given) - set(own)
     if missing or unexpected:
-        raise CheckpointError(f"LoRA adapter keys do not match: missing {format_keys(missing)}; "
-                              f"unexpected {format_keys(unexpected)}")
+        raise CheckpointError(
+            f"LoRA adapter keys do not match: missing {format_keys(missing)}; unexpected {format_keys(unexpected)}"
+        )
     with torch.no_grad():
         for key, tensor in given.items():
             own[key].copy_(tensor)

@@ -41,11 +41,20 @@ Progress = Callable[[str], None]
 OFFICIAL_CONNECTOR = ConnectorConfig()
 
 
-def load_model(checkpoint: str | os.PathLike, vlm: str | os.PathLike | None = None,
-               diffusion: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.bfloat16,
-               device: str | torch.device = "cpu", lora: str = "merge", lora_alpha: float | None = None,
-               allow_pretrain_checkpoint: bool = False, connector_config: dict | None = None,
-               attn_implementation: str = "sdpa", progress: Progress | None = None) -> DeepGenModel:
+def load_model(
+    checkpoint: str | os.PathLike,
+    vlm: str | os.PathLike | None = None,
+    diffusion: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    lora: str = "merge",
+    lora_alpha: float | None = None,
+    allow_pretrain_checkpoint: bool = False,
+    connector_config: dict | None = None,
+    attn_implementation: str = "sdpa",
+    progress: Progress | None = None,
+) -> DeepGenModel:
     """Load DeepGen 1.0 from any supported release layout (resolved by `deepgen.loading.sources`).
 
     vlm / diffusion: the base folders of the official layout; by default the ones next to the checkpoint.
@@ -64,6 +73,7 @@ def load_model(checkpoint: str | os.PathLike, vlm: str | os.PathLike | None = No
     source = resolve_source(checkpoint, vlm, diffusion)
     if source.layout == "tiny":
         from ..tiny import build_tiny_model
+
         return build_tiny_model(seed=source.seed, dtype=dtype).to(device)
     if source.layout == "single":
         return _load_single_file(Path(source.path_of("checkpoint")), dtype, device, attn_implementation, say)
@@ -101,32 +111,46 @@ def load_model(checkpoint: str | os.PathLike, vlm: str | os.PathLike | None = No
     scheduler_config = _scheduler_config(diffusion_dir / "scheduler")
 
     say("loading SCB")
-    model = _assemble(lmm, tokenizer, transformer, vae, trained, scheduler_config, connector_config, dtype,
-                      str(checkpoint))
+    model = _assemble(
+        lmm, tokenizer, transformer, vae, trained, scheduler_config, connector_config, dtype, str(checkpoint)
+    )
     return model.to(device).eval()
 
 
 # ---- pieces --------------------------------------------------------------------------------------------
 
+
 def _split_official(state, source, allow_pretrain):
     groups = K.group_keys(state)
     if groups["unknown"] or groups["lmm_other"]:
         strange = groups["unknown"] + groups["lmm_other"]
-        hint = ("This does not look like a DeepGen 1.0 checkpoint" if not groups["scb"]
-                else "The checkpoint has tensors DeepGen does not use")
+        hint = (
+            "This does not look like a DeepGen 1.0 checkpoint"
+            if not groups["scb"]
+            else "The checkpoint has tensors DeepGen does not use"
+        )
         raise CheckpointError(f"{source}: {hint}: {len(strange)} unrecognised keys: {format_keys(strange)}")
     if not groups["scb"]:
-        raise CheckpointError(f"{source}: no think-token/SCB tensors (meta_queries, projector_*, connector.*): "
-                              "this is not a DeepGen 1.0 checkpoint")
+        raise CheckpointError(
+            f"{source}: no think-token/SCB tensors (meta_queries, projector_*, connector.*): "
+            "this is not a DeepGen 1.0 checkpoint"
+        )
     missing_parts = [name for name in ("transformer", "lora") if not groups[name]]
     if missing_parts and not allow_pretrain:
-        raise CheckpointError(f"{source}: no {' and no '.join(missing_parts)} tensors. A pre-training (stage 1) "
-                              "checkpoint has neither; load it with allow_pretrain_checkpoint=True "
-                              "(the DiT then comes from the diffusion folder)")
+        raise CheckpointError(
+            f"{source}: no {' and no '.join(missing_parts)} tensors. A pre-training (stage 1) "
+            "checkpoint has neither; load it with allow_pretrain_checkpoint=True "
+            "(the DiT then comes from the diffusion folder)"
+        )
     if missing_parts:
-        log.warning("%s has no %s tensors: %s", source, " and no ".join(missing_parts),
-                    "the DiT comes from the diffusion folder" if "transformer" in missing_parts else
-                    "the VLM runs without the DeepGen LoRA")
+        log.warning(
+            "%s has no %s tensors: %s",
+            source,
+            " and no ".join(missing_parts),
+            "the DiT comes from the diffusion folder"
+            if "transformer" in missing_parts
+            else "the VLM runs without the DeepGen LoRA",
+        )
     lora_pairs = collect_lora({k: state[k] for k in groups["lora"]})
     trained = {k: state[k] for k in groups["scb"] + groups["transformer"]}
     return trained, lora_pairs, not groups["transformer"]
@@ -135,10 +159,13 @@ def _split_official(state, source, allow_pretrain):
 def load_tokenizer(vlm_path):
     path = Path(vlm_path)
     has_files = (path / "tokenizer.json").is_file() or (
-        (path / "vocab.json").is_file() and (path / "merges.txt").is_file())
+        (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    )
     if not has_files:
-        raise CheckpointError(f"The VLM folder {path} has no tokenizer files (tokenizer.json, or vocab.json + "
-                              "merges.txt). Copy them from Qwen/Qwen2.5-VL-3B-Instruct into that folder.")
+        raise CheckpointError(
+            f"The VLM folder {path} has no tokenizer files (tokenizer.json, or vocab.json + "
+            "merges.txt). Copy them from Qwen/Qwen2.5-VL-3B-Instruct into that folder."
+        )
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
@@ -150,7 +177,8 @@ def _load_vlm(path, dtype, attn_implementation):
     if config.model_type != "qwen2_5_vl":
         raise CheckpointError(f"{path} holds a {config.model_type!r} model; DeepGen 1.0 needs Qwen2.5-VL-3B-Instruct")
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        str(path), dtype=dtype, attn_implementation=attn_implementation, local_files_only=True)
+        str(path), dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
+    )
 
 
 def _load_dit(folder: Path, trained, dtype, from_folder: bool):
@@ -161,7 +189,7 @@ def _load_dit(folder: Path, trained, dtype, from_folder: bool):
     config = cast(dict[str, Any], DeepGenTransformer2DModel.load_config(str(folder), local_files_only=True))
     with init_empty_weights():
         transformer = cast(DeepGenTransformer2DModel, DeepGenTransformer2DModel.from_config(config))
-    given = {k[len(K.DIT_PREFIX):]: v.to(dtype) for k, v in trained.items() if k.startswith(K.DIT_PREFIX)}
+    given = {k[len(K.DIT_PREFIX) :]: v.to(dtype) for k, v in trained.items() if k.startswith(K.DIT_PREFIX)}
     own = transformer.state_dict()
     # The 2-D sin-cos grid is deterministic; older checkpoints may omit it, so it may come from the module.
     K.check_state_dict(own, given, "The checkpoint's DiT (transformer.*)", optional=("pos_embed.pos_embed",))
@@ -177,14 +205,21 @@ def _assemble(lmm, tokenizer, transformer, vae, trained, scheduler_config, conne
         raise CheckpointError(f"{source}: meta_queries / projector_1 missing, cannot size the SCB")
     connector_config = infer_connector_config(scb, connector_overrides)
     with init_empty_weights():
-        model = DeepGenModel(lmm, tokenizer, transformer, vae, connector_config,
-                             num_queries=scb["meta_queries"].shape[0], scheduler_config=scheduler_config)
+        model = DeepGenModel(
+            lmm,
+            tokenizer,
+            transformer,
+            vae,
+            connector_config,
+            num_queries=scb["meta_queries"].shape[0],
+            scheduler_config=scheduler_config,
+        )
     scb = {k: v.to(dtype) for k, v in scb.items()}
     own = {k: v for k, v in model.state_dict().items() if k.startswith(K.SCB_PREFIXES)}
     K.check_state_dict(own, scb, f"{source}: the think tokens and SCB")
     model.meta_queries = nn.Parameter(scb.pop("meta_queries"))
     for name in ("projector_1", "projector_2", "projector_3", "connector"):
-        part = {k[len(name) + 1:]: v for k, v in scb.items() if k.startswith(name + ".")}
+        part = {k[len(name) + 1 :]: v for k, v in scb.items() if k.startswith(name + ".")}
         getattr(model, name).load_state_dict(part, strict=True, assign=True)
     return model
 
@@ -193,13 +228,17 @@ def infer_connector_config(scb: dict, overrides: dict | None = None) -> Connecto
     """Sizes come from the tensors; the head count is the official 32 at width 2048, else must be given."""
     width = scb["projector_1.weight"].shape[0]
     layers = {int(k.split(".")[2]) for k in scb if k.startswith("connector.layers.")}
-    fields = {"hidden_size": width, "num_hidden_layers": len(layers),
-              "intermediate_size": scb["connector.layers.0.mlp.fc1.weight"].shape[0] if layers else 0}
+    fields = {
+        "hidden_size": width,
+        "num_hidden_layers": len(layers),
+        "intermediate_size": scb["connector.layers.0.mlp.fc1.weight"].shape[0] if layers else 0,
+    }
     overrides = dict(overrides or {})
     if "num_attention_heads" not in overrides:
         if width != OFFICIAL_CONNECTOR.hidden_size:
-            raise CheckpointError(f"Connector width {width} is not the official 2048: pass connector_config="
-                                  "{'num_attention_heads': N}")
+            raise CheckpointError(
+                f"Connector width {width} is not the official 2048: pass connector_config={{'num_attention_heads': N}}"
+            )
         overrides["num_attention_heads"] = OFFICIAL_CONNECTOR.num_attention_heads
     valid = ConnectorConfig.__dataclass_fields__
     return ConnectorConfig(**{**fields, **{k: v for k, v in overrides.items() if k in valid}})
@@ -229,6 +268,7 @@ def _read_folder_tensors(folder: Path) -> dict:
 
 # ---- the single-file format (`deepgen convert`) ------------------------------------------------------
 
+
 def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> DeepGenModel:
     from diffusers import AutoencoderKL as VAE
     from transformers import Qwen2_5_VLConfig
@@ -250,19 +290,23 @@ def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> De
             transformer = DeepGenTransformer2DModel.from_config(configs["transformer"])
             vae = VAE.from_config(configs["vae"])
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: the configs in its header do not build a model ({type(exc).__name__}: "
-                              f"{exc}); convert the model again") from exc
+        raise CheckpointError(
+            f"{path}: the configs in its header do not build a model ({type(exc).__name__}: "
+            f"{exc}); convert the model again"
+        ) from exc
     parts = {"lmm": lmm, "transformer": transformer, "vae": vae}
     for name, module in parts.items():
-        given = {k[len(name) + 1:]: v.to(dtype) for k, v in state.items() if k.startswith(name + ".")}
+        given = {k[len(name) + 1 :]: v.to(dtype) for k, v in state.items() if k.startswith(name + ".")}
         own = module.state_dict()
         tied = [k for k in own if k == "lm_head.weight" and k not in given and vlm_config.tie_word_embeddings]
         K.check_state_dict(own, given, f"{path}: {name}", optional=tuple(tied))
-        module.load_state_dict({**given, **{k: given["model.language_model.embed_tokens.weight"] for k in tied}},
-                               strict=True, assign=True)
+        module.load_state_dict(
+            {**given, **{k: given["model.language_model.embed_tokens.weight"] for k in tied}}, strict=True, assign=True
+        )
         if tied:  # one Parameter again, so a later .to() makes one copy, not two
             module.tie_weights()
     trained = {k: v for k, v in state.items() if not k.startswith(("lmm.", "vae."))}
-    model = _assemble(lmm, tokenizer, transformer, vae, trained, configs["scheduler"], configs["connector"], dtype,
-                      str(path))
+    model = _assemble(
+        lmm, tokenizer, transformer, vae, trained, configs["scheduler"], configs["connector"], dtype, str(path)
+    )
     return model.to(device).eval()

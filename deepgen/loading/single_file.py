@@ -43,26 +43,34 @@ def parse_header(metadata: dict, source: str) -> tuple[dict, dict[str, str]]:
     """Validate a converted file's metadata; returns (configs by part, tokenizer files by allowed name)."""
     missing = [name for name in REQUIRED_FIELDS if name not in metadata]
     if metadata.get("format") != SINGLE_FILE_FORMAT:
-        raise CheckpointError(f"{source} is not a file written by `deepgen convert` (format "
-                              f"{metadata.get('format')!r})")
+        raise CheckpointError(
+            f"{source} is not a file written by `deepgen convert` (format {metadata.get('format')!r})"
+        )
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{source}: unsupported converted-file version {metadata.get('format_version')!r} "
-                              f"(this version reads {FORMAT_VERSION!r}); convert again with this version of "
-                              "ComfyUI-DeepGen")
+        raise CheckpointError(
+            f"{source}: unsupported converted-file version {metadata.get('format_version')!r} "
+            f"(this version reads {FORMAT_VERSION!r}); convert again with this version of "
+            "ComfyUI-DeepGen"
+        )
     if missing:
-        raise CheckpointError(f"{source}: the header lacks {', '.join(missing)}; the file is damaged or was not "
-                              "written by `deepgen convert`: convert it again")
+        raise CheckpointError(
+            f"{source}: the header lacks {', '.join(missing)}; the file is damaged or was not "
+            "written by `deepgen convert`: convert it again"
+        )
     configs = _json_object(metadata["configs"], "configs", source)
     files = _json_object(metadata["tokenizer_files"], "tokenizer_files", source)
     unknown, absent = sorted(set(configs) - set(CONFIG_PARTS)), [p for p in CONFIG_PARTS if p not in configs]
     if unknown or absent:
-        raise CheckpointError(f"{source}: header configs must be exactly {', '.join(CONFIG_PARTS)}"
-                              + (f"; unknown: {format_keys(unknown)}" if unknown else "")
-                              + (f"; missing: {', '.join(absent)}" if absent else ""))
+        raise CheckpointError(
+            f"{source}: header configs must be exactly {', '.join(CONFIG_PARTS)}"
+            + (f"; unknown: {format_keys(unknown)}" if unknown else "")
+            + (f"; missing: {', '.join(absent)}" if absent else "")
+        )
     for part in CONFIG_PARTS:
         if not isinstance(configs[part], dict):
-            raise CheckpointError(f"{source}: header config {part!r} is a {type(configs[part]).__name__}, not an "
-                                  "object")
+            raise CheckpointError(
+                f"{source}: header config {part!r} is a {type(configs[part]).__name__}, not an object"
+            )
         check_config_sizes(configs[part], f"{source}: config {part}")
     check_known_keys(configs, source)
     return configs, check_tokenizer_files(files, source)
@@ -72,11 +80,11 @@ def _json_object(text, field: str, source: str) -> dict:
     try:
         value = json.loads(text)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: header field {field!r} is not valid JSON ({exc}); the file is damaged: "
-                              "convert it again") from exc
+        raise CheckpointError(
+            f"{source}: header field {field!r} is not valid JSON ({exc}); the file is damaged: convert it again"
+        ) from exc
     if not isinstance(value, dict):
-        raise CheckpointError(f"{source}: header field {field!r} must be a JSON object, not "
-                              f"{type(value).__name__}")
+        raise CheckpointError(f"{source}: header field {field!r} must be a JSON object, not {type(value).__name__}")
     return value
 
 
@@ -112,20 +120,26 @@ def check_known_keys(configs: dict, source: str) -> None:
     for part, names in accepted.items():
         unknown = sorted(set(configs[part]) - names - private)
         if unknown:
-            raise CheckpointError(f"{source}: config {part} has unknown fields {format_keys(unknown)}; the file "
-                                  "is damaged or from another program")
+            raise CheckpointError(
+                f"{source}: config {part} has unknown fields {format_keys(unknown)}; the file "
+                "is damaged or from another program"
+            )
     if configs["vlm"].get("model_type") != "qwen2_5_vl":
-        raise CheckpointError(f"{source}: config vlm is a {configs['vlm'].get('model_type')!r} model; DeepGen 1.0 "
-                              "uses Qwen2.5-VL (qwen2_5_vl)")
+        raise CheckpointError(
+            f"{source}: config vlm is a {configs['vlm'].get('model_type')!r} model; DeepGen 1.0 "
+            "uses Qwen2.5-VL (qwen2_5_vl)"
+        )
 
 
 def check_tokenizer_files(files: dict, source: str) -> dict[str, str]:
     """Only the allow-listed tokenizer files, each a string of sane length; anything else is refused by name."""
     strange = sorted(name for name in files if name not in TOKENIZER_FILES)
     if strange:
-        raise CheckpointError(f"{source}: the header's tokenizer files include names that are not allowed: "
-                              f"{format_keys(repr(n) for n in strange)} (allowed: {', '.join(TOKENIZER_FILES)}). "
-                              "Nothing was written; do not use this file")
+        raise CheckpointError(
+            f"{source}: the header's tokenizer files include names that are not allowed: "
+            f"{format_keys(repr(n) for n in strange)} (allowed: {', '.join(TOKENIZER_FILES)}). "
+            "Nothing was written; do not use this file"
+        )
     if "tokenizer.json" not in files:
         raise CheckpointError(f"{source}: the header has no tokenizer.json; convert the file again")
     for name, text in files.items():
@@ -144,10 +158,14 @@ def safe_tokenizer_config(text: str, source: str) -> str:
         raise CheckpointError(f"{source}: tokenizer_config.json must be a JSON object")
     cls = config.get("tokenizer_class")
     if cls is not None and cls not in TOKENIZER_CLASSES:
-        raise CheckpointError(f"{source}: tokenizer class {cls!r} is not a Qwen2 tokenizer "
-                              f"({', '.join(TOKENIZER_CLASSES)})")
-    kept = {key: value for key, value in config.items()
-            if key not in _TOKENIZER_DROPPED_KEYS and not key.endswith(_TOKENIZER_PATH_KEYS_SUFFIXES)}
+        raise CheckpointError(
+            f"{source}: tokenizer class {cls!r} is not a Qwen2 tokenizer ({', '.join(TOKENIZER_CLASSES)})"
+        )
+    kept = {
+        key: value
+        for key, value in config.items()
+        if key not in _TOKENIZER_DROPPED_KEYS and not key.endswith(_TOKENIZER_PATH_KEYS_SUFFIXES)
+    }
     return json.dumps(kept)
 
 
@@ -164,14 +182,17 @@ def build_tokenizer(files: dict[str, str], source: str):
         try:
             return AutoTokenizer.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
         except Exception as exc:  # noqa: BLE001 - tokenizers and transformers raise many types for bad files
-            raise CheckpointError(f"{source}: the tokenizer in the header cannot be built "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                                  "convert the file again") from exc
+            raise CheckpointError(
+                f"{source}: the tokenizer in the header cannot be built "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "convert the file again"
+            ) from exc
 
 
 def tokenizer_files(tokenizer) -> dict[str, str]:
     """The allow-listed files of a tokenizer, as text, for the header (`deepgen convert`)."""
     with tempfile.TemporaryDirectory(prefix="deepgen-tokenizer-") as tmp:
         tokenizer.save_pretrained(tmp)
-        return {name: Path(tmp, name).read_text(encoding="utf-8") for name in TOKENIZER_FILES
-                if Path(tmp, name).is_file()}
+        return {
+            name: Path(tmp, name).read_text(encoding="utf-8") for name in TOKENIZER_FILES if Path(tmp, name).is_file()
+        }

@@ -36,12 +36,12 @@ PathLike = str | os.PathLike
 class ModelSource:
     """A resolved model source (`deepgen.loading.load_model` resolves and builds one)."""
 
-    layout: str                      # tiny | official | diffusers | single | bases
-    checkpoint: str | None = None    # checkpoint file (official, single) or release folder (diffusers)
-    vlm: str | None = None           # Qwen2.5-VL folder (official, bases)
-    diffusion: str | None = None     # folder with transformer/ vae/ scheduler/ (official, bases)
+    layout: str  # tiny | official | diffusers | single | bases
+    checkpoint: str | None = None  # checkpoint file (official, single) or release folder (diffusers)
+    vlm: str | None = None  # Qwen2.5-VL folder (official, bases)
+    diffusion: str | None = None  # folder with transformer/ vae/ scheduler/ (official, bases)
     connector_config: dict | None = None
-    seed: int = 0                    # tiny only
+    seed: int = 0  # tiny only
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -56,6 +56,7 @@ class ModelSource:
 
 
 # ---- what a folder is ------------------------------------------------------------------------------------
+
 
 def _config(folder: Path) -> dict:
     try:
@@ -82,7 +83,8 @@ def is_model_folder(path: PathLike) -> bool:
     a config.json: its config names a model type or class, or it has a diffusers model_index.json."""
     path = Path(path)
     return (path / "model_index.json").is_file() or any(
-        k in _config(path) for k in ("model_type", "_class_name", "architectures"))
+        k in _config(path) for k in ("model_type", "_class_name", "architectures")
+    )
 
 
 def checkpoint_in(folder: PathLike) -> Path | None:
@@ -93,8 +95,9 @@ def checkpoint_in(folder: PathLike) -> Path | None:
             return folder / name
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_EXTS)
     if len(files) > 1:
-        raise CheckpointError(f"{folder} holds several checkpoint files ({', '.join(p.name for p in files)}); "
-                              "point at the one to use")
+        raise CheckpointError(
+            f"{folder} holds several checkpoint files ({', '.join(p.name for p in files)}); point at the one to use"
+        )
     return files[0] if files else None
 
 
@@ -107,7 +110,7 @@ def read_connector_config(folder: PathLike) -> dict | None:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
     if not isinstance(value, dict):
-        raise CheckpointError(f"{path} must hold a JSON object such as {{\"num_attention_heads\": 4}}")
+        raise CheckpointError(f'{path} must hold a JSON object such as {{"num_attention_heads": 4}}')
     return value
 
 
@@ -117,8 +120,10 @@ def detect_layout(checkpoint: str | os.PathLike) -> str:
     if path.is_dir():
         if (path / "connector").is_dir() and (path / "transformer").is_dir():
             return "diffusers"
-        raise CheckpointError(f"{path} is a folder but not a DeepGen-1.0-diffusers release "
-                              "(expected vlm/, transformer/, vae/, connector/, scheduler/)")
+        raise CheckpointError(
+            f"{path} is a folder but not a DeepGen-1.0-diffusers release "
+            "(expected vlm/, transformer/, vae/, connector/, scheduler/)"
+        )
     if path.suffix == ".safetensors" and path.is_file():
         if is_single_file(read_metadata(path)):
             return "single"
@@ -127,9 +132,15 @@ def detect_layout(checkpoint: str | os.PathLike) -> str:
 
 # ---- the resolver ----------------------------------------------------------------------------------------
 
-def resolve_source(checkpoint: PathLike, vlm: PathLike | None = None, diffusion: PathLike | None = None, *,
-                   candidates: Callable[[str], Iterable[PathLike]] | None = None,
-                   allow_bases: bool = False) -> ModelSource:
+
+def resolve_source(
+    checkpoint: PathLike,
+    vlm: PathLike | None = None,
+    diffusion: PathLike | None = None,
+    *,
+    candidates: Callable[[str], Iterable[PathLike]] | None = None,
+    allow_bases: bool = False,
+) -> ModelSource:
     """Resolve what the user pointed at (see the module doc). `candidates(kind)` (kind "vlm" or "diffusion")
     lists folders to pick from when none is given or found next to the checkpoint."""
     text = os.fspath(checkpoint).strip()
@@ -140,32 +151,39 @@ def resolve_source(checkpoint: PathLike, vlm: PathLike | None = None, diffusion:
         return ModelSource("tiny", seed=int(seed))
     path = Path(text).expanduser()
     if not path.exists():
-        raise NotFoundError(f"model {text!r} does not exist: give a DeepGen checkpoint file, a release folder, a "
-                            "converted file, or 'tiny'")
+        raise NotFoundError(
+            f"model {text!r} does not exist: give a DeepGen checkpoint file, a release folder, a "
+            "converted file, or 'tiny'"
+        )
     if path.is_dir() and is_diffusers_release(path):
         _refuse_parts(path, "diffusers", vlm, diffusion)
         return ModelSource("diffusers", checkpoint=str(path))
     folder, file = (path.parent, path) if path.is_file() else (path, checkpoint_in(path))
     if file is None and not allow_bases:
-        raise CheckpointError(f"The folder {path} is neither a DeepGen-1.0-diffusers release (vlm/, transformer/, "
-                              "vae/, connector/, scheduler/) nor a release folder with one checkpoint file "
-                              "(model.pt or model.safetensors) in it")
+        raise CheckpointError(
+            f"The folder {path} is neither a DeepGen-1.0-diffusers release (vlm/, transformer/, "
+            "vae/, connector/, scheduler/) nor a release folder with one checkpoint file "
+            "(model.pt or model.safetensors) in it"
+        )
     if file is not None and detect_layout(file) == "single":
         _refuse_parts(file, "single", vlm, diffusion)
         return ModelSource("single", checkpoint=str(file))
     return ModelSource(
-        "official" if file is not None else "bases", checkpoint=str(file) if file is not None else None,
+        "official" if file is not None else "bases",
+        checkpoint=str(file) if file is not None else None,
         vlm=str(_base_folder(vlm, folder, is_qwen_folder, "vlm", VLM_WHAT, candidates)),
         diffusion=str(_base_folder(diffusion, folder, is_diffusion_folder, "diffusion", DIFFUSION_WHAT, candidates)),
-        connector_config=read_connector_config(folder))
+        connector_config=read_connector_config(folder),
+    )
 
 
 def _refuse_parts(path: Path, layout: str, vlm, diffusion) -> None:
     for label, value in (("vlm", vlm), ("diffusion", diffusion)):
         if value is not None:
             brings = "Qwen2.5-VL" if label == "vlm" else "DiT and VAE"
-            raise CheckpointError(f"{path} is a {layout} release that brings its own {brings}: do not give a "
-                                  f"{label} folder")
+            raise CheckpointError(
+                f"{path} is a {layout} release that brings its own {brings}: do not give a {label} folder"
+            )
 
 
 def _base_folder(given, beside: Path, accept, label: str, what: str, candidates) -> Path:
@@ -182,5 +200,7 @@ def _base_folder(given, beside: Path, accept, label: str, what: str, candidates)
     if len(found) == 1:
         return found[0]
     several = f"several ({', '.join(p.name for p in found)}) are" if found else "none is"
-    raise CheckpointError(f"The official DeepGen checkpoint holds only the trained tensors and needs {what}; "
-                          f"{several} {where}: choose one ('{label}')")
+    raise CheckpointError(
+        f"The official DeepGen checkpoint holds only the trained tensors and needs {what}; "
+        f"{several} {where}: choose one ('{label}')"
+    )

@@ -46,8 +46,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}). It may be truncated or still "
-                              "downloading: compare its size with the published one and download it again.") from exc
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}). It may be truncated or still "
+            "downloading: compare its size with the published one and download it again."
+        ) from exc
 
 
 def _read_safetensors(path: Path):
@@ -90,5 +92,5 @@ def _unwrap(obj: dict, path: Path) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        tensors[key[len("module."):] if key.startswith("module.") else key] = value
+        tensors[key[len("module.") :] if key.startswith("module.") else key] = value
     return tensors

@@ -63,13 +63,22 @@ class ThinkOutput:
         return list(self.scb_input.chunk(C.SCB_NUM_TAPS, dim=-1))
 
     def to(self, device=None) -> "ThinkOutput":
-        return ThinkOutput(*(t.to(device) for t in (self.scb_input, self.input_ids, self.attention_mask,
-                                                     self.position_ids)))
+        return ThinkOutput(
+            *(t.to(device) for t in (self.scb_input, self.input_ids, self.attention_mask, self.position_ids))
+        )
 
 
 class DeepGenModel(nn.Module):
-    def __init__(self, lmm: PreTrainedModel, tokenizer, transformer: DeepGenTransformer2DModel, vae: AutoencoderKL,
-                 connector_config: ConnectorConfig, num_queries: int = 128, scheduler_config: dict | None = None):
+    def __init__(
+        self,
+        lmm: PreTrainedModel,
+        tokenizer,
+        transformer: DeepGenTransformer2DModel,
+        vae: AutoencoderKL,
+        connector_config: ConnectorConfig,
+        num_queries: int = 128,
+        scheduler_config: dict | None = None,
+    ):
         super().__init__()
         self.lmm = lmm
         self.tokenizer = tokenizer
@@ -164,8 +173,13 @@ class DeepGenModel(nn.Module):
         queries = self.meta_queries[None].expand(rows, -1, -1).to(embeds.dtype)
         embeds = torch.cat([embeds, queries], dim=1)
 
-        out = text_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                         output_hidden_states=True, use_cache=False)
+        out = text_model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=True,
+            use_cache=False,
+        )
         scb_input = V.stack_taps(out.hidden_states, self.num_vlm_layers)
         return ThinkOutput(scb_input, input_ids, attention_mask, position_ids)
 
@@ -186,8 +200,13 @@ class DeepGenModel(nn.Module):
         cfg: Any = self.vae.config  # diffusers types it as a dict; its FrozenDict also reads fields as attributes
         return cfg.scaling_factor, (cfg.shift_factor or 0.0)
 
-    def encode_image(self, pixels: torch.Tensor, noise: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+    def encode_image(
+        self,
+        pixels: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
+    ) -> torch.Tensor:
         """[-1, 1] pixels (B, 3, H, W) -> DiT latents (z - shift) * scale, z a posterior *sample* (as officially).
 
         `noise` (the standard-normal draw) or a CPU `generator` makes the sample reproducible.
@@ -207,8 +226,14 @@ class DeepGenModel(nn.Module):
         return self.vae.decode((latents / scale + shift).to(self.vae.dtype)).sample
 
     # ---- DiT ----------------------------------------------------------------------------------------
-    def velocity(self, latents, timestep: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
-                 reference_latents: References | None = None):
+    def velocity(
+        self,
+        latents,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        pooled: torch.Tensor,
+        reference_latents: References | None = None,
+    ):
         dtype = self.transformer.dtype
         if isinstance(latents, torch.Tensor):
             latents = latents.to(dtype)
@@ -216,5 +241,10 @@ class DeepGenModel(nn.Module):
             latents = [x.to(dtype) for x in latents]
         if reference_latents is not None:
             reference_latents = [[r.to(dtype) for r in refs] for refs in reference_latents]
-        return self.transformer(latents, encoder_hidden_states=context.to(dtype), pooled_projections=pooled.to(dtype),
-                                timestep=timestep, reference_latents=reference_latents).sample
+        return self.transformer(
+            latents,
+            encoder_hidden_states=context.to(dtype),
+            pooled_projections=pooled.to(dtype),
+            timestep=timestep,
+            reference_latents=reference_latents,
+        ).sample

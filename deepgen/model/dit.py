@@ -35,7 +35,9 @@ class MaskedJointAttnProcessor(JointAttnProcessor2_0):
     Without a mask this is exactly `JointAttnProcessor2_0`.
     """
 
-    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+    def __call__(
+        self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs
+    ):
         if attention_mask is None:
             return super().__call__(attn, hidden_states, encoder_hidden_states)
         batch_size, num_image_tokens = hidden_states.shape[:2]
@@ -44,8 +46,11 @@ class MaskedJointAttnProcessor(JointAttnProcessor2_0):
         def split_heads(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch_size, -1, heads, x.shape[-1] // heads).transpose(1, 2)
 
-        query, key, value = (split_heads(attn.to_q(hidden_states)), split_heads(attn.to_k(hidden_states)),
-                             split_heads(attn.to_v(hidden_states)))
+        query, key, value = (
+            split_heads(attn.to_q(hidden_states)),
+            split_heads(attn.to_k(hidden_states)),
+            split_heads(attn.to_v(hidden_states)),
+        )
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
@@ -59,8 +64,11 @@ class MaskedJointAttnProcessor(JointAttnProcessor2_0):
                 c_query = attn.norm_added_q(c_query)
             if attn.norm_added_k is not None:
                 c_key = attn.norm_added_k(c_key)
-            query, key, value = (torch.cat([query, c_query], 2), torch.cat([key, c_key], 2),
-                                 torch.cat([value, c_value], 2))
+            query, key, value = (
+                torch.cat([query, c_query], 2),
+                torch.cat([key, c_key], 2),
+                torch.cat([value, c_value], 2),
+            )
             context_mask = key_mask.new_ones(batch_size, encoder_hidden_states.shape[1])
             key_mask = torch.cat([key_mask, context_mask], dim=1)
         pair_mask = key_mask[:, :, None] & key_mask[:, None, :]
@@ -86,6 +94,7 @@ class DeepGenTransformer2DModel(SD3Transformer2DModel):
     __init__.__signature__ = inspect.signature(SD3Transformer2DModel.__init__)  # type: ignore[attr-defined]
 
     if TYPE_CHECKING:
+
         @property
         def config(self) -> Any:  # diffusers types it as a dict; its FrozenDict also reads fields as attributes
             ...
@@ -96,7 +105,7 @@ class DeepGenTransformer2DModel(SD3Transformer2DModel):
         for i, latent in enumerate(hidden_states):
             parts = [self.pos_embed(latent.unsqueeze(0))[0]]
             grid_sizes.append((latent.shape[-2] // self.config.patch_size, latent.shape[-1] // self.config.patch_size))
-            for ref in (reference_latents[i] if reference_latents is not None else ()):
+            for ref in reference_latents[i] if reference_latents is not None else ():
                 parts.append(self.pos_embed(ref.unsqueeze(0).to(latent.dtype))[0])
             tokens.append(torch.cat(parts) if len(parts) > 1 else parts[0])
         lengths = [t.shape[0] for t in tokens]
@@ -136,8 +145,12 @@ class DeepGenTransformer2DModel(SD3Transformer2DModel):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 context, tokens = self._gradient_checkpointing_func(block, tokens, context, temb, attention_kwargs)
             else:
-                context, tokens = block(hidden_states=tokens, encoder_hidden_states=context, temb=temb,
-                                        joint_attention_kwargs=attention_kwargs)
+                context, tokens = block(
+                    hidden_states=tokens,
+                    encoder_hidden_states=context,
+                    temb=temb,
+                    joint_attention_kwargs=attention_kwargs,
+                )
 
         tokens = self.proj_out(self.norm_out(tokens, temb))
         outputs = [self._unpatchify(tokens[i], h, w) for i, (h, w) in enumerate(grid_sizes)]

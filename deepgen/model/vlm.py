@@ -40,7 +40,9 @@ def vision_patches(pixels: torch.Tensor, vision_config) -> tuple[torch.Tensor, t
     (c, tp, p, p). Returns (patches (N, 3*tp*p*p), grid_thw (3,)).
     """
     patch, tp, merge = vision_config.patch_size, vision_config.temporal_patch_size, vision_config.spatial_merge_size
-    x = F.interpolate(pixels[None].float(), scale_factor=C.VISION_RESIZE_FACTOR, mode="bilinear", align_corners=False)[0]
+    x = F.interpolate(pixels[None].float(), scale_factor=C.VISION_RESIZE_FACTOR, mode="bilinear", align_corners=False)[
+        0
+    ]
     x = (x + 1) / 2
     mean = torch.tensor(C.CLIP_MEAN, device=x.device)[:, None, None]
     std = torch.tensor(C.CLIP_STD, device=x.device)[:, None, None]
@@ -83,8 +85,9 @@ def vision_features(lmm: nn.Module, patches: torch.Tensor, grid_thw: torch.Tenso
     return out.pooler_output if hasattr(out, "pooler_output") else out
 
 
-def rope_positions(lmm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   image_grid_thw: torch.Tensor | None) -> torch.Tensor:
+def rope_positions(
+    lmm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor | None
+) -> torch.Tensor:
     """M-RoPE position ids (3, B, L) from the model's own get_rope_index; left pads get position 1 (as 4.56 does)."""
     inner = _inner(lmm)
     get_rope_index: Any = inner.get_rope_index if hasattr(inner, "get_rope_index") else lmm.get_rope_index

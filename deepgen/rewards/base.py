@@ -72,9 +72,7 @@ class FunctionReward(Reward):
         self.fn = fn
         try:
             params = inspect.signature(fn).parameters
-            self._wants_groups = "group_ids" in params or any(
-                p.kind is p.VAR_KEYWORD for p in params.values()
-            )
+            self._wants_groups = "group_ids" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
         except (TypeError, ValueError):
             self._wants_groups = True
 
@@ -135,9 +133,7 @@ def create_reward(name: str, **kwargs) -> Reward:
     """Builds the registered reward ``name`` (construction never loads a model)."""
     key = canonical_reward_name(name)
     if key not in _REGISTRY:
-        raise ValueError(
-            f"unknown reward {name!r}; available rewards: {', '.join(available_rewards()) or '(none)'}"
-        )
+        raise ValueError(f"unknown reward {name!r}; available rewards: {', '.join(available_rewards()) or '(none)'}")
     obj = _REGISTRY[key]
     if isinstance(obj, type):
         inst = obj(**kwargs)
@@ -194,6 +190,7 @@ def default_device() -> str:
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _broadcast_prompts(prompts, n: int) -> list[str]:
     if isinstance(prompts, str):

@@ -84,7 +84,8 @@ class EndpointJudge:
             raise ResourceError(
                 f"the preference judge at {self.endpoint} cannot be reached ({e}): start the judge server (e.g. "
                 "vLLM serving UnifiedReward-Think), fix the url of [rewards.preference], or drop 'preference' from "
-                "category_weights") from None
+                "category_weights"
+            ) from None
 
     def payload(self, text: str, urls: list[str]) -> dict:
         content = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
@@ -93,8 +94,12 @@ class EndpointJudge:
         if self.system_prompt:
             messages.append({"role": "system", "content": self.system_prompt})
         messages.append({"role": "user", "content": content})
-        return {"model": self.model, "messages": messages, "temperature": self.temperature,
-                "max_tokens": self.max_tokens}
+        return {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
 
     def request(self, payload: dict) -> str:
         """One POST with retries; returns the answer text or raises the last error."""
@@ -112,7 +117,7 @@ class EndpointJudge:
             except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
                 err = e
                 if attempt < self.max_retries:
-                    time.sleep(min(self.backoff ** attempt if self.backoff > 0 else 0.0, self.backoff_cap))
+                    time.sleep(min(self.backoff**attempt if self.backoff > 0 else 0.0, self.backoff_cap))
         raise RuntimeError(f"judge request to {self.endpoint} failed after {self.max_retries} tries: {err}")
 
     def judge_many(self, items: list[tuple[str, Image.Image, Image.Image]]) -> list[str | None]:
@@ -141,8 +146,7 @@ class EndpointJudge:
             with ThreadPoolExecutor(max_workers=min(self.max_workers, len(payloads))) as ex:
                 out = list(ex.map(one, payloads))
         if errors:  # one line per call, not one per pair
-            log.warning("preference judge: %d of %d requests failed (first: %s)", len(errors), len(payloads),
-                        errors[0])
+            log.warning("preference judge: %d of %d requests failed (first: %s)", len(errors), len(payloads), errors[0])
         return out
 
 
@@ -250,8 +254,9 @@ def _load_qwen(path: Path, device: torch.device, dtype: torch.dtype):
 
     cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
     if cfg.model_type != "qwen2_5_vl":
-        raise CheckpointError(f"{path} holds a {cfg.model_type!r} model; the local judge needs a Qwen2.5-VL "
-                              "(qwen2_5_vl) model")
+        raise CheckpointError(
+            f"{path} holds a {cfg.model_type!r} model; the local judge needs a Qwen2.5-VL (qwen2_5_vl) model"
+        )
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype)
     # transformers types PreTrainedModel.to's first argument as the model itself
     model = model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]

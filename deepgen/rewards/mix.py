@@ -75,9 +75,7 @@ def resolve_weights(spec, available: Sequence[str] | None = None) -> dict[str, f
     for raw, w in spec.items():
         name = canonical_reward_name(raw)
         if name not in names:
-            raise InputError(
-                f"weight names unknown reward {raw!r}; available rewards: {', '.join(sorted(names))}"
-            )
+            raise InputError(f"weight names unknown reward {raw!r}; available rewards: {', '.join(sorted(names))}")
         if name in out:
             raise InputError(f"reward {name!r} is given twice (check aliases like clip_sim/unifiedreward_think)")
         w = float(w)
@@ -133,7 +131,9 @@ class RewardMix:
         names: list[str] = []
         for w in per_image:
             names += [k for k, v in w.items() if v != 0 and k not in names]
-        W = torch.tensor([[w.get(k, 0.0) for k in names] for w in per_image], dtype=torch.float32).reshape(n, len(names))
+        W = torch.tensor([[w.get(k, 0.0) for k in names] for w in per_image], dtype=torch.float32).reshape(
+            n, len(names)
+        )
 
         scores: dict[str, torch.Tensor] = {}
         for j, name in enumerate(names):

@@ -210,9 +210,7 @@ def _make_engine(use_cls: bool, text_score: float):
     try:
         from rapidocr_onnxruntime import RapidOCR
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the OCR reward needs the offline engine: pip install rapidocr-onnxruntime"
-        ) from e
+        raise ImportError("the OCR reward needs the offline engine: pip install rapidocr-onnxruntime") from e
     return RapidOCR(use_cls=use_cls, text_score=text_score)
 
 

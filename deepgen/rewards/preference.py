@@ -59,9 +59,7 @@ _FINAL = re.compile(
 )
 _IMG = r"(?:image|picture|img|pic)\s*(?:#|no\.?|number)?\s*([12])\b"
 _QUAL = r"(?:\s+(?:is|was|looks|seems|appears|remains))?(?:\s+(?:clearly|slightly|much|far|overall|definitely|the))*\s+"
-_BETTER = re.compile(
-    _IMG + _QUAL + r"(?:better|superior|preferred|preferable|stronger|winner|wins)\b", re.I
-)
+_BETTER = re.compile(_IMG + _QUAL + r"(?:better|superior|preferred|preferable|stronger|winner|wins)\b", re.I)
 _WORSE = re.compile(_IMG + _QUAL + r"(?:worse|inferior|weaker)\b", re.I)
 _ORDINAL = re.compile(
     r"\b(first|second|left|right)\s+(?:image|picture|one)" + _QUAL + r"(?:better|superior|preferred|preferable)\b",
@@ -253,7 +251,8 @@ class PreferenceReward(Reward):
                 raise ResourceError(
                     f"{self._judge_name()} failed every request in {self._failed_in_a_row} calls in a row "
                     f"({len(items)} comparisons in the last): is the judge server still running? Restart it and "
-                    "resume the run (training stopped rather than continue without the preference reward)")
+                    "resume the run (training stopped rather than continue without the preference reward)"
+                )
         elif items:
             self._failed_in_a_row = 0
         if items and n_fail == len(items):

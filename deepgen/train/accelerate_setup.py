@@ -14,8 +14,14 @@ from torch import nn
 
 from ..errors import TrainingError
 
-__all__ = ["resolve_mixed_precision", "weight_dtype_for", "ddp_kwargs", "build_accelerator", "LossModule",
-           "global_mean"]
+__all__ = [
+    "resolve_mixed_precision",
+    "weight_dtype_for",
+    "ddp_kwargs",
+    "build_accelerator",
+    "LossModule",
+    "global_mean",
+]
 
 
 def resolve_mixed_precision(value: str, device: torch.device | str | None = None) -> str:
@@ -43,8 +49,9 @@ def ddp_kwargs(find_unused_parameters: bool = True):
     return DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
 
 
-def build_accelerator(mixed_precision: str = "auto", *, cpu: bool | None = None, kwargs_handlers: Sequence = (),
-                      **kwargs):
+def build_accelerator(
+    mixed_precision: str = "auto", *, cpu: bool | None = None, kwargs_handlers: Sequence = (), **kwargs
+):
     """An ``accelerate.Accelerator`` for a run.
 
     ``mixed_precision='auto'`` resolves as :func:`resolve_mixed_precision`.  Under ``accelerate launch`` the
@@ -65,8 +72,9 @@ def build_accelerator(mixed_precision: str = "auto", *, cpu: bool | None = None,
             # left, which is why accelerate is pinned below the next minor release (tests/test_dependency_pins.py)
             AcceleratorState._reset_state(reset_partial_state=wrong_device)
     handlers = list(kwargs_handlers) or [ddp_kwargs()]
-    return Accelerator(mixed_precision=precision, cpu=bool(cpu), kwargs_handlers=handlers,
-                       device_placement=False, **kwargs)
+    return Accelerator(
+        mixed_precision=precision, cpu=bool(cpu), kwargs_handlers=handlers, device_placement=False, **kwargs
+    )
 
 
 def global_mean(accelerator, sums: Mapping[str, float], counts: Mapping[str, float]) -> dict[str, float]:
@@ -76,8 +84,7 @@ def global_mean(accelerator, sums: Mapping[str, float], counts: Mapping[str, flo
         return {}
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    t = torch.tensor([[float(sums.get(k, 0.0)), float(counts.get(k, 0.0))] for k in keys], dtype=dtype,
-                     device=device)
+    t = torch.tensor([[float(sums.get(k, 0.0)), float(counts.get(k, 0.0))] for k in keys], dtype=dtype, device=device)
     if accelerator is not None and accelerator.num_processes > 1:
         t = accelerator.reduce(t, reduction="sum")
     return {k: (t[i, 0] / t[i, 1]).item() for i, k in enumerate(keys) if t[i, 1] > 0}

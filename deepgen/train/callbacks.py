@@ -25,12 +25,12 @@ class RunInfo:
     """What a run is, given to every callback."""
 
     stage: int | str
-    total_steps: int                 # optimizer updates of the whole run
-    start_step: int                  # 0, or the step a resumed run continues from
+    total_steps: int  # optimizer updates of the whole run
+    start_step: int  # 0, or the step a resumed run continues from
     output_dir: Path
     is_main_process: bool = True
     num_processes: int = 1
-    trainable_parameters: int = 0    # elements
+    trainable_parameters: int = 0  # elements
     config: dict = field(default_factory=dict)
 
 
@@ -38,21 +38,28 @@ class RunInfo:
 class StepInfo:
     """One finished optimizer update (values averaged over every process)."""
 
-    step: int                        # updates done, 1-based
+    step: int  # updates done, 1-based
     total_steps: int
-    loss: float                      # mean per-sample loss of the update (all micro-batches, all ranks)
-    task_losses: dict[str, float]    # the same per task (text2image / image2image / …)
-    lr: float                        # learning rate used for this update
-    grad_norm: float | None          # before clipping (None when not computed)
-    samples: int                     # samples seen so far (all ranks)
-    step_time: float                 # seconds for this update
-    elapsed: float                   # seconds since the run (or the resume) started
+    loss: float  # mean per-sample loss of the update (all micro-batches, all ranks)
+    task_losses: dict[str, float]  # the same per task (text2image / image2image / …)
+    lr: float  # learning rate used for this update
+    grad_norm: float | None  # before clipping (None when not computed)
+    samples: int  # samples seen so far (all ranks)
+    step_time: float  # seconds for this update
+    elapsed: float  # seconds since the run (or the resume) started
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = {"step": self.step, "total_steps": self.total_steps, "loss": self.loss, "lr": self.lr,
-             "grad_norm": self.grad_norm, "samples": self.samples, "step_time": round(self.step_time, 4),
-             "elapsed": round(self.elapsed, 2)}
+        d = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "loss": self.loss,
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "samples": self.samples,
+            "step_time": round(self.step_time, 4),
+            "elapsed": round(self.elapsed, 2),
+        }
         d.update({f"loss_{task}": value for task, value in self.task_losses.items()})
         d.update(self.extra)
         return d

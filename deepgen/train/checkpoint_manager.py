@@ -37,8 +37,9 @@ class CheckpointManager:
     ``step`` and ``data_position``), or None when starting fresh.
     """
 
-    def __init__(self, accelerator, output_dir: str | os.PathLike, *, keep_last: int = 0,
-                 config: Mapping | None = None):
+    def __init__(
+        self, accelerator, output_dir: str | os.PathLike, *, keep_last: int = 0, config: Mapping | None = None
+    ):
         self.accelerator = accelerator
         self.output_dir = Path(output_dir)
         self.keep_last = keep_last
@@ -49,17 +50,31 @@ class CheckpointManager:
         if self.accelerator is None or self.accelerator.is_main_process:
             check_output_dir_writable(self.output_dir)
 
-    def save(self, step: int, *, trainable: Mapping[str, torch.Tensor], optimizer=None, lr_scheduler=None,
-             grad_scaler=None, data_position: Mapping | None = None, extra: Mapping | None = None) -> Path | None:
-        kwargs = dict(optimizer=optimizer, lr_scheduler=lr_scheduler, grad_scaler=grad_scaler,
-                      data_position=data_position, config=self.config, extra=extra,
-                      keep_last=self.keep_last or None)
+    def save(
+        self,
+        step: int,
+        *,
+        trainable: Mapping[str, torch.Tensor],
+        optimizer=None,
+        lr_scheduler=None,
+        grad_scaler=None,
+        data_position: Mapping | None = None,
+        extra: Mapping | None = None,
+    ) -> Path | None:
+        kwargs = dict(
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            grad_scaler=grad_scaler,
+            data_position=data_position,
+            config=self.config,
+            extra=extra,
+            keep_last=self.keep_last or None,
+        )
         path: Path | None
         if self.accelerator is None:
             path = save_checkpoint(self.output_dir, step, trainable=trainable, **kwargs)
         else:
-            path = save_checkpoint_accelerate(self.accelerator, self.output_dir, step, trainable=trainable,
-                                              **kwargs)
+            path = save_checkpoint_accelerate(self.accelerator, self.output_dir, step, trainable=trainable, **kwargs)
         self.last_saved_step = step
         return path
 
@@ -75,8 +90,16 @@ class CheckpointManager:
             raise CheckpointError(f"resume: {path} does not exist")
         return path
 
-    def resume(self, resume: str, *, trainable: Mapping[str, torch.Tensor], optimizer=None, lr_scheduler=None,
-               grad_scaler=None, strict: bool = True) -> Checkpoint | None:
+    def resume(
+        self,
+        resume: str,
+        *,
+        trainable: Mapping[str, torch.Tensor],
+        optimizer=None,
+        lr_scheduler=None,
+        grad_scaler=None,
+        strict: bool = True,
+    ) -> Checkpoint | None:
         """``auto`` falls back to the newest *intact* checkpoint when the latest cannot be read (one warning line
         naming it); an explicit folder that cannot be read raises :class:`CheckpointError`."""
         if (resume or "auto").strip() == "auto":
@@ -90,8 +113,15 @@ class CheckpointManager:
                 return None
             ckpt = load_checkpoint(path)
         rank = self.accelerator.process_index if self.accelerator is not None else 0
-        restore_training_state(ckpt, params=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                               grad_scaler=grad_scaler, rank=rank, strict=strict)
+        restore_training_state(
+            ckpt,
+            params=trainable,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            grad_scaler=grad_scaler,
+            rank=rank,
+            strict=strict,
+        )
         self.last_saved_step = ckpt.step
         return ckpt
 
@@ -106,13 +136,16 @@ def load_init_tensors(model: nn.Module, path: str | os.PathLike) -> list[str]:
     params = dict(model.named_parameters())
     unknown = sorted(set(ckpt.trainable) - set(params))
     if unknown:
-        raise CheckpointError(f"init_from {ckpt.path}: {len(unknown)} tensors match no parameter of the model "
-                              f"(e.g. {unknown[:3]}); was it trained on another model or LoRA setting?")
+        raise CheckpointError(
+            f"init_from {ckpt.path}: {len(unknown)} tensors match no parameter of the model "
+            f"(e.g. {unknown[:3]}); was it trained on another model or LoRA setting?"
+        )
     with torch.no_grad():
         for name, tensor in ckpt.trainable.items():
             dst = params[name]
             if dst.shape != tensor.shape:
-                raise CheckpointError(f"init_from {ckpt.path}: {name} has shape {tuple(tensor.shape)}, the model "
-                                      f"{tuple(dst.shape)}")
+                raise CheckpointError(
+                    f"init_from {ckpt.path}: {name} has shape {tuple(tensor.shape)}, the model {tuple(dst.shape)}"
+                )
             dst.copy_(tensor.to(device=dst.device, dtype=dst.dtype))
     return sorted(ckpt.trainable)

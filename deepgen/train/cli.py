@@ -26,27 +26,52 @@ TASK_SHORT = {"text2image": "t2i", "image2image": "edit"}
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command to the ``deepgen`` CLI's sub-parsers."""
     p = subparsers.add_parser(
-        "train", help="train DeepGen: stage 1 (alignment), 2 (joint SFT, LoRA) or 3 (MR-GRPO)",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Config keys and presets: docs/training.md. Example configs: configs/train/*.toml.")
+        "train",
+        help="train DeepGen: stage 1 (alignment), 2 (joint SFT, LoRA) or 3 (MR-GRPO)",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Config keys and presets: docs/training.md. Example configs: configs/train/*.toml.",
+    )
     p.add_argument("--config", required=True, help="TOML (or JSON/YAML) config file")
-    p.add_argument("--stage", type=int, choices=(1, 2, 3),
-                   help="1 = alignment pre-training, 2 = joint SFT, 3 = MR-GRPO (default: the file's 'stage')")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (TOML value syntax: lr=5e-5, train_dit=lora, data=['a','b']); "
-                        "repeatable")
-    p.add_argument("--resume", metavar="auto|no|PATH",
-                   help="auto: continue from output_dir's latest checkpoint; no: start fresh; or a checkpoint "
-                        "folder (default: the config's 'resume')")
+    p.add_argument(
+        "--stage",
+        type=int,
+        choices=(1, 2, 3),
+        help="1 = alignment pre-training, 2 = joint SFT, 3 = MR-GRPO (default: the file's 'stage')",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (TOML value syntax: lr=5e-5, train_dit=lora, data=['a','b']); repeatable",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="auto|no|PATH",
+        help="auto: continue from output_dir's latest checkpoint; no: start fresh; or a checkpoint "
+        "folder (default: the config's 'resume')",
+    )
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
-    p.add_argument("--validation-steps", type=int, default=None,
-                   help="sampling steps of validation images (= --set validation_num_steps=N; config default 30)")
-    p.add_argument("--no-export", action="store_true",
-                   help="do not write export/deepgen_lora.safetensors and export/model.safetensors at the end "
-                        "(= --set export_lora=false --set export_checkpoint=false)")
-    p.add_argument("--export-dtype", default=None, metavar="auto|fp32|bf16|fp16",
-                   help="dtype of the exported official checkpoint (= --set export_dtype=...; auto: as trained, "
-                        "fp32 masters)")
+    p.add_argument(
+        "--validation-steps",
+        type=int,
+        default=None,
+        help="sampling steps of validation images (= --set validation_num_steps=N; config default 30)",
+    )
+    p.add_argument(
+        "--no-export",
+        action="store_true",
+        help="do not write export/deepgen_lora.safetensors and export/model.safetensors at the end "
+        "(= --set export_lora=false --set export_checkpoint=false)",
+    )
+    p.add_argument(
+        "--export-dtype",
+        default=None,
+        metavar="auto|fp32|bf16|fp16",
+        help="dtype of the exported official checkpoint (= --set export_dtype=...; auto: as trained, fp32 masters)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.set_defaults(func=cmd_train)
     return p
@@ -63,8 +88,10 @@ def load_train_config(path: str, stage: int | None, overrides: list[str]):
     overrides = list(overrides)
     if stage is not None:
         if "stage" in values and values["stage"] != stage:
-            raise ConfigError(f"{file_path} is a stage-{values['stage']} config but --stage {stage} was given; "
-                              "drop --stage or use another config file")
+            raise ConfigError(
+                f"{file_path} is a stage-{values['stage']} config but --stage {stage} was given; "
+                "drop --stage or use another config file"
+            )
         if not any(o.split("=", 1)[0].strip() == "stage" for o in overrides):
             overrides.insert(0, f"stage={stage}")
     return load_config(file_path, overrides)
@@ -91,14 +118,22 @@ class ConsoleCallback:
         try:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=run.total_steps, initial=run.start_step, desc=f"stage {run.stage}", unit="step",
-                            file=self.stream, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=run.total_steps,
+                initial=run.start_step,
+                desc=f"stage {run.stage}",
+                unit="step",
+                file=self.stream,
+                dynamic_ncols=True,
+            )
         except Exception:  # noqa: BLE001 - no tqdm: log lines only
             self.bar = None
         where = f"resuming at step {run.start_step}" if run.start_step else "starting"
-        self._print(f"[deepgen train] stage {run.stage}: {where}, {run.total_steps} steps, "
-                    f"{run.trainable_parameters:,} trainable parameters, {run.num_processes} process(es), "
-                    f"output {run.output_dir}")
+        self._print(
+            f"[deepgen train] stage {run.stage}: {where}, {run.total_steps} steps, "
+            f"{run.trainable_parameters:,} trainable parameters, {run.num_processes} process(es), "
+            f"output {run.output_dir}"
+        )
 
     def check_interrupt(self) -> None:
         pass
@@ -112,8 +147,10 @@ class ConsoleCallback:
         if info.step % self.log_every == 0 or info.step == info.total_steps:
             tasks = ", ".join(f"{TASK_SHORT.get(t, t)} {v:.4f}" for t, v in sorted(info.task_losses.items()))
             norm = f" grad {info.grad_norm:.3f}" if info.grad_norm is not None else ""
-            self._print(f"step {info.step}/{info.total_steps} loss {info.loss:.4f} ({tasks}) lr {info.lr:.3e}{norm} "
-                        f"{info.step_time:.2f} s/step")
+            self._print(
+                f"step {info.step}/{info.total_steps} loss {info.loss:.4f} ({tasks}) lr {info.lr:.3e}{norm} "
+                f"{info.step_time:.2f} s/step"
+            )
 
     def on_checkpoint(self, run, step, path, reason) -> None:
         if path is not None:
@@ -170,8 +207,11 @@ def cmd_train(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # ConsoleCallback is a duck-typed TrainCallback (CallbackList accepts those), so this module imports without torch
-    trainer = SFTTrainer(cfg, callbacks=[ConsoleCallback(cfg.log_every)],  # type: ignore[list-item]
-                         cpu=True if args.cpu else None)
+    trainer = SFTTrainer(
+        cfg,
+        callbacks=[ConsoleCallback(cfg.log_every)],  # type: ignore[list-item]
+        cpu=True if args.cpu else None,
+    )
     trainer.run()
     return 0
 

@@ -82,70 +82,70 @@ class TrainConfig(ConfigSchema):
     TITLE = "training config"
 
     # --- run ---
-    stage: int = 1                      # 1 = alignment pre-training, 2 = joint SFT
-    model: str = ""                     # what the model loader builds from: "tiny", a release folder or repo id
-    init_from: str = ""                 # optional training checkpoint whose trainable tensors are loaded first
+    stage: int = 1  # 1 = alignment pre-training, 2 = joint SFT
+    model: str = ""  # what the model loader builds from: "tiny", a release folder or repo id
+    init_from: str = ""  # optional training checkpoint whose trainable tensors are loaded first
     seed: int = 0
     # --- data ---
-    data: list[str] = field(default_factory=list)   # JSON/JSONL lists and/or image folders (+ .txt captions)
-    data_root: str = ""                 # base of relative paths in JSON rows ("" = each JSON file's folder)
-    cap_source: str = "caption"         # annotation key of the caption format
-    recursive: bool = False             # image folders: include sub-folders
-    max_references: int = 0             # edits: use at most this many input images (0 = all; official = 1)
-    data_verify: str = "header"         # none | exists | header | full (see deepgen.train.data)
+    data: list[str] = field(default_factory=list)  # JSON/JSONL lists and/or image folders (+ .txt captions)
+    data_root: str = ""  # base of relative paths in JSON rows ("" = each JSON file's folder)
+    cap_source: str = "caption"  # annotation key of the caption format
+    recursive: bool = False  # image folders: include sub-folders
+    max_references: int = 0  # edits: use at most this many input images (0 = all; official = 1)
+    data_verify: str = "header"  # none | exists | header | full (see deepgen.train.data)
     task_pattern: dict[str, int] = field(default_factory=lambda: {"image2image": 1, "text2image": 3})
-    resolution: int = 512               # fix_pixels target: about resolution² pixels, sides multiples of 32
-    caption_dropout: float = 0.1        # T2I only; edits never drop their instruction
-    num_workers: int = 2                # image-decoding processes per rank
+    resolution: int = 512  # fix_pixels target: about resolution² pixels, sides multiples of 32
+    caption_dropout: float = 0.1  # T2I only; edits never drop their instruction
+    num_workers: int = 2  # image-decoding processes per rank
     # --- optimisation ---
-    micro_batch_size: int = 4           # samples per micro-batch per process (one task per micro-batch)
-    grad_accumulation: int = 4          # micro-batches per optimizer update (official = pattern cycle length)
-    max_steps: int = 50_000             # optimizer updates
+    micro_batch_size: int = 4  # samples per micro-batch per process (one task per micro-batch)
+    grad_accumulation: int = 4  # micro-batches per optimizer update (official = pattern cycle length)
+    max_steps: int = 50_000  # optimizer updates
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05          # on parameters with ndim >= 2 only
+    weight_decay: float = 0.05  # on parameters with ndim >= 2 only
     adam_eps: float = 1e-8
-    lr_schedule: str = "cosine"         # cosine (stages 1, 2) | constant (after warm-up)
-    warmup_ratio: float = 0.01          # warm-up = int(warmup_ratio * max_steps) updates ...
-    warmup_steps: int | None = None     # ... unless given here
-    lr_start_factor: float = 1e-5       # warm-up starts at lr * lr_start_factor
-    max_grad_norm: float = 1.0          # 0 = no clipping
-    mixed_precision: str = "auto"       # no | bf16 | fp16 | auto (bf16 where supported, else fp16 on CUDA, else no)
+    lr_schedule: str = "cosine"  # cosine (stages 1, 2) | constant (after warm-up)
+    warmup_ratio: float = 0.01  # warm-up = int(warmup_ratio * max_steps) updates ...
+    warmup_steps: int | None = None  # ... unless given here
+    lr_start_factor: float = 1e-5  # warm-up starts at lr * lr_start_factor
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    mixed_precision: str = "auto"  # no | bf16 | fp16 | auto (bf16 where supported, else fp16 on CUDA, else no)
     gradient_checkpointing: bool = False
     # --- output ---
     output_dir: str = "outputs/train/stage1"
-    save_every: int = 10_000            # updates between checkpoints (0 = only at the end)
-    keep_last: int = 5                  # checkpoints kept (0 = all)
-    resume: str = "auto"                # auto (latest in output_dir if any) | no | path of a checkpoint folder
+    save_every: int = 10_000  # updates between checkpoints (0 = only at the end)
+    keep_last: int = 5  # checkpoints kept (0 = all)
+    resume: str = "auto"  # auto (latest in output_dir if any) | no | path of a checkpoint folder
     log_every: int = 10
-    log_file: bool = True               # write output_dir/train_log.jsonl (one JSON line per update)
-    strict_resume_data: bool = True     # refuse to resume when the data set changed size (false: warn, continue)
+    log_file: bool = True  # write output_dir/train_log.jsonl (one JSON line per update)
+    strict_resume_data: bool = True  # refuse to resume when the data set changed size (false: warn, continue)
     # --- validation images ---
     validation_prompt: str = ""
-    validation_every: int = 0           # updates between validation images (0 = off)
-    validation_num_steps: int = 30      # sampling steps of a validation image
+    validation_every: int = 0  # updates between validation images (0 = off)
+    validation_num_steps: int = 30  # sampling steps of a validation image
     validation_cfg_scale: float = 4.0
     validation_size: int | None = None  # side in pixels (default: resolution)
-    validation_at_end: bool = True      # also one after the last update (when validation_prompt is set)
+    validation_at_end: bool = True  # also one after the last update (when validation_prompt is set)
     # --- export at the end ---
-    export_lora: bool | None = None     # write a LoRA file (default: when a LoRA trained)
-    export_lora_path: str = ""          # "" = output_dir/export/deepgen_lora.safetensors
+    export_lora: bool | None = None  # write a LoRA file (default: when a LoRA trained)
+    export_lora_path: str = ""  # "" = output_dir/export/deepgen_lora.safetensors
     export_lora_scb: bool | None = None  # also store meta-query/projector/connector changes as .diff tensors
     #                                     (default: when they trained and the DiT did not train in full)
     save_lora_every_checkpoint: bool = False  # also <lora stem>_<step>_steps.safetensors at each periodic checkpoint
     export_lora_metadata: dict[str, Any] = field(default_factory=dict)  # extra metadata of the LoRA file
-    export_checkpoint: bool = True      # write the official-layout checkpoint
-    export_checkpoint_path: str = ""    # "" = output_dir/export/model.safetensors
-    export_dtype: str = "auto"          # auto (as trained) | fp32 | bf16 | fp16
+    export_checkpoint: bool = True  # write the official-layout checkpoint
+    export_checkpoint_path: str = ""  # "" = output_dir/export/model.safetensors
+    export_dtype: str = "auto"  # auto (as trained) | fp32 | bf16 | fp16
     # --- what to train ---
     train_meta_queries: bool = True
     train_connector: bool = True
     train_projectors: bool = True
-    train_dit: str = "frozen"           # full | lora | frozen
+    train_dit: str = "frozen"  # full | lora | frozen
     dit_lora_rank: int = 32
     dit_lora_alpha: float = 32.0
     dit_lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_DIT_LORA_TARGETS))
-    vlm_lora: bool = False              # PEFT LoRA on the VLM's language model (official stage 2)
+    vlm_lora: bool = False  # PEFT LoRA on the VLM's language model (official stage 2)
     vlm_lora_rank: int = 64
     vlm_lora_alpha: float = 128.0
     vlm_lora_dropout: float = 0.05
@@ -178,33 +178,42 @@ class TrainConfig(ConfigSchema):
         need(len(self.data) > 0, "data must list at least one JSON/JSONL file or image folder")
         need(all(isinstance(d, str) and d.strip() for d in self.data), "data entries must be non-empty paths")
         need(self.max_references >= 0, f"max_references must be ≥ 0 (0 = all) (got {self.max_references})")
-        need(self.data_verify in VERIFY_LEVELS,
-             f"data_verify must be one of {VERIFY_LEVELS} (got {self.data_verify!r})")
+        need(
+            self.data_verify in VERIFY_LEVELS, f"data_verify must be one of {VERIFY_LEVELS} (got {self.data_verify!r})"
+        )
         try:
             TaskPattern(self.task_pattern)
         except ValueError as e:
             p.append(f"task_pattern: {e}")
-        need(self.resolution >= 32 and self.resolution % 32 == 0,
-             f"resolution must be a multiple of 32, ≥ 32 (got {self.resolution})")
+        need(
+            self.resolution >= 32 and self.resolution % 32 == 0,
+            f"resolution must be a multiple of 32, ≥ 32 (got {self.resolution})",
+        )
         need(0.0 <= self.caption_dropout <= 1.0, f"caption_dropout must be in [0, 1] (got {self.caption_dropout})")
         need(self.num_workers >= 0, f"num_workers must be ≥ 0 (got {self.num_workers})")
         need(self.micro_batch_size >= 1, f"micro_batch_size must be ≥ 1 (got {self.micro_batch_size})")
         need(self.grad_accumulation >= 1, f"grad_accumulation must be ≥ 1 (got {self.grad_accumulation})")
         need(self.max_steps >= 1, f"max_steps must be ≥ 1 (got {self.max_steps})")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 (got {self.lr})")
-        need(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
-             f"betas must be two numbers in [0, 1) (got {list(self.betas)})")
+        need(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            f"betas must be two numbers in [0, 1) (got {list(self.betas)})",
+        )
         need(self.weight_decay >= 0, f"weight_decay must be ≥ 0 (got {self.weight_decay})")
         need(self.adam_eps > 0, f"adam_eps must be > 0 (got {self.adam_eps})")
         need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES} (got {self.lr_schedule!r})")
         need(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.warmup_steps is not None:
-            need(0 <= self.warmup_steps < max(self.max_steps, 1),
-                 f"warmup_steps must be in [0, max_steps) (got {self.warmup_steps}, max_steps {self.max_steps})")
+            need(
+                0 <= self.warmup_steps < max(self.max_steps, 1),
+                f"warmup_steps must be in [0, max_steps) (got {self.warmup_steps}, max_steps {self.max_steps})",
+            )
         need(0.0 <= self.lr_start_factor <= 1.0, f"lr_start_factor must be in [0, 1] (got {self.lr_start_factor})")
         need(self.max_grad_norm >= 0, f"max_grad_norm must be ≥ 0 (0 = no clipping) (got {self.max_grad_norm})")
-        need(self.mixed_precision in MIXED_PRECISION,
-             f"mixed_precision must be one of {MIXED_PRECISION} (got {self.mixed_precision!r})")
+        need(
+            self.mixed_precision in MIXED_PRECISION,
+            f"mixed_precision must be one of {MIXED_PRECISION} (got {self.mixed_precision!r})",
+        )
         need(self.seed >= 0, f"seed must be ≥ 0 (got {self.seed})")
         need(bool(self.output_dir.strip()), "output_dir must be set")
         need(self.save_every >= 0, f"save_every must be ≥ 0 (0 = only at the end) (got {self.save_every})")
@@ -218,22 +227,37 @@ class TrainConfig(ConfigSchema):
         need(self.validation_cfg_scale >= 0, f"validation_cfg_scale must be ≥ 0 (got {self.validation_cfg_scale})")
         if self.validation_size is not None:
             need(self.validation_size >= 16, f"validation_size must be ≥ 16 (got {self.validation_size})")
-        need(self.export_dtype in EXPORT_DTYPES,
-             f"export_dtype must be one of {tuple(EXPORT_DTYPES)} (got {self.export_dtype!r})")
+        need(
+            self.export_dtype in EXPORT_DTYPES,
+            f"export_dtype must be one of {tuple(EXPORT_DTYPES)} (got {self.export_dtype!r})",
+        )
         need(self.train_dit in TRAIN_DIT_MODES, f"train_dit must be one of {TRAIN_DIT_MODES} (got {self.train_dit!r})")
-        need(self.dit_lora_rank >= 1, f"dit_lora_rank: rank must be ≥ 1 (got {self.dit_lora_rank}); "
-                                      'to train no DiT LoRA set train_dit = "frozen"')
+        need(
+            self.dit_lora_rank >= 1,
+            f"dit_lora_rank: rank must be ≥ 1 (got {self.dit_lora_rank}); "
+            'to train no DiT LoRA set train_dit = "frozen"',
+        )
         need(self.dit_lora_alpha > 0, f"dit_lora_alpha must be > 0 (got {self.dit_lora_alpha})")
         if self.train_dit == "lora":
             need(len(self.dit_lora_targets) > 0, 'train_dit = "lora" needs at least one dit_lora_targets entry')
-        need(self.vlm_lora_rank >= 1, f"vlm_lora_rank: rank must be ≥ 1 (got {self.vlm_lora_rank}); "
-                                      "to train no VLM LoRA set vlm_lora = false")
+        need(
+            self.vlm_lora_rank >= 1,
+            f"vlm_lora_rank: rank must be ≥ 1 (got {self.vlm_lora_rank}); to train no VLM LoRA set vlm_lora = false",
+        )
         need(self.vlm_lora_alpha > 0, f"vlm_lora_alpha must be > 0 (got {self.vlm_lora_alpha})")
         need(0.0 <= self.vlm_lora_dropout < 1.0, f"vlm_lora_dropout must be in [0, 1) (got {self.vlm_lora_dropout})")
-        need(any([self.train_meta_queries, self.train_connector, self.train_projectors,
-                  self.train_dit != "frozen", self.vlm_lora]),
-             "nothing to train: enable train_meta_queries / train_connector / train_projectors, "
-             "train_dit or vlm_lora")
+        need(
+            any(
+                [
+                    self.train_meta_queries,
+                    self.train_connector,
+                    self.train_projectors,
+                    self.train_dit != "frozen",
+                    self.vlm_lora,
+                ]
+            ),
+            "nothing to train: enable train_meta_queries / train_connector / train_projectors, train_dit or vlm_lora",
+        )
         return p
 
     def validate(self) -> TrainConfig:
@@ -241,8 +265,11 @@ class TrainConfig(ConfigSchema):
         super().validate()
         cycle = len(self.pattern.cycle())
         if self.grad_accumulation % cycle:
-            warnings.warn(f"grad_accumulation {self.grad_accumulation} is not a multiple of the task-pattern cycle "
-                          f"({cycle} micro-batches), so updates see different task mixes", stacklevel=2)
+            warnings.warn(
+                f"grad_accumulation {self.grad_accumulation} is not a multiple of the task-pattern cycle "
+                f"({cycle} micro-batches), so updates see different task mixes",
+                stacklevel=2,
+            )
         return self
 
     @property
@@ -264,8 +291,14 @@ def stage_preset(stage: int) -> dict[str, Any]:
         return {"stage": 1}
     if stage == 2:
         return {
-            "stage": 2, "lr": 5e-5, "grad_accumulation": 3, "task_pattern": {"image2image": 1, "text2image": 2},
-            "max_steps": 133_333, "save_every": 13_333, "train_dit": "full", "vlm_lora": True,
+            "stage": 2,
+            "lr": 5e-5,
+            "grad_accumulation": 3,
+            "task_pattern": {"image2image": 1, "text2image": 2},
+            "max_steps": 133_333,
+            "save_every": 13_333,
+            "train_dit": "full",
+            "vlm_lora": True,
             "output_dir": "outputs/train/stage2",
         }
     raise ConfigError(f"Invalid training config: stage must be 1 or 2 (got {stage!r})")
@@ -292,8 +325,9 @@ def _tomllib():
         try:
             import tomli as tomllib
         except ImportError as e:
-            raise ConfigError("reading TOML on Python 3.10 needs the tomli package (pip install tomli), "
-                              "or write the config as .json") from e
+            raise ConfigError(
+                "reading TOML on Python 3.10 needs the tomli package (pip install tomli), or write the config as .json"
+            ) from e
     return tomllib
 
 

@@ -22,8 +22,9 @@ def sample_generator(seed: int, purpose: str, *key: Any) -> torch.Generator:
 
 
 @torch.no_grad()
-def flow_batch_inputs(model, batch, *, seed: int, rank: int, world: int, device, purpose: str = "",
-                      num_timesteps: int = 1000) -> dict[str, Any]:
+def flow_batch_inputs(
+    model, batch, *, seed: int, rank: int, world: int, device, purpose: str = "", num_timesteps: int = 1000
+) -> dict[str, Any]:
     """The flow-matching inputs of one micro-batch (``flow_matching_loss`` keywords): VAE posterior samples of
     the targets and references, the noise and the timestep index of every sample, each drawn from a generator
     keyed by the sample's global stream position, so the draws depend neither on the number of processes nor
@@ -31,19 +32,39 @@ def flow_batch_inputs(model, batch, *, seed: int, rank: int, world: int, device,
     task = batch.task
     end = int(batch.position["consumed"][task])
     positions = [end - len(batch) * world + rank + j * world for j in range(len(batch))]
-    targets = [model.encode_image(x[None].to(device), generator=sample_generator(seed, purpose + "vae", task, p))[0]
-               for x, p in zip(batch.targets, positions)]
-    noise = [torch.randn(t.shape, generator=sample_generator(seed, purpose + "noise", task, p))
-             for t, p in zip(targets, positions)]
-    index = [int(torch.rand(1, generator=sample_generator(seed, purpose + "timestep", task, p)) * num_timesteps)
-             for p in positions]
+    targets = [
+        model.encode_image(x[None].to(device), generator=sample_generator(seed, purpose + "vae", task, p))[0]
+        for x, p in zip(batch.targets, positions)
+    ]
+    noise = [
+        torch.randn(t.shape, generator=sample_generator(seed, purpose + "noise", task, p))
+        for t, p in zip(targets, positions)
+    ]
+    index = [
+        int(torch.rand(1, generator=sample_generator(seed, purpose + "timestep", task, p)) * num_timesteps)
+        for p in positions
+    ]
     refs = [[r.to(device) for r in row] for row in batch.references]
     has_refs = any(refs)
-    ref_latents = [[model.encode_image(r[None], generator=sample_generator(seed, purpose + "vae_ref", task, p, j))[0]
-                    for j, r in enumerate(row)] for row, p in zip(refs, positions)] if has_refs else None
-    return {"prompts": list(batch.texts), "targets": targets, "noise": noise,
-            "timestep_index": torch.tensor(index, dtype=torch.long).clamp_max(num_timesteps - 1),
-            "reference_images": refs if has_refs else None, "reference_latents": ref_latents}
+    ref_latents = (
+        [
+            [
+                model.encode_image(r[None], generator=sample_generator(seed, purpose + "vae_ref", task, p, j))[0]
+                for j, r in enumerate(row)
+            ]
+            for row, p in zip(refs, positions)
+        ]
+        if has_refs
+        else None
+    )
+    return {
+        "prompts": list(batch.texts),
+        "targets": targets,
+        "noise": noise,
+        "timestep_index": torch.tensor(index, dtype=torch.long).clamp_max(num_timesteps - 1),
+        "reference_images": refs if has_refs else None,
+        "reference_latents": ref_latents,
+    }
 
 
 @contextlib.contextmanager

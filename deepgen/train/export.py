@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 
-
 def _peft_layers(module: nn.Module):
     from peft.tuners.lora import LoraLayer
 
@@ -56,21 +55,31 @@ def _peft_layers(module: nn.Module):
 
 # ---- the LoRA file -----------------------------------------------------------------------------------------
 
+
 def scb_diffs(model: nn.Module, initial: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
     """``{name: trained − initial}`` for the SCB parameters in ``initial`` (stored as ``<name>.diff``)."""
     params = dict(model.named_parameters())
-    return {name: (params[name].detach().float().cpu() - start.float()).to(dtype or torch.float32)
-            for name, start in initial.items()}
+    return {
+        name: (params[name].detach().float().cpu() - start.float()).to(dtype or torch.float32)
+        for name, start in initial.items()
+    }
 
 
-def export_lora(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
-                scb_initial: Mapping[str, Tensor] | None = None, dtype: torch.dtype | None = None) -> Path:
+def export_lora(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    metadata: dict | None = None,
+    scb_initial: Mapping[str, Tensor] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write the model's LoRA adapters (and, with ``scb_initial``, the SCB changes as ``.diff``) to one file."""
     diffs = scb_diffs(model, scb_initial, dtype) if scb_initial else None
     return save_lora(model, path, metadata, diffs=diffs)
 
 
 # ---- the official-layout checkpoint ------------------------------------------------------------------------
+
 
 def merged_dit_state_dict(transformer: nn.Module) -> dict[str, Tensor]:
     """The DiT's state dict with any PEFT LoRA merged into its base weights (W + alpha/r·B·A), plain keys."""
@@ -183,8 +192,14 @@ def official_state_dict(model: DeepGenModel, *, source=None, dtype: torch.dtype 
     return out
 
 
-def export_official_checkpoint(model: DeepGenModel, path: str | os.PathLike, *, source=None,
-                               dtype: torch.dtype | None = None, metadata: Mapping[str, str] | None = None) -> Path:
+def export_official_checkpoint(
+    model: DeepGenModel,
+    path: str | os.PathLike,
+    *,
+    source=None,
+    dtype: torch.dtype | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write :func:`official_state_dict` to ``path`` (safetensors, atomically); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

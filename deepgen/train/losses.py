@@ -34,8 +34,12 @@ class TrainingGrid:
     @classmethod
     def from_model(cls, model: DeepGenModel) -> "TrainingGrid":
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config)
-        return cls(sigmas=scheduler.sigmas[:-1].clone() if len(scheduler.sigmas) > len(scheduler.timesteps)
-                   else scheduler.sigmas.clone(), timesteps=scheduler.timesteps.clone())
+        return cls(
+            sigmas=scheduler.sigmas[:-1].clone()
+            if len(scheduler.sigmas) > len(scheduler.timesteps)
+            else scheduler.sigmas.clone(),
+            timesteps=scheduler.timesteps.clone(),
+        )
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -86,11 +90,19 @@ class LossOutput:
     weights: torch.Tensor | None = None  # (B,): loss_weighting(sigmas, weighting)
 
 
-def flow_matching_loss(model: DeepGenModel, prompts: Sequence[str], target_latents: Sequence[torch.Tensor], *,
-                       grid: TrainingGrid, reference_images: Sequence[Sequence[torch.Tensor]] | None = None,
-                       reference_latents: Sequence[Sequence[torch.Tensor]] | None = None,
-                       noise: Sequence[torch.Tensor] | None = None, timestep_index: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None, weighting: str = "none") -> LossOutput:
+def flow_matching_loss(
+    model: DeepGenModel,
+    prompts: Sequence[str],
+    target_latents: Sequence[torch.Tensor],
+    *,
+    grid: TrainingGrid,
+    reference_images: Sequence[Sequence[torch.Tensor]] | None = None,
+    reference_latents: Sequence[Sequence[torch.Tensor]] | None = None,
+    noise: Sequence[torch.Tensor] | None = None,
+    timestep_index: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    weighting: str = "none",
+) -> LossOutput:
     """Loss for one single-task micro-batch.
 
     prompts: captions (text-to-image, caption dropout already applied) or edit instructions.

@@ -26,9 +26,14 @@ def describe_model_source(spec: str | os.PathLike) -> ModelSource:
     return resolve_source(spec, allow_bases=True)
 
 
-def load_model_for_training(source: str | os.PathLike | ModelSource, *, dtype: torch.dtype = torch.float32,
-                            device: str | torch.device = "cpu", num_queries: int = 128,
-                            progress: Callable[[str], None] | None = None):
+def load_model_for_training(
+    source: str | os.PathLike | ModelSource,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    num_queries: int = 128,
+    progress: Callable[[str], None] | None = None,
+):
     """Build the DeepGenModel a run trains.  Returns ``(model, ModelSource)``.
 
     Released VLM LoRAs are merged into the VLM (the trainer adds its own fresh LoRA on top).  A pre-training
@@ -41,8 +46,17 @@ def load_model_for_training(source: str | os.PathLike | ModelSource, *, dtype: t
     if src.layout == "bases":
         return _fresh_model(src, dtype, device, num_queries), src
     spec = f"tiny:{src.seed}" if src.layout == "tiny" else src.path_of("checkpoint")
-    return load_model(spec, src.vlm, src.diffusion, dtype=dtype, device=device, lora="merge",
-                      allow_pretrain_checkpoint=True, connector_config=src.connector_config, progress=progress), src
+    return load_model(
+        spec,
+        src.vlm,
+        src.diffusion,
+        dtype=dtype,
+        device=device,
+        lora="merge",
+        allow_pretrain_checkpoint=True,
+        connector_config=src.connector_config,
+        progress=progress,
+    ), src
 
 
 def _fresh_model(src: ModelSource, dtype, device, num_queries: int):
@@ -55,14 +69,17 @@ def _fresh_model(src: ModelSource, dtype, device, num_queries: int):
     from ..model.dit import DeepGenTransformer2DModel
 
     diffusion, vlm = Path(src.path_of("diffusion")), src.path_of("vlm")
-    lmm = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, dtype=dtype, attn_implementation="sdpa",
-                                                             local_files_only=True)
-    transformer = DeepGenTransformer2DModel.from_pretrained(str(diffusion / "transformer"), torch_dtype=dtype,
-                                                            local_files_only=True)
+    lmm = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        vlm, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+    )
+    transformer = DeepGenTransformer2DModel.from_pretrained(
+        str(diffusion / "transformer"), torch_dtype=dtype, local_files_only=True
+    )
     vae = AutoencoderKL.from_pretrained(str(diffusion / "vae"), torch_dtype=dtype, local_files_only=True)
     scheduler = json.loads((diffusion / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
     fields = ConnectorConfig.__dataclass_fields__
     connector = ConnectorConfig(**{k: v for k, v in (src.connector_config or {}).items() if k in fields})
-    model = DeepGenModel(lmm, load_tokenizer(vlm), transformer, vae, connector, num_queries=num_queries,
-                         scheduler_config=scheduler)
+    model = DeepGenModel(
+        lmm, load_tokenizer(vlm), transformer, vae, connector, num_queries=num_queries, scheduler_config=scheduler
+    )
     return model.to(device=device, dtype=dtype).eval()

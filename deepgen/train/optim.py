@@ -93,17 +93,29 @@ def build_param_groups(params: NamedParams, weight_decay: float = DEFAULT_WEIGHT
     return groups
 
 
-def build_optimizer(params: NamedParams, *, lr: float, betas: tuple[float, float] = DEFAULT_BETAS,
-                    weight_decay: float = DEFAULT_WEIGHT_DECAY, eps: float = 1e-8, **adamw_kwargs
-                    ) -> torch.optim.AdamW:
+def build_optimizer(
+    params: NamedParams,
+    *,
+    lr: float,
+    betas: tuple[float, float] = DEFAULT_BETAS,
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    eps: float = 1e-8,
+    **adamw_kwargs,
+) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over :func:`build_param_groups` (extra kwargs, e.g. ``fused``, go to AdamW)."""
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     b1, b2 = betas
     if not (0 <= b1 < 1 and 0 <= b2 < 1):
         raise ValueError(f"betas must be in [0, 1), got {betas}")
-    return torch.optim.AdamW(build_param_groups(params, weight_decay), lr=lr, betas=(float(b1), float(b2)),
-                             eps=eps, weight_decay=float(weight_decay), **adamw_kwargs)
+    return torch.optim.AdamW(
+        build_param_groups(params, weight_decay),
+        lr=lr,
+        betas=(float(b1), float(b2)),
+        eps=eps,
+        weight_decay=float(weight_decay),
+        **adamw_kwargs,
+    )
 
 
 def warmup_steps_for(max_steps: int, warmup_ratio: float) -> int:
@@ -156,9 +168,15 @@ class WarmupConstant:
         return 1.0
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str = "cosine", max_steps: int | None = None,
-                       warmup_ratio: float = 0.01, warmup_steps: int | None = None,
-                       start_factor: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    schedule: str = "cosine",
+    max_steps: int | None = None,
+    warmup_ratio: float = 0.01,
+    warmup_steps: int | None = None,
+    start_factor: float | None = None,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` for ``schedule`` ``"cosine"`` (needs ``max_steps``) or ``"constant"``.
 
     Warm-up length: ``warmup_steps`` if given, else ``int(warmup_ratio * max_steps)``.  ``start_factor``

@@ -49,10 +49,10 @@ __all__ = [
 
 # One name per concept across the stages: old key -> new key.  A file or `--set` with an old key still loads.
 RENAMED_KEYS: dict[str, str] = {
-    "max_train_steps": "max_steps",        # stage 3 (optimizer updates = trainer steps)
-    "lr_scheduler": "lr_schedule",         # stage 3
-    "adam_betas": "betas",                 # stage 3
-    "lora_rank": "dit_lora_rank",          # stage 3's DiT LoRA
+    "max_train_steps": "max_steps",  # stage 3 (optimizer updates = trainer steps)
+    "lr_scheduler": "lr_schedule",  # stage 3
+    "adam_betas": "betas",  # stage 3
+    "lora_rank": "dit_lora_rank",  # stage 3's DiT LoRA
     "lora_alpha": "dit_lora_alpha",
     "lora_targets": "dit_lora_targets",
 }
@@ -208,6 +208,7 @@ def coerce_value(name: str, value: Any, hint: Any) -> Any:
 def drop_replaced(values: dict[str, Any], new_keys: Iterable[str]) -> dict[str, Any]:
     """``values`` without the keys that ``new_keys`` (overrides) set again under another name of the same concept,
     so ``--set max_train_steps=5`` replaces a file's ``max_steps = 10`` (and the other way round)."""
+
     def concept(key: str) -> str:
         return RENAMED_KEYS.get(key, key)
 
@@ -240,8 +241,13 @@ def _rename(values: dict[str, Any], known: Mapping[str, Any], problems: list[str
 # the builder
 
 
-def build_config(cls: type[ConfigSchema], values: Mapping[str, Any], *, source: str = "config",
-                 preset: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None):
+def build_config(
+    cls: type[ConfigSchema],
+    values: Mapping[str, Any],
+    *,
+    source: str = "config",
+    preset: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+):
     """``cls``'s defaults, then ``preset(values)``'s keys (if given), then ``values``: checked, converted, validated.
 
     Raises :class:`ConfigError` with every problem on one line; warns once (``DeprecationWarning`` + a log line)
@@ -252,8 +258,11 @@ def build_config(cls: type[ConfigSchema], values: Mapping[str, Any], *, source: 
     problems: list[str] = []
     notes = _rename(values, known, problems)
     if notes:
-        message = _one_line(f"deprecated names in the {cls.TITLE} ({source}): " + "; ".join(notes)
-                            + "; the old names still work, but rename them")
+        message = _one_line(
+            f"deprecated names in the {cls.TITLE} ({source}): "
+            + "; ".join(notes)
+            + "; the old names still work, but rename them"
+        )
         warnings.warn(message, DeprecationWarning, stacklevel=3)
         log.warning("%s", message)
     for key in sorted(set(values) - set(known)):

@@ -23,8 +23,16 @@ if TYPE_CHECKING:
 
     from ..model.deepgen import DeepGenModel
 
-__all__ = ["SCB_PARTS", "TrainableSpec", "setup_trainable", "trainable_named_parameters", "count_parameters",
-           "enable_gradient_checkpointing", "remove_lora_adapters", "preserve_model"]
+__all__ = [
+    "SCB_PARTS",
+    "TrainableSpec",
+    "setup_trainable",
+    "trainable_named_parameters",
+    "count_parameters",
+    "enable_gradient_checkpointing",
+    "remove_lora_adapters",
+    "preserve_model",
+]
 
 
 SCB_PARTS = ("meta_queries", "projector_1", "projector_2", "projector_3", "connector")
@@ -37,15 +45,15 @@ class TrainableSpec:
     meta_queries: bool = True
     projectors: bool = True
     connector: bool = True
-    dit: str = "frozen"                  # full | lora | frozen
+    dit: str = "frozen"  # full | lora | frozen
     dit_lora_rank: int = 32
     dit_lora_alpha: float = 32.0
-    dit_lora_targets: list[str] | str = "attn"   # preset name ("attn", "attn_ff") or module-name suffixes
+    dit_lora_targets: list[str] | str = "attn"  # preset name ("attn", "attn_ff") or module-name suffixes
     vlm_lora: bool = False
     vlm_lora_rank: int = 64
     vlm_lora_alpha: float = 128.0
     vlm_lora_dropout: float = 0.05
-    vlm_lora_targets: list[str] | None = None    # None = every Linear and Embedding of the VLM (official 'auto')
+    vlm_lora_targets: list[str] | None = None  # None = every Linear and Embedding of the VLM (official 'auto')
 
     @classmethod
     def from_config(cls, cfg) -> TrainableSpec:
@@ -54,11 +62,19 @@ class TrainableSpec:
 
         if len(targets) == 1 and targets[0] in DIT_TARGET_PRESETS:
             targets = targets[0]
-        return cls(meta_queries=cfg.train_meta_queries, projectors=cfg.train_projectors,
-                   connector=cfg.train_connector, dit=cfg.train_dit, dit_lora_rank=cfg.dit_lora_rank,
-                   dit_lora_alpha=cfg.dit_lora_alpha, dit_lora_targets=targets, vlm_lora=cfg.vlm_lora,
-                   vlm_lora_rank=cfg.vlm_lora_rank, vlm_lora_alpha=cfg.vlm_lora_alpha,
-                   vlm_lora_dropout=cfg.vlm_lora_dropout)
+        return cls(
+            meta_queries=cfg.train_meta_queries,
+            projectors=cfg.train_projectors,
+            connector=cfg.train_connector,
+            dit=cfg.train_dit,
+            dit_lora_rank=cfg.dit_lora_rank,
+            dit_lora_alpha=cfg.dit_lora_alpha,
+            dit_lora_targets=targets,
+            vlm_lora=cfg.vlm_lora,
+            vlm_lora_rank=cfg.vlm_lora_rank,
+            vlm_lora_alpha=cfg.vlm_lora_alpha,
+            vlm_lora_dropout=cfg.vlm_lora_dropout,
+        )
 
     def problems(self) -> list[str]:
         p = []
@@ -90,8 +106,9 @@ def _has_peft(module: nn.Module) -> bool:
     return any(isinstance(m, LoraLayer) for m in module.modules())
 
 
-def setup_trainable(model: DeepGenModel, spec: TrainableSpec, *, master_dtype: torch.dtype = torch.float32,
-                    seed: int = 0) -> OrderedDict[str, nn.Parameter]:
+def setup_trainable(
+    model: DeepGenModel, spec: TrainableSpec, *, master_dtype: torch.dtype = torch.float32, seed: int = 0
+) -> OrderedDict[str, nn.Parameter]:
     """Freeze everything, add the LoRAs ``spec`` asks for, unfreeze what trains; returns ``{name: parameter}``.
 
     Trainable parameters are cast to ``master_dtype`` (fp32 masters; the frozen weights keep their dtype).
@@ -113,8 +130,9 @@ def setup_trainable(model: DeepGenModel, spec: TrainableSpec, *, master_dtype: t
         targets = spec.vlm_lora_targets or vlm_lora_targets(model.lmm)
         with warnings.catch_warnings(), seeded_step(seed, "lora-init", "lmm"):
             warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")  # lm_head is tied, as officially
-            add_lora(model.lmm, targets, spec.vlm_lora_rank, spec.vlm_lora_alpha, spec.vlm_lora_dropout,
-                     init="gaussian")
+            add_lora(
+                model.lmm, targets, spec.vlm_lora_rank, spec.vlm_lora_alpha, spec.vlm_lora_dropout, init="gaussian"
+            )
     if spec.dit == "lora":
         if _has_peft(model.transformer):
             raise TrainingError("the DiT already carries a PEFT LoRA")
@@ -152,8 +170,9 @@ def count_parameters(params: Mapping[str, torch.Tensor] | Iterable[torch.Tensor]
     return int(sum(p.numel() for p in values))
 
 
-def enable_gradient_checkpointing(model: DeepGenModel, parts: Sequence[str] = ("lmm", "connector", "transformer"),
-                                  enable: bool = True) -> None:
+def enable_gradient_checkpointing(
+    model: DeepGenModel, parts: Sequence[str] = ("lmm", "connector", "transformer"), enable: bool = True
+) -> None:
     """Activation checkpointing of the VLM text tower (HF), the connector layers and the DiT blocks (diffusers)."""
     if "transformer" in parts:
         if enable:
@@ -167,8 +186,11 @@ def enable_gradient_checkpointing(model: DeepGenModel, parts: Sequence[str] = ("
 
 
 def _vlm_checkpointing_on(lmm: PreTrainedModel) -> bool:
-    name = "is_activation_checkpointing" if hasattr(type(lmm), "is_activation_checkpointing") else \
-        "is_gradient_checkpointing"
+    name = (
+        "is_activation_checkpointing"
+        if hasattr(type(lmm), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
     return bool(getattr(lmm, name, False))
 
 
@@ -215,9 +237,11 @@ def preserve_model(model: DeepGenModel, restore_values: Sequence[str] = ()):
     modes = {n: m.training for n, m in model.named_modules()}
     saved = {n: p.data for n, p in model.named_parameters() if n.startswith(tuple(restore_values))}
     saved = {n: t.detach().clone() for n, t in saved.items()}
-    checkpointing = (getattr(model.transformer, "gradient_checkpointing", False),
-                     getattr(model.connector, "gradient_checkpointing", False),
-                     _vlm_checkpointing_on(model.lmm))
+    checkpointing = (
+        getattr(model.transformer, "gradient_checkpointing", False),
+        getattr(model.connector, "gradient_checkpointing", False),
+        _vlm_checkpointing_on(model.lmm),
+    )
     try:
         yield model
     finally:

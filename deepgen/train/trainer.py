@@ -76,10 +76,10 @@ class TrainResult:
     """What a finished (or already complete) run produced."""
 
     step: int
-    history: list[dict] = field(default_factory=list)      # StepInfo.to_dict() of the updates run here
-    checkpoint: Path | None = None                          # the last checkpoint folder
-    lora_path: Path | None = None                           # exported LoRA file (main process)
-    checkpoint_path: Path | None = None                     # exported official-layout checkpoint (main process)
+    history: list[dict] = field(default_factory=list)  # StepInfo.to_dict() of the updates run here
+    checkpoint: Path | None = None  # the last checkpoint folder
+    lora_path: Path | None = None  # exported LoRA file (main process)
+    checkpoint_path: Path | None = None  # exported official-layout checkpoint (main process)
     validation_images: list = field(default_factory=list)  # PIL images, in order
     validation_steps: list[int] = field(default_factory=list)
 
@@ -88,13 +88,22 @@ class TrainResult:
         return [h["loss"] for h in self.history]
 
 
-def sft_loss(model, *, prompts, targets, grid, reference_images=None, reference_latents=None, noise=None,
-             timestep_index=None):
+def sft_loss(
+    model, *, prompts, targets, grid, reference_images=None, reference_latents=None, noise=None, timestep_index=None
+):
     """The loss of one micro-batch: ``(mean loss, per-sample losses)`` (a tuple, so DDP finds the tensors)."""
     from .losses import flow_matching_loss
 
-    out = flow_matching_loss(model, prompts, targets, grid=grid, reference_images=reference_images,
-                             reference_latents=reference_latents, noise=noise, timestep_index=timestep_index)
+    out = flow_matching_loss(
+        model,
+        prompts,
+        targets,
+        grid=grid,
+        reference_images=reference_images,
+        reference_latents=reference_latents,
+        noise=noise,
+        timestep_index=timestep_index,
+    )
     return out.loss, out.per_sample
 
 
@@ -115,8 +124,17 @@ class SFTTrainer:
     otherwise a resumed run repeats the uninterrupted one exactly.
     """
 
-    def __init__(self, cfg: TrainConfig, *, model=None, callbacks: Sequence[TrainCallback] = (), accelerator=None,
-                 device: str | torch.device | None = None, cpu: bool | None = None, datasets=None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        model=None,
+        callbacks: Sequence[TrainCallback] = (),
+        accelerator=None,
+        device: str | torch.device | None = None,
+        cpu: bool | None = None,
+        datasets=None,
+    ):
         self.cfg = cfg
         self.model = model
         self.callbacks = CallbackList(callbacks)
@@ -137,30 +155,39 @@ class SFTTrainer:
         cfg = self.cfg
         if self.datasets is not None:
             return self.datasets
-        datasets = load_datasets(cfg.data, root=cfg.data_root or None, cap_source=cfg.cap_source,
-                                 recursive=cfg.recursive, resolution=cfg.resolution,
-                                 max_references=cfg.max_references or None, verify=cfg.data_verify)
+        datasets = load_datasets(
+            cfg.data,
+            root=cfg.data_root or None,
+            cap_source=cfg.cap_source,
+            recursive=cfg.recursive,
+            resolution=cfg.resolution,
+            max_references=cfg.max_references or None,
+            verify=cfg.data_verify,
+        )
         if datasets.report.bad and acc.is_main_process:  # one line; the full list is in the debug log
             log.warning("some training rows were skipped: %s", datasets.report.brief())
             log.debug("%s", datasets.report.summary())
         wanted = [t for t, n in cfg.pattern.repeats.items() if n > 0]
         if not any(datasets.sizes().get(t, 0) for t in wanted):
-            raise TrainingError(f"the task pattern {cfg.task_pattern} uses {wanted}, but the data has "
-                                f"{datasets.sizes()} rows per task")
+            raise TrainingError(
+                f"the task pattern {cfg.task_pattern} uses {wanted}, but the data has {datasets.sizes()} rows per task"
+            )
         return datasets
 
     def _build_model(self, acc, precision: str):
         if self.model is None:
-            self.model, self.source = load_model_for_training(self.cfg.model, dtype=weight_dtype_for(precision),
-                                                              device="cpu")
+            self.model, self.source = load_model_for_training(
+                self.cfg.model, dtype=weight_dtype_for(precision), device="cpu"
+            )
         return self.model
 
     # ---- the run ----------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
         find_unused = self.spec.vlm_lora or self.spec.dit != "frozen"  # stage 1: every trainable tensor is used
-        acc = self.accelerator or build_accelerator(cfg.mixed_precision, cpu=self.cpu,
-                                                    kwargs_handlers=[ddp_kwargs(find_unused)])
+        acc = self.accelerator or build_accelerator(
+            cfg.mixed_precision, cpu=self.cpu, kwargs_handlers=[ddp_kwargs(find_unused)]
+        )
         self.accelerator = acc
         device = torch.device(self.device) if self.device is not None else acc.device
         manager = CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())
@@ -171,8 +198,9 @@ class SFTTrainer:
         if cfg.init_from:
             load_init_tensors(model, cfg.init_from)
         trainable = setup_trainable(model, self.spec, seed=cfg.seed)
-        scb_initial = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()
-                       if n.split(".", 1)[0] in SCB_PARTS}
+        scb_initial = {
+            n: p.detach().to("cpu", copy=True) for n, p in trainable.items() if n.split(".", 1)[0] in SCB_PARTS
+        }
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         model.to(device)
@@ -181,20 +209,34 @@ class SFTTrainer:
         from .losses import TrainingGrid
 
         grid = TrainingGrid.from_model(model)
-        optimizer = build_optimizer(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                                    eps=cfg.adam_eps)
-        scheduler = build_lr_scheduler(optimizer, schedule=cfg.lr_schedule, max_steps=cfg.max_steps,
-                                       warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps,
-                                       start_factor=cfg.lr_start_factor)
+        optimizer = build_optimizer(
+            trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.adam_eps
+        )
+        scheduler = build_lr_scheduler(
+            optimizer,
+            schedule=cfg.lr_schedule,
+            max_steps=cfg.max_steps,
+            warmup_ratio=cfg.warmup_ratio,
+            warmup_steps=cfg.warmup_steps,
+            start_factor=cfg.lr_start_factor,
+        )
         wrapper = LossModule(model, sft_loss)
-        wrapper, optimizer = acc.prepare(wrapper, optimizer)   # not the loader, not the scheduler
-        loader = MicroBatchLoader(datasets, cfg.pattern, cfg.micro_batch_size, seed=cfg.seed,
-                                  rank=acc.process_index, world_size=acc.num_processes,
-                                  caption_dropout=cfg.caption_dropout, num_workers=cfg.num_workers)
+        wrapper, optimizer = acc.prepare(wrapper, optimizer)  # not the loader, not the scheduler
+        loader = MicroBatchLoader(
+            datasets,
+            cfg.pattern,
+            cfg.micro_batch_size,
+            seed=cfg.seed,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            caption_dropout=cfg.caption_dropout,
+            num_workers=cfg.num_workers,
+        )
         fresh_schedule = ([dict(fn.__dict__) for fn in scheduler.lr_lambdas], list(scheduler.base_lrs))
         scaler = getattr(acc, "scaler", None)  # fp16 only
-        ckpt: Checkpoint | None = manager.resume(cfg.resume, trainable=trainable, optimizer=optimizer,
-                                                 lr_scheduler=scheduler, grad_scaler=scaler)
+        ckpt: Checkpoint | None = manager.resume(
+            cfg.resume, trainable=trainable, optimizer=optimizer, lr_scheduler=scheduler, grad_scaler=scaler
+        )
         step = 0
         if ckpt is not None:
             step = ckpt.step
@@ -206,12 +248,33 @@ class SFTTrainer:
         position = loader.state_dict()
         samples = int((ckpt.extra or {}).get("samples", 0)) if ckpt is not None else 0
 
-        run = RunInfo(stage=cfg.stage, total_steps=cfg.max_steps, start_step=step, output_dir=self.output_dir,
-                      is_main_process=acc.is_main_process, num_processes=acc.num_processes,
-                      trainable_parameters=count_parameters(trainable), config=cfg.to_dict())
+        run = RunInfo(
+            stage=cfg.stage,
+            total_steps=cfg.max_steps,
+            start_step=step,
+            output_dir=self.output_dir,
+            is_main_process=acc.is_main_process,
+            num_processes=acc.num_processes,
+            trainable_parameters=count_parameters(trainable),
+            config=cfg.to_dict(),
+        )
         result = TrainResult(step=step, checkpoint=ckpt.path if ckpt is not None else None)
-        ctx = _RunContext(self, acc, model, wrapper, optimizer, scheduler, trainable, manager, run, result, grid,
-                          device, scb_initial, datasets)
+        ctx = _RunContext(
+            self,
+            acc,
+            model,
+            wrapper,
+            optimizer,
+            scheduler,
+            trainable,
+            manager,
+            run,
+            result,
+            grid,
+            device,
+            scb_initial,
+            datasets,
+        )
         self.callbacks.on_train_start(run)
         log_path = self.output_dir / LOG_FILE
         clock = Stopwatch()
@@ -226,8 +289,9 @@ class SFTTrainer:
                     last = k == cfg.grad_accumulation - 1
                     sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(wrapper)
                     with sync, seeded_step(cfg.seed, batch.micro_step, acc.process_index):
-                        inputs = flow_batch_inputs(model, batch, seed=cfg.seed, rank=acc.process_index,
-                                                   world=acc.num_processes, device=device)
+                        inputs = flow_batch_inputs(
+                            model, batch, seed=cfg.seed, rank=acc.process_index, world=acc.num_processes, device=device
+                        )
                         with acc.autocast():
                             loss, per_sample = wrapper(grid=grid, **inputs)
                         acc.backward(loss / cfg.grad_accumulation)
@@ -247,16 +311,27 @@ class SFTTrainer:
                 task_losses = global_mean(acc, sums, counts)
                 total = global_mean(acc, {"all": sum(sums.values())}, {"all": sum(counts.values())})["all"]
                 samples += int(sum(counts.values())) * acc.num_processes
-                info = StepInfo(step=step, total_steps=cfg.max_steps, loss=total, task_losses=task_losses, lr=lr,
-                                grad_norm=grad_norm, samples=samples, step_time=clock.lap(), elapsed=clock.elapsed)
+                info = StepInfo(
+                    step=step,
+                    total_steps=cfg.max_steps,
+                    loss=total,
+                    task_losses=task_losses,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    samples=samples,
+                    step_time=clock.lap(),
+                    elapsed=clock.elapsed,
+                )
                 result.step = step
                 result.history.append(info.to_dict())
                 if acc.is_main_process and cfg.log_file:
                     with open(log_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(info.to_dict()) + "\n")
                 if not math.isfinite(total):
-                    raise TrainingError(f"the loss is {total} at step {step}: training diverged. Lower lr "
-                                        f"(now {cfg.lr}) or resume from the last checkpoint.")
+                    raise TrainingError(
+                        f"the loss is {total} at step {step}: training diverged. Lower lr "
+                        f"(now {cfg.lr}) or resume from the last checkpoint."
+                    )
                 self.callbacks.on_step_end(run, info)
                 periodic = cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps
                 if periodic:
@@ -292,8 +367,11 @@ def _keep_new_schedule(scheduler, optimizer, fresh, step: int) -> None:
     lambdas, base_lrs = fresh
     if [dict(fn.__dict__) for fn in scheduler.lr_lambdas] == lambdas and list(scheduler.base_lrs) == base_lrs:
         return
-    warnings.warn("the learning-rate schedule differs from the checkpoint's (max_steps, lr or warm-up changed); "
-                  "continuing on the new schedule", stacklevel=3)
+    warnings.warn(
+        "the learning-rate schedule differs from the checkpoint's (max_steps, lr or warm-up changed); "
+        "continuing on the new schedule",
+        stacklevel=3,
+    )
     state = scheduler.state_dict()
     state.update(lr_lambdas=lambdas, base_lrs=list(base_lrs), last_epoch=step - 1)
     scheduler.load_state_dict(state)
@@ -305,8 +383,23 @@ def _keep_new_schedule(scheduler, optimizer, fresh, step: int) -> None:
 class _RunContext:
     """The pieces of one run that saving, validation and export need."""
 
-    def __init__(self, trainer: SFTTrainer, acc, model, wrapper, optimizer, scheduler, trainable, manager, run,
-                 result, grid, device, scb_initial, datasets):
+    def __init__(
+        self,
+        trainer: SFTTrainer,
+        acc,
+        model,
+        wrapper,
+        optimizer,
+        scheduler,
+        trainable,
+        manager,
+        run,
+        result,
+        grid,
+        device,
+        scb_initial,
+        datasets,
+    ):
         self.t = trainer
         self.acc = acc
         self.model = model
@@ -323,11 +416,15 @@ class _RunContext:
         self.datasets = datasets
 
     def save(self, step: int, position: dict, samples: int, reason: str) -> Path | None:
-        path = self.manager.save(step, trainable=self.trainable, optimizer=self.optimizer,
-                                 lr_scheduler=self.scheduler, grad_scaler=getattr(self.acc, "scaler", None),
-                                 data_position=position,
-                                 extra={"samples": samples, "reason": reason,
-                                        "source": self.t.source.to_dict() if self.t.source else None})
+        path = self.manager.save(
+            step,
+            trainable=self.trainable,
+            optimizer=self.optimizer,
+            lr_scheduler=self.scheduler,
+            grad_scaler=getattr(self.acc, "scaler", None),
+            data_position=position,
+            extra={"samples": samples, "reason": reason, "source": self.t.source.to_dict() if self.t.source else None},
+        )
         if path is not None:
             self.result.checkpoint = path
         if reason == "periodic" and self.t.cfg.save_lora_every_checkpoint and self.acc.is_main_process:
@@ -369,8 +466,14 @@ class _RunContext:
             with self.acc.autocast():
                 pipe = DeepGenPipeline(self.model)
                 cond = pipe.encode([prompt], guidance=cfg.validation_cfg_scale > 1.0)
-                x = pipe.sample(cond, size, size, num_steps=cfg.validation_num_steps,
-                                cfg_scale=cfg.validation_cfg_scale, seed=cfg.seed)
+                x = pipe.sample(
+                    cond,
+                    size,
+                    size,
+                    num_steps=cfg.validation_num_steps,
+                    cfg_scale=cfg.validation_cfg_scale,
+                    seed=cfg.seed,
+                )
                 pixels = pipe.decode(x).float()
         finally:
             if was_training:
@@ -400,14 +503,23 @@ class _RunContext:
 
         cfg, spec = self.t.cfg, self.t.spec
         meta = {
-            "stage": cfg.stage, "steps": step, "trained": spec.to_dict(), "base_model": cfg.model,
-            "dataset_sizes": self.datasets.sizes(), "resolution": cfg.resolution, "lr": cfg.lr,
+            "stage": cfg.stage,
+            "steps": step,
+            "trained": spec.to_dict(),
+            "base_model": cfg.model,
+            "dataset_sizes": self.datasets.sizes(),
+            "resolution": cfg.resolution,
+            "lr": cfg.lr,
             "complete": spec.dit != "full" and (self.include_scb() or not spec.trains_scb),
             **cfg.export_lora_metadata,
         }
-        return export_lora(self.model, path, metadata=meta,
-                           scb_initial=self.scb_initial if self.include_scb() else None,
-                           dtype=cfg.export_torch_dtype)
+        return export_lora(
+            self.model,
+            path,
+            metadata=meta,
+            scb_initial=self.scb_initial if self.include_scb() else None,
+            dtype=cfg.export_torch_dtype,
+        )
 
     def export(self, step: int) -> None:
         cfg = self.t.cfg
@@ -415,17 +527,26 @@ class _RunContext:
         if self.acc.is_main_process:
             if self._lora_wanted():
                 if self.t.spec.dit == "full":
-                    log.warning("the DiT trained in full: the LoRA file holds only the LoRA parts; the exported "
-                                "checkpoint holds the whole model")
+                    log.warning(
+                        "the DiT trained in full: the LoRA file holds only the LoRA parts; the exported "
+                        "checkpoint holds the whole model"
+                    )
                 paths["lora"] = self.result.lora_path = self.write_lora(self.lora_target(), step)
             if cfg.export_checkpoint:
                 from .export import export_official_checkpoint
 
-                target = (Path(cfg.export_checkpoint_path).expanduser() if cfg.export_checkpoint_path
-                          else self.t.output_dir / EXPORT_DIR / "model.safetensors")
+                target = (
+                    Path(cfg.export_checkpoint_path).expanduser()
+                    if cfg.export_checkpoint_path
+                    else self.t.output_dir / EXPORT_DIR / "model.safetensors"
+                )
                 paths["checkpoint"] = self.result.checkpoint_path = export_official_checkpoint(
-                    self.model, target, source=self.t.source, dtype=cfg.export_torch_dtype,
-                    metadata={"stage": str(cfg.stage), "steps": str(step)})
+                    self.model,
+                    target,
+                    source=self.t.source,
+                    dtype=cfg.export_torch_dtype,
+                    metadata={"stage": str(cfg.stage), "steps": str(step)},
+                )
             if paths:
                 self.t.callbacks.on_export(self.run, paths)
         self.acc.wait_for_everyone()

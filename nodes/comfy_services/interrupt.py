@@ -6,8 +6,14 @@ import threading
 
 from .detection import comfy_module, in_comfyui
 
-__all__ = ["DeepGenInterrupted", "check_interrupt", "interrupted", "request_interrupt", "clear_interrupt",
-           "interrupt_exception_types"]
+__all__ = [
+    "DeepGenInterrupted",
+    "check_interrupt",
+    "interrupted",
+    "request_interrupt",
+    "clear_interrupt",
+    "interrupt_exception_types",
+]
 
 
 class DeepGenInterrupted(Exception):

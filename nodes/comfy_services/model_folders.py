@@ -12,8 +12,15 @@ from deepgen.paths import allow_external_symlinks, is_inside, safe_relative_name
 
 from .detection import comfy_module, in_comfyui
 
-__all__ = ["MODEL_KINDS", "DEEPGEN_FOLDER", "DEEPGEN_EXTENSIONS", "register_model_folders", "model_folders",
-           "list_models", "resolve_model_path"]
+__all__ = [
+    "MODEL_KINDS",
+    "DEEPGEN_FOLDER",
+    "DEEPGEN_EXTENSIONS",
+    "register_model_folders",
+    "model_folders",
+    "list_models",
+    "resolve_model_path",
+]
 
 DEEPGEN_FOLDER = "deepgen"
 #: folder kinds this pack uses: ``folder_paths`` names (legacy aliases ``clip``/``unet`` accepted)

@@ -37,8 +37,15 @@ class Graph:
         self.nodes: list[dict] = []
         self.links: list[list] = []
 
-    def add(self, kind: str, pos, widgets: dict | None = None, size=(320, 180), title: str | None = None,
-            control: str = "randomize") -> dict:
+    def add(
+        self,
+        kind: str,
+        pos,
+        widgets: dict | None = None,
+        size=(320, 180),
+        title: str | None = None,
+        control: str = "randomize",
+    ) -> dict:
         cls = CLASSES[kind]
         widgets = widgets or {}
         values, inputs = [], []
@@ -62,14 +69,28 @@ class Graph:
             raise KeyError(f"{kind} has no widget {sorted(widgets)}")
         values += UI_EXTRA_WIDGET_VALUES.get(kind, [])
         names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
-        outputs = [{"name": n, "type": t, "links": [], "slot_index": i}
-                   for i, (n, t) in enumerate(zip(names, cls.RETURN_TYPES))]
+        outputs = [
+            {"name": n, "type": t, "links": [], "slot_index": i}
+            for i, (n, t) in enumerate(zip(names, cls.RETURN_TYPES))
+        ]
         core = kind in CORE_NODES
-        node = {"id": len(self.nodes) + 1, "type": kind, "pos": list(pos), "size": list(size), "flags": {},
-                "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
-                "properties": {"Node name for S&R": kind, "cnr_id": "comfy-core" if core else PACK_ID,
-                               "ver": COMFYUI_VERSION if core else PACK_VERSION},
-                "widgets_values": values}
+        node = {
+            "id": len(self.nodes) + 1,
+            "type": kind,
+            "pos": list(pos),
+            "size": list(size),
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": outputs,
+            "properties": {
+                "Node name for S&R": kind,
+                "cnr_id": "comfy-core" if core else PACK_ID,
+                "ver": COMFYUI_VERSION if core else PACK_VERSION,
+            },
+            "widgets_values": values,
+        }
         if title:
             node["title"] = title
         self.nodes.append(node)
@@ -101,10 +122,18 @@ class Graph:
         for node in self.nodes:
             visit(node["id"])
             node["order"] = order[node["id"]]
-        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{PACK_ID}/{self.name}")), "revision": 0,
-                "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": [], "config": {},
-                "extra": {"ds": {"scale": 0.9, "offset": [40, 60]}}, "version": 0.4}
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{PACK_ID}/{self.name}")),
+            "revision": 0,
+            "last_node_id": len(self.nodes),
+            "last_link_id": len(self.links),
+            "nodes": self.nodes,
+            "links": self.links,
+            "groups": [],
+            "config": {},
+            "extra": {"ds": {"scale": 0.9, "offset": [40, 60]}},
+            "version": 0.4,
+        }
 
 
 def loader(g: Graph, pos=(0, 0)) -> dict:
@@ -135,8 +164,9 @@ def text_to_image_two_pass() -> Graph:
     scb = g.add("SCBBridge", (820, 0), size=(240, 110))
     draft = g.add("DeepGenSampler", (1100, 0), title="Draft (512x512)", size=(300, 330))
     up = g.add("LatentUpscaleBy", (1100, 380), {"upscale_method": "bicubic", "scale_by": 1.5}, size=(300, 110))
-    refine = g.add("DeepGenSampler", (1440, 0), {"denoise": 0.55}, title="Refine (768x768)", size=(300, 360),
-                   control="fixed")
+    refine = g.add(
+        "DeepGenSampler", (1440, 0), {"denoise": 0.55}, title="Refine (768x768)", size=(300, 360), control="fixed"
+    )
     preview = g.add("PreviewImage", (1440, 420), title="Draft preview", size=(300, 320))
     save = g.add("SaveImage", (1780, 0), {"filename_prefix": "DeepGen/t2i_two_pass"}, size=(420, 460))
     for node in (enc, scb, draft, refine):
@@ -203,8 +233,7 @@ def best_of_n() -> Graph:
     smp = g.add("DeepGenSampler", (1100, 0), {"batch_size": 4}, size=(300, 330))
     score = g.add("RewardScore", (1440, 0), {"prompt": SIGN_PROMPT, "rewards": "ocr"}, size=(420, 420))
     preview = g.add("PreviewImage", (1440, 460), title="All candidates", size=(420, 360))
-    save = g.add("SaveImage", (1900, 0), {"filename_prefix": "DeepGen/best_of_n"}, title="Best image",
-                 size=(420, 460))
+    save = g.add("SaveImage", (1900, 0), {"filename_prefix": "DeepGen/best_of_n"}, title="Best image", size=(420, 460))
     for node in (enc, scb, smp):
         g.link(model, "model", node, "model")
     g.link(enc, "think", scb, "think")

@@ -31,8 +31,7 @@ def _input_files() -> list[str]:
     if not folder or not os.path.isdir(folder):
         return []
     exts = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-    return sorted(f for f in os.listdir(folder)
-                  if os.path.isfile(os.path.join(folder, f)) and f.lower().endswith(exts))
+    return sorted(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)) and f.lower().endswith(exts))
 
 
 def _save_path(prefix: str, output_dir: str):
@@ -45,10 +44,10 @@ def _save_path(prefix: str, output_dir: str):
     os.makedirs(folder, exist_ok=True)
     counters = []
     for name in os.listdir(folder):
-        head = name[:len(filename) + 1]
+        head = name[: len(filename) + 1]
         if head[:-1] == filename and head[-1:] == "_":
             try:
-                counters.append(int(name[len(filename) + 1:].split("_")[0]))
+                counters.append(int(name[len(filename) + 1 :].split("_")[0]))
             except ValueError:
                 counters.append(0)
     return folder, filename, (max(counters) + 1 if counters else 1), subfolder
@@ -66,7 +65,13 @@ class SaveImage:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "The images to save."}),
-                "filename_prefix": ("STRING", {"default": "ComfyUI", "tooltip": "The prefix for the file to save. This may include formatting information such as %date:yyyy-MM-dd% or %Empty Latent Image.width% to include values from nodes."}),
+                "filename_prefix": (
+                    "STRING",
+                    {
+                        "default": "ComfyUI",
+                        "tooltip": "The prefix for the file to save. This may include formatting information such as %date:yyyy-MM-dd% or %Empty Latent Image.width% to include values from nodes.",
+                    },
+                ),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
@@ -106,8 +111,7 @@ class PreviewImage(SaveImage):
 
     @classmethod
     def INPUT_TYPES(s):
-        return {"required": {"images": ("IMAGE",)},
-                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+        return {"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
 
 class LoadImage:
@@ -146,8 +150,13 @@ class LatentUpscaleBy:
 
     @classmethod
     def INPUT_TYPES(s):
-        return {"required": {"samples": ("LATENT",), "upscale_method": (s.upscale_methods,),
-                             "scale_by": ("FLOAT", {"default": 1.5, "min": 0.01, "max": 8.0, "step": 0.01})}}
+        return {
+            "required": {
+                "samples": ("LATENT",),
+                "upscale_method": (s.upscale_methods,),
+                "scale_by": ("FLOAT", {"default": 1.5, "min": 0.01, "max": 8.0, "step": 0.01}),
+            }
+        }
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "upscale"
@@ -163,7 +172,11 @@ class LatentUpscaleBy:
         return (s,)
 
 
-CORE_NODES = {"SaveImage": SaveImage, "PreviewImage": PreviewImage, "LoadImage": LoadImage,
-              "LatentUpscaleBy": LatentUpscaleBy}
+CORE_NODES = {
+    "SaveImage": SaveImage,
+    "PreviewImage": PreviewImage,
+    "LoadImage": LoadImage,
+    "LatentUpscaleBy": LatentUpscaleBy,
+}
 # Extra widgets_values the front end appends that are not inputs (the image-upload button's value).
 UI_EXTRA_WIDGET_VALUES = {"LoadImage": ["image"]}

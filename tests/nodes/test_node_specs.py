@@ -21,8 +21,24 @@ OFFICIAL = ROOT / "tests" / "fixtures" / "deepgen-official-tiny"
 NODE_IDS = {"DeepGenLoader", "ThinkTokenEncode", "SCBBridge", "DeepGenSampler", "DeepGenEdit", "RewardScore"}
 NATIVE_TYPES = {"IMAGE", "LATENT", "CONDITIONING", "MASK", "FLOAT", "INT", "STRING", "BOOLEAN"}
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-OPTION_KEYS = {"default", "min", "max", "step", "round", "display", "multiline", "placeholder", "dynamicPrompts",
-               "label_on", "label_off", "tooltip", "lazy", "forceInput", "control_after_generate", "image_upload"}
+OPTION_KEYS = {
+    "default",
+    "min",
+    "max",
+    "step",
+    "round",
+    "display",
+    "multiline",
+    "placeholder",
+    "dynamicPrompts",
+    "label_on",
+    "label_off",
+    "tooltip",
+    "lazy",
+    "forceInput",
+    "control_after_generate",
+    "image_upload",
+}
 
 
 def test_all_node_modules_import():
@@ -85,8 +101,13 @@ def test_return_types_and_function(node_id):
 
 def test_custom_socket_types_connect():
     produced = {t for c in NODE_CLASS_MAPPINGS.values() for t in c.RETURN_TYPES if t.startswith("DEEPGEN_")}
-    consumed = {s[0] for c in NODE_CLASS_MAPPINGS.values() for sec in ("required", "optional")
-                for s in c.INPUT_TYPES().get(sec, {}).values() if isinstance(s[0], str) and s[0].startswith("DEEPGEN_")}
+    consumed = {
+        s[0]
+        for c in NODE_CLASS_MAPPINGS.values()
+        for sec in ("required", "optional")
+        for s in c.INPUT_TYPES().get(sec, {}).values()
+        if isinstance(s[0], str) and s[0].startswith("DEEPGEN_")
+    }
     assert produced == consumed == {"DEEPGEN_MODEL", "DEEPGEN_THINK", "DEEPGEN_COND"}
 
 
@@ -122,8 +143,11 @@ def test_loader_lists_demo_and_releases(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPGEN_MODELS_DIR", str(tmp_path))
     assert DeepGenLoader.INPUT_TYPES()["required"]["checkpoint"][0] == [TINY_CHOICE]
     # an official release folder in models/deepgen, and the split layout across the standard folders
-    shutil.copytree(OFFICIAL, tmp_path / "deepgen" / "official-tiny",
-                    ignore=shutil.ignore_patterns("inputs", "reference*", "README.md", "model.pt"))
+    shutil.copytree(
+        OFFICIAL,
+        tmp_path / "deepgen" / "official-tiny",
+        ignore=shutil.ignore_patterns("inputs", "reference*", "README.md", "model.pt"),
+    )
     shutil.copy(OFFICIAL / "model.safetensors", tmp_path / "deepgen" / "deepgen-tiny.safetensors")
     shutil.copytree(OFFICIAL / "Qwen2.5-VL-tiny", tmp_path / "text_encoders" / "Qwen2.5-VL-tiny")
     shutil.copytree(OFFICIAL / "UniPic2-tiny", tmp_path / "diffusion_models" / "UniPic2-tiny")
@@ -169,8 +193,12 @@ def test_loader_vae_override_must_be_16_channels(tmp_path):
     vae = _load_vae(str(OFFICIAL / "UniPic2-tiny" / "vae"), torch.float32)
     assert vae.config.latent_channels == 16
     config = json.loads((OFFICIAL / "UniPic2-tiny" / "vae" / "config.json").read_text())
-    config.update(latent_channels=4, block_out_channels=[8, 8], down_block_types=["DownEncoderBlock2D"] * 2,
-                  up_block_types=["UpDecoderBlock2D"] * 2)
+    config.update(
+        latent_channels=4,
+        block_out_channels=[8, 8],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+    )
     AutoencoderKL.from_config(config).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="16-channel"):
         _load_vae(str(tmp_path), torch.float32)
@@ -182,14 +210,23 @@ def test_loader_fingerprint_is_cheap_and_tracks_files(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPGEN_MODELS_DIR", str(tmp_path))
     release = tmp_path / "deepgen" / "official-tiny"
     shutil.copytree(OFFICIAL, release, ignore=shutil.ignore_patterns("inputs", "reference*", "README.md", "model.pt"))
-    args = dict(checkpoint="official-tiny", vlm="auto", diffusion="auto", vae="auto", precision="auto",
-                memory_mode="offload_vlm_after_encode", attention="sdpa", unique_id="1")
+    args = dict(
+        checkpoint="official-tiny",
+        vlm="auto",
+        diffusion="auto",
+        vae="auto",
+        precision="auto",
+        memory_mode="offload_vlm_after_encode",
+        attention="sdpa",
+        unique_id="1",
+    )
     import hashlib
 
     DeepGenLoader.IS_CHANGED(**args)  # imports done (libraries hash at import time)
 
     def no_hashing(*a, **k):
         raise AssertionError("IS_CHANGED must not hash model files")
+
     for name in ("sha256", "md5", "sha1", "blake2b", "file_digest"):
         monkeypatch.setattr(hashlib, name, no_hashing, raising=False)
     first = DeepGenLoader.IS_CHANGED(**args)
@@ -202,7 +239,8 @@ def test_loader_fingerprint_is_cheap_and_tracks_files(tmp_path, monkeypatch):
     os.utime(release / "model.safetensors", ns=(1, 1))
     assert DeepGenLoader.IS_CHANGED(**args) != first
     assert DeepGenLoader.IS_CHANGED(**{**args, "checkpoint": TINY_CHOICE}) == DeepGenLoader.IS_CHANGED(
-        **{**args, "checkpoint": TINY_CHOICE})
+        **{**args, "checkpoint": TINY_CHOICE}
+    )
 
 
 def test_reward_weights_parsing():
@@ -277,11 +315,22 @@ print("OK", heavy)
 def test_import_never_downloads_or_installs(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "HF_HOME": str(home / "hf"), "XDG_CACHE_HOME": str(home / "cache"),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "HF_HOME": str(home / "hf"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     before = sorted(p.name for p in ROOT.iterdir() if p.name != "__pycache__")
-    out = subprocess.run([sys.executable, "-c", GUARD, str(ROOT), str(tmp_path / "models")], env=env,
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", GUARD, str(ROOT), str(tmp_path / "models")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("OK []"), out.stdout  # not even torch is imported until a node runs
     assert list(home.iterdir()) == []  # no cache written

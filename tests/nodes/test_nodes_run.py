@@ -38,9 +38,11 @@ def test_text_to_image_chain(handle):
     model = handle.model
     think, cond, positive, negative, images, latent = t2i(handle, batch_size=2)
     # DEEPGEN_THINK: prompt and negative co-batched in one VLM call
-    assert think.scb_input.shape[0] == 2 and think.negative_prompts == [""] and think.prompts == ["a red fox in the snow"]
+    assert (
+        think.scb_input.shape[0] == 2 and think.negative_prompts == [""] and think.prompts == ["a red fox in the snow"]
+    )
     # native CONDITIONING [[cross_attn, {"pooled_output"}]] with the DiT's widths
-    (ctx, extra), = positive
+    ((ctx, extra),) = positive
     assert ctx.shape[0] == 1 and ctx.shape[2] == model.transformer.config.joint_attention_dim
     assert extra["pooled_output"].shape == (1, model.transformer.config.pooled_projection_dim)
     assert "reference_latents" not in extra and negative[0][0].shape == ctx.shape
@@ -72,12 +74,14 @@ def test_latent_is_comfyui_sd3_raw_vae_space(handle):
 
 def test_sampler_takes_a_latent_and_denoise(handle):
     _, cond, _, _, _, latent = t2i(handle)
-    same, _ = N["DeepGenSampler"]().sample(handle, cond, **{**SAMPLER, "width": 0, "height": 0}, latent=latent,
-                                               denoise=1.0)
+    same, _ = N["DeepGenSampler"]().sample(
+        handle, cond, **{**SAMPLER, "width": 0, "height": 0}, latent=latent, denoise=1.0
+    )
     assert same.shape == (1, SIZE, SIZE, 3)  # size from the latent; denoise 1 repaints everything
     bigger = {"samples": torch.nn.functional.interpolate(latent["samples"], scale_factor=1.5, mode="bicubic")}
-    refined, out = N["DeepGenSampler"]().sample(handle, cond, **{**SAMPLER, "steps": 4, "batch_size": 3},
-                                                latent=bigger, denoise=0.5)
+    refined, out = N["DeepGenSampler"]().sample(
+        handle, cond, **{**SAMPLER, "steps": 4, "batch_size": 3}, latent=bigger, denoise=0.5
+    )
     assert refined.shape == (3, 96, 96, 3) and out["samples"].shape == (3, 16, 12, 12)
     with pytest.raises(ValueError, match="16-channel SD3 latents"):
         N["DeepGenSampler"]().sample(handle, cond, **SAMPLER, latent={"samples": torch.zeros(1, 4, 8, 8)})
@@ -123,10 +127,21 @@ def test_edit_with_several_references(handle):
     from deepgen import constants
 
     first, second = picture(2), picture(3, 32, 64)
-    images, latent = N["DeepGenEdit"]().edit(handle, first, "put the object of image 2 into image 1",
-                                             constants.EDIT_NEGATIVE_PROMPT, width=0, height=0, batch_size=2,
-                                             steps=1, cfg=4.0, shift=3.0, seed=1, reference_resize="keep",
-                                             image_2=second)
+    images, latent = N["DeepGenEdit"]().edit(
+        handle,
+        first,
+        "put the object of image 2 into image 1",
+        constants.EDIT_NEGATIVE_PROMPT,
+        width=0,
+        height=0,
+        batch_size=2,
+        steps=1,
+        cfg=4.0,
+        shift=3.0,
+        seed=1,
+        reference_resize="keep",
+        image_2=second,
+    )
     assert images.shape == (2, SIZE, SIZE, 3) and latent["samples"].shape == (2, 16, 8, 8)
     (think,) = N["ThinkTokenEncode"]().encode(handle, "x", "", "keep", image_1=first, image_3=torch.cat([second] * 2))
     assert [tuple(r.shape) for r in think.references[0]] == [(3, 64, 64), (3, 32, 64), (3, 32, 64)]
@@ -222,8 +237,10 @@ class MoveLog:
         monkeypatch.setattr(cs, "free_memory", lambda nbytes=None, device=None: self.freed.append((nbytes, device)))
         monkeypatch.setattr(handle, "_move", self.record)
         self.parts = {id(getattr(handle.model, p)): p for p in ("lmm", "transformer", "vae")}
-        self.sizes = {p: sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])
-                      for p, m in ((p, getattr(handle.model, p)) for p in self.parts.values())}
+        self.sizes = {
+            p: sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])
+            for p, m in ((p, getattr(handle.model, p)) for p in self.parts.values())
+        }
 
     def record(self, module, device):
         part, kind = self.parts.get(id(module), "scb"), torch.device(device).type
@@ -269,16 +286,27 @@ def test_loader_reads_both_release_layouts_from_model_folders(tmp_path, monkeypa
     save_diffusers_release(tiny, tmp_path / "deepgen" / "DeepGen-1.0-diffusers-tiny")
     loader = N["DeepGenLoader"]
     assert loader.INPUT_TYPES()["required"]["checkpoint"][0] == [
-        TINY_CHOICE, "DeepGen-1.0-diffusers-tiny", "deepgen-official-tiny.safetensors"]
+        TINY_CHOICE,
+        "DeepGen-1.0-diffusers-tiny",
+        "deepgen-official-tiny.safetensors",
+    ]
 
-    (official,) = loader().load("deepgen-official-tiny.safetensors", "Qwen2.5-VL-tiny", "UniPic2-tiny", "auto",
-                                "fp32", "offload_vlm_after_encode", "sdpa")
+    (official,) = loader().load(
+        "deepgen-official-tiny.safetensors",
+        "Qwen2.5-VL-tiny",
+        "UniPic2-tiny",
+        "auto",
+        "fp32",
+        "offload_vlm_after_encode",
+        "sdpa",
+    )
     assert official.sources["layout"] == "official"
     *_, images, _ = t2i(official, steps=1)
     assert images.shape == (1, SIZE, SIZE, 3)
 
-    (diffusers,) = loader().load("DeepGen-1.0-diffusers-tiny", "auto", "auto", "auto", "auto", "keep_all_on_gpu",
-                                 "sdpa")
+    (diffusers,) = loader().load(
+        "DeepGen-1.0-diffusers-tiny", "auto", "auto", "auto", "auto", "keep_all_on_gpu", "sdpa"
+    )
     assert diffusers.sources["layout"] == "diffusers"
     a, b = tiny.state_dict(), diffusers.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -318,8 +346,12 @@ def test_inside_comfyui_progress_previews_and_interrupt(handle, monkeypatch):
     mm.free_memory = lambda *a, **k: None
     utils = types.ModuleType("comfy.utils")
     utils.ProgressBar = ProgressBar
-    for name, module in {"comfy": types.ModuleType("comfy"), "comfy.model_management": mm, "comfy.utils": utils,
-                         "folder_paths": types.ModuleType("folder_paths")}.items():
+    for name, module in {
+        "comfy": types.ModuleType("comfy"),
+        "comfy.model_management": mm,
+        "comfy.utils": utils,
+        "folder_paths": types.ModuleType("folder_paths"),
+    }.items():
         monkeypatch.setitem(sys.modules, name, module)
     assert cs.in_comfyui()
 

@@ -24,11 +24,22 @@ for _p in (str(ROOT / "tests"), str(ROOT), str(HERE)):
 from trainer_kit import assert_same_outputs, one_thread, outputs, write_folder_dataset  # noqa: E402
 
 from nodes import comfy_services as cs  # noqa: E402
-from nodes.training import DeepGenLoRALoader, DeepGenTrainLoRA, NO_LORAS  # noqa: E402
+from nodes.training import NO_LORAS, DeepGenLoRALoader, DeepGenTrainLoRA  # noqa: E402
 
 WORKFLOW = "deepgen_lora_finetune.json"
-FAST = dict(steps=3, learning_rate=1e-2, rank=4, validation_prompt="", save_every=2, resume=True, seed=0,
-            batch_size=1, resolution=64, gradient_checkpointing=True, validation_steps=2)
+FAST = dict(
+    steps=3,
+    learning_rate=1e-2,
+    rank=4,
+    validation_prompt="",
+    save_every=2,
+    resume=True,
+    seed=0,
+    batch_size=1,
+    resolution=64,
+    gradient_checkpointing=True,
+    validation_steps=2,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -66,10 +77,18 @@ def same_state(a, b):
 def train_node(handle, dataset, **kw):
     args = {**FAST, **kw}
     with torch.inference_mode():  # ComfyUI runs every node like this
-        return DeepGenTrainLoRA().train(handle, str(dataset), args.pop("lora_name", "test_lora"),
-                                        args.pop("steps"), args.pop("learning_rate"), args.pop("rank"),
-                                        args.pop("train_dit_lora", True), args.pop("train_vlm_lora", False),
-                                        args.pop("train_connector", False), **args)
+        return DeepGenTrainLoRA().train(
+            handle,
+            str(dataset),
+            args.pop("lora_name", "test_lora"),
+            args.pop("steps"),
+            args.pop("learning_rate"),
+            args.pop("rank"),
+            args.pop("train_dit_lora", True),
+            args.pop("train_vlm_lora", False),
+            args.pop("train_connector", False),
+            **args,
+        )
 
 
 def test_train_lora_node_round_trip(dataset, tmp_path):
@@ -84,8 +103,9 @@ def test_train_lora_node_round_trip(dataset, tmp_path):
     listener = lambda event, payload: events.append((event, payload))  # noqa: E731
     cs.add_event_listener(listener)
     try:
-        trained, lora_path, loss, images = train_node(handle, dataset, train_vlm_lora=True, train_connector=True,
-                                                      unique_id="12")
+        trained, lora_path, loss, images = train_node(
+            handle, dataset, train_vlm_lora=True, train_connector=True, unique_id="12"
+        )
     finally:
         cs.remove_event_listener(listener)
 
@@ -199,13 +219,19 @@ def test_bad_input_fails_clearly(dataset, tmp_path, monkeypatch):
 
     wrong = tmp_path / "models" / "loras" / "wrong.safetensors"
     wrong.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 7),
-               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(32, 4)}, str(wrong))
+    save_file(
+        {
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 7),
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(32, 4),
+        },
+        str(wrong),
+    )
     with pytest.raises(LoraError, match="another model size"):
         DeepGenLoRALoader().load(handle, "wrong.safetensors", 1.0)
 
 
 # ---- the shipped workflow ------------------------------------------------------------------------------------
+
 
 def lora_finetune_workflow() -> dict:
     """Dataset folder -> DeepGenTrainLoRA -> sample with the LoRA (+ validation previews)."""
@@ -213,11 +239,22 @@ def lora_finetune_workflow() -> dict:
 
     g = Graph("lora_finetune")
     model = loader(g)
-    train = g.add("DeepGenTrainLoRA", (380, 0), {
-        "dataset": "deepgen_lora_dataset", "lora_name": "my_deepgen_lora",
-        "validation_prompt": "a portrait of a woman in the style of the training images"}, size=(400, 640))
-    enc = g.add("ThinkTokenEncode", (820, 0), {"prompt": "a lighthouse on a cliff at dusk in the style of the "
-                                                        "training images"}, size=(400, 260))
+    train = g.add(
+        "DeepGenTrainLoRA",
+        (380, 0),
+        {
+            "dataset": "deepgen_lora_dataset",
+            "lora_name": "my_deepgen_lora",
+            "validation_prompt": "a portrait of a woman in the style of the training images",
+        },
+        size=(400, 640),
+    )
+    enc = g.add(
+        "ThinkTokenEncode",
+        (820, 0),
+        {"prompt": "a lighthouse on a cliff at dusk in the style of the training images"},
+        size=(400, 260),
+    )
     scb = g.add("SCBBridge", (1260, 0), size=(240, 110))
     smp = g.add("DeepGenSampler", (1540, 0), size=(300, 330))
     save = g.add("SaveImage", (1880, 0), {"filename_prefix": "DeepGen/lora_finetune"}, size=(420, 460))
@@ -240,7 +277,9 @@ def test_lora_finetune_workflow_runs(tmp_path, dataset, demo_model, monkeypatch)
 
     classes = {**core.CORE_NODES, **NODE_CLASS_MAPPINGS}
     workflow = json.loads((ROOT / "workflows" / WORKFLOW).read_text(encoding="utf-8"))
-    built = lora_finetune_workflow()  # after changing node inputs, regenerate: python tests/nodes/test_training_nodes.py
+    built = (
+        lora_finetune_workflow()
+    )  # after changing node inputs, regenerate: python tests/nodes/test_training_nodes.py
     assert [n["type"] for n in workflow["nodes"]] == [n["type"] for n in built["nodes"]]
     assert workflow["links"] == built["links"]
     check_workflow(workflow, classes, core.UI_EXTRA_WIDGET_VALUES)
@@ -250,10 +289,22 @@ def test_lora_finetune_workflow_runs(tmp_path, dataset, demo_model, monkeypatch)
     monkeypatch.setattr(core, "DIRS", {k: str(v) for k, v in dirs.items()})
     prompt = ui_to_api(workflow, classes, core.UI_EXTRA_WIDGET_VALUES)
     before = state(demo_model)
-    results, ui, _ = execute(prompt, classes, extra_pnginfo={"workflow": workflow}, overrides={
-        "DeepGenTrainLoRA": {"dataset": str(dataset), "steps": 2, "resolution": 64, "validation_steps": 2,
-                             "save_every": 0, "rank": 2},
-        "DeepGenSampler": {"steps": 2, "width": 64, "height": 64}})
+    results, ui, _ = execute(
+        prompt,
+        classes,
+        extra_pnginfo={"workflow": workflow},
+        overrides={
+            "DeepGenTrainLoRA": {
+                "dataset": str(dataset),
+                "steps": 2,
+                "resolution": 64,
+                "validation_steps": 2,
+                "save_every": 0,
+                "rank": 2,
+            },
+            "DeepGenSampler": {"steps": 2, "width": 64, "height": 64},
+        },
+    )
     train_id = next(nid for nid, n in prompt.items() if n["class_type"] == "DeepGenTrainLoRA")
     assert Path(results[train_id][1][0]).is_file() and len(results[train_id][2][0]["loss"]) == 2
     assert sorted(dirs["output"].rglob("*.png")), "the workflow saved no image"

@@ -52,8 +52,14 @@ def comfy_dirs(tmp_path, monkeypatch):
 
 def test_every_workflow_is_listed():
     names = {p.name for p in WORKFLOWS}
-    assert {"deepgen_text_to_image.json", "deepgen_text_to_image_two_pass.json", "deepgen_edit.json",
-            "deepgen_edit_multi_reference.json", "deepgen_edit_composed.json", "deepgen_best_of_n.json"} <= names
+    assert {
+        "deepgen_text_to_image.json",
+        "deepgen_text_to_image_two_pass.json",
+        "deepgen_edit.json",
+        "deepgen_edit_multi_reference.json",
+        "deepgen_edit_composed.json",
+        "deepgen_best_of_n.json",
+    } <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -111,16 +117,19 @@ def _node(workflow, kind):
     return next(n for n in workflow["nodes"] if n["type"] == kind)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda w: _node(w, "DeepGenSampler")["widgets_values"].__setitem__(0, 500), "multiple of 16"),
-    (lambda w: _node(w, "DeepGenSampler")["widgets_values"].__setitem__(3, 0), "min"),
-    (lambda w: _node(w, "DeepGenSampler")["widgets_values"].__setitem__(7, "sometimes"), "control_after_generate"),
-    (lambda w: _node(w, "DeepGenLoader")["widgets_values"].__setitem__(4, "fp8"), "not one of"),
-    (lambda w: _node(w, "SaveImage").__setitem__("type", "SaveImageWebsocket"), "unknown node type"),
-    (lambda w: w["links"][0].__setitem__(5, "MODEL"), "link 1"),
-    (lambda w: _node(w, "SCBBridge")["inputs"][1].__setitem__("link", None), "required input 'think'"),
-    (lambda w: _node(w, "SaveImage")["widgets_values"].append("extra"), "unexpected extra"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda w: _node(w, "DeepGenSampler")["widgets_values"].__setitem__(0, 500), "multiple of 16"),
+        (lambda w: _node(w, "DeepGenSampler")["widgets_values"].__setitem__(3, 0), "min"),
+        (lambda w: _node(w, "DeepGenSampler")["widgets_values"].__setitem__(7, "sometimes"), "control_after_generate"),
+        (lambda w: _node(w, "DeepGenLoader")["widgets_values"].__setitem__(4, "fp8"), "not one of"),
+        (lambda w: _node(w, "SaveImage").__setitem__("type", "SaveImageWebsocket"), "unknown node type"),
+        (lambda w: w["links"][0].__setitem__(5, "MODEL"), "link 1"),
+        (lambda w: _node(w, "SCBBridge")["inputs"][1].__setitem__("link", None), "required input 'think'"),
+        (lambda w: _node(w, "SaveImage")["widgets_values"].append("extra"), "unexpected extra"),
+    ],
+)
 def test_checker_catches_broken_workflows(comfy_dirs, mutate, message):
     from workflow_harness import WorkflowError
 

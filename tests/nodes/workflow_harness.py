@@ -74,11 +74,13 @@ def map_widgets(cls, values, extra_allowed=()) -> dict:
         i += 1
         if has_control_widget(name, spec):
             if i >= len(values) or values[i] not in CONTROL_VALUES:
-                raise WorkflowError(f"{cls.__name__}: '{name}' needs a control_after_generate value "
-                                    f"({'/'.join(sorted(CONTROL_VALUES))}) after it, got {values[i:i + 1]}")
+                raise WorkflowError(
+                    f"{cls.__name__}: '{name}' needs a control_after_generate value "
+                    f"({'/'.join(sorted(CONTROL_VALUES))}) after it, got {values[i : i + 1]}"
+                )
             i += 1
     rest = values[i:]
-    if list(rest) != list(extra_allowed)[:len(rest)]:
+    if list(rest) != list(extra_allowed)[: len(rest)]:
         raise WorkflowError(f"{cls.__name__}: unexpected extra widgets_values {rest}")
     return out
 
@@ -139,8 +141,19 @@ def check_workflow(workflow: dict, classes: dict, extra_widget_values: dict) -> 
         raise WorkflowError("last_link_id is smaller than a link id")
 
     for node in workflow["nodes"]:
-        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
-                    "widgets_values"):
+        for key in (
+            "id",
+            "type",
+            "pos",
+            "size",
+            "flags",
+            "order",
+            "mode",
+            "inputs",
+            "outputs",
+            "properties",
+            "widgets_values",
+        ):
             if key not in node:
                 raise WorkflowError(f"node {node.get('id')} has no {key!r}")
         kind = node["type"]
@@ -155,11 +168,15 @@ def check_workflow(workflow: dict, classes: dict, extra_widget_values: dict) -> 
                 raise WorkflowError(f"node {node['id']} ({kind}): no input named {inp['name']!r}")
             spec, _ = specs[inp["name"]]
             if inp["type"] != socket_type(spec):
-                raise WorkflowError(f"node {node['id']} ({kind}).{inp['name']}: type {inp['type']} != {socket_type(spec)}")
+                raise WorkflowError(
+                    f"node {node['id']} ({kind}).{inp['name']}: type {inp['type']} != {socket_type(spec)}"
+                )
             if inp.get("link") is not None:
                 link = links.get(inp["link"])
                 if link is None or link[3] != node["id"] or link[4] != slot:
-                    raise WorkflowError(f"node {node['id']} ({kind}).{inp['name']}: link {inp['link']} does not end here")
+                    raise WorkflowError(
+                        f"node {node['id']} ({kind}).{inp['name']}: link {inp['link']} does not end here"
+                    )
                 connected.add(inp["name"])
         for name, (spec, required) in specs.items():
             if is_widget(spec):
@@ -171,11 +188,14 @@ def check_workflow(workflow: dict, classes: dict, extra_widget_values: dict) -> 
         if result is not True:
             raise WorkflowError(f"node {node['id']} ({kind}): VALIDATE_INPUTS says: {result}")
         if len(node["outputs"]) != len(cls.RETURN_TYPES):
-            raise WorkflowError(f"node {node['id']} ({kind}): {len(node['outputs'])} outputs, class has "
-                                f"{len(cls.RETURN_TYPES)}")
+            raise WorkflowError(
+                f"node {node['id']} ({kind}): {len(node['outputs'])} outputs, class has {len(cls.RETURN_TYPES)}"
+            )
         for slot, out in enumerate(node["outputs"]):
             if out["type"] != cls.RETURN_TYPES[slot]:
-                raise WorkflowError(f"node {node['id']} ({kind}) output {slot}: {out['type']} != {cls.RETURN_TYPES[slot]}")
+                raise WorkflowError(
+                    f"node {node['id']} ({kind}) output {slot}: {out['type']} != {cls.RETURN_TYPES[slot]}"
+                )
             for link_id in out.get("links") or []:
                 link = links.get(link_id)
                 if link is None or link[1] != node["id"] or link[2] != slot:
@@ -214,8 +234,11 @@ def ui_to_api(workflow: dict, classes: dict, extra_widget_values: dict) -> dict:
             elif name in widgets:
                 value = widgets[name]
                 inputs[name] = {"__value__": value} if isinstance(value, list) else value
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
-                                   "_meta": {"title": node.get("title") or node["type"]}}
+        prompt[str(node["id"])] = {
+            "class_type": node["type"],
+            "inputs": inputs,
+            "_meta": {"title": node.get("title") or node["type"]},
+        }
     return prompt
 
 
@@ -252,8 +275,11 @@ def execute(prompt: dict, classes: dict, extra_pnginfo: dict | None = None, over
     # validation before anything runs, as ComfyUI's validate_prompt does
     for nid in order:
         cls = classes[prompt[nid]["class_type"]]
-        constants = {k: (v["__value__"] if isinstance(v, dict) and "__value__" in v else v)
-                     for k, v in prompt[nid]["inputs"].items() if not _is_link(v)}
+        constants = {
+            k: (v["__value__"] if isinstance(v, dict) and "__value__" in v else v)
+            for k, v in prompt[nid]["inputs"].items()
+            if not _is_link(v)
+        }
         result = run_validate_inputs(cls, constants)
         if result is not True:
             raise WorkflowError(f"node {nid} ({cls.__name__}) failed validation: {result}")
@@ -299,8 +325,9 @@ def _run(prompt, classes, order, extra_pnginfo):
                     ui[nid].setdefault(key, []).extend(value)
                 r = r.get("result", ())
             if len(r) != len(cls.RETURN_TYPES):
-                raise WorkflowError(f"node {nid} ({cls.__name__}) returned {len(r)} values for "
-                                    f"{len(cls.RETURN_TYPES)} outputs")
+                raise WorkflowError(
+                    f"node {nid} ({cls.__name__}) returned {len(r)} values for {len(cls.RETURN_TYPES)} outputs"
+                )
             for j, value in enumerate(r):
                 outs[j].extend(value) if is_list[j] else outs[j].append(value)
         results[nid] = outs

@@ -37,7 +37,7 @@ def parse_step(name: str) -> int | None:
     """The step of a ``checkpoint-<step>`` folder name, or None for any other name."""
     if not name.startswith(CHECKPOINT_PREFIX):
         return None
-    tail = name[len(CHECKPOINT_PREFIX):]
+    tail = name[len(CHECKPOINT_PREFIX) :]
     return int(tail) if tail.isdigit() else None
 
 

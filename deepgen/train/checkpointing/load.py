@@ -56,15 +56,20 @@ def _unreadable(p: Path, name: str, e: BaseException) -> CheckpointError:
     """The error for file ``name`` of checkpoint ``p`` that cannot be read, naming the earlier ones to use."""
     reason = " ".join(str(e).split())
     if ". " in reason[20:]:  # the first sentence is the reason; libraries append advice that is not ours
-        reason = reason[:20 + reason[20:].index(". ")]
+        reason = reason[: 20 + reason[20:].index(". ")]
     reason = (reason[:157] + "…" if len(reason) > 160 else reason) or type(e).__name__
-    problem = (f"{name} in the checkpoint {p} cannot be read ({type(e).__name__}: {reason}): it is truncated, "
-               "damaged or not a DeepGen training checkpoint file")
+    problem = (
+        f"{name} in the checkpoint {p} cannot be read ({type(e).__name__}: {reason}): it is truncated, "
+        "damaged or not a DeepGen training checkpoint file"
+    )
     mine = parse_step(p.name)
     earlier = [c.name for step, c in list_checkpoints(p.parent) if c != p and (mine is None or step < mine)][-3:]
-    todo = (f"resume from an earlier checkpoint (resume = '{p.parent / earlier[-1]}'; others: "
-            f"{', '.join(earlier[:-1]) or 'none'}) or start anew (resume = 'no')" if earlier
-            else "start anew with resume = 'no' (or another output_dir)")
+    todo = (
+        f"resume from an earlier checkpoint (resume = '{p.parent / earlier[-1]}'; others: "
+        f"{', '.join(earlier[:-1]) or 'none'}) or start anew (resume = 'no')"
+        if earlier
+        else "start anew with resume = 'no' (or another output_dir)"
+    )
     return _UnreadableCheckpoint(f"{problem}; {todo}", problem)
 
 
@@ -101,8 +106,9 @@ def _load_trainable(p: Path, map_location: Any) -> dict[str, Tensor]:
         raise _unreadable(p, TRAINABLE_FILE, e) from e
 
 
-def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", load_trainable: bool = True,
-                    load_optimizer: bool = True) -> Checkpoint:
+def load_checkpoint(
+    path: PathLike, *, map_location: Any = "cpu", load_trainable: bool = True, load_optimizer: bool = True
+) -> Checkpoint:
     """Load a checkpoint folder, or the latest one if ``path`` is an output folder.
 
     Everything is read with ``weights_only=True``.  Raises :class:`CheckpointError` if none is found, or if a
@@ -112,21 +118,26 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", load_trainable
     if not (p / STATE_FILE).is_file():
         latest = find_latest_checkpoint(p)
         if latest is None:
-            raise CheckpointError(f"No complete checkpoint in {p} (looked for {CHECKPOINT_PREFIX}*/ with "
-                                  f"{STATE_FILE}).")
+            raise CheckpointError(
+                f"No complete checkpoint in {p} (looked for {CHECKPOINT_PREFIX}*/ with {STATE_FILE})."
+            )
         p = latest
     state = _read_json(p, STATE_FILE)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{p} is not a DeepGen training checkpoint ({STATE_FILE} format {found!r}); "
-                              "point resume / init_from at a folder written by deepgen train.")
+        raise CheckpointError(
+            f"{p} is not a DeepGen training checkpoint ({STATE_FILE} format {found!r}); "
+            "point resume / init_from at a folder written by deepgen train."
+        )
     try:
         version, step = int(state.get("format_version", 0)), int(state["step"])
     except (KeyError, TypeError, ValueError) as e:
         raise _unreadable(p, STATE_FILE, e) from e
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{p} has format version {state['format_version']}; this code reads ≤ "
-                              f"{FORMAT_VERSION}. Update ComfyUI-DeepGen.")
+        raise CheckpointError(
+            f"{p} has format version {state['format_version']}; this code reads ≤ "
+            f"{FORMAT_VERSION}. Update ComfyUI-DeepGen."
+        )
     trainable = _load_trainable(p, map_location) if load_trainable else {}
     opt = {}
     if load_optimizer and (p / OPTIMIZER_FILE).is_file():
@@ -136,14 +147,23 @@ def load_checkpoint(path: PathLike, *, map_location: Any = "cpu", load_trainable
     data_position, extra = state.get("data_position"), state.get("extra") or {}
     if not isinstance(data_position, (dict, type(None))) or not isinstance(extra, dict):
         raise _unreadable(p, STATE_FILE, TypeError("data_position / extra are not objects"))
-    return Checkpoint(path=p, step=step, trainable=trainable, optimizer=opt.get("optimizer"),
-                      lr_scheduler=opt.get("lr_scheduler"), grad_scaler=opt.get("grad_scaler"),
-                      rng_states=list(rng.get("per_rank", [])), data_position=data_position,
-                      config=config, extra=extra)
+    return Checkpoint(
+        path=p,
+        step=step,
+        trainable=trainable,
+        optimizer=opt.get("optimizer"),
+        lr_scheduler=opt.get("lr_scheduler"),
+        grad_scaler=opt.get("grad_scaler"),
+        rng_states=list(rng.get("per_rank", [])),
+        data_position=data_position,
+        config=config,
+        extra=extra,
+    )
 
 
-def load_latest_intact(output_dir: PathLike, *, warn: Callable[[str], None] | None = None,
-                       **kwargs) -> Checkpoint | None:
+def load_latest_intact(
+    output_dir: PathLike, *, warn: Callable[[str], None] | None = None, **kwargs
+) -> Checkpoint | None:
     """``resume = "auto"``: the newest checkpoint of ``output_dir`` that loads, or None if there is none.
 
     A checkpoint that cannot be read (a truncated or foreign file) is skipped with one ``warn`` line naming it,
@@ -153,8 +173,11 @@ def load_latest_intact(output_dir: PathLike, *, warn: Callable[[str], None] | No
     first = find_latest_checkpoint(out)
     if first is None:
         return None
-    candidates = [first] + [c for _, c in reversed(list_checkpoints(out))
-                            if c != first and (parse_step(c.name) or 0) < (parse_step(first.name) or 0)]
+    candidates = [first] + [
+        c
+        for _, c in reversed(list_checkpoints(out))
+        if c != first and (parse_step(c.name) or 0) < (parse_step(first.name) or 0)
+    ]
     broken = []
     for candidate in candidates:
         try:
@@ -163,9 +186,13 @@ def load_latest_intact(output_dir: PathLike, *, warn: Callable[[str], None] | No
             broken.append(candidate.name)
             if warn is not None:
                 following = candidates[len(broken)].name if len(broken) < len(candidates) else None
-                warn(f"skipping the broken checkpoint {candidate.name}: {getattr(e, 'problem', e)}"
-                     + (f"; resuming from the earlier {following} instead" if following else ""))
+                warn(
+                    f"skipping the broken checkpoint {candidate.name}: {getattr(e, 'problem', e)}"
+                    + (f"; resuming from the earlier {following} instead" if following else "")
+                )
             continue
         return ckpt
-    raise CheckpointError(f"no checkpoint in {out} can be read ({', '.join(broken)} are truncated or damaged); "
-                          "delete them to start anew, or set resume = 'no' with another output_dir")
+    raise CheckpointError(
+        f"no checkpoint in {out} can be read ({', '.join(broken)} are truncated or damaged); "
+        "delete them to start anew, or set resume = 'no' with another output_dir"
+    )

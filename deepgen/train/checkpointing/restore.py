@@ -15,8 +15,9 @@ from .load import Checkpoint
 from .rng import restore_rng_state
 
 
-def load_trainable_into(params: Mapping[str, Tensor] | nn.Module, tensors: Mapping[str, Tensor], *,
-                        strict: bool = True) -> tuple[list[str], list[str]]:
+def load_trainable_into(
+    params: Mapping[str, Tensor] | nn.Module, tensors: Mapping[str, Tensor], *, strict: bool = True
+) -> tuple[list[str], list[str]]:
     """Copy saved tensors into the live parameters (by name); returns ``(missing, unexpected)``.
 
     ``strict`` raises :class:`CheckpointError` on missing/unexpected names; shape mismatches always raise.
@@ -29,13 +30,15 @@ def load_trainable_into(params: Mapping[str, Tensor] | nn.Module, tensors: Mappi
         raise CheckpointError(
             f"checkpoint parameters do not match the trainable parameters: {len(missing)} missing "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). Train the same "
-            "parts (train_* / LoRA settings) as the saved run.")
+            "parts (train_* / LoRA settings) as the saved run."
+        )
     with torch.no_grad():
         for name in params.keys() & tensors.keys():
             dst, src = params[name], tensors[name]
             if dst.shape != src.shape:
-                raise CheckpointError(f"{name}: checkpoint shape {tuple(src.shape)} != parameter shape "
-                                      f"{tuple(dst.shape)}")
+                raise CheckpointError(
+                    f"{name}: checkpoint shape {tuple(src.shape)} != parameter shape {tuple(dst.shape)}"
+                )
             dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
     return missing, unexpected
 
@@ -56,13 +59,22 @@ def _restore_optimizer(ckpt: Checkpoint, optimizer: Any) -> None:
             "the optimizer's parameters differ from the checkpoint's (by name or order): saved "
             f"{[len(n) for n in saved if n is not None]} per group, "
             f"now {[len(n) for n in current if n is not None]}; build the optimizer "
-            "with deepgen.train.optim.build_optimizer over the same trainable parameters.")
+            "with deepgen.train.optim.build_optimizer over the same trainable parameters."
+        )
     optimizer.load_state_dict(ckpt.optimizer)
 
 
-def restore_training_state(ckpt: Checkpoint, *, params: Mapping[str, Tensor] | nn.Module | None = None,
-                           optimizer: Any = None, lr_scheduler: Any = None, grad_scaler: Any = None,
-                           rank: int = 0, restore_rng: bool = True, strict: bool = True) -> None:
+def restore_training_state(
+    ckpt: Checkpoint,
+    *,
+    params: Mapping[str, Tensor] | nn.Module | None = None,
+    optimizer: Any = None,
+    lr_scheduler: Any = None,
+    grad_scaler: Any = None,
+    rank: int = 0,
+    restore_rng: bool = True,
+    strict: bool = True,
+) -> None:
     """Put a loaded checkpoint back: parameters, optimizer, LR schedule, grad scaler and RNG of ``rank``.
 
     The optimizer must have been built the same way (same trainable parameters in the same order);
@@ -85,7 +97,9 @@ def restore_training_state(ckpt: Checkpoint, *, params: Mapping[str, Tensor] | n
         if rank < len(ckpt.rng_states):
             restore_rng_state(ckpt.rng_states[rank])
         else:
-            warnings.warn(f"checkpoint has RNG states for {len(ckpt.rng_states)} process(es); rank {rank} "
-                          "uses rank 0's, so random draws on this rank will not continue the saved run",
-                          stacklevel=2)
+            warnings.warn(
+                f"checkpoint has RNG states for {len(ckpt.rng_states)} process(es); rank {rank} "
+                "uses rank 0's, so random draws on this rank will not continue the saved run",
+                stacklevel=2,
+            )
             restore_rng_state(ckpt.rng_states[0])

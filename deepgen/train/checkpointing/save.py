@@ -88,8 +88,10 @@ def check_output_dir_writable(path: PathLike) -> Path:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CheckpointError(f"Cannot create the output folder {p} ({_os_reason(e)}); choose another "
-                                     "output_dir or fix the permissions of its parent.") from e
+        raise CheckpointError(
+            f"Cannot create the output folder {p} ({_os_reason(e)}); choose another "
+            "output_dir or fix the permissions of its parent."
+        ) from e
     probe = p / f".write-test-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         with open(probe, "wb") as f:
@@ -98,10 +100,14 @@ def check_output_dir_writable(path: PathLike) -> Path:
             os.fsync(f.fileno())
     except OSError as e:
         if e.errno in _DISK_FULL:
-            raise ResourceError(f"disk full: cannot write in the output folder {p} ({_os_reason(e)}); "
-                                       "free space, or choose another output_dir") from e
-        raise CheckpointError(f"The output folder {p} is not writable ({_os_reason(e)}); choose another "
-                                     "output_dir or fix its permissions.") from e
+            raise ResourceError(
+                f"disk full: cannot write in the output folder {p} ({_os_reason(e)}); "
+                "free space, or choose another output_dir"
+            ) from e
+        raise CheckpointError(
+            f"The output folder {p} is not writable ({_os_reason(e)}); choose another "
+            "output_dir or fix its permissions."
+        ) from e
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
@@ -145,8 +151,9 @@ def _remove_stale(output_dir: Path) -> None:
 
 def _write_error(e: OSError, final: Path, out: Path, previous: Path | None) -> ResourceError:
     """The one-line error of a checkpoint write that failed (the temp folder is already removed)."""
-    kept = (f"the previous checkpoint {previous.name} is intact" if previous is not None
-            else "no earlier checkpoint exists")
+    kept = (
+        f"the previous checkpoint {previous.name} is intact" if previous is not None else "no earlier checkpoint exists"
+    )
     if e.errno in _DISK_FULL:
         what = f"disk full while writing checkpoint {final.name} in {out} ({_os_reason(e)})"
         todo = "free space and run the same command to resume"
@@ -159,23 +166,33 @@ def _write_error(e: OSError, final: Path, out: Path, previous: Path | None) -> R
     return ResourceError(f"{what}; {kept}; nothing of the new checkpoint was kept; {todo}")
 
 
-def _write_files(folder: Path, step: int, tensors: dict[str, Tensor], optimizer: Any, lr_scheduler: Any,
-                 grad_scaler: Any, rng_states: Sequence[Mapping] | None, config_json: str | None,
-                 state_json: str) -> None:
+def _write_files(
+    folder: Path,
+    step: int,
+    tensors: dict[str, Tensor],
+    optimizer: Any,
+    lr_scheduler: Any,
+    grad_scaler: Any,
+    rng_states: Sequence[Mapping] | None,
+    config_json: str | None,
+    state_json: str,
+) -> None:
     """Every file of a checkpoint into ``folder``, each made durable; ``state.json`` last marks it complete."""
     from safetensors.torch import save_file
 
     save_file(tensors, str(folder / TRAINABLE_FILE), metadata={"format": FORMAT, "step": str(int(step))})
     _written(folder / TRAINABLE_FILE)
     if optimizer is not None or lr_scheduler is not None or grad_scaler is not None:
-        torch.save({
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-            "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
-        }, folder / OPTIMIZER_FILE)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+                "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
+            },
+            folder / OPTIMIZER_FILE,
+        )
         _written(folder / OPTIMIZER_FILE)
-    torch.save({"per_rank": list(rng_states) if rng_states is not None else [capture_rng_state()]},
-               folder / RNG_FILE)
+    torch.save({"per_rank": list(rng_states) if rng_states is not None else [capture_rng_state()]}, folder / RNG_FILE)
     _written(folder / RNG_FILE)
     if config_json is not None:
         (folder / CONFIG_FILE).write_text(config_json, encoding="utf-8")
@@ -185,11 +202,20 @@ def _write_files(folder: Path, step: int, tensors: dict[str, Tensor], optimizer:
     _fsync_dir(folder)
 
 
-def save_checkpoint(output_dir: PathLike, step: int, *, trainable: Mapping[str, Tensor] | nn.Module,
-                    optimizer: Any = None, lr_scheduler: Any = None, grad_scaler: Any = None,
-                    data_position: Mapping | None = None, config: Mapping | None = None,
-                    rng_states: Sequence[Mapping] | None = None, extra: Mapping | None = None,
-                    keep_last: int | None = None) -> Path:
+def save_checkpoint(
+    output_dir: PathLike,
+    step: int,
+    *,
+    trainable: Mapping[str, Tensor] | nn.Module,
+    optimizer: Any = None,
+    lr_scheduler: Any = None,
+    grad_scaler: Any = None,
+    data_position: Mapping | None = None,
+    config: Mapping | None = None,
+    rng_states: Sequence[Mapping] | None = None,
+    extra: Mapping | None = None,
+    keep_last: int | None = None,
+) -> Path:
     """Write ``output_dir/checkpoint-<step>`` atomically and point ``latest`` at it; returns its path.
 
     Call on the main process only (or use :func:`save_checkpoint_accelerate`).  ``trainable`` is a
@@ -249,14 +275,16 @@ def save_checkpoint(output_dir: PathLike, step: int, *, trainable: Mapping[str, 
     except OSError as e:
         raise ResourceError(
             f"{_os_reason(e)} while pointing {out / LATEST_FILE} at {final.name}; the checkpoint itself is "
-            f"complete: free space, then resume with resume = '{final}'") from e
+            f"complete: free space, then resume with resume = '{final}'"
+        ) from e
     if keep_last:
         prune_checkpoints(out, keep_last)
     return final
 
 
-def save_checkpoint_accelerate(accelerator: Any, output_dir: PathLike, step: int, *,
-                               trainable: Mapping[str, Tensor] | nn.Module, **kwargs) -> Path | None:
+def save_checkpoint_accelerate(
+    accelerator: Any, output_dir: PathLike, step: int, *, trainable: Mapping[str, Tensor] | nn.Module, **kwargs
+) -> Path | None:
     """:func:`save_checkpoint` from an ``accelerate.Accelerator`` run.  Call on **every** rank.
 
     Gathers every rank's RNG state (collective), saves on the main process only (a module is unwrapped

@@ -44,8 +44,16 @@ class ImageRowsDataset(torch.utils.data.Dataset):
 
     task: ClassVar[str] = ""
 
-    def __init__(self, rows: Sequence, *, resolution: int = 512, unit: int = 32, min_side: int = 80,
-                 max_aspect: float = 10.0, exif_transpose: bool = True):
+    def __init__(
+        self,
+        rows: Sequence,
+        *,
+        resolution: int = 512,
+        unit: int = 32,
+        min_side: int = 80,
+        max_aspect: float = 10.0,
+        exif_transpose: bool = True,
+    ):
         if resolution < unit or resolution % unit:
             raise ValueError(f"resolution must be a positive multiple of {unit}, got {resolution}")
         self.rows = list(rows)
@@ -60,8 +68,14 @@ class ImageRowsDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def _image(self, path: str) -> Tensor:
-        return load_training_image(path, resolution=self.resolution, unit=self.unit, min_side=self.min_side,
-                                   max_aspect=self.max_aspect, exif_transpose=self.exif_transpose)
+        return load_training_image(
+            path,
+            resolution=self.resolution,
+            unit=self.unit,
+            min_side=self.min_side,
+            max_aspect=self.max_aspect,
+            exif_transpose=self.exif_transpose,
+        )
 
     def load(self, index: int):
         """Load row ``index``; raises :class:`BadRowError` (no fallback)."""
@@ -86,10 +100,16 @@ class ImageRowsDataset(torch.utils.data.Dataset):
             except BadRowError as e:
                 self._bad.add(i)
                 failures.append((e.reason, self.rows[i].where or str(i), e.detail))
-        first = format_bad_rows([(reason, collapse_whitespace(where), collapse_whitespace(detail))
-                                 for reason, where, detail in failures[:3]])
-        raise EmptyDatasetError(f"every row of this {self.task} data set failed to load ({len(failures)} rows); "
-                                f"first: {first}; fix or remove these files")
+        first = format_bad_rows(
+            [
+                (reason, collapse_whitespace(where), collapse_whitespace(detail))
+                for reason, where, detail in failures[:3]
+            ]
+        )
+        raise EmptyDatasetError(
+            f"every row of this {self.task} data set failed to load ({len(failures)} rows); "
+            f"first: {first}; fix or remove these files"
+        )
 
     def __getitem__(self, index: int):
         return self.get_with_fallback(index)[0]
@@ -118,8 +138,9 @@ class EditDataset(ImageRowsDataset):
     def load(self, index: int) -> EditSample:
         row: EditRow = self.rows[index]
         refs = [self._image(p) for p in row.references]
-        return EditSample(instruction=row.instruction, references=refs, target=self._image(row.target),
-                          source=row.where)
+        return EditSample(
+            instruction=row.instruction, references=refs, target=self._image(row.target), source=row.where
+        )
 
 
 @dataclass
@@ -140,10 +161,21 @@ class TaskDatasets:
         return {task: len(dataset) for task, dataset in self.by_task().items()}
 
 
-def load_datasets(sources: PathLike | Sequence[PathLike], *, root: PathLike | None = None,
-                  cap_source: str = "caption", recursive: bool = False, resolution: int = 512, unit: int = 32,
-                  max_references: int | None = None, verify: str = "header", min_side: int = 80,
-                  max_aspect: float = 10.0, exif_transpose: bool = True, max_examples: int = 10) -> TaskDatasets:
+def load_datasets(
+    sources: PathLike | Sequence[PathLike],
+    *,
+    root: PathLike | None = None,
+    cap_source: str = "caption",
+    recursive: bool = False,
+    resolution: int = 512,
+    unit: int = 32,
+    max_references: int | None = None,
+    verify: str = "header",
+    min_side: int = 80,
+    max_aspect: float = 10.0,
+    exif_transpose: bool = True,
+    max_examples: int = 10,
+) -> TaskDatasets:
     """Scan every source (JSON/JSONL list or image folder) and build both task datasets.
 
     Rows keep the order of ``sources`` then file order.  Raises :class:`DataSourceNotFoundError` (a
@@ -166,8 +198,9 @@ def load_datasets(sources: PathLike | Sequence[PathLike], *, root: PathLike | No
         if source.is_dir():
             t2i += scan_image_folder(source, recursive=recursive, **checks)[0]
         elif source.suffix.lower() in (".json", ".jsonl"):
-            t2i_rows, edit_rows, _ = scan_json_source(source, root=root, cap_source=cap_source,
-                                                      max_references=max_references, **checks)
+            t2i_rows, edit_rows, _ = scan_json_source(
+                source, root=root, cap_source=cap_source, max_references=max_references, **checks
+            )
             t2i += t2i_rows
             edit += edit_rows
         else:
@@ -175,7 +208,9 @@ def load_datasets(sources: PathLike | Sequence[PathLike], *, root: PathLike | No
     if not t2i and not edit:
         raise EmptyDatasetError(
             f"No usable training rows in {', '.join(map(str, paths))}: {report.brief()}; fix or remove the "
-            "bad rows (data_verify = 'none' skips the checks, but the rows then fail during training)")
-    image_settings: dict[str, Any] = dict(resolution=resolution, unit=unit, min_side=min_side, max_aspect=max_aspect,
-                          exif_transpose=exif_transpose)
+            "bad rows (data_verify = 'none' skips the checks, but the rows then fail during training)"
+        )
+    image_settings: dict[str, Any] = dict(
+        resolution=resolution, unit=unit, min_side=min_side, max_aspect=max_aspect, exif_transpose=exif_transpose
+    )
     return TaskDatasets(TextToImageDataset(t2i, **image_settings), EditDataset(edit, **image_settings), report)

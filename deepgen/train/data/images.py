@@ -62,8 +62,15 @@ def image_to_tensor(image: Image.Image) -> Tensor:
     return to_pixels(image).contiguous()
 
 
-def load_training_image(path: PathLike, *, resolution: int = 512, unit: int = 32, min_side: int = 80,
-                        max_aspect: float = 10.0, exif_transpose: bool = True) -> Tensor:
+def load_training_image(
+    path: PathLike,
+    *,
+    resolution: int = 512,
+    unit: int = 32,
+    min_side: int = 80,
+    max_aspect: float = 10.0,
+    exif_transpose: bool = True,
+) -> Tensor:
     """Load, check, fix_pixels-resize and convert one training image; raises :class:`BadRowError`."""
     try:
         image = open_image(path, exif_transpose=exif_transpose, check_size=False)  # our limits follow

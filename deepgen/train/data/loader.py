@@ -109,9 +109,14 @@ class _SampleSource(torch.utils.data.Dataset):
 
 def _collate(items: list) -> MicroBatch:
     keys = [k for k, _, _ in items]
-    return MicroBatch(task=keys[0].task, samples=[s for _, s, _ in items], indices=[k.row for k in keys],
-                      micro_step=keys[0].micro_step, position=keys[0].position,
-                      failures=[f for _, _, fs in items for f in fs])
+    return MicroBatch(
+        task=keys[0].task,
+        samples=[s for _, s, _ in items],
+        indices=[k.row for k in keys],
+        micro_step=keys[0].micro_step,
+        position=keys[0].position,
+        failures=[f for _, _, fs in items for f in fs],
+    )
 
 
 class _KeyBatches:
@@ -123,8 +128,10 @@ class _KeyBatches:
     def __iter__(self):
         while True:
             plan = next(self.sampler)
-            yield [_SampleKey(plan.task, i, p, plan.micro_step, plan.position)
-                   for i, p in zip(plan.indices, plan.stream_positions)]
+            yield [
+                _SampleKey(plan.task, i, p, plan.micro_step, plan.position)
+                for i, p in zip(plan.indices, plan.stream_positions)
+            ]
 
 
 class MicroBatchLoader:
@@ -135,17 +142,35 @@ class MicroBatchLoader:
     prefetching; ``load_state_dict()`` then restarts iteration exactly there.
     """
 
-    def __init__(self, datasets: TaskDatasets | Mapping[str, ImageRowsDataset],
-                 pattern: TaskPattern | Mapping[str, int] | str, micro_batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, caption_dropout: float = 0.1, num_workers: int = 0,
-                 shuffle: bool = True, prefetch_factor: int | None = None, report: DataReport | None = None):
+    def __init__(
+        self,
+        datasets: TaskDatasets | Mapping[str, ImageRowsDataset],
+        pattern: TaskPattern | Mapping[str, int] | str,
+        micro_batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        caption_dropout: float = 0.1,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        prefetch_factor: int | None = None,
+        report: DataReport | None = None,
+    ):
         if isinstance(datasets, TaskDatasets):
             report = report if report is not None else datasets.report
             datasets = datasets.by_task()
         datasets = {canonical_task(t): d for t, d in datasets.items()}
         _check_probability(caption_dropout)
-        self.sampler = TaskBatchSampler({t: len(d) for t, d in datasets.items()}, pattern, micro_batch_size,
-                                        seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
+        self.sampler = TaskBatchSampler(
+            {t: len(d) for t, d in datasets.items()},
+            pattern,
+            micro_batch_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle=shuffle,
+        )
         self.sample_source = _SampleSource(datasets, caption_dropout, self.sampler.seed)
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
@@ -157,8 +182,13 @@ class MicroBatchLoader:
         options: dict[str, Any] = {}
         if self.num_workers > 0 and self.prefetch_factor is not None:
             options["prefetch_factor"] = self.prefetch_factor
-        loader = torch.utils.data.DataLoader(self.sample_source, batch_sampler=_KeyBatches(self.sampler),
-                                             collate_fn=_collate, num_workers=self.num_workers, **options)
+        loader = torch.utils.data.DataLoader(
+            self.sample_source,
+            batch_sampler=_KeyBatches(self.sampler),
+            collate_fn=_collate,
+            num_workers=self.num_workers,
+            **options,
+        )
         for batch in loader:
             for reason, where, detail in batch.failures:
                 self.report.add(reason, where, detail)

@@ -13,8 +13,13 @@ from ...errors import DataError
 
 TEXT2IMAGE = "text2image"
 IMAGE2IMAGE = "image2image"
-TASK_ALIASES = {"t2i": TEXT2IMAGE, "text2image": TEXT2IMAGE, "edit": IMAGE2IMAGE, "i2i": IMAGE2IMAGE,
-                "image2image": IMAGE2IMAGE}
+TASK_ALIASES = {
+    "t2i": TEXT2IMAGE,
+    "text2image": TEXT2IMAGE,
+    "edit": IMAGE2IMAGE,
+    "i2i": IMAGE2IMAGE,
+    "image2image": IMAGE2IMAGE,
+}
 
 PathLike = Union[str, os.PathLike]
 

@@ -117,8 +117,17 @@ class TaskBatchSampler:
 
     STATE_VERSION = 1
 
-    def __init__(self, dataset_sizes: Mapping[str, int], pattern: TaskPattern | Mapping[str, int] | str,
-                 batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        dataset_sizes: Mapping[str, int],
+        pattern: TaskPattern | Mapping[str, int] | str,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"micro batch size must be an integer ≥ 1, got {batch_size!r}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -130,8 +139,9 @@ class TaskBatchSampler:
             warnings.warn(f"task pattern: no {t} data, so {t} micro-batches are skipped", stacklevel=2)
         self.cycle = [t for t in self.pattern.cycle() if self.sizes.get(t, 0) > 0]
         if not self.cycle:
-            raise EmptyDatasetError(f"task pattern {self.pattern.to_dict()} has no task with data "
-                                    f"(dataset sizes {self.sizes})")
+            raise EmptyDatasetError(
+                f"task pattern {self.pattern.to_dict()} has no task with data (dataset sizes {self.sizes})"
+            )
         self.batch_size = batch_size
         self.seed = int(seed)
         self.rank = rank
@@ -190,16 +200,25 @@ class TaskBatchSampler:
         """Restore a position.  ``strict`` (default) refuses a different seed, pattern or dataset sizes,
         since the sample order would then not continue the saved run; ``strict=False`` warns instead."""
         mismatches = []
-        for key, mine in (("seed", self.seed), ("pattern", self.pattern.to_dict()),
-                          ("dataset_sizes", self.sizes), ("shuffle", self.shuffle)):
+        for key, mine in (
+            ("seed", self.seed),
+            ("pattern", self.pattern.to_dict()),
+            ("dataset_sizes", self.sizes),
+            ("shuffle", self.shuffle),
+        ):
             if key in state and state[key] != mine:
                 mismatches.append(f"{key}: saved {state[key]!r}, now {mine!r}")
         if mismatches:
-            msg = ("data position does not match this run, so the sample order will not continue exactly ("
-                   + "; ".join(mismatches) + ")")
+            msg = (
+                "data position does not match this run, so the sample order will not continue exactly ("
+                + "; ".join(mismatches)
+                + ")"
+            )
             if strict:
-                raise DataError(msg + "; resume with the same data and settings, or start a new run (another "
-                                "output_dir, or resume = 'no')")
+                raise DataError(
+                    msg + "; resume with the same data and settings, or start a new run (another "
+                    "output_dir, or resume = 'no')"
+                )
             warnings.warn(msg, stacklevel=2)
         self.micro_step = int(state["micro_step"])
         consumed = {canonical_task(t): int(n) for t, n in state["consumed"].items()}

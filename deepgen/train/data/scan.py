@@ -73,8 +73,9 @@ def _resolve(base: Path, rel: str, key: str = "path") -> str:
     if not is_inside(os.path.normpath(os.path.abspath(candidate)), os.path.normpath(os.path.abspath(base))):
         raise BadRowError("outside_root", f"{key} {rel!r} leads out of {base} (..)")
     if not is_inside(os.path.realpath(candidate), os.path.realpath(base)):
-        raise BadRowError("outside_root", f"{key} {rel!r} is a symlink to {os.path.realpath(candidate)}, "
-                                          f"outside {base}")
+        raise BadRowError(
+            "outside_root", f"{key} {rel!r} is a symlink to {os.path.realpath(candidate)}, outside {base}"
+        )
     return str(candidate)
 
 
@@ -84,9 +85,10 @@ def _read_utf8(path: Path, what: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise DataError(f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
-                        "save it as UTF-8") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
 
 
 class _BadJson(str):
@@ -115,8 +117,9 @@ def read_json_rows(path: PathLike) -> list[tuple[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e}); use a JSON list, or .jsonl with one object per "
-                        "line") from None
+        raise DataError(
+            f"{path} is not valid JSON ({e}); use a JSON list, or .jsonl with one object per line"
+        ) from None
     if not isinstance(data, list):
         raise DataError(f"{path} must hold a JSON list of rows, found {type(data).__name__}")
     return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
@@ -163,9 +166,11 @@ def _parse_row(row: Any, base: Path, cap_source: str, max_references: int | None
             raise BadRowError("missing_caption", "edit row needs a non-empty 'instruction'")
         if max_references is not None:
             refs = refs[:max_references]
-        return EditRow(tuple(_resolve(base, r, "input_image") for r in refs),
-                       _resolve(base, row["output_image"], "output_image"),
-                       row["instruction"].strip())
+        return EditRow(
+            tuple(_resolve(base, r, "input_image") for r in refs),
+            _resolve(base, row["output_image"], "output_image"),
+            row["instruction"].strip(),
+        )
     if "image_path" in row or "txt" in row:
         if not _nonempty_str(row.get("image_path")):
             raise BadRowError("missing_field", "SFT row needs 'image_path'")
@@ -197,16 +202,22 @@ def _verify_row(row: T2IRow | EditRow, verify: str, min_side: int, max_aspect: f
     if row.caption is None and row.annotation is None:  # never built by _parse_row
         raise BadRowError("missing_caption", f"{row.image} has neither a caption nor an annotation file")
     if row.caption is None and row.annotation is not None and verify != "none":
-        row = dataclasses.replace(row, caption=read_caption_annotation(row.annotation, row.cap_source),
-                                  annotation=None)
+        row = dataclasses.replace(row, caption=read_caption_annotation(row.annotation, row.cap_source), annotation=None)
     verify_image_file(row.image, verify, min_side, max_aspect)
     return row
 
 
-def scan_json_source(path: PathLike, *, root: PathLike | None = None, cap_source: str = "caption",
-                     max_references: int | None = None, verify: str = "header", min_side: int = 80,
-                     max_aspect: float = 10.0, report: DataReport | None = None
-                     ) -> tuple[list[T2IRow], list[EditRow], DataReport]:
+def scan_json_source(
+    path: PathLike,
+    *,
+    root: PathLike | None = None,
+    cap_source: str = "caption",
+    max_references: int | None = None,
+    verify: str = "header",
+    min_side: int = 80,
+    max_aspect: float = 10.0,
+    report: DataReport | None = None,
+) -> tuple[list[T2IRow], list[EditRow], DataReport]:
     """Parse (and check, per ``verify``) one JSON/JSONL list: ``(t2i_rows, edit_rows, report)``."""
     check_verify_level(verify)
     if max_references is not None and max_references < 1:
@@ -245,9 +256,15 @@ def _read_caption_file(txt: Path) -> str:
     return caption
 
 
-def scan_image_folder(folder: PathLike, *, recursive: bool = False, verify: str = "header", min_side: int = 80,
-                      max_aspect: float = 10.0, report: DataReport | None = None
-                      ) -> tuple[list[T2IRow], DataReport]:
+def scan_image_folder(
+    folder: PathLike,
+    *,
+    recursive: bool = False,
+    verify: str = "header",
+    min_side: int = 80,
+    max_aspect: float = 10.0,
+    report: DataReport | None = None,
+) -> tuple[list[T2IRow], DataReport]:
     """Images with same-named ``.txt`` captions in ``folder`` → ``(t2i_rows, report)``.
 
     Raises :class:`EmptyDatasetError` if the folder has no images, or has images but not one caption.
@@ -257,9 +274,13 @@ def scan_image_folder(folder: PathLike, *, recursive: bool = False, verify: str 
     report = report if report is not None else DataReport()
     pattern = "**/*" if recursive else "*"
     images = sorted(
-        (p for p in folder.glob(pattern)
-         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-         and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+        (
+            p
+            for p in folder.glob(pattern)
+            if p.is_file()
+            and p.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        ),
         key=lambda p: p.relative_to(folder).as_posix(),
     )
     if not images:
@@ -280,8 +301,9 @@ def scan_image_folder(folder: PathLike, *, recursive: bool = False, verify: str 
             n_captions += 1
             for p in (image, txt):  # a symlink (or a symlinked sub-folder) to a file elsewhere is never read
                 if not is_inside(os.path.realpath(p), real_folder):
-                    raise BadRowError("outside_root", f"{p.name} is a symlink to {os.path.realpath(p)}, outside "
-                                                      f"{folder}")
+                    raise BadRowError(
+                        "outside_root", f"{p.name} is a symlink to {os.path.realpath(p)}, outside {folder}"
+                    )
             caption = _read_caption_file(txt)
             verify_image_file(str(image), verify, min_side, max_aspect)
         except BadRowError as e:

@@ -13,9 +13,14 @@ from PIL import Image
 from .rows import PathLike
 
 
-def write_synthetic_dataset(root: PathLike, *, n_text2image: int = 8, n_edit: int = 4,
-                            sizes: Iterable[tuple[int, int]] = ((96, 128), (128, 96), (112, 112)),
-                            seed: int = 0) -> Path:
+def write_synthetic_dataset(
+    root: PathLike,
+    *,
+    n_text2image: int = 8,
+    n_edit: int = 4,
+    sizes: Iterable[tuple[int, int]] = ((96, 128), (128, 96), (112, 112)),
+    seed: int = 0,
+) -> Path:
     """Write a small random dataset under ``root``; returns the path of its ``data.jsonl``.
 
     T2I rows use the SFT format, edit rows the official edit format; images are PNGs (H, W from
@@ -31,7 +36,7 @@ def write_synthetic_dataset(root: PathLike, *, n_text2image: int = 8, n_edit: in
     def make(path: Path, h: int, w: int, colour: str) -> None:
         arr = (rng.random((h, w, 3)) * 60 + 100).astype(np.uint8)
         y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
-        arr[y:y + h // 3, x:x + w // 3] = colours[colour]
+        arr[y : y + h // 3, x : x + w // 3] = colours[colour]
         Image.fromarray(arr).save(path)
 
     rows: list[dict[str, Any]] = []
@@ -45,8 +50,13 @@ def write_synthetic_dataset(root: PathLike, *, n_text2image: int = 8, n_edit: in
         c0, c1 = names[i % len(names)], names[(i + 1) % len(names)]
         make(root / "images" / f"edit_{i:04d}_src.png", h, w, c0)
         make(root / "images" / f"edit_{i:04d}_dst.png", h, w, c1)
-        rows.append({"input_image": [f"images/edit_{i:04d}_src.png"], "output_image": f"images/edit_{i:04d}_dst.png",
-                     "instruction": f"make the {c0} square {c1}"})
+        rows.append(
+            {
+                "input_image": [f"images/edit_{i:04d}_src.png"],
+                "output_image": f"images/edit_{i:04d}_dst.png",
+                "instruction": f"make the {c0} square {c1}",
+            }
+        )
     out = root / "data.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return out

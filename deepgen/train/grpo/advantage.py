@@ -166,17 +166,16 @@ def gdpo_advantages(
             DegenerateGroupWarning,
             stacklevel=2,
         )
-    scale = torch.where(has_w, total_w / torch.where(has_w, valid_w, torch.ones_like(valid_w)),
-                        torch.zeros_like(valid_w))
+    scale = torch.where(
+        has_w, total_w / torch.where(has_w, valid_w, torch.ones_like(valid_w)), torch.zeros_like(valid_w)
+    )
     c = (Wv * Z).sum(dim=1) * scale
     raw = (Wv * torch.where(valid, R, torch.zeros_like(R))).sum(dim=1) * scale
     stats["weighted_raw/mean"] = float(raw.mean())
 
     # 3. batch-wise normalisation (unbiased std over the local batch)
     if B < 2:
-        warnings.warn(
-            "GDPO: batch of fewer than 2 samples; advantages set to 0", DegenerateGroupWarning, stacklevel=2
-        )
+        warnings.warn("GDPO: batch of fewer than 2 samples; advantages set to 0", DegenerateGroupWarning, stacklevel=2)
         stats["combined/std"] = float("nan")
         stats["clip_frac"] = 0.0
         return torch.zeros_like(c), stats

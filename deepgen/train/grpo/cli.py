@@ -19,8 +19,9 @@ log = logging.getLogger("deepgen.train.grpo")
 __all__ = ["main", "run_grpo_from_config_file", "user_errors"]
 
 
-def run_grpo_from_config_file(path: str | os.PathLike, overrides: list[str] | None = None,
-                              resume: str | None = None) -> None:
+def run_grpo_from_config_file(
+    path: str | os.PathLike, overrides: list[str] | None = None, resume: str | None = None
+) -> None:
     """``deepgen train --stage 3 --config FILE [key=value ...]``: load, override, run.
 
     ``resume`` (the CLI's ``--resume``), when given, replaces the config's ``resume`` (auto | no | folder).
@@ -46,8 +47,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deepgen.train.grpo.trainer",
-                                description="DeepGen stage 3 (MR-GRPO); same as `deepgen train --stage 3`")
+    p = argparse.ArgumentParser(
+        prog="python -m deepgen.train.grpo.trainer",
+        description="DeepGen stage 3 (MR-GRPO); same as `deepgen train --stage 3`",
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--resume", default=None, help="auto | no | a checkpoint folder (overrides the config)")
     p.add_argument("overrides", nargs="*", help="key=value (TOML values), e.g. group_size=4")

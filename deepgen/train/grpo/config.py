@@ -100,22 +100,28 @@ class GRPOConfig(ConfigSchema):
             if not cond:
                 p.append(msg)
 
-        need(self.group_size >= 2,
-             f"group_size must be ≥ 2 (got {self.group_size}): GRPO advantages compare the images of one prompt, "
-             "so with G = 1 every advantage is 0 and nothing but the KL/SFT terms would train")
+        need(
+            self.group_size >= 2,
+            f"group_size must be ≥ 2 (got {self.group_size}): GRPO advantages compare the images of one prompt, "
+            "so with G = 1 every advantage is 0 and nothing but the KL/SFT terms would train",
+        )
         need(self.prompts_per_step >= 1, f"prompts_per_step must be ≥ 1 (got {self.prompts_per_step})")
         need(self.rollout_micro_batch_size >= 1, "rollout_micro_batch_size must be ≥ 1")
         need(self.num_steps >= 2, f"num_steps must be ≥ 2 (got {self.num_steps})")
-        need(self.resolution >= 16 and self.resolution % 16 == 0,
-             f"resolution must be a multiple of 16, ≥ 16 (got {self.resolution})")
+        need(
+            self.resolution >= 16 and self.resolution % 16 == 0,
+            f"resolution must be a multiple of 16, ≥ 16 (got {self.resolution})",
+        )
         need(0.0 <= self.eta <= 1.0, f"eta must be in [0, 1] (got {self.eta})")
         need(0.0 < self.timestep_fraction <= 1.0, f"timestep_fraction must be in (0, 1] (got {self.timestep_fraction})")
         need(self.logprob in LOGPROB_KINDS, f"logprob must be one of {LOGPROB_KINDS} (got {self.logprob!r})")
         need(self.sampler == "cps_sde", f"only sampler = 'cps_sde' is implemented (got {self.sampler!r})")
         need(self.adv_type == "gdpo", f"only adv_type = 'gdpo' is implemented (got {self.adv_type!r})")
         need(self.kl_type == "v-based", f"only kl_type = 'v-based' is implemented (got {self.kl_type!r})")
-        need(self.nan_policy in ("exclude", "raise"),
-             f"nan_policy must be 'exclude' or 'raise' (got {self.nan_policy!r})")
+        need(
+            self.nan_policy in ("exclude", "raise"),
+            f"nan_policy must be 'exclude' or 'raise' (got {self.nan_policy!r})",
+        )
         need(0.0 <= self.sft_lambda <= 1.0, f"sft_lambda must be in [0, 1] (got {self.sft_lambda})")
         need(self.sft_every_n_steps >= 1, "sft_every_n_steps must be ≥ 1")
         need(self.sft_batch_size >= 1, "sft_batch_size must be ≥ 1")
@@ -123,8 +129,10 @@ class GRPOConfig(ConfigSchema):
         need(self.num_actor_update_steps >= 1, "num_actor_update_steps must be ≥ 1")
         need(self.train_micro_batch_size >= 1, "train_micro_batch_size must be ≥ 1")
         need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
-        need(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
-             f"betas must be two numbers in [0, 1) (got {list(self.betas)})")
+        need(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            f"betas must be two numbers in [0, 1) (got {list(self.betas)})",
+        )
         need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES} (got {self.lr_schedule!r})")
         need(self.warmup_steps >= 0, f"warmup_steps must be ≥ 0 (got {self.warmup_steps})")
         need(self.max_grad_norm >= 0, f"max_grad_norm must be ≥ 0 (0 = no clipping) (got {self.max_grad_norm})")

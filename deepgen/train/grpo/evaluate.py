@@ -35,13 +35,26 @@ class Evaluation(RunState):
             guided = g.eval_cfg_scale > 1.0
             with self._autocast():
                 cond = self.pipeline.encode([r.prompt], guidance=guided).repeat(n)
-                lat = self.pipeline.sample(cond, size, size, num_steps=cfg.eval_num_steps, cfg_scale=g.eval_cfg_scale,
-                                           seed=[cfg.eval_seed + 1000 * i + d for d in range(n)])
+                lat = self.pipeline.sample(
+                    cond,
+                    size,
+                    size,
+                    num_steps=cfg.eval_num_steps,
+                    cfg_scale=g.eval_cfg_scale,
+                    seed=[cfg.eval_seed + 1000 * i + d for d in range(n)],
+                )
             images = self.decode(lat)
             res = self.reward_mix(images, [r.prompt] * n, [i] * n, weights=[self.category_weights[r.category]] * n)
             for d, im in enumerate(images):
-                rows.append({"index": i, "dup": d, "category": r.category,
-                             "scores": {k: float(v[d]) for k, v in res.scores.items()}, "total": float(res.total[d])})
+                rows.append(
+                    {
+                        "index": i,
+                        "dup": d,
+                        "category": r.category,
+                        "scores": {k: float(v[d]) for k, v in res.scores.items()},
+                        "total": float(res.total[d]),
+                    }
+                )
                 images_all.append((i, d, im))
         from accelerate.utils import gather_object
 
@@ -51,7 +64,8 @@ class Evaluation(RunState):
             vals = torch.tensor([row["scores"].get(name, float("nan")) for row in all_rows], dtype=torch.float64)
             out[f"eval/{name}/mean"], out[f"eval/{name}/std"], _ = _finite_stats(vals)
         out["eval/weighted/mean"], out["eval/weighted/std"], _ = _finite_stats(
-            torch.tensor([row["total"] for row in all_rows], dtype=torch.float64))
+            torch.tensor([row["total"] for row in all_rows], dtype=torch.float64)
+        )
         paths: list[Path] = []
         if cfg.eval_save_images:
             folder = self.output_dir / "eval" / f"step-{step:08d}"
@@ -62,8 +76,9 @@ class Evaluation(RunState):
                 paths.append(p)
         if acc.is_main_process:
             self._write_log(out)
-            log.info("eval step %d: %s", step, "  ".join(f"{k[5:]} {v:.4f}" for k, v in out.items()
-                                                            if k.endswith("/mean")))
+            log.info(
+                "eval step %d: %s", step, "  ".join(f"{k[5:]} {v:.4f}" for k, v in out.items() if k.endswith("/mean"))
+            )
             self.callbacks.on_validation(self.run_info, step, [im for _, _, im in images_all], paths)
         self.history.append(out)
         return out

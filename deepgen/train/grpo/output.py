@@ -35,8 +35,12 @@ class RunOutput(RunState):
     def _record(self, step: int, batch: RolloutBatch, st: dict, lr: float | Tensor, times: dict) -> dict:
         """The log record of trainer step ``step``: rewards and advantages over every process, the loss terms'
         means (``st`` from the phases), maxima, grad norm, timings."""
-        assert batch.scores is not None and batch.total is not None and batch.advantages is not None \
-            and batch.adv_stats is not None, "score(batch) runs before _record(batch)"
+        assert (
+            batch.scores is not None
+            and batch.total is not None
+            and batch.advantages is not None
+            and batch.adv_stats is not None
+        ), "score(batch) runs before _record(batch)"
         acc = self.accelerator
         g = self.g
         rec: dict[str, Any] = {"step": step + 1, "lr": float(lr), "updates": self.updates}
@@ -55,10 +59,15 @@ class RunOutput(RunState):
         rec["adv/std"] = float(adv.std()) if adv.numel() > 1 else float("nan")
         rec["adv/abs_mean"] = float(adv.abs().mean())
         rec["adv/zero_frac"] = float((adv == 0).float().mean())
-        sums = {"policy_loss": st["policy_loss"], "kl": st["kl"], "ratio_mean": st["ratio"],
-                "clip_frac": st["clip_frac"], "approx_kl": st["approx_kl"],
-                "adv/clip_frac": batch.adv_stats.get("clip_frac", 0.0),
-                "adv/num_degenerate_groups": batch.adv_stats.get("num_degenerate_groups", 0.0)}
+        sums = {
+            "policy_loss": st["policy_loss"],
+            "kl": st["kl"],
+            "ratio_mean": st["ratio"],
+            "clip_frac": st["clip_frac"],
+            "approx_kl": st["approx_kl"],
+            "adv/clip_frac": batch.adv_stats.get("clip_frac", 0.0),
+            "adv/num_degenerate_groups": batch.adv_stats.get("num_degenerate_groups", 0.0),
+        }
         counts = {k: st["count"] for k in ("policy_loss", "kl", "ratio_mean", "clip_frac", "approx_kl")}
         counts.update({"adv/clip_frac": 1.0, "adv/num_degenerate_groups": 1.0 / self.world})
         if not math.isnan(st["sft_loss"]):
@@ -84,10 +93,18 @@ class RunOutput(RunState):
             self._write_log(rec)
             if done % self.cfg.log_every == 0 or done == g.max_steps:
                 log.info(_console_line(rec, self.reward_names))
-        info = R.StepInfo(step=done, total_steps=g.max_steps, loss=rec.get("policy_loss", 0.0),
-                          task_losses={"grpo": rec.get("policy_loss", 0.0)}, lr=rec["lr"],
-                          grad_norm=rec["grad_norm"], samples=done * rec["num_images"],
-                          step_time=rec["time/step"], elapsed=watch.elapsed, extra=rec)
+        info = R.StepInfo(
+            step=done,
+            total_steps=g.max_steps,
+            loss=rec.get("policy_loss", 0.0),
+            task_losses={"grpo": rec.get("policy_loss", 0.0)},
+            lr=rec["lr"],
+            grad_norm=rec["grad_norm"],
+            samples=done * rec["num_images"],
+            step_time=rec["time/step"],
+            elapsed=watch.elapsed,
+            extra=rec,
+        )
         self.callbacks.on_step_end(self.run_info, info)
 
     def _check_in_sync(self) -> None:
@@ -97,8 +114,10 @@ class RunOutput(RunState):
             return
         from accelerate.utils import gather_object
 
-        local = [float(sum(p.detach().double().sum() for p in self.params.values())),
-                 float(sum(p.detach().double().abs().sum() for p in self.params.values()))]
+        local = [
+            float(sum(p.detach().double().sum() for p in self.params.values())),
+            float(sum(p.detach().double().abs().sum() for p in self.params.values())),
+        ]
         sums = gather_object([local])
         if any(s != sums[0] for s in sums):
             raise R.TrainingError(f"trainable parameters differ between processes at the end of training: {sums}")
@@ -112,8 +131,11 @@ class RunOutput(RunState):
         """
         step = self._clean_step
         if step is None:
-            log.warning("interrupted after an optimizer update inside a step (update-every-timestep mode): no "
-                        "checkpoint written; a resume continues from checkpoint %s", self.ckpt.last_saved_step)
+            log.warning(
+                "interrupted after an optimizer update inside a step (update-every-timestep mode): no "
+                "checkpoint written; a resume continues from checkpoint %s",
+                self.ckpt.last_saved_step,
+            )
             return None
         if step <= self.start_step or self.ckpt.last_saved_step == step:
             return None
@@ -128,8 +150,14 @@ class RunOutput(RunState):
         if self.ckpt.last_saved_step == step:
             return None
         pos = {"updates": self.updates, "sft": self.sft_loader.state_dict() if self.sft_loader is not None else None}
-        path = self.ckpt.save(step, trainable=self.params, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
-                              data_position=pos, extra={"updates": self.updates, "reason": reason})
+        path = self.ckpt.save(
+            step,
+            trainable=self.params,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            data_position=pos,
+            extra={"updates": self.updates, "reason": reason},
+        )
         exports: dict[str, Path] = {}
         if self.accelerator.is_main_process:
             assert path is not None  # CheckpointManager.save returns the path on the main process
@@ -137,8 +165,11 @@ class RunOutput(RunState):
             if self.cfg.policy == "lora" and self.cfg.save_lora_every_checkpoint:
                 from ...lora import save_lora
 
-                exports["lora"] = save_lora(self.model, self.output_dir / "lora.safetensors",
-                                            metadata={"stage": 3, "step": step, "rank": self.cfg.dit_lora_rank})
+                exports["lora"] = save_lora(
+                    self.model,
+                    self.output_dir / "lora.safetensors",
+                    metadata={"stage": 3, "step": step, "rank": self.cfg.dit_lora_rank},
+                )
             if reason == "interrupt":
                 self._truncate_log(step)
             self.callbacks.on_export(self.run_info, exports)
@@ -160,13 +191,17 @@ class RunOutput(RunState):
         """Drop records of steps after ``step`` (a resumed run writes them again)."""
         if not self.log_path.is_file():
             return
-        keep = [line for line in self.log_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [
+            line
+            for line in self.log_path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
         self.log_path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
     def _write_log(self, rec: dict) -> None:
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, default=_json_default) + "\n")
+
 
 def _finite_stats(x: Tensor) -> tuple[float, float, int]:
     v = x[torch.isfinite(x)].double()
@@ -175,12 +210,14 @@ def _finite_stats(x: Tensor) -> tuple[float, float, int]:
     std = float(v.std(unbiased=True)) if n > 1 else float("nan")
     return mean, std, n
 
+
 def _all_max(t: Tensor) -> Tensor:
     import torch.distributed as dist
 
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
 
 def _json_default(o):
     if isinstance(o, Path):
@@ -199,8 +236,9 @@ def _console_line(rec: dict, names: Sequence[str]) -> str:
     parts.append(f"ratio-1 {rec.get('ratio_max_dev', 0.0):.1e}")
     if "sft_loss" in rec:
         parts.append(f"sft {rec['sft_loss']:.4f}")
-    parts.append("adv " + "".join(" ▁▂▃▄▅▆▇█"[min(8, math.ceil(8 * c / max(1, max(rec["adv/hist"]))))]
-                                  for c in rec["adv/hist"]))
+    parts.append(
+        "adv " + "".join(" ▁▂▃▄▅▆▇█"[min(8, math.ceil(8 * c / max(1, max(rec["adv/hist"]))))] for c in rec["adv/hist"])
+    )
     parts.append(f"{rec.get('time/step', 0.0):.2f}s")
     return "  ".join(parts)
 

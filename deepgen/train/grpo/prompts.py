@@ -64,8 +64,12 @@ __all__ = [
 ]
 
 DEFAULT_CATEGORY = "general"
-CATEGORY_ALIASES = {"text_render": "text_rendering", "text": "text_rendering", "text-rendering": "text_rendering",
-                    "textrender": "text_rendering"}
+CATEGORY_ALIASES = {
+    "text_render": "text_rendering",
+    "text": "text_rendering",
+    "text-rendering": "text_rendering",
+    "textrender": "text_rendering",
+}
 
 
 class PromptError(DataError):
@@ -100,15 +104,15 @@ def _record(obj: Any, where: str, default_category: str) -> PromptRecord | None:
     if isinstance(obj, Mapping):
         prompt = obj.get("prompt")
         if not isinstance(prompt, str):
-            raise PromptError(f"{where}: expected a \"prompt\" string, got keys {sorted(obj)}")
+            raise PromptError(f'{where}: expected a "prompt" string, got keys {sorted(obj)}')
         if not prompt.strip():
             return None
         cat = obj.get("category", default_category)
         if not isinstance(cat, str) or not cat.strip():
-            raise PromptError(f"{where}: \"category\" must be a non-empty string, got {cat!r}")
+            raise PromptError(f'{where}: "category" must be a non-empty string, got {cat!r}')
         meta = {k: v for k, v in obj.items() if k not in ("prompt", "category")}
         return PromptRecord(prompt.strip(), canonical_category(cat), where, meta)
-    raise PromptError(f"{where}: expected a prompt string or an object with \"prompt\", got {type(obj).__name__}")
+    raise PromptError(f'{where}: expected a prompt string or an object with "prompt", got {type(obj).__name__}')
 
 
 def read_prompt_file(path: str | os.PathLike, category: str = DEFAULT_CATEGORY) -> list[PromptRecord]:
@@ -151,11 +155,15 @@ def read_prompt_file(path: str | os.PathLike, category: str = DEFAULT_CATEGORY) 
             if r is not None:
                 out.append(r)
     else:
-        raise PromptError(f"prompt file {p}: unknown format {suffix!r}; use .txt (one prompt per line), "
-                          ".jsonl ({{\"prompt\": ..., \"category\": ...}} per line) or .json")
+        raise PromptError(
+            f"prompt file {p}: unknown format {suffix!r}; use .txt (one prompt per line), "
+            '.jsonl ({{"prompt": ..., "category": ...}} per line) or .json'
+        )
     if not out:
-        raise PromptError(f"prompt file {p} holds no prompts (blank lines and '#' comments are skipped; "
-                          "JSONL lines need a non-empty \"prompt\")")
+        raise PromptError(
+            f"prompt file {p} holds no prompts (blank lines and '#' comments are skipped; "
+            'JSONL lines need a non-empty "prompt")'
+        )
     return out
 
 
@@ -213,11 +221,12 @@ class PromptSet:
         """
         g = torch.Generator().manual_seed(derive_seed(int(seed), "prompts", int(step)))
         idx = torch.multinomial(self.weights, n * world_size, replacement=True, generator=g)
-        return [self.records[i] for i in idx[rank * n:(rank + 1) * n].tolist()]
+        return [self.records[i] for i in idx[rank * n : (rank + 1) * n].tolist()]
 
 
-def load_prompt_set(entries: str | os.PathLike | Sequence[Any], *,
-                    category_sample_weights: Mapping[str, float] | None = None) -> PromptSet:
+def load_prompt_set(
+    entries: str | os.PathLike | Sequence[Any], *, category_sample_weights: Mapping[str, float] | None = None
+) -> PromptSet:
     """Build a :class:`PromptSet` from config entries (see the module doc).
 
     ``entries``: a prompt-set file (``.toml``/``.json``/``.yaml`` with a ``datasets`` list), a prompt file, or a

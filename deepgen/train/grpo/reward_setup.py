@@ -36,8 +36,9 @@ class RewardSetup:
     reward_mix: Any
 
 
-def build_rewards(cfg: Stage3Config, prompt_set: PromptSet, eval_set: PromptSet | None,
-                  overrides: Mapping[str, Any], device) -> RewardSetup:
+def build_rewards(
+    cfg: Stage3Config, prompt_set: PromptSet, eval_set: PromptSet | None, overrides: Mapping[str, Any], device
+) -> RewardSetup:
     """Import ``reward_modules``, check every prompt category's weights against the registry (plus the run's
     ``overrides``), build the :class:`~deepgen.rewards.RewardMix` (in-process reward models on ``device``
     unless configured), probe remote judges and, with ``preflight_rewards``, load every reward model now."""
@@ -47,13 +48,15 @@ def build_rewards(cfg: Stage3Config, prompt_set: PromptSet, eval_set: PromptSet 
     g = cfg.grpo
     for spec in cfg.reward_modules:
         _import_reward_module(spec)
-    cats = prompt_set.categories + ([c for c in eval_set.categories if c not in prompt_set.categories]
-                                    if eval_set else [])
+    cats = prompt_set.categories + (
+        [c for c in eval_set.categories if c not in prompt_set.categories] if eval_set else []
+    )
     missing = [c for c in cats if c not in g.category_weights]
     if missing:
         raise R.TrainingError(
             f"prompt categories {missing} have no reward weights; add them to [category_weights] "
-            f"(defined: {sorted(g.category_weights)}; presets: general, text_rendering)")
+            f"(defined: {sorted(g.category_weights)}; presets: general, text_rendering)"
+        )
     category_weights = {c: {n: w for n, w in g.category_weights[c].items() if w != 0} for c in cats}
     overrides = {canonical_reward_name(k): v for k, v in overrides.items()}
     known = set(available_rewards()) | set(overrides)
@@ -63,7 +66,8 @@ def build_rewards(cfg: Stage3Config, prompt_set: PromptSet, eval_set: PromptSet 
                 raise R.TrainingError(
                     f"category_weights.{c} names the reward {n!r}, which is not registered; available rewards: "
                     f"{', '.join(sorted(known))}. Register custom rewards with deepgen.rewards.register_reward "
-                    "in a module listed in reward_modules")
+                    "in a module listed in reward_modules"
+                )
     reward_names = sorted({n for ws in category_weights.values() for n in ws})
     unused = sorted(set(map(canonical_reward_name, cfg.rewards)) - set(reward_names))
     if unused:
@@ -85,8 +89,9 @@ def build_rewards(cfg: Stage3Config, prompt_set: PromptSet, eval_set: PromptSet 
             except (RewardModelNotFound, ImportError, OSError) as e:
                 raise R.TrainingError(
                     f"reward {name!r} (used by categories {users}) cannot load its model: {one_line(e)}; "
-                    f"point [rewards.{name}] at a local copy (e.g. model_path = \"...\" or url = \"...\"), "
-                    "or drop the reward from category_weights.") from e
+                    f'point [rewards.{name}] at a local copy (e.g. model_path = "..." or url = "..."), '
+                    "or drop the reward from category_weights."
+                ) from e
     return RewardSetup(category_weights, reward_names, reward_mix)
 
 

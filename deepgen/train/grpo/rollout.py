@@ -65,8 +65,16 @@ class Trajectory:
         return self.latents[index, step], self.latents[index, step + 1]
 
 
-def initial_group_noise(num_groups: int, group_size: int, shape: Sequence[int], *, seed: int,
-                        tag: Sequence = (), same_noise: bool = True, first_group: int = 0) -> Tensor:
+def initial_group_noise(
+    num_groups: int,
+    group_size: int,
+    shape: Sequence[int],
+    *,
+    seed: int,
+    tag: Sequence = (),
+    same_noise: bool = True,
+    first_group: int = 0,
+) -> Tensor:
     """``x_T`` for ``num_groups × group_size`` images (group-major), fp32 on the CPU.
 
     ``same_noise``: one draw per group, repeated for its G images (official ``init_same_noise``), seeded with
@@ -74,38 +82,66 @@ def initial_group_noise(num_groups: int, group_size: int, shape: Sequence[int], 
     keyed by its global image index ``first_group·G + i``.  Keys are global, so the noise of a group does not
     depend on which process samples it.
     """
+
     def draw(*key) -> Tensor:
         g = torch.Generator().manual_seed(derive_seed(int(seed), "x_T", *tag, *key))
         return torch.randn(tuple(shape), generator=g)
 
     if same_noise:
         return torch.stack([draw("group", first_group + k) for k in range(num_groups)]).repeat_interleave(
-            group_size, dim=0)
+            group_size, dim=0
+        )
     start = first_group * group_size
     return torch.stack([draw("image", start + i) for i in range(num_groups * group_size)])
 
 
-def guided_velocity(velocity_fn: VelocityFn, x: Tensor, t: Tensor, context: Tensor, pooled: Tensor,
-                    negative_context: Tensor | None = None, negative_pooled: Tensor | None = None,
-                    cfg_scale: float = 0.0) -> Tensor:
+def guided_velocity(
+    velocity_fn: VelocityFn,
+    x: Tensor,
+    t: Tensor,
+    context: Tensor,
+    pooled: Tensor,
+    negative_context: Tensor | None = None,
+    negative_pooled: Tensor | None = None,
+    cfg_scale: float = 0.0,
+) -> Tensor:
     """The conditional velocity, or the CFG velocity ``v_neg + s·(v_pos − v_neg)`` when ``cfg_scale > 1`` and
     negatives are given (branches co-batched ``[neg; pos]``)."""
     if cfg_scale > 1.0 and negative_context is not None:
         assert negative_pooled is not None, "negative_context needs negative_pooled"
-        v = velocity_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([negative_context, context]),
-                        torch.cat([negative_pooled, pooled]))
+        v = velocity_fn(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([negative_context, context]),
+            torch.cat([negative_pooled, pooled]),
+        )
         v_neg, v_pos = v.chunk(2)
         return guide(v_neg, v_pos, cfg_scale)
     return velocity_fn(x, t, context, pooled)
 
 
 @torch.no_grad()
-def cps_rollout(velocity_fn: VelocityFn, x_T: Tensor, context: Tensor, pooled: Tensor, *, sigmas: Tensor,
-                timesteps: Tensor, eta: float = 1.0, logprob: str = "simplified", seed: int = 0,
-                noise_tag: Sequence = (), image_ids: Sequence[int] | None = None, micro_batch_size: int | None = None,
-                negative_context: Tensor | None = None, negative_pooled: Tensor | None = None,
-                cfg_scale: float = 0.0, dtype: torch.dtype | None = None, storage_device="cpu",
-                callback: Callable[[int, int], None] | None = None) -> Trajectory:
+def cps_rollout(
+    velocity_fn: VelocityFn,
+    x_T: Tensor,
+    context: Tensor,
+    pooled: Tensor,
+    *,
+    sigmas: Tensor,
+    timesteps: Tensor,
+    eta: float = 1.0,
+    logprob: str = "simplified",
+    seed: int = 0,
+    noise_tag: Sequence = (),
+    image_ids: Sequence[int] | None = None,
+    micro_batch_size: int | None = None,
+    negative_context: Tensor | None = None,
+    negative_pooled: Tensor | None = None,
+    cfg_scale: float = 0.0,
+    dtype: torch.dtype | None = None,
+    storage_device="cpu",
+    callback: Callable[[int, int], None] | None = None,
+) -> Trajectory:
     """Sample B trajectories with the CPS SDE and record every transition and its old log-prob.
 
     ``x_T``: ``(B, C, H, W)`` initial noise (see :func:`initial_group_noise`); ``context``/``pooled``: the
@@ -141,9 +177,16 @@ def cps_rollout(velocity_fn: VelocityFn, x_T: Tensor, context: Tensor, pooled: T
         nxt = torch.empty_like(x)
         for s in range(0, B, mb):
             sl = slice(s, s + mb)
-            v = guided_velocity(velocity_fn, x[sl], t[sl], context[sl], pooled[sl],
-                                None if negative_context is None else negative_context[sl],
-                                None if negative_pooled is None else negative_pooled[sl], cfg_scale)
+            v = guided_velocity(
+                velocity_fn,
+                x[sl],
+                t[sl],
+                context[sl],
+                pooled[sl],
+                None if negative_context is None else negative_context[sl],
+                None if negative_pooled is None else negative_pooled[sl],
+                cfg_scale,
+            )
             step = cps_sde_step(x[sl], v, sig[i], sig[i + 1], eta=eta, noise=z[sl])
             nxt[sl] = step.next_latent
             logprobs[sl, i] = step_logprob(step.next_latent, step.mean, step.std, logprob).to(storage_device)
@@ -151,5 +194,6 @@ def cps_rollout(velocity_fn: VelocityFn, x_T: Tensor, context: Tensor, pooled: T
         latents[:, i + 1] = x.to(storage_device)
         if callback is not None:
             callback(i, N)
-    return Trajectory(latents=latents, logprobs=logprobs, sigmas=sigmas.float().cpu(),
-                      timesteps=timesteps.float().cpu())
+    return Trajectory(
+        latents=latents, logprobs=logprobs, sigmas=sigmas.float().cpu(), timesteps=timesteps.float().cpu()
+    )

@@ -53,25 +53,25 @@ class Stage3Config(ConfigSchema):
 
     stage: int = 3
     # --- model ---
-    model: str = ""                     # "tiny", a release folder/checkpoint (deepgen.loading.load_model)
-    vlm: str = ""                       # release layout: the Qwen2.5-VL folder (if the loader needs it)
-    diffusion: str = ""                 # release layout: the UniPic2/SD3.5 folder
-    init_from: str = ""                 # a stage-1/2/3 training checkpoint whose tensors are loaded first (by name)
-    mixed_precision: str = "auto"       # no | bf16 | fp16 | auto (bf16 on CUDA where supported, else no)
-    cpu: bool = False                   # train on the CPU even when a GPU is there (always on without CUDA)
+    model: str = ""  # "tiny", a release folder/checkpoint (deepgen.loading.load_model)
+    vlm: str = ""  # release layout: the Qwen2.5-VL folder (if the loader needs it)
+    diffusion: str = ""  # release layout: the UniPic2/SD3.5 folder
+    init_from: str = ""  # a stage-1/2/3 training checkpoint whose tensors are loaded first (by name)
+    mixed_precision: str = "auto"  # no | bf16 | fp16 | auto (bf16 on CUDA where supported, else no)
+    cpu: bool = False  # train on the CPU even when a GPU is there (always on without CUDA)
     gradient_checkpointing: bool = False
     # --- policy / reference ---
-    policy: str = "full"                # full (official: the whole DiT) | lora (DiT LoRA, single-GPU)
+    policy: str = "full"  # full (official: the whole DiT) | lora (DiT LoRA, single-GPU)
     dit_lora_rank: int = 32
-    dit_lora_alpha: float = 64.0        # Flow-GRPO: α = 2r
+    dit_lora_alpha: float = 64.0  # Flow-GRPO: α = 2r
     # deepgen.lora presets ("attn", "attn_ff") and/or module-name suffixes, as in stages 1-2
     dit_lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_DIT_LORA_TARGETS))
-    reference: str = "auto"             # auto | copy (frozen DiT copy) | disable_adapter (LoRA off; no memory)
+    reference: str = "auto"  # auto | copy (frozen DiT copy) | disable_adapter (LoRA off; no memory)
     # --- prompts and rewards ---
-    prompts: Any = field(default_factory=list)        # prompt datasets (see deepgen.train.grpo.prompts)
-    rewards: dict[str, dict[str, Any]] = field(default_factory=dict)   # reward name -> constructor kwargs
+    prompts: Any = field(default_factory=list)  # prompt datasets (see deepgen.train.grpo.prompts)
+    rewards: dict[str, dict[str, Any]] = field(default_factory=dict)  # reward name -> constructor kwargs
     reward_modules: list[str] = field(default_factory=list)  # modules/.py files that register custom rewards
-    preflight_rewards: bool = True      # load every reward model before the first rollout (fail early)
+    preflight_rewards: bool = True  # load every reward model before the first rollout (fail early)
     # --- SFT-Aux data (a stage-2 dataset) ---
     sft_data: list[str] = field(default_factory=list)  # JSON/JSONL lists and/or image folders; [] = no SFT term
     sft_data_root: str = ""
@@ -82,13 +82,13 @@ class Stage3Config(ConfigSchema):
     # --- output ---
     output_dir: str = "outputs/train/stage3"
     keep_last: int = 3
-    resume: str = "auto"                # auto | no | a checkpoint folder
-    log_every: int = 1                  # console; the JSONL log gets every step
+    resume: str = "auto"  # auto | no | a checkpoint folder
+    log_every: int = 1  # console; the JSONL log gets every step
     save_lora_every_checkpoint: bool = True  # LoRA policy: also write a ComfyUI-loadable lora.safetensors
     # --- evaluation ---
-    eval_prompts: str = ""              # a prompt file/set; "" = no evaluation
-    eval_num_steps: int = 50            # ODE (Euler) steps, official 50
-    eval_images_per_prompt: int = 1     # official UniGenBench: 4
+    eval_prompts: str = ""  # a prompt file/set; "" = no evaluation
+    eval_num_steps: int = 50  # ODE (Euler) steps, official 50
+    eval_images_per_prompt: int = 1  # official UniGenBench: 4
     eval_seed: int = 42
     eval_before_training: bool = False
     eval_save_images: bool = True
@@ -109,22 +109,27 @@ class Stage3Config(ConfigSchema):
 
         need(self.stage == 3, f"stage must be 3 for an MR-GRPO config (got {self.stage})")
         need(bool(self.model.strip()), 'model must be set ("tiny" or a DeepGen release folder / checkpoint)')
-        need(self.mixed_precision in MIXED_PRECISION,
-             f"mixed_precision must be one of {MIXED_PRECISION} (got {self.mixed_precision!r})")
+        need(
+            self.mixed_precision in MIXED_PRECISION,
+            f"mixed_precision must be one of {MIXED_PRECISION} (got {self.mixed_precision!r})",
+        )
         need(self.policy in POLICIES, f"policy must be one of {POLICIES} (got {self.policy!r})")
         need(self.reference in REFERENCES, f"reference must be one of {REFERENCES} (got {self.reference!r})")
         if self.policy == "full":
-            need(self.reference != "disable_adapter",
-                 'reference = "disable_adapter" needs policy = "lora" (a full-DiT policy has no adapter to disable)')
+            need(
+                self.reference != "disable_adapter",
+                'reference = "disable_adapter" needs policy = "lora" (a full-DiT policy has no adapter to disable)',
+            )
         need(self.dit_lora_rank >= 1, f"dit_lora_rank must be ≥ 1 (got {self.dit_lora_rank})")
         need(self.dit_lora_alpha > 0, f"dit_lora_alpha must be > 0 (got {self.dit_lora_alpha})")
-        need(len(self.dit_lora_targets) > 0,
-             "dit_lora_targets must name a preset (attn, attn_ff) or list module names")
+        need(len(self.dit_lora_targets) > 0, "dit_lora_targets must name a preset (attn, attn_ff) or list module names")
         need(bool(self.prompts), "prompts must list at least one prompt file (or name a prompt-set file)")
         for name, kw in self.rewards.items():
             need(isinstance(kw, Mapping), f"rewards.{name} must be a table of constructor arguments")
-        need(self.sft_resolution >= 32 and self.sft_resolution % 32 == 0,
-             f"sft_resolution must be a multiple of 32 (got {self.sft_resolution})")
+        need(
+            self.sft_resolution >= 32 and self.sft_resolution % 32 == 0,
+            f"sft_resolution must be a multiple of 32 (got {self.sft_resolution})",
+        )
         need(self.keep_last >= 0, "keep_last must be ≥ 0 (0 = keep all)")
         need(bool(self.resume.strip()), 'resume must be "auto", "no" or a checkpoint folder')
         need(self.log_every >= 1, "log_every must be ≥ 1")
@@ -163,8 +168,10 @@ def normalise_category_weights(spec: Mapping[str, Any]) -> dict[str, dict[str, f
         for name, v in w.items():
             n = canonical_reward_name(name)
             if n in d:
-                raise ValueError(f"category_weights.{cat}: reward {n!r} given twice (aliases clip_sim/"
-                                 "unifiedreward_think count as clip/preference)")
+                raise ValueError(
+                    f"category_weights.{cat}: reward {n!r} given twice (aliases clip_sim/"
+                    "unifiedreward_think count as clip/preference)"
+                )
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
                 raise ValueError(f"category_weights.{cat}.{name}: weight must be a number (got {v!r})")
             d[n] = float(v)

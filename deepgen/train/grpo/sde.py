@@ -155,7 +155,7 @@ def train_sigmas(shift: float = 3.0, num_train_timesteps: int = 1000) -> torch.T
     """The training scheduler's ``sigmas`` (length T, descending 1 … shift(1/T)), the SFT loss's grid
     (``deepgen.train.losses.TrainingGrid`` reads the same table from the model's scheduler config)."""
     scheduler = _scheduler(shift, num_train_timesteps)
-    return scheduler.sigmas[:len(scheduler.timesteps)].float().clone()
+    return scheduler.sigmas[: len(scheduler.timesteps)].float().clone()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,15 +69,17 @@ class RunSetup(RunState):
         # without CUDA always cpu=True: under `accelerate launch --multi_gpu` on a CPU machine an Accelerator
         # without it would run every process as an independent single process
         cpu = True if (cfg.cpu or not torch.cuda.is_available()) else None
-        acc = self._accelerator or R.build_accelerator(cfg.mixed_precision, cpu=cpu,
-                                                       kwargs_handlers=[R.ddp_kwargs(True)])
+        acc = self._accelerator or R.build_accelerator(
+            cfg.mixed_precision, cpu=cpu, kwargs_handlers=[R.ddp_kwargs(True)]
+        )
         self.accelerator = acc
         self.rank, self.world = acc.process_index, acc.num_processes
         self.device = acc.device
         self.mixed_precision = acc.mixed_precision
         if g.prompts_per_step % self.world:
-            raise R.TrainingError(f"prompts_per_step ({g.prompts_per_step}) must be a multiple of the number of "
-                                  f"processes ({self.world})")
+            raise R.TrainingError(
+                f"prompts_per_step ({g.prompts_per_step}) must be a multiple of the number of processes ({self.world})"
+            )
         self.prompts_per_rank = g.prompts_per_step // self.world
         self.output_dir = Path(cfg.output_dir)
 
@@ -104,17 +106,25 @@ class RunSetup(RunState):
         if cfg.init_from:
             names = R.load_init_tensors(model, cfg.init_from)
             log.info("init_from %s: %d tensors", cfg.init_from, len(names))
-        reference = cfg.reference if cfg.reference != "auto" else (
-            "disable_adapter" if cfg.policy == "lora" else "copy")
+        reference = (
+            cfg.reference if cfg.reference != "auto" else ("disable_adapter" if cfg.policy == "lora" else "copy")
+        )
         self.reference_mode = reference
         self.ref_transformer = None
         if reference == "copy":  # the initial DiT, before LoRA injection / fp32 masters / resume
             # in the masters' dtype (fp32): under autocast the reference then computes exactly what the policy
             # computes at step 0 (a bf16 copy would run its norms etc. in bf16: KL ≠ 0 before any update)
             self.ref_transformer = copy.deepcopy(model.transformer).to(torch.float32).requires_grad_(False).eval()
-        spec = R.TrainableSpec(meta_queries=False, projectors=False, connector=False, dit=cfg.policy,
-                               dit_lora_rank=cfg.dit_lora_rank, dit_lora_alpha=cfg.dit_lora_alpha,
-                               dit_lora_targets=list(cfg.dit_lora_targets), vlm_lora=False)
+        spec = R.TrainableSpec(
+            meta_queries=False,
+            projectors=False,
+            connector=False,
+            dit=cfg.policy,
+            dit_lora_rank=cfg.dit_lora_rank,
+            dit_lora_alpha=cfg.dit_lora_alpha,
+            dit_lora_targets=list(cfg.dit_lora_targets),
+            vlm_lora=False,
+        )
         self.params = R.setup_trainable(model, spec, seed=g.seed)
         if cfg.gradient_checkpointing:
             R.enable_gradient_checkpointing(model, parts=("transformer",))
@@ -122,10 +132,10 @@ class RunSetup(RunState):
 
         from ..optim import build_lr_scheduler, build_optimizer
 
-        opt = build_optimizer(self.params, lr=g.lr, betas=tuple(g.betas), weight_decay=g.weight_decay,
-                              eps=g.adam_eps)
-        self.lr_scheduler = build_lr_scheduler(opt, schedule=g.lr_schedule, max_steps=g.max_steps,
-                                               warmup_steps=g.warmup_steps)
+        opt = build_optimizer(self.params, lr=g.lr, betas=tuple(g.betas), weight_decay=g.weight_decay, eps=g.adam_eps)
+        self.lr_scheduler = build_lr_scheduler(
+            opt, schedule=g.lr_schedule, max_steps=g.max_steps, warmup_steps=g.warmup_steps
+        )
         self.loss_module = acc.prepare(R.LossModule(model, self._loss_fn))
         self.optimizer = acc.prepare(opt)
 
@@ -136,8 +146,9 @@ class RunSetup(RunState):
         self.sigmas, self.timesteps = rollout_schedule(self.pipeline.make_scheduler(g.shift), g.num_steps)
         self.grid = TrainingGrid.from_model(model)
         acc.wait_for_everyone()
-        resumed = self.ckpt.resume(cfg.resume, trainable=self.params, optimizer=self.optimizer,
-                                   lr_scheduler=self.lr_scheduler)
+        resumed = self.ckpt.resume(
+            cfg.resume, trainable=self.params, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler
+        )
         if resumed is not None:
             self.start_step = resumed.step
             pos = resumed.data_position or {}
@@ -148,10 +159,16 @@ class RunSetup(RunState):
         self._sft_iter = iter(self.sft_loader) if self.sft_loader is not None else None
         if acc.is_main_process:
             self._prepare_log_file()
-        self.run_info = R.RunInfo(stage=3, total_steps=g.max_steps, start_step=self.start_step,
-                                  output_dir=self.output_dir, is_main_process=acc.is_main_process,
-                                  num_processes=self.world, trainable_parameters=self.num_trainable,
-                                  config=cfg.to_dict())
+        self.run_info = R.RunInfo(
+            stage=3,
+            total_steps=g.max_steps,
+            start_step=self.start_step,
+            output_dir=self.output_dir,
+            is_main_process=acc.is_main_process,
+            num_processes=self.world,
+            trainable_parameters=self.num_trainable,
+            config=cfg.to_dict(),
+        )
         self._setup_done = True
         return self
 
@@ -164,11 +181,19 @@ class RunSetup(RunState):
             return
         from ..data import MicroBatchLoader, load_datasets
 
-        data = load_datasets(cfg.sft_data, root=cfg.sft_data_root or None, resolution=cfg.sft_resolution,
-                             verify=cfg.sft_data_verify)
-        self.sft_loader = MicroBatchLoader(data, cfg.sft_task_pattern, g.sft_batch_size, seed=g.seed, rank=self.rank,
-                                           world_size=self.world, caption_dropout=g.sft_caption_drop,
-                                           num_workers=cfg.sft_num_workers)
+        data = load_datasets(
+            cfg.sft_data, root=cfg.sft_data_root or None, resolution=cfg.sft_resolution, verify=cfg.sft_data_verify
+        )
+        self.sft_loader = MicroBatchLoader(
+            data,
+            cfg.sft_task_pattern,
+            g.sft_batch_size,
+            seed=g.seed,
+            rank=self.rank,
+            world_size=self.world,
+            caption_dropout=g.sft_caption_drop,
+            num_workers=cfg.sft_num_workers,
+        )
 
     # ------------------------------------------------------------------------------------------ velocity
     def policy_velocity(self, x, t, context, pooled) -> Tensor:

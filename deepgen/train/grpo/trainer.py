@@ -60,8 +60,15 @@ class GRPOTrainer(RunSetup, StepPhases, Evaluation, RunOutput):
     record of the step; ``step`` counts trainer steps = rollouts).
     """
 
-    def __init__(self, cfg: Stage3Config, *, accelerator=None, model=None, rewards: Mapping[str, Any] | None = None,
-                 callbacks: Iterable[R.TrainCallback] = ()):
+    def __init__(
+        self,
+        cfg: Stage3Config,
+        *,
+        accelerator=None,
+        model=None,
+        rewards: Mapping[str, Any] | None = None,
+        callbacks: Iterable[R.TrainCallback] = (),
+    ):
         self.cfg = cfg.validate()
         self.g = cfg.grpo
         self._accelerator = accelerator

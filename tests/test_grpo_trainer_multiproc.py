@@ -15,25 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from trainer_kit import two_process_command
 
 from deepgen.train.checkpointing import load_checkpoint
 from deepgen.train.grpo.run_config import stage3_config_from_dict
 from deepgen.train.grpo.trainer import GRPOTrainer, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_cpu_processes_match_one_process(tmp_path):
@@ -79,23 +72,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     ]
     config = tmp_path / "two.toml"
     config.write_text("\n".join(lines), encoding="utf-8")
-    launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [
-        str(launcher),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "deepgen",
+    cmd = two_process_command(
         "train",
         "--stage",
         "3",
@@ -103,7 +80,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
         str(config),
         "--set",
         "cpu=true",
-    ]
+    )
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

@@ -10,24 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from trainer_kit import base_config, one_thread, write_dataset
+from trainer_kit import base_config, one_thread, two_process_command, write_dataset
 
 from deepgen.train.checkpointing import load_checkpoint
 from deepgen.train.trainer import SFTTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
@@ -51,29 +43,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     two = base_config(data, tmp_path / "two", stage=stage, micro_batch_size=1, **common)
     config = tmp_path / "two.toml"
     config.write_text(two.to_toml(), encoding="utf-8")
-    launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [
-        str(launcher),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "deepgen",
+    cmd = two_process_command(
         "train",
         "--cpu",
         "--config",
         str(config),
         "--no-export",
-    ]
+    )
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +194,34 @@ class Recorder:
 
     def on_train_end(self, run, result):
         self.events.append(("end", result.step))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_process_command(*deepgen_args: str) -> list[str]:
+    """`accelerate launch` of `python -m deepgen ...` in two CPU processes (gloo). On a CPU machine accelerate
+    starts several processes only through its torchrun path (--multi_gpu); `deepgen train --cpu` keeps them on
+    the CPU."""
+    launcher = Path(sys.executable).with_name("accelerate")
+    return [
+        str(launcher),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "deepgen",
+        *deepgen_args,
+    ]

@@ -29,7 +29,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -380,40 +380,24 @@ def _keep_new_schedule(scheduler, optimizer, fresh, step: int) -> None:
         scheduler.step()  # back at ``step``: every group's lr (and get_last_lr) is base_lr * lambda(step)
 
 
+@dataclass
 class _RunContext:
     """The pieces of one run that saving, validation and export need."""
 
-    def __init__(
-        self,
-        trainer: SFTTrainer,
-        acc,
-        model,
-        wrapper,
-        optimizer,
-        scheduler,
-        trainable,
-        manager,
-        run,
-        result,
-        grid,
-        device,
-        scb_initial,
-        datasets,
-    ):
-        self.t = trainer
-        self.acc = acc
-        self.model = model
-        self.wrapper = wrapper
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.trainable = trainable
-        self.manager = manager
-        self.run = run
-        self.result = result
-        self.grid = grid
-        self.device = device
-        self.scb_initial = scb_initial
-        self.datasets = datasets
+    t: SFTTrainer
+    acc: Any
+    model: Any
+    wrapper: Any
+    optimizer: Any
+    scheduler: Any
+    trainable: Any
+    manager: Any
+    run: Any
+    result: Any
+    grid: Any
+    device: Any
+    scb_initial: Any
+    datasets: Any
 
     def save(self, step: int, position: dict, samples: int, reason: str) -> Path | None:
         path = self.manager.save(

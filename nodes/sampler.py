@@ -55,9 +55,10 @@ def generate(handle, cond, *, width: int, height: int, batch_size: int, steps: i
             return ("JPEG", latent_preview(x), PREVIEW_MAX_SIZE)
     bar = cs.Progress(runs, node_id=node_id, desc="DeepGen sample")
     try:
-        x = pipe.sample(cond.to(pipe.device), height, width, num_steps=steps, cfg_scale=cfg, seed=seeds,
-                        init_latents=init, strength=denoise if init is not None else 1.0, shift=shift or None,
-                        callback=bar.callback(preview))
+        with model.transformer.reference_tokens_once():  # reference latents: patch-embedded once per run
+            x = pipe.sample(cond.to(pipe.device), height, width, num_steps=steps, cfg_scale=cfg, seed=seeds,
+                            init_latents=init, strength=denoise if init is not None else 1.0, shift=shift or None,
+                            callback=bar.callback(preview))
     finally:
         bar.close()
 

@@ -358,34 +358,35 @@ class DeepGenPipeline:
 
         first = num_steps - len(timesteps)  # index of timesteps[0] in scheduler.sigmas
         sigmas = scheduler.sigmas.tolist() if on_step is not None else []  # one device read, not one a step
-        for i, t in enumerate(timesteps):
-            model_in = torch.cat([x, x]) if guided else x
-            v_pos = model.velocity(model_in, t.expand(model_in.shape[0]), context, pooled, refs)
-            v_neg = None
-            if guided:
-                v_neg, v_pos = v_pos.chunk(2)
-                v = guide(v_neg, v_pos, cfg_scale)
-            else:
-                v = v_pos
-            x_in, x = x, scheduler.step(v, t, x, return_dict=False)[0]  # type: ignore[arg-type]
-            if on_step is not None:
-                on_step(
-                    StepOutput(
-                        step=i,
-                        num_steps=len(timesteps),
-                        timestep=t,
-                        sigma=sigmas[first + i],
-                        sigma_next=sigmas[first + i + 1],
-                        latents=x_in,
-                        velocity_cond=v_pos,
-                        velocity_uncond=v_neg,
-                        velocity=v,
-                        next_latents=x,
-                        cfg_scale=cfg_scale if guided else 1.0,
+        with model.transformer.reference_tokens_once():  # each reference is patch-embedded once a run
+            for i, t in enumerate(timesteps):
+                model_in = torch.cat([x, x]) if guided else x
+                v_pos = model.velocity(model_in, t.expand(model_in.shape[0]), context, pooled, refs)
+                v_neg = None
+                if guided:
+                    v_neg, v_pos = v_pos.chunk(2)
+                    v = guide(v_neg, v_pos, cfg_scale)
+                else:
+                    v = v_pos
+                x_in, x = x, scheduler.step(v, t, x, return_dict=False)[0]  # type: ignore[arg-type]
+                if on_step is not None:
+                    on_step(
+                        StepOutput(
+                            step=i,
+                            num_steps=len(timesteps),
+                            timestep=t,
+                            sigma=sigmas[first + i],
+                            sigma_next=sigmas[first + i + 1],
+                            latents=x_in,
+                            velocity_cond=v_pos,
+                            velocity_uncond=v_neg,
+                            velocity=v,
+                            next_latents=x,
+                            cfg_scale=cfg_scale if guided else 1.0,
+                        )
                     )
-                )
-            if callback is not None:
-                callback(i, len(timesteps), x)
+                if callback is not None:
+                    callback(i, len(timesteps), x)
         return x
 
     @torch.no_grad()

@@ -239,8 +239,8 @@ class DeepGenModel(nn.Module):
             latents = latents.to(dtype)
         else:
             latents = [x.to(dtype) for x in latents]
-        if reference_latents is not None:
-            reference_latents = [[r.to(dtype) for r in refs] for refs in reference_latents]
+        # references keep their tensor identity (the DiT casts each to the latents' dtype as it embeds it), so
+        # inside transformer.reference_tokens_once() the steps of a run find them in its memo
         return self.transformer(
             latents,
             encoder_hidden_states=context.to(dtype),

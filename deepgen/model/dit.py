@@ -12,6 +12,7 @@ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -25,6 +26,9 @@ from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from torch.nn.utils.rnn import pad_sequence
 
 LatentBatch = torch.Tensor | Sequence[torch.Tensor]
+# id(reference latent) -> (that latent, target dtype, its patch-embedded tokens): one memo per `forward` call, or one
+# for a whole sampling run inside `reference_tokens_once()`. It holds the latent, so the id is not reused meanwhile.
+ReferenceMemo = dict[int, tuple[torch.Tensor, torch.dtype, torch.Tensor]]
 
 
 class MaskedJointAttnProcessor(JointAttnProcessor2_0):
@@ -89,6 +93,7 @@ class DeepGenTransformer2DModel(SD3Transformer2DModel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.set_attn_processor(MaskedJointAttnProcessor())
+        self._reference_memo: ReferenceMemo | None = None  # set inside reference_tokens_once()
 
     # diffusers reads config fields from the __init__ signature: expose the parent's.
     __init__.__signature__ = inspect.signature(SD3Transformer2DModel.__init__)  # type: ignore[attr-defined]
@@ -99,14 +104,48 @@ class DeepGenTransformer2DModel(SD3Transformer2DModel):
         def config(self) -> Any:  # diffusers types it as a dict; its FrozenDict also reads fields as attributes
             ...
 
+    @contextlib.contextmanager
+    def reference_tokens_once(self):
+        """Within this block each reference latent (by tensor identity) is patch-embedded once and its tokens are
+        reused by every later forward: the steps of a sampling run and its CFG rows. The memo is dropped on exit,
+        so nothing outlives the run. Nested blocks share the outer memo. With grad enabled (training) nothing is
+        reused across forwards. Results are bit-identical: the same `pos_embed` call on the same tensor."""
+        if getattr(self, "_reference_memo", None) is not None:
+            yield
+            return
+        self._reference_memo = {}
+        try:
+            yield
+        finally:
+            self._reference_memo = None
+
+    def _embed_reference(self, ref: torch.Tensor, dtype: torch.dtype, memo: ReferenceMemo | None) -> torch.Tensor:
+        """`pos_embed` of one (C, h, w) reference latent in `dtype`, memoised by tensor identity in `memo`."""
+        if memo is None:
+            return self.pos_embed(ref.unsqueeze(0).to(dtype))[0]
+        hit = memo.get(id(ref))
+        if hit is not None and hit[0] is ref and hit[1] == dtype:
+            return hit[2]
+        tokens = self.pos_embed(ref.unsqueeze(0).to(dtype))[0]
+        memo[id(ref)] = (ref, dtype, tokens)
+        return tokens
+
     def _embed_samples(self, hidden_states: LatentBatch, reference_latents):
-        """Patch-embed each target and its references with the shared pos_embed; pad right; build the mask."""
+        """Patch-embed each target and its references with the shared pos_embed; pad right; build the mask.
+
+        Without grad, a reference tensor shared by several samples (CFG rows, images of one prompt) is embedded
+        once per call, or once per run inside `reference_tokens_once()`. With grad (training) every use is embedded
+        on its own, as before, so gradients are summed in the same order."""
+        memo: ReferenceMemo | None = None
+        if not torch.is_grad_enabled():
+            run_memo = getattr(self, "_reference_memo", None)
+            memo = run_memo if run_memo is not None else {}
         tokens, grid_sizes = [], []
         for i, latent in enumerate(hidden_states):
             parts = [self.pos_embed(latent.unsqueeze(0))[0]]
             grid_sizes.append((latent.shape[-2] // self.config.patch_size, latent.shape[-1] // self.config.patch_size))
             for ref in reference_latents[i] if reference_latents is not None else ():
-                parts.append(self.pos_embed(ref.unsqueeze(0).to(latent.dtype))[0])
+                parts.append(self._embed_reference(ref, latent.dtype, memo))
             tokens.append(torch.cat(parts) if len(parts) > 1 else parts[0])
         lengths = [t.shape[0] for t in tokens]
         if len(set(lengths)) == 1:

@@ -19,7 +19,8 @@ NODE_MODULES = (
     "sampler",
     "edit",
     "reward",
-    "training",  # DeepGenTrainLoRA, DeepGenLoRALoader
+    "training",  # DeepGenTrainLoRA
+    "lora_loader",  # DeepGenLoRALoader
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

@@ -1,4 +1,5 @@
-"""DeepGenTrainLoRA (fine-tune DeepGen on a folder of captioned images, inside ComfyUI) and DeepGenLoRALoader.
+"""DeepGenTrainLoRA: fine-tune DeepGen on a folder of captioned images, inside ComfyUI (DeepGenLoRALoader, in
+lora_loader.py, applies the result).
 
 Both are thin adapters over the headless trainer (deepgen.train.trainer.SFTTrainer, stage-2 recipe) and the
 LoRA files it exports (deepgen.train.export).  The cached base model is never changed for good: training adds
@@ -14,89 +15,22 @@ ComfyUI the first ``loras`` model folder + ``deepgen/``); resumable training che
 from __future__ import annotations
 
 import os
-import re
-import sys
 import time
 import warnings
-from pathlib import Path
 
-from deepgen.errors import InputError, NotFoundError
+from deepgen.errors import InputError
 
 from . import comfy_services as cs
+from .training_files import (
+    check_lora_name,
+    load_adapter_cached,
+    lora_output_dir,
+    resolve_dataset,
+    run_dir,
+)
 from .types import DEEPGEN_MODEL, IMAGE, MAX_SEED, category, display_name
 
 LOSS_MAP = "LOSS_MAP"  # ComfyUI core's loss history type ({"loss": [floats]}), read by "Plot Loss Graph"
-LORA_SUBFOLDER = "deepgen"
-RUNS_SUBFOLDER = "deepgen_training"
-NO_LORAS = "(no LoRA files found)"
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,120}$")
-_ADAPTER_CACHE: dict[tuple[str, int, int], object] = {}
-
-
-# ---- where things go ---------------------------------------------------------------------------------------
-
-
-def _folder_paths():
-    return sys.modules.get("folder_paths") if cs.in_comfyui() else None
-
-
-def output_root() -> Path:
-    fp = _folder_paths()
-    if fp is not None:
-        return Path(fp.get_output_directory())
-    return Path(os.environ.get("DEEPGEN_OUTPUT_DIR") or "output").expanduser().absolute()
-
-
-def lora_output_dir() -> Path:
-    """Where trained LoRAs are written: ``output/loras/deepgen`` (ComfyUI lists ``output/loras`` as a loras folder)."""
-    if _folder_paths() is not None:
-        return output_root() / "loras" / LORA_SUBFOLDER
-    folders = cs.model_folders("loras")
-    return (Path(folders[0]) if folders else output_root() / "loras") / LORA_SUBFOLDER
-
-
-def run_dir(lora_name: str) -> Path:
-    return output_root() / RUNS_SUBFOLDER / lora_name
-
-
-def input_root() -> Path:
-    """The folder datasets are read from: ComfyUI's input folder (outside ComfyUI: $DEEPGEN_INPUT_DIR, else the
-    working folder)."""
-    fp = _folder_paths()
-    if fp is not None:
-        return Path(fp.get_input_directory())
-    return Path(os.environ.get("DEEPGEN_INPUT_DIR") or os.getcwd()).expanduser().absolute()
-
-
-def resolve_dataset(path: str) -> Path:
-    """A folder or a .json/.jsonl list inside the input folder: a relative name, or an absolute path that lies
-    inside it. A name from a (shared) workflow never reaches files elsewhere."""
-    from deepgen.paths import check_inside, join_inside
-
-    text = (path or "").strip().strip('"').strip("'")
-    if not text:
-        raise InputError(
-            "dataset is empty: give a folder of images with same-named .txt captions, or a .json/.jsonl "
-            "list, inside ComfyUI's input folder"
-        )
-    root = input_root()
-    given = Path(text).expanduser()
-    found = check_inside(given, root, "dataset") if given.is_absolute() else join_inside(root, text, "dataset")
-    if not found.exists():
-        raise NotFoundError(
-            f"dataset {text!r} not found in {root}; put a folder of images with same-named .txt "
-            "captions, or a .json/.jsonl list, in ComfyUI's input folder"
-        )
-    return found
-
-
-def check_lora_name(name: str) -> str | None:
-    if not isinstance(name, str) or not _NAME_OK.match(name.strip()) or ".." in name:
-        return (
-            f"lora_name {name!r} must be a plain file name (letters, digits, space . _ + -; no folders), "
-            "e.g. my_deepgen_lora"
-        )
-    return None
 
 
 # ---- progress, interrupt and loss events -----------------------------------------------------------------
@@ -191,18 +125,6 @@ def _to_image_batch(images):
     size = images[0].size
     arrays = [np.asarray(im.convert("RGB").resize(size), dtype=np.float32) / 255.0 for im in images]
     return torch.from_numpy(np.stack(arrays))
-
-
-def load_adapter_cached(path: str):
-    from deepgen.lora import load_lora
-
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _ADAPTER_CACHE:
-        if len(_ADAPTER_CACHE) > 16:
-            _ADAPTER_CACHE.clear()
-        _ADAPTER_CACHE[key] = load_lora(path)
-    return _ADAPTER_CACHE[key]
 
 
 # ---- DeepGenTrainLoRA ----------------------------------------------------------------------------------------
@@ -565,68 +487,5 @@ def _first_caption(datasets) -> str | None:
 # ---- DeepGenLoRALoader ---------------------------------------------------------------------------------------
 
 
-def lora_choices() -> list[str]:
-    names = [n for n in cs.list_models("loras") if n.lower().endswith((".safetensors", ".sft"))]
-    ours = sorted(n for n in names if n.startswith(LORA_SUBFOLDER + "/"))
-    return (ours + sorted(n for n in names if n not in ours)) or [NO_LORAS]
-
-
-class DeepGenLoRALoader:
-    DESCRIPTION = (
-        "Applies a DeepGen LoRA (from DeepGenTrainLoRA or `deepgen train`) with a strength. Chain several "
-        "to combine LoRAs. Returns a new model; the cached base model and other workflows keep the "
-        "original weights. Handles VLM LoRAs, DiT LoRAs and trained-bridge (connector) differences."
-    )
-    CATEGORY = category("loaders")
-    RETURN_TYPES = (DEEPGEN_MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The model with the LoRA applied (while nodes use this output).",)
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (DEEPGEN_MODEL, {"tooltip": "The model from DeepGenLoader (or another LoRA loader)."}),
-                "lora_name": (
-                    lora_choices(),
-                    {"tooltip": "A DeepGen LoRA file from the loras folders (trained LoRAs are in loras/deepgen/)."},
-                ),
-                "strength": (
-                    "FLOAT",
-                    {
-                        "default": 1.0,
-                        "min": -10.0,
-                        "max": 10.0,
-                        "step": 0.01,
-                        "tooltip": "1 = as trained, 0 = off; between blends, above exaggerates.",
-                    },
-                ),
-            },
-        }
-
-    @classmethod
-    def IS_CHANGED(cls, lora_name, strength=1.0, **_):
-        try:
-            st = os.stat(cs.resolve_model_path("loras", lora_name))
-            return f"{lora_name}:{st.st_size}:{st.st_mtime_ns}:{strength}"
-        except (OSError, ValueError) as exc:
-            return f"missing:{exc}"
-
-    def load(self, model, lora_name, strength=1.0):
-        if lora_name == NO_LORAS:
-            raise NotFoundError(
-                "No LoRA files in the loras folders: train one with DeepGenTrainLoRA (it saves "
-                "to output/loras/deepgen/), then refresh"
-            )
-        path = cs.resolve_model_path("loras", lora_name)
-        adapter = load_adapter_cached(path)
-        adapter.check(model.model)
-        return (model.with_loras([(adapter, float(strength))]),)
-
-
-NODE_CLASS_MAPPINGS = {"DeepGenTrainLoRA": DeepGenTrainLoRA, "DeepGenLoRALoader": DeepGenLoRALoader}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "DeepGenTrainLoRA": display_name("DeepGen Train LoRA"),
-    "DeepGenLoRALoader": display_name("DeepGen LoRA Loader"),
-}
+NODE_CLASS_MAPPINGS = {"DeepGenTrainLoRA": DeepGenTrainLoRA}
+NODE_DISPLAY_NAME_MAPPINGS = {"DeepGenTrainLoRA": display_name("DeepGen Train LoRA")}

@@ -432,7 +432,7 @@ def case_node_model_missing(s):
 
 
 def dataset(name):
-    from nodes.training import resolve_dataset
+    from nodes.training_files import resolve_dataset
 
     return lambda: resolve_dataset(name)
 

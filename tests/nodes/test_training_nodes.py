@@ -24,7 +24,8 @@ for _p in (str(ROOT / "tests"), str(ROOT), str(HERE)):
 from trainer_kit import assert_same_outputs, one_thread, outputs, write_folder_dataset  # noqa: E402
 
 from nodes import comfy_services as cs  # noqa: E402
-from nodes.training import NO_LORAS, DeepGenLoRALoader, DeepGenTrainLoRA  # noqa: E402
+from nodes.lora_loader import NO_LORAS, DeepGenLoRALoader  # noqa: E402
+from nodes.training import DeepGenTrainLoRA  # noqa: E402
 
 WORKFLOW = "deepgen_lora_finetune.json"
 FAST = dict(

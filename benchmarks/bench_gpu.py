@@ -58,7 +58,7 @@ def _positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-tflops", type=_positive(float), default=None,
                    help=f"the GPU's dense peak TFLOP/s for --dtype, for MFU (default: from the GPU name, "
                         f"{DEFAULT_PEAK_TFLOPS:g} for H100/H200 SXM bf16; on the CPU only if given)")
+    p.add_argument("--threads", type=_positive(int), default=None,
+                   help="torch CPU threads (default: 1 on the CPU, where the tiny model is overhead-bound and idle "
+                        "threads spinning on a shared machine cost more than they give; torch's own on CUDA)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the noise")
     p.add_argument("--json", type=Path, default=None, help="also write the rows (and the machine) to this file")
     return p
@@ -484,6 +487,8 @@ def main(argv=None) -> int:
         torch.cuda.set_device(device)
     elif not args.tiny:
         print("warning: real sizes on a non-CUDA device; this is slow (use --tiny for the CPU check)", file=sys.stderr)
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
     os.environ["DEEPGEN_DEVICE"] = str(device)  # the node handle's compute device outside ComfyUI
     dtype = pick_dtype(args.dtype, device)
     dtype_name = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]

@@ -8,7 +8,7 @@ diffusers SD3 step, and the model FLOP utilisation (MFU), in one markdown table.
 
 Weights: with --checkpoint (and --vlm / --diffusion for the official layout) the real release through
 `deepgen.loading.load_model`; without, random weights of the real sizes (Qwen2.5-VL-3B, the SD3.5-Medium DiT,
-the SD3.5 VAE, the official SCB; docs/deepgen-reference.md), built on the meta device and materialised straight
+the SD3.5 VAE, the official SCB; deepgen-reference.md), built on the meta device and materialised straight
 on the target device with a cheap deterministic init (nothing real-size is ever allocated on the CPU, apart from
 the DiT's sin-cos position grid, which the loader builds there too). --tiny runs the same path with the tiny
 demo configs (`deepgen.tiny`).
@@ -130,7 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---- the model: real weights, or random weights of the real (or tiny) sizes ---------------------------------
 
 def model_spec(tiny: bool) -> dict:
-    """Configs of every part: the tiny demo's (deepgen.tiny), or the real ones (docs/deepgen-reference.md §1)."""
+    """Configs of every part: the tiny demo's (deepgen.tiny), or the real ones (deepgen-reference.md §1.2, §1.5,
+    §1.7: Qwen2.5-VL-3B-Instruct, the official connector, the SD3.5-Medium DiT; the SD3.5 VAE)."""
     from deepgen import tiny as T
     from deepgen.model.connector import ConnectorConfig
 

@@ -97,7 +97,8 @@ def _count(module) -> int:
 
 
 def test_real_size_skeleton_has_the_release_sizes(bench):
-    """The random real-size model is the release's shape: counts from docs/deepgen-reference.md §1.1."""
+    """The random real-size model is the release's shape: the counts of deepgen-reference.md §1.1 (the project's
+    shared reference notes)."""
     model = bench.skeleton(bench.model_spec(tiny=False), include_buffers=True)  # all on meta: no memory
     scb = sum(_count(getattr(model, n)) for n in ("connector", "projector_1", "projector_2", "projector_3"))
     assert _count(model.transformer) == 2_243_171_520

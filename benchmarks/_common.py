@@ -56,14 +56,20 @@ def repeat_within(fn, reps: int, budget_s: float, started: float | None = None) 
     return results
 
 
-def table(headers: list[str], rows: list[list]) -> str:
+def table(headers: list[str], rows: list[list], markdown: bool = False, align: str | None = None) -> str:
+    """Aligned plain text, or a markdown table. align: one 'l' or 'r' per column (default: the first column
+    left-aligned, the others, numbers, right-aligned)."""
     cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    align = align or "l" + "r" * (len(headers) - 1)
 
-    def line(items):  # first column left-aligned, numbers right-aligned
-        return "  ".join(s.rjust(w) if i else s.ljust(w) for i, (s, w) in enumerate(zip(items, widths)))
+    def line(items):
+        text = (" | " if markdown else "  ").join(
+            s.rjust(w) if a == "r" else s.ljust(w) for s, w, a in zip(items, widths, align))
+        return f"| {text} |" if markdown else text
 
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+    rule = [("-" * (w - 1) + ":" if a == "r" else "-" * w) if markdown else "-" * w for w, a in zip(widths, align)]
+    return "\n".join([line(headers), line(rule), *(line(r) for r in cells)])
 
 
 def write_results(name: str, data: dict) -> Path:

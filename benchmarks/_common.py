@@ -6,12 +6,14 @@ shared, so absolute seconds drift between runs; ratios much less so).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -65,7 +67,8 @@ def table(headers: list[str], rows: list[list], markdown: bool = False, align: s
 
     def line(items):
         text = (" | " if markdown else "  ").join(
-            s.rjust(w) if a == "r" else s.ljust(w) for s, w, a in zip(items, widths, align))
+            s.rjust(w) if a == "r" else s.ljust(w) for s, w, a in zip(items, widths, align)
+        )
         return f"| {text} |" if markdown else text
 
     rule = [("-" * (w - 1) + ":" if a == "r" else "-" * w) if markdown else "-" * w for w, a in zip(widths, align)]
@@ -155,3 +158,37 @@ def save_official_release(model, folder: Path, lora_rank: int = 8) -> dict[str, 
     checkpoint = folder / "model.safetensors"
     save_file(tensors, str(checkpoint))
     return {"checkpoint": checkpoint, "vlm": vlm_dir, "diffusion": diffusion_dir}
+
+
+class Clock:
+    """Wall time of a block, with CUDA synchronised at both ends; and the peak CUDA memory of a stretch."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.cuda = torch, torch.device(device).type == "cuda"
+        self.device = device
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def time(self, into: dict, key: str):
+        self.sync()
+        start = time.perf_counter()
+        yield
+        self.sync()
+        into[key] = into.get(key, 0.0) + time.perf_counter() - start
+
+    def reset_peak(self):
+        if self.cuda:
+            self.torch.cuda.empty_cache()
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_gib(self) -> tuple[float | None, float | None]:
+        """(allocated, reserved) peak in GiB since reset_peak; None without CUDA."""
+        if not self.cuda:
+            return None, None
+        cuda = self.torch.cuda
+        return cuda.max_memory_allocated(self.device) / 2**30, cuda.max_memory_reserved(self.device) / 2**30

@@ -27,7 +27,6 @@ torch.compile, a step cache) print "n/a (not implemented yet)": never a made-up 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -35,7 +34,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median, table  # noqa: E402
+from _common import Clock, machine, median, table  # noqa: E402
+from _real_size import (  # noqa: E402
+    DEFAULT_PEAK_TFLOPS,
+    dit_step_flops,
+    load,
+    peak_tflops,
+)
 
 NAME = "bench_gpu"
 NOT_IMPLEMENTED = "n/a (not implemented yet)"
@@ -44,14 +49,10 @@ PROMPT = "a lighthouse on a cliff at dusk, warm light, detailed oil painting"
 EDIT_INSTRUCTION = "make it night and add a full moon"
 MEMORY_MODES = ("keep_all_on_gpu", "offload_vlm_after_encode", "sequential_offload")  # nodes/model_handle.py
 ROW_KEYS = ("section", "name", "value", "unit", "ratio", "baseline", "note")
-# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
-# The first match wins, so the more specific names come first.
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),
-               ("A100", 312.0), ("L40S", 362.0))
-DEFAULT_PEAK_TFLOPS = 989.0  # H100/H200 SXM, bf16 dense
 
 
 # ---- arguments ---------------------------------------------------------------------------------------------
+
 
 def _positive(kind):
     def parse(text: str):
@@ -84,32 +85,58 @@ def _device(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench_gpu.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench_gpu.py", description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     w = p.add_argument_group("weights (default: random weights of the real sizes)")
-    w.add_argument("--checkpoint", help="the DeepGen checkpoint (official model.pt/.safetensors, the diffusers "
-                                        "folder, or a `deepgen convert` file): real weights via load_model")
+    w.add_argument(
+        "--checkpoint",
+        help="the DeepGen checkpoint (official model.pt/.safetensors, the diffusers "
+        "folder, or a `deepgen convert` file): real weights via load_model",
+    )
     w.add_argument("--vlm", help="official layout: the Qwen2.5-VL-3B-Instruct folder")
     w.add_argument("--diffusion", help="official layout: the UniPic2-SD3.5M-Kontext folder")
     w.add_argument("--tiny", action="store_true", help="the tiny demo configs instead of the real sizes (CPU check)")
     p.add_argument("--device", type=_device, default="cuda", help="compute device")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="auto: bf16 on CUDA, fp32 on the CPU (deepgen.devices.pick_dtype)")
-    p.add_argument("--sizes", type=_image_size, nargs="+", default=None,
-                   help="square text-to-image sizes in pixels; the first is also the edit and memory-mode size "
-                        "(default 512 1024; with --tiny 64 128)")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="auto: bf16 on CUDA, fp32 on the CPU (deepgen.devices.pick_dtype)",
+    )
+    p.add_argument(
+        "--sizes",
+        type=_image_size,
+        nargs="+",
+        default=None,
+        help="square text-to-image sizes in pixels; the first is also the edit and memory-mode size "
+        "(default 512 1024; with --tiny 64 128)",
+    )
     p.add_argument("--steps", type=_positive(int), default=50, help="denoising steps per image")
     p.add_argument("--cfg", type=_positive(float), default=4.0, help="guidance scale (> 1: cond + negative rows)")
     p.add_argument("--reps", type=_positive(int), default=2, help="timed images per configuration (median)")
     p.add_argument("--dit-reps", type=_positive(int), default=10, help="timed DiT forwards each, ours and bare")
-    p.add_argument("--memory-modes", nargs="+", choices=MEMORY_MODES, default=list(MEMORY_MODES),
-                   help="memory modes to measure (first is the baseline)")
-    p.add_argument("--peak-tflops", type=_positive(float), default=None,
-                   help=f"the GPU's dense peak TFLOP/s for --dtype, for MFU (default: from the GPU name, "
-                        f"{DEFAULT_PEAK_TFLOPS:g} for H100/H200 SXM bf16; on the CPU only if given)")
-    p.add_argument("--threads", type=_positive(int), default=None,
-                   help="torch CPU threads (default: 1 on the CPU, where the tiny model is overhead-bound and idle "
-                        "threads spinning on a shared machine cost more than they give; torch's own on CUDA)")
+    p.add_argument(
+        "--memory-modes",
+        nargs="+",
+        choices=MEMORY_MODES,
+        default=list(MEMORY_MODES),
+        help="memory modes to measure (first is the baseline)",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=_positive(float),
+        default=None,
+        help=f"the GPU's dense peak TFLOP/s for --dtype, for MFU (default: from the GPU name, "
+        f"{DEFAULT_PEAK_TFLOPS:g} for H100/H200 SXM bf16; on the CPU only if given)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=None,
+        help="torch CPU threads (default: 1 on the CPU, where the tiny model is overhead-bound and idle "
+        "threads spinning on a shared machine cost more than they give; torch's own on CUDA)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the noise")
     p.add_argument("--json", type=Path, default=None, help="also write the rows (and the machine) to this file")
     return p
@@ -127,188 +154,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ---- the model: real weights, or random weights of the real (or tiny) sizes ---------------------------------
-
-def model_spec(tiny: bool) -> dict:
-    """Configs of every part: the tiny demo's (deepgen.tiny), or the real ones (deepgen-reference.md §1.2, §1.5,
-    §1.7: Qwen2.5-VL-3B-Instruct, the official connector, the SD3.5-Medium DiT; the SD3.5 VAE)."""
-    from deepgen import tiny as T
-    from deepgen.model.connector import ConnectorConfig
-
-    spec = {"vlm": T.TINY_VLM, "transformer": T.TINY_TRANSFORMER, "vae": T.TINY_VAE, "connector": T.TINY_CONNECTOR,
-            "num_queries": T.TINY_NUM_QUERIES, "scheduler": T.SCHEDULER_CONFIG}
-    if tiny:
-        return spec
-    text = {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
-            "num_key_value_heads": 2,
-            "rope_scaling": {"type": "default", "rope_type": "default", "mrope_section": [16, 24, 24]}}
-    vision = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048,
-              "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31]}
-    vlm = {**T.TINY_VLM, "text_config": {**T.TINY_VLM["text_config"], **text},
-           "vision_config": {**T.TINY_VLM["vision_config"], **vision}}
-    dit = {**T.TINY_TRANSFORMER, "sample_size": 128, "num_layers": 24, "attention_head_dim": 64,
-           "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
-           "pooled_projection_dim": 2048, "pos_embed_max_size": 384, "dual_attention_layers": list(range(13))}
-    vae = {**T.TINY_VAE, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
-           "sample_size": 1024}
-    return {**spec, "vlm": vlm, "transformer": dit, "vae": vae, "connector": ConnectorConfig(), "num_queries": 128}
-
-
-def skeleton(spec: dict, include_buffers: bool = False):
-    """A DeepGenModel whose parameters are on the meta device (no memory). Buffers are built for real unless
-    include_buffers (they are computed, not random: the DiT's sin-cos grid, the VLM's rotary frequencies)."""
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL
-    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
-
-    from deepgen.model.deepgen import DeepGenModel
-    from deepgen.model.dit import DeepGenTransformer2DModel
-    from deepgen.tokenizer import demo_tokenizer
-
-    with init_empty_weights(include_buffers=include_buffers):
-        lmm = AutoModelForImageTextToText.from_config(Qwen2_5_VLConfig.from_dict(spec["vlm"]),
-                                                      attn_implementation="sdpa")
-        dit = DeepGenTransformer2DModel.from_config(spec["transformer"])
-        vae = AutoencoderKL.from_config(spec["vae"])
-        return DeepGenModel(lmm, demo_tokenizer(), dit, vae, spec["connector"], num_queries=spec["num_queries"],
-                            scheduler_config=spec["scheduler"])
-
-
-def materialize(module, device, dtype, seed: int = 0):
-    """Give a skeleton's meta parameters real storage on `device`, in `dtype`, and a cheap deterministic init
-    made there: matrices and kernels N(0, 1/fan_in), other weights (norms) 1, biases 0. Buffers keep the values
-    they were built with (and their dtype), copied to `device`."""
-    import torch
-
-    buffers = dict(module.named_buffers())
-    for param in module.parameters():
-        param.data = param.data.to(dtype)  # still meta: free
-    module.to_empty(device=device)
-    generator = torch.Generator(device).manual_seed(seed)
-    with torch.no_grad():
-        for name, buffer in module.named_buffers():
-            buffer.copy_(buffers[name])
-        for name, param in module.named_parameters():
-            if param.ndim >= 2:
-                param.normal_(0.0, (param[0].numel()) ** -0.5, generator=generator)
-            elif name.endswith("bias"):
-                param.zero_()
-            else:
-                param.fill_(1.0)
-    return module
-
-
-def random_model(spec: dict, device, dtype, seed: int = 0):
-    model = materialize(skeleton(spec), device, dtype, seed)
-    model.lmm.tie_weights()  # lm_head shares the embedding, as in the release
-    return model.eval()
-
-
-def load(args, device, dtype):
-    """(model, what it is)."""
-    if args.checkpoint:
-        from deepgen.loading import load_model
-
-        return load_model(args.checkpoint, args.vlm, args.diffusion, dtype=dtype, device=device), "real weights"
-    kind = "tiny demo sizes" if args.tiny else "real sizes"
-    return random_model(model_spec(args.tiny), device, dtype, args.seed), f"random weights, {kind}"
-
-
-# ---- FLOPs of one DiT step, from its config ------------------------------------------------------------------
-
-def dit_step_flops(config, image_tokens: int, context_tokens: int, batch: int) -> int:
-    """FLOPs of one forward of the SD3/DeepGen DiT, counted from the config (a multiply-add = 2 FLOPs).
-
-    D = num_attention_heads·attention_head_dim (= caption_projection_dim), N image tokens (target + references,
-    per row), M context tokens, J = joint_attention_dim, P = pooled_projection_dim, C = in_channels,
-    p = patch_size, B rows (2 with CFG: negative + prompt). Linear a→b on T tokens: 2·T·a·b.
-      per joint block:
-        image q,k,v,out                 8·N·D²
-        context q,k,v (+ out)           6·M·D² (+ 2·M·D²; the last block is context_pre_only: no out, no MLP)
-        joint attention QKᵀ and A·V     4·(N+M)²·D
-        image MLP D→4D→D                16·N·D²;  context MLP 16·M·D² (not in the last block)
-        AdaLN modulation of temb        2·D·(6D or 9D for dual blocks) + 2·D·(6D, or 2D when context_pre_only)
-        dual blocks (dual_attention_layers) add image-only attention: 8·N·D² + 4·N²·D
-      once: patch embedding 2·N·C·p²·D, context_embedder 2·M·J·D, timestep MLP 2·(256·D + D²), pooled MLP
-        2·(P·D + D²), norm_out 2·D·2D, proj_out 2·N·D·p²·C_out.
-    All of that × B. Norms, softmax, activations and the residual adds are elementwise and left out (< 1 %).
-    tests/test_bench_gpu.py checks this against torch's FlopCounterMode on the tiny DiT.
-    """
-    c = config
-    d, n, m = c.num_attention_heads * c.attention_head_dim, image_tokens, context_tokens
-    dual = set(c.dual_attention_layers or ())
-    per_row = 0
-    for i in range(c.num_layers):
-        pre_only = i == c.num_layers - 1
-        per_row += 8 * n * d * d + 6 * m * d * d + 4 * (n + m) ** 2 * d + 16 * n * d * d
-        per_row += 0 if pre_only else 2 * m * d * d + 16 * m * d * d
-        per_row += 2 * d * (9 if i in dual else 6) * d + 2 * d * (2 if pre_only else 6) * d
-        if i in dual:
-            per_row += 8 * n * d * d + 4 * n * n * d
-    patch = c.patch_size ** 2
-    per_row += 2 * n * c.in_channels * patch * d + 2 * m * c.joint_attention_dim * d
-    per_row += 2 * (256 * d + d * d) + 2 * (c.pooled_projection_dim * d + d * d) + 2 * d * 2 * d
-    per_row += 2 * n * d * patch * c.out_channels
-    return batch * per_row
-
-
-def peak_tflops(given: float | None, device_name: str | None) -> tuple[float | None, str]:
-    """(peak TFLOP/s for MFU, where it came from): --peak-tflops, else the GPU name, else the H100 figure."""
-    if given:
-        return given, "--peak-tflops"
-    if device_name is None:
-        return None, "CPU: pass --peak-tflops for an MFU"
-    for key, value in PEAK_TFLOPS:
-        if key.lower() in device_name.lower():
-            return value, f"{key} bf16 dense"
-    return DEFAULT_PEAK_TFLOPS, f"unknown GPU {device_name!r}: assumed the H100 bf16 peak; pass --peak-tflops"
-
-
-# ---- measuring ------------------------------------------------------------------------------------------------
-
-class Clock:
-    """Wall time of a block, with CUDA synchronised at both ends; and the peak CUDA memory of a stretch."""
-
-    def __init__(self, device):
-        import torch
-
-        self.torch, self.cuda = torch, torch.device(device).type == "cuda"
-        self.device = device
-
-    def sync(self):
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-
-    @contextlib.contextmanager
-    def time(self, into: dict, key: str):
-        self.sync()
-        start = time.perf_counter()
-        yield
-        self.sync()
-        into[key] = into.get(key, 0.0) + time.perf_counter() - start
-
-    def reset_peak(self):
-        if self.cuda:
-            self.torch.cuda.empty_cache()
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak_gib(self) -> tuple[float | None, float | None]:
-        """(allocated, reserved) peak in GiB since reset_peak; None without CUDA."""
-        if not self.cuda:
-            return None, None
-        cuda = self.torch.cuda
-        return cuda.max_memory_allocated(self.device) / 2**30, cuda.max_memory_reserved(self.device) / 2**30
-
-
 def generate(handle, clock: Clock, size: int, steps: int, cfg: float, seed: int, reference=None) -> dict:
     """One image through the handle, stage by stage as the nodes run it; seconds per stage and in all."""
     pipe, t = handle.pipe, {}
     with clock.time(t, "encode"):
         handle.prepare("encode")
         try:
-            think = pipe.think([EDIT_INSTRUCTION if reference is not None else PROMPT],
-                               references=[[reference]] if reference is not None else None, guidance=cfg > 1.0,
-                               reference_target=size)
+            think = pipe.think(
+                [EDIT_INSTRUCTION if reference is not None else PROMPT],
+                references=[[reference]] if reference is not None else None,
+                guidance=cfg > 1.0,
+                reference_target=size,
+            )
         finally:
             handle.finish("encode")
         if think.has_references:
@@ -349,13 +206,31 @@ def speed_rows(handle, clock, args) -> tuple[list, dict]:
     for size in args.sizes:
         t = results[size] = timed_images(handle, clock, args, size)
         base = results[args.sizes[0]]["total"]
-        rows.append(row("speed", f"text-to-image {size}²", t["total"], "s/image", t["total"] / base,
-                        f"t2i {args.sizes[0]}²", f"{what}; {parts_note(t)}"))
+        rows.append(
+            row(
+                "speed",
+                f"text-to-image {size}²",
+                t["total"],
+                "s/image",
+                t["total"] / base,
+                f"t2i {args.sizes[0]}²",
+                f"{what}; {parts_note(t)}",
+            )
+        )
     size = args.sizes[0]
     reference = Image.new("RGB", (size, size), (120, 90, 60))
     t = timed_images(handle, clock, args, size, reference)
-    rows.append(row("speed", f"edit {size}², 1 reference", t["total"], "s/image", t["total"] / results[size]["total"],
-                    f"t2i {size}²", f"{what}; reference as VLM vision tokens + DiT latent tokens; {parts_note(t)}"))
+    rows.append(
+        row(
+            "speed",
+            f"edit {size}², 1 reference",
+            t["total"],
+            "s/image",
+            t["total"] / results[size]["total"],
+            f"t2i {size}²",
+            f"{what}; reference as VLM vision tokens + DiT latent tokens; {parts_note(t)}",
+        )
+    )
     return rows, results
 
 
@@ -377,10 +252,28 @@ def memory_rows(model, clock, args) -> list:
         if allocated is None:
             rows.append(row("memory", f"peak VRAM, {mode}", NO_CUDA, "GiB", note="moves between devices are no-ops"))
         else:
-            rows.append(row("memory", f"peak VRAM, {mode}", allocated, "GiB", allocated / peaks[first][0],
-                            first, f"torch max_memory_allocated; reserved {reserved:.2f} GiB; t2i {size}²"))
-        rows.append(row("memory", f"s/image, {mode}", times[mode], "s/image", times[mode] / times[first], first,
-                        f"t2i {size}², {args.steps} steps; includes this mode's weight moves"))
+            rows.append(
+                row(
+                    "memory",
+                    f"peak VRAM, {mode}",
+                    allocated,
+                    "GiB",
+                    allocated / peaks[first][0],
+                    first,
+                    f"torch max_memory_allocated; reserved {reserved:.2f} GiB; t2i {size}²",
+                )
+            )
+        rows.append(
+            row(
+                "memory",
+                f"s/image, {mode}",
+                times[mode],
+                "s/image",
+                times[mode] / times[first],
+                first,
+                f"t2i {size}², {args.steps} steps; includes this mode's weight moves",
+            )
+        )
     DeepGenModelHandle(model, name=NAME, memory_mode="keep_all_on_gpu").place()  # everything back on the device
     return rows
 
@@ -412,9 +305,12 @@ def dit_rows(model, clock, args, device_name) -> tuple[list, dict]:
     for size in args.sizes:
         generator = torch.Generator("cpu").manual_seed(args.seed)
         latents = torch.randn(batch, ours.config.in_channels, size // 8, size // 8, generator=generator)
-        inputs = {"hidden_states": latents.to(ours.device, dtype), "encoder_hidden_states": context.to(dtype),
-                  "pooled_projections": pooled.to(dtype),
-                  "timestep": torch.full((batch,), 500.0, device=ours.device)}
+        inputs = {
+            "hidden_states": latents.to(ours.device, dtype),
+            "encoder_hidden_states": context.to(dtype),
+            "pooled_projections": pooled.to(dtype),
+            "timestep": torch.full((batch,), 500.0, device=ours.device),
+        }
         times = {"ours": [], "bare": []}
         with torch.no_grad():
             for name, dit in (("ours", ours), ("bare", bare)):
@@ -430,18 +326,54 @@ def dit_rows(model, clock, args, device_name) -> tuple[list, dict]:
         image_tokens = (size // 8 // ours.config.patch_size) ** 2
         flops = dit_step_flops(ours.config, image_tokens, context.shape[1], batch)
         shape = f"{batch} rows × ({image_tokens} image + {context.shape[1]} context tokens)"
-        rows.append(row("DiT step", f"ours, {size}²", s_ours * 1e3, "ms/step", s_ours / s_bare, "bare SD3",
-                        f"DeepGenTransformer2DModel; {shape}; median of {args.dit_reps}"))
-        rows.append(row("DiT step", f"bare diffusers SD3, {size}²", s_bare * 1e3, "ms/step", 1.0, "bare SD3",
-                        "SD3Transformer2DModel, same config and tensors, same inputs"))
+        rows.append(
+            row(
+                "DiT step",
+                f"ours, {size}²",
+                s_ours * 1e3,
+                "ms/step",
+                s_ours / s_bare,
+                "bare SD3",
+                f"DeepGenTransformer2DModel; {shape}; median of {args.dit_reps}",
+            )
+        )
+        rows.append(
+            row(
+                "DiT step",
+                f"bare diffusers SD3, {size}²",
+                s_bare * 1e3,
+                "ms/step",
+                1.0,
+                "bare SD3",
+                "SD3Transformer2DModel, same config and tensors, same inputs",
+            )
+        )
         scale, prefix = (1e12, "T") if flops >= 1e12 else (1e9, "G")
-        rows.append(row("DiT step", f"FLOPs, {size}²", flops / scale, f"{prefix}FLOP/step",
-                        note=f"from the config (dit_step_flops); {shape}"))
+        rows.append(
+            row(
+                "DiT step",
+                f"FLOPs, {size}²",
+                flops / scale,
+                f"{prefix}FLOP/step",
+                note=f"from the config (dit_step_flops); {shape}",
+            )
+        )
         achieved = flops / s_ours / 1e12
         mfu = achieved / peak * 100 if peak else f"n/a ({peak_source})"
-        rows.append(row("DiT step", f"MFU, {size}²", mfu, "%", note=f"{achieved:.4g} TFLOP/s achieved"
-                        + (f" / {peak:g} peak ({peak_source}); bare: {flops / s_bare / 1e12 / peak * 100:.1f} %"
-                           if peak else "")))
+        rows.append(
+            row(
+                "DiT step",
+                f"MFU, {size}²",
+                mfu,
+                "%",
+                note=f"{achieved:.4g} TFLOP/s achieved"
+                + (
+                    f" / {peak:g} peak ({peak_source}); bare: {flops / s_bare / 1e12 / peak * 100:.1f} %"
+                    if peak
+                    else ""
+                ),
+            )
+        )
     return rows, steps
 
 
@@ -456,8 +388,15 @@ def feature_rows(args, dtype_name, dit_steps, images) -> list:
         row("precision", f"peak VRAM fp8 weights, {size}²", NOT_IMPLEMENTED, "GiB", baseline=dtype_name),
         row("compile", f"DiT step, compile off, {size}²", step, "ms/step", 1.0, "compile off", "eager"),
         row("compile", f"DiT step, torch.compile on, {size}²", NOT_IMPLEMENTED, "ms/step", baseline="compile off"),
-        row("step cache", f"sampling, step cache off, {size}²", image, "s/image", 1.0, "cache off",
-            f"the sample stage of t2i {size}², {args.steps} steps"),
+        row(
+            "step cache",
+            f"sampling, step cache off, {size}²",
+            image,
+            "s/image",
+            1.0,
+            "cache off",
+            f"the sample stage of t2i {size}², {args.steps} steps",
+        ),
         row("step cache", f"sampling, step cache on, {size}²", NOT_IMPLEMENTED, "s/image", baseline="cache off"),
     ]
 
@@ -468,8 +407,10 @@ def markdown(rows: list) -> str:
             return "–"
         return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
-    cells = [[r["section"], r["name"], cell(r["value"]), r["unit"], cell(r["ratio"], 2), r["baseline"], r["note"]]
-             for r in rows]
+    cells = [
+        [r["section"], r["name"], cell(r["value"]), r["unit"], cell(r["ratio"], 2), r["baseline"], r["note"]]
+        for r in rows
+    ]
     return table(["section", "row", "value", "unit", "ratio", "vs", "note"], cells, markdown=True, align="llrlrll")
 
 
@@ -509,14 +450,24 @@ def main(argv=None) -> int:
     rows += speed + memory_rows(model, clock, args) + feature_rows(args, dtype_name, dit_steps, images) + dit
     elapsed = time.perf_counter() - started
 
-    print(f"# bench_gpu: {device_name or device.type}, {dtype_name}, {weights}, torch {torch.__version__}, "
-          f"{elapsed:.0f} s in all\n")
+    print(
+        f"# bench_gpu: {device_name or device.type}, {dtype_name}, {weights}, torch {torch.__version__}, "
+        f"{elapsed:.0f} s in all\n"
+    )
     print(markdown(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        data = {"machine": {**machine(), "device": device_name or device.type, "dtype": dtype_name,
-                            "weights": weights, "elapsed_s": elapsed},
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows}
+        data = {
+            "machine": {
+                **machine(),
+                "device": device_name or device.type,
+                "dtype": dtype_name,
+                "weights": weights,
+                "elapsed_s": elapsed,
+            },
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "rows": rows,
+        }
         args.json.write_text(json.dumps(data, indent=2) + "\n")
     return 0
 

@@ -19,15 +19,25 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_gpu.py"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("bench_gpu")
+
+
+@pytest.fixture(scope="module")
+def real_size(bench):  # bench_gpu put benchmarks/ on sys.path for its helpers
+    return load_script("_real_size")
+
+
 # ---- arguments ----------------------------------------------------------------------------------------------
+
 
 def test_defaults(bench):
     args = bench.parse_args([])
@@ -40,8 +50,21 @@ def test_defaults(bench):
 
 
 def test_tiny_defaults_and_values(bench, tmp_path):
-    args = bench.parse_args(["--device", "cpu", "--tiny", "--steps", "2", "--json", str(tmp_path / "o.json"),
-                             "--memory-modes", "sequential_offload", "--peak-tflops", "1.5"])
+    args = bench.parse_args(
+        [
+            "--device",
+            "cpu",
+            "--tiny",
+            "--steps",
+            "2",
+            "--json",
+            str(tmp_path / "o.json"),
+            "--memory-modes",
+            "sequential_offload",
+            "--peak-tflops",
+            "1.5",
+        ]
+    )
     assert args.device == "cpu" and args.tiny and args.sizes == [64, 128] and args.steps == 2
     assert args.json == tmp_path / "o.json" and args.memory_modes == ["sequential_offload"]
     assert args.peak_tflops == 1.5
@@ -50,22 +73,25 @@ def test_tiny_defaults_and_values(bench, tmp_path):
     assert (real.checkpoint, real.vlm, real.diffusion) == ("m.safetensors", "q", "u")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "must be > 0"),
-    (["--steps", "two"], "is not an integer"),
-    (["--reps", "-1"], "must be > 0"),
-    (["--dit-reps", "0"], "must be > 0"),
-    (["--threads", "0"], "must be > 0"),
-    (["--cfg", "0"], "must be > 0"),
-    (["--peak-tflops", "-3"], "must be > 0"),
-    (["--sizes", "500"], "multiples of 16"),
-    (["--sizes"], "expected at least one argument"),
-    (["--dtype", "fp8"], "invalid choice"),
-    (["--memory-modes", "all_on_gpu"], "invalid choice"),
-    (["--device", "gpu0"], "not a torch device name"),
-    (["--tiny", "--checkpoint", "m.pt"], "--tiny builds random tiny weights"),
-    (["--vlm", "q"], "go with --checkpoint"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "must be > 0"),
+        (["--steps", "two"], "is not an integer"),
+        (["--reps", "-1"], "must be > 0"),
+        (["--dit-reps", "0"], "must be > 0"),
+        (["--threads", "0"], "must be > 0"),
+        (["--cfg", "0"], "must be > 0"),
+        (["--peak-tflops", "-3"], "must be > 0"),
+        (["--sizes", "500"], "multiples of 16"),
+        (["--sizes"], "expected at least one argument"),
+        (["--dtype", "fp8"], "invalid choice"),
+        (["--memory-modes", "all_on_gpu"], "invalid choice"),
+        (["--device", "gpu0"], "not a torch device name"),
+        (["--tiny", "--checkpoint", "m.pt"], "--tiny builds random tiny weights"),
+        (["--vlm", "q"], "go with --checkpoint"),
+    ],
+)
 def test_bad_values_are_argparse_errors(bench, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         bench.parse_args(argv)
@@ -92,14 +118,15 @@ def test_peak_tflops(bench):
 
 # ---- the model it builds ------------------------------------------------------------------------------------
 
+
 def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def test_real_size_skeleton_has_the_release_sizes(bench):
+def test_real_size_skeleton_has_the_release_sizes(real_size):
     """The random real-size model is the release's shape: the counts of deepgen-reference.md §1.1 (the project's
     shared reference notes)."""
-    model = bench.skeleton(bench.model_spec(tiny=False), include_buffers=True)  # all on meta: no memory
+    model = real_size.skeleton(real_size.model_spec(tiny=False), include_buffers=True)  # all on meta: no memory
     scb = sum(_count(getattr(model, n)) for n in ("connector", "projector_1", "projector_2", "projector_3"))
     assert _count(model.transformer) == 2_243_171_520
     assert _count(model.connector) == 394_430_460
@@ -109,11 +136,11 @@ def test_real_size_skeleton_has_the_release_sizes(bench):
     assert model.vae.config.latent_channels == 16 and model.vae.config.scaling_factor == 1.5305
 
 
-def test_materialize_gives_finite_deterministic_weights(bench):
-    spec = bench.model_spec(tiny=True)
-    a = bench.random_model(spec, "cpu", torch.float32, seed=3)
-    b = bench.random_model(spec, "cpu", torch.float32, seed=3)
-    reference = bench.skeleton(spec)  # its buffers are built for real
+def test_materialize_gives_finite_deterministic_weights(real_size):
+    spec = real_size.model_spec(tiny=True)
+    a = real_size.random_model(spec, "cpu", torch.float32, seed=3)
+    b = real_size.random_model(spec, "cpu", torch.float32, seed=3)
+    reference = real_size.skeleton(spec)  # its buffers are built for real
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert pa.device.type == "cpu" and torch.isfinite(pa).all(), name
         assert torch.equal(pa, pb), name
@@ -126,6 +153,7 @@ def test_materialize_gives_finite_deterministic_weights(bench):
 
 
 # ---- FLOPs ----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dual", [[0, 1], [1, 3], []])
 @pytest.mark.parametrize("latent, context, batch", [(16, 43, 2), (32, 10, 1)])
@@ -140,24 +168,28 @@ def test_flop_formula_matches_torch_flop_counter(bench, dual, latent, context, b
 
     dit = DeepGenTransformer2DModel.from_config({**TINY_TRANSFORMER, "dual_attention_layers": dual}).eval()
     c = dit.config
-    inputs = (torch.randn(batch, c.in_channels, latent, latent), torch.randn(batch, context, c.joint_attention_dim),
-              torch.randn(batch, c.pooled_projection_dim), torch.full((batch,), 500.0))
+    inputs = (
+        torch.randn(batch, c.in_channels, latent, latent),
+        torch.randn(batch, context, c.joint_attention_dim),
+        torch.randn(batch, c.pooled_projection_dim),
+        torch.full((batch,), 500.0),
+    )
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         dit(*inputs)
     image_tokens = (latent // c.patch_size) ** 2
     assert bench.dit_step_flops(c, image_tokens, context, batch) == counter.get_total_flops()
 
 
-def test_flops_of_the_real_dit_at_512(bench):
+def test_flops_of_the_real_dit_at_512(bench, real_size):
     """Scale check at 512² with CFG, counted another way. An image token meets 12·D² weights per block (q, k, v,
     out and the 4D-wide MLP) and 4·D² more in the 13 dual blocks; a context token 12·D² (3·D² in the last block:
     q, k, v only). The AdaLN weights (another 12·D² a block) act once per row, not per token. Attention: QKᵀ and
     A·V over all tokens, and over the image tokens again in the dual blocks. Embeddings, AdaLN and the output
     layer add well under 1 %."""
-    config = bench.skeleton(bench.model_spec(tiny=False), include_buffers=True).transformer.config
+    config = real_size.skeleton(real_size.model_spec(tiny=False), include_buffers=True).transformer.config
     d, rows, image, context = 1536, 2, 1024, 160
     linear = 2 * rows * (image * (24 * 12 + 13 * 4) + context * (23 * 12 + 3)) * d * d
-    attention = 4 * rows * (24 * (image + context) ** 2 + 13 * image ** 2) * d
+    attention = 4 * rows * (24 * (image + context) ** 2 + 13 * image**2) * d
     flops = bench.dit_step_flops(config, image, context, rows)
     assert linear + attention < flops < 1.01 * (linear + attention)
     assert 4.0e12 < flops < 4.6e12
@@ -165,12 +197,19 @@ def test_flops_of_the_real_dit_at_512(bench):
 
 # ---- the CPU run, as CI runs it -------------------------------------------------------------------------------
 
+
 def test_tiny_cpu_run_writes_the_documented_rows(tmp_path):
     out = tmp_path / "out.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("DEEPGEN_DEVICE", None)
-    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--steps", "2", "--json",
-                           str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--steps", "2", "--json", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| section" in done.stdout and "| DiT step" in done.stdout  # the markdown table
     data = json.loads(out.read_text())
@@ -180,16 +219,33 @@ def test_tiny_cpu_run_writes_the_documented_rows(tmp_path):
     by_name = {r["name"]: r for r in rows}
     assert len(by_name) == len(rows)
 
-    measured = ["model load / build", "text-to-image 64²", "text-to-image 128²", "edit 64², 1 reference",
-                "s/image, keep_all_on_gpu", "s/image, offload_vlm_after_encode", "s/image, sequential_offload",
-                "DiT step fp32, 64²", "DiT step, compile off, 64²", "sampling, step cache off, 64²",
-                "ours, 64²", "bare diffusers SD3, 64²", "ours, 128²", "bare diffusers SD3, 128²",
-                "FLOPs, 64²", "FLOPs, 128²"]
+    measured = [
+        "model load / build",
+        "text-to-image 64²",
+        "text-to-image 128²",
+        "edit 64², 1 reference",
+        "s/image, keep_all_on_gpu",
+        "s/image, offload_vlm_after_encode",
+        "s/image, sequential_offload",
+        "DiT step fp32, 64²",
+        "DiT step, compile off, 64²",
+        "sampling, step cache off, 64²",
+        "ours, 64²",
+        "bare diffusers SD3, 64²",
+        "ours, 128²",
+        "bare diffusers SD3, 128²",
+        "FLOPs, 64²",
+        "FLOPs, 128²",
+    ]
     for name in measured:
         value = by_name[name]["value"]
         assert isinstance(value, float) and value > 0, (name, value)
-    for name in ("DiT step fp8 weights, 64²", "peak VRAM fp8 weights, 64²", "DiT step, torch.compile on, 64²",
-                 "sampling, step cache on, 64²"):
+    for name in (
+        "DiT step fp8 weights, 64²",
+        "peak VRAM fp8 weights, 64²",
+        "DiT step, torch.compile on, 64²",
+        "sampling, step cache on, 64²",
+    ):
         assert by_name[name]["value"] == "n/a (not implemented yet)" and by_name[name]["ratio"] is None
     for mode in ("keep_all_on_gpu", "offload_vlm_after_encode", "sequential_offload"):
         assert by_name[f"peak VRAM, {mode}"]["value"] == "n/a (no CUDA device)"

@@ -29,7 +29,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -37,6 +37,7 @@ from .checkpointing import Checkpoint
 from .config import TrainConfig
 from .data import MicroBatchLoader, load_datasets
 from .optim import build_lr_scheduler, build_optimizer
+from .run_context import EXPORT_DIR, VALIDATION_DIR, RunContext
 from .runtime import (
     SCB_PARTS,
     CallbackList,
@@ -67,8 +68,6 @@ log = logging.getLogger("deepgen.train")
 __all__ = ["SFTTrainer", "TrainResult", "sft_loss", "LOG_FILE", "VALIDATION_DIR", "EXPORT_DIR"]
 
 LOG_FILE = "train_log.jsonl"
-VALIDATION_DIR = "validation"
-EXPORT_DIR = "export"
 
 
 @dataclass
@@ -259,7 +258,7 @@ class SFTTrainer:
             config=cfg.to_dict(),
         )
         result = TrainResult(step=step, checkpoint=ckpt.path if ckpt is not None else None)
-        ctx = _RunContext(
+        ctx = RunContext(
             self,
             acc,
             model,
@@ -378,159 +377,3 @@ def _keep_new_schedule(scheduler, optimizer, fresh, step: int) -> None:
     with warnings.catch_warnings():  # the step-order check is for training steps, not for this re-positioning
         warnings.filterwarnings("ignore", message=r"(?s).*lr_scheduler\.step\(\)", category=UserWarning)
         scheduler.step()  # back at ``step``: every group's lr (and get_last_lr) is base_lr * lambda(step)
-
-
-@dataclass
-class _RunContext:
-    """The pieces of one run that saving, validation and export need."""
-
-    t: SFTTrainer
-    acc: Any
-    model: Any
-    wrapper: Any
-    optimizer: Any
-    scheduler: Any
-    trainable: Any
-    manager: Any
-    run: Any
-    result: Any
-    grid: Any
-    device: Any
-    scb_initial: Any
-    datasets: Any
-
-    def save(self, step: int, position: dict, samples: int, reason: str) -> Path | None:
-        path = self.manager.save(
-            step,
-            trainable=self.trainable,
-            optimizer=self.optimizer,
-            lr_scheduler=self.scheduler,
-            grad_scaler=getattr(self.acc, "scaler", None),
-            data_position=position,
-            extra={"samples": samples, "reason": reason, "source": self.t.source.to_dict() if self.t.source else None},
-        )
-        if path is not None:
-            self.result.checkpoint = path
-        if reason == "periodic" and self.t.cfg.save_lora_every_checkpoint and self.acc.is_main_process:
-            base = self.lora_target()
-            if base is not None and self._lora_wanted():
-                self.write_lora(base.with_name(f"{base.stem}_{step:06d}_steps{base.suffix}"), step)
-        self.t.callbacks.on_checkpoint(self.run, step, path, reason)
-        return path
-
-    # ---- validation ---------------------------------------------------------------------------------------
-    def validate(self, step: int) -> None:
-        prompt = self.t.cfg.validation_prompt.strip()
-        if not prompt:
-            return
-        if self.acc.is_main_process:
-            images = self.sample(prompt)
-            folder = self.t.output_dir / VALIDATION_DIR
-            folder.mkdir(parents=True, exist_ok=True)
-            paths = []
-            for i, image in enumerate(images):
-                path = folder / f"step-{step:08d}{'' if len(images) == 1 else f'-{i}'}.png"
-                image.save(path)
-                paths.append(path)
-            self.result.validation_images.extend(images)
-            self.result.validation_steps.extend([step] * len(images))
-            self.t.callbacks.on_validation(self.run, step, images, paths)
-        self.acc.wait_for_everyone()
-
-    @torch.no_grad()
-    def sample(self, prompt: str) -> list:
-        from ..images import to_pil
-        from ..pipeline import DeepGenPipeline
-
-        cfg = self.t.cfg
-        size = cfg.validation_size or cfg.resolution
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.acc.autocast():
-                pipe = DeepGenPipeline(self.model)
-                cond = pipe.encode([prompt], guidance=cfg.validation_cfg_scale > 1.0)
-                x = pipe.sample(
-                    cond,
-                    size,
-                    size,
-                    num_steps=cfg.validation_num_steps,
-                    cfg_scale=cfg.validation_cfg_scale,
-                    seed=cfg.seed,
-                )
-                pixels = pipe.decode(x).float()
-        finally:
-            if was_training:
-                self.model.train()
-                self.model.vae.eval()
-        return to_pil(pixels)
-
-    # ---- export -------------------------------------------------------------------------------------------
-    def _lora_wanted(self) -> bool:
-        spec = self.t.spec
-        if self.t.cfg.export_lora is None:
-            return spec.has_lora
-        return bool(self.t.cfg.export_lora)
-
-    def lora_target(self) -> Path:
-        path = self.t.cfg.export_lora_path
-        return Path(path).expanduser() if path else self.t.output_dir / EXPORT_DIR / "deepgen_lora.safetensors"
-
-    def include_scb(self) -> bool:
-        spec = self.t.spec
-        if self.t.cfg.export_lora_scb is None:
-            return spec.trains_scb and spec.dit != "full"
-        return bool(self.t.cfg.export_lora_scb)
-
-    def write_lora(self, path: Path, step: int) -> Path:
-        from .export import export_lora
-
-        cfg, spec = self.t.cfg, self.t.spec
-        meta = {
-            "stage": cfg.stage,
-            "steps": step,
-            "trained": spec.to_dict(),
-            "base_model": cfg.model,
-            "dataset_sizes": self.datasets.sizes(),
-            "resolution": cfg.resolution,
-            "lr": cfg.lr,
-            "complete": spec.dit != "full" and (self.include_scb() or not spec.trains_scb),
-            **cfg.export_lora_metadata,
-        }
-        return export_lora(
-            self.model,
-            path,
-            metadata=meta,
-            scb_initial=self.scb_initial if self.include_scb() else None,
-            dtype=cfg.export_torch_dtype,
-        )
-
-    def export(self, step: int) -> None:
-        cfg = self.t.cfg
-        paths: dict[str, Path] = {}
-        if self.acc.is_main_process:
-            if self._lora_wanted():
-                if self.t.spec.dit == "full":
-                    log.warning(
-                        "the DiT trained in full: the LoRA file holds only the LoRA parts; the exported "
-                        "checkpoint holds the whole model"
-                    )
-                paths["lora"] = self.result.lora_path = self.write_lora(self.lora_target(), step)
-            if cfg.export_checkpoint:
-                from .export import export_official_checkpoint
-
-                target = (
-                    Path(cfg.export_checkpoint_path).expanduser()
-                    if cfg.export_checkpoint_path
-                    else self.t.output_dir / EXPORT_DIR / "model.safetensors"
-                )
-                paths["checkpoint"] = self.result.checkpoint_path = export_official_checkpoint(
-                    self.model,
-                    target,
-                    source=self.t.source,
-                    dtype=cfg.export_torch_dtype,
-                    metadata={"stage": str(cfg.stage), "steps": str(step)},
-                )
-            if paths:
-                self.t.callbacks.on_export(self.run, paths)
-        self.acc.wait_for_everyone()

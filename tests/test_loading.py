@@ -96,6 +96,41 @@ def test_convert_round_trip_is_bit_identical(tmp_path, official_model):
     )
 
 
+@pytest.mark.parametrize("case", ["official", "official without the table", "converted"])
+def test_position_table_is_computed_only_when_the_file_lacks_it(tmp_path, monkeypatch, checkpoint_tensors, case):
+    """The DiT is built on meta, buffers included: the 2-D sin-cos table (864 MB at the real size) is read from the
+    file, and computed once (as diffusers' PatchEmbed builds it) only for a checkpoint that omits it."""
+    from diffusers.models import embeddings
+
+    from deepgen.model.dit import DeepGenTransformer2DModel
+
+    real, computed = embeddings.get_2d_sincos_pos_embed, []
+
+    def counting(*args, **kwargs):
+        table = real(*args, **kwargs)
+        if table.device.type != "meta":
+            computed.append(tuple(table.shape))
+        return table
+
+    converted = convert_model(load_official(), tmp_path / "converted.safetensors") if case == "converted" else None
+    monkeypatch.setattr(embeddings, "get_2d_sincos_pos_embed", counting)
+    if case == "official":
+        model = load_official()
+    elif converted is not None:
+        model = load_model(converted, dtype=torch.float32)
+    else:
+        model = load_with(
+            tmp_path, {k: v for k, v in checkpoint_tensors.items() if k != "transformer.pos_embed.pos_embed"}
+        )
+    assert len(computed) == (1 if case == "official without the table" else 0)
+    table = model.transformer.pos_embed.pos_embed
+    assert table.device.type == "cpu" and all(b.device.type == "cpu" for b in model.buffers())
+    assert torch.equal(table, checkpoint_tensors["transformer.pos_embed.pos_embed"])
+    monkeypatch.setattr(embeddings, "get_2d_sincos_pos_embed", real)
+    built = DeepGenTransformer2DModel.from_config(model.transformer.config).pos_embed.pos_embed  # diffusers' own
+    assert table.dtype == built.dtype and torch.equal(table, built)
+
+
 def test_pretrain_checkpoint_needs_opt_in(tmp_path, checkpoint_tensors):
     scb_only = {k: v for k, v in checkpoint_tensors.items() if not k.startswith(("transformer.", "lmm."))}
     with pytest.raises(CheckpointError, match="allow_pretrain_checkpoint"):

@@ -21,6 +21,7 @@ from typing import Any, Callable, cast
 import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
+from diffusers.models import embeddings
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
@@ -39,6 +40,7 @@ Progress = Callable[[str], None]
 
 # Official connector heads: 32 at width 2048 (head_dim 64). Other widths need the head count given.
 OFFICIAL_CONNECTOR = ConnectorConfig()
+POS_EMBED = "pos_embed.pos_embed"  # the DiT's 2-D sin-cos position table (a persistent buffer)
 
 
 def load_model(
@@ -187,16 +189,41 @@ def _load_dit(folder: Path, trained, dtype, from_folder: bool):
     # diffusers annotates load_config / from_config with their return_unused_kwargs=True tuple forms as well;
     # with the defaults used here they return the plain dict / the model.
     config = cast(dict[str, Any], DeepGenTransformer2DModel.load_config(str(folder), local_files_only=True))
-    with init_empty_weights():
-        transformer = cast(DeepGenTransformer2DModel, DeepGenTransformer2DModel.from_config(config))
+    transformer = empty_dit(config)
     given = {k[len(K.DIT_PREFIX) :]: v.to(dtype) for k, v in trained.items() if k.startswith(K.DIT_PREFIX)}
-    own = transformer.state_dict()
-    # The 2-D sin-cos grid is deterministic; older checkpoints may omit it, so it may come from the module.
-    K.check_state_dict(own, given, "The checkpoint's DiT (transformer.*)", optional=("pos_embed.pos_embed",))
-    for key in own.keys() - given.keys():
-        given[key] = own[key]
+    # The 2-D sin-cos grid is deterministic; older checkpoints may omit it, so it may be computed here.
+    K.check_state_dict(transformer.state_dict(), given, "The checkpoint's DiT (transformer.*)", optional=(POS_EMBED,))
+    if POS_EMBED not in given:
+        given[POS_EMBED] = sincos_table(transformer.pos_embed)
     transformer.load_state_dict(given, strict=True, assign=True)
     return transformer
+
+
+def empty_dit(config: dict) -> DeepGenTransformer2DModel:
+    """The DiT with every parameter and buffer on the meta device, to be filled by `load_state_dict(assign=True)`.
+
+    Buffers are included: otherwise diffusers computes the (1, pos_embed_max_size², width) sin-cos table on the
+    CPU (864 MB, seconds, at the real size) only for the checkpoint's copy to replace it. Every buffer of the DiT
+    is persistent, so a strict load leaves nothing on meta."""
+    with init_empty_weights(include_buffers=True):
+        transformer = cast(DeepGenTransformer2DModel, DeepGenTransformer2DModel.from_config(config))
+    transient = {name for name, _ in transformer.named_buffers()} - transformer.state_dict().keys()
+    if transient:  # a diffusers change; a strict load would not fill these
+        raise RuntimeError(f"DeepGen's DiT has non-persistent buffers the loader cannot fill: {sorted(transient)}")
+    return transformer
+
+
+def sincos_table(patch_embed: embeddings.PatchEmbed) -> torch.Tensor:
+    """The `pos_embed` buffer diffusers' `PatchEmbed` builds (float32), computed from a meta-built one's fields."""
+    num_positions, width = patch_embed.pos_embed.shape[1:]
+    table = embeddings.get_2d_sincos_pos_embed(
+        width,
+        patch_embed.pos_embed_max_size or int(num_positions**0.5),
+        base_size=patch_embed.base_size,
+        interpolation_scale=patch_embed.interpolation_scale,
+        output_type="pt",
+    )
+    return table.float().unsqueeze(0)
 
 
 def _assemble(lmm, tokenizer, transformer, vae, trained, scheduler_config, connector_overrides, dtype, source):
@@ -287,8 +314,8 @@ def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> De
     try:
         with init_empty_weights():
             lmm = AutoModelForImageTextToText.from_config(vlm_config, attn_implementation=attn_implementation)
-            transformer = DeepGenTransformer2DModel.from_config(configs["transformer"])
             vae = VAE.from_config(configs["vae"])
+        transformer = empty_dit(configs["transformer"])  # its pos_embed table comes from the file, as it is required
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise CheckpointError(
             f"{path}: the configs in its header do not build a model ({type(exc).__name__}: "

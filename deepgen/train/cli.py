@@ -73,6 +73,27 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="dtype of the exported official checkpoint (= --set export_dtype=...; auto: as trained, fp32 masters)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the memory plan per GPU (weights, gradients, AdamW states, activations) and exit; "
+        "builds the model on the meta device: nothing is loaded, no data or GPU needed",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="with --plan: the process (GPU) counts to plan for (default: 1 and 8)",
+    )
+    p.add_argument(
+        "--sharding",
+        choices=("none", "zero2", "zero3", "fsdp"),
+        default="none",
+        help="with --plan: none (DDP: all replicated), zero2 (gradients and optimizer states sharded), "
+        "zero3 / fsdp (weights too); default none",
+    )
     p.set_defaults(func=cmd_train)
     return p
 
@@ -189,6 +210,8 @@ def cmd_train(args) -> int:
     Errors are raised (every user error is a ``deepgen.errors.DeepGenError``); ``deepgen.cli.main`` turns them
     into one ``error:`` line and exit status 2, on every rank of an ``accelerate launch``.
     """
+    if getattr(args, "plan", False):
+        return _print_plan(args)
     if args.stage == 3:
         return _run_stage3(args)
     from .config import read_config_file
@@ -213,6 +236,21 @@ def cmd_train(args) -> int:
         cpu=True if args.cpu else None,
     )
     trainer.run()
+    return 0
+
+
+def _print_plan(args) -> int:
+    """``--plan``: the memory table for the config (any stage), without loading anything."""
+    from ..errors import ConfigError
+    from .plan import format_plan, plan_config_file
+
+    counts = args.num_processes or [1, 8]
+    bad = [n for n in counts if n < 1]
+    if bad:
+        raise ConfigError(f"--num-processes must be ≥ 1 (got {bad[0]})")
+    overrides = _flag_overrides(args) + list(args.overrides)
+    plan = plan_config_file(args.config, overrides, args.stage)
+    print(format_plan(plan, counts, args.sharding))
     return 0
 
 

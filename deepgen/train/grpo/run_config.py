@@ -100,6 +100,28 @@ class Stage3Config(ConfigSchema):
     def num_steps(self) -> int:
         return self.grpo.num_steps
 
+    @property
+    def reference_mode(self) -> str:
+        """``reference`` with ``auto`` resolved: ``disable_adapter`` for a LoRA policy, else ``copy``."""
+        if self.reference != "auto":
+            return self.reference
+        return "disable_adapter" if self.policy == "lora" else "copy"
+
+    def trainable_spec(self):
+        """The :class:`~deepgen.train.trainable.TrainableSpec` of the policy: the DiT (full or LoRA), nothing else."""
+        from ..trainable import TrainableSpec
+
+        return TrainableSpec(
+            meta_queries=False,
+            projectors=False,
+            connector=False,
+            dit=self.policy,
+            dit_lora_rank=self.dit_lora_rank,
+            dit_lora_alpha=self.dit_lora_alpha,
+            dit_lora_targets=list(self.dit_lora_targets),
+            vlm_lora=False,
+        )
+
     def problems(self) -> list[str]:
         p: list[str] = []
 

@@ -106,26 +106,14 @@ class RunSetup(RunState):
         if cfg.init_from:
             names = R.load_init_tensors(model, cfg.init_from)
             log.info("init_from %s: %d tensors", cfg.init_from, len(names))
-        reference = (
-            cfg.reference if cfg.reference != "auto" else ("disable_adapter" if cfg.policy == "lora" else "copy")
-        )
+        reference = cfg.reference_mode
         self.reference_mode = reference
         self.ref_transformer = None
         if reference == "copy":  # the initial DiT, before LoRA injection / fp32 masters / resume
             # in the masters' dtype (fp32): under autocast the reference then computes exactly what the policy
             # computes at step 0 (a bf16 copy would run its norms etc. in bf16: KL ≠ 0 before any update)
             self.ref_transformer = copy.deepcopy(model.transformer).to(torch.float32).requires_grad_(False).eval()
-        spec = R.TrainableSpec(
-            meta_queries=False,
-            projectors=False,
-            connector=False,
-            dit=cfg.policy,
-            dit_lora_rank=cfg.dit_lora_rank,
-            dit_lora_alpha=cfg.dit_lora_alpha,
-            dit_lora_targets=list(cfg.dit_lora_targets),
-            vlm_lora=False,
-        )
-        self.params = R.setup_trainable(model, spec, seed=g.seed)
+        self.params = R.setup_trainable(model, cfg.trainable_spec(), seed=g.seed)
         if cfg.gradient_checkpointing:
             R.enable_gradient_checkpointing(model, parts=("transformer",))
         self.num_trainable = R.count_parameters(self.params)

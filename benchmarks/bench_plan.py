@@ -1,0 +1,125 @@
+"""Check ``deepgen train --plan``'s estimate against measured memory on the small model (CPU RSS).
+
+    python benchmarks/bench_plan.py [--steps 2] [--resolution 256] [--runs stage1 stage2 stage2_dit_lora]
+
+Each run is bench_training.py's worker (same model: the tiny VLM with a scaled-up DiT and connector; same
+trainer settings: micro-batch 2, 1 edit + 1 T2I micro-batch per update, fp32), with gradient checkpointing off
+and on, in a fresh process; memory is measured as there: "train MiB" = peak RSS during the measured updates
+minus the RSS of a process that only built the model (so gradients, AdamW states, LoRA adapters,
+activations, and what the allocator keeps).  The plan is deepgen.train.plan for the same model sizes and config;
+its comparable number is its peak minus the weights the baseline process already holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, table, write_results  # noqa: E402
+from bench_training import CONNECTOR, DIT, RUNS, baseline_rss  # noqa: E402
+
+NAME = "bench_plan"
+MIB = 1024**2
+
+
+def planned(run: str, checkpointing: bool, resolution: int) -> dict:
+    from deepgen import tiny
+    from deepgen.train.config import TrainConfig
+    from deepgen.train.plan import ModelConfigs, plan_for_config
+
+    spec = dict(RUNS[run])
+    stage = spec.pop("stage")
+    cfg = TrainConfig.for_stage(
+        stage,
+        model="bench",
+        data=["unused"],
+        resolution=resolution,
+        micro_batch_size=2,
+        grad_accumulation=2,
+        task_pattern={"image2image": 1, "text2image": 1},
+        mixed_precision="no",
+        gradient_checkpointing=checkpointing,
+        vlm_lora_rank=16,
+        vlm_lora_alpha=32.0,
+        dit_lora_rank=16,
+        dit_lora_alpha=16.0,
+        **spec,
+    )
+    configs = ModelConfigs(
+        tiny.TINY_VLM,
+        {**tiny.TINY_TRANSFORMER, **DIT},
+        tiny.TINY_VAE,
+        {**tiny.TINY_CONNECTOR.to_dict(), **CONNECTOR},
+        tiny.TINY_NUM_QUERIES,
+        "bench model",
+    )
+    plan = plan_for_config(cfg, configs)
+    row = plan.per_device(1)
+    built = 4 * (plan.count.total_params - plan.count.added_params)  # fp32 weights the baseline already holds
+    buffers = sum(row.weights.values()) - 4 * plan.count.total_params
+    return {
+        "trainable_params": plan.count.trainable_params,
+        "plan_train_mib": (row.total(checkpointing) - built - buffers) / MIB,
+        "plan_activations_mib": (row.activations_ckpt if checkpointing else row.activations) / MIB,
+        "plan_states_mib": (row.gradients + row.optimizer + row.step_temp) / MIB,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    args = parser.parse_args()
+    base = baseline_rss(args.resolution, args.threads)
+    results = []
+    for run in args.runs:
+        for gc in ("off", "on"):
+            command = [sys.executable, str(Path(__file__).with_name("bench_training.py")), "--worker", run, gc]
+            command += ["--steps", str(args.steps), "--resolution", str(args.resolution)]
+            command += ["--threads", str(args.threads)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
+            out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+            if out.returncode:
+                raise RuntimeError(out.stderr[-4000:])
+            r = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+            r["training_mib"] = r["peak_rss_mib"] - base
+            r["step_peak_mib"] = r["peak_rss_mib"] - r["rss_after_warmup_mib"]
+            r.update(planned(run, gc == "on", args.resolution))
+            results.append(r)
+            print(f"{run} ckpt {gc}: measured +{r['training_mib']:.0f} MiB, plan {r['plan_train_mib']:.0f}", flush=True)
+    rows = [
+        [
+            f"{r['run']} ckpt {'on' if r['checkpointing'] else 'off'}",
+            r["trainable_params"] / 1e6,
+            r["training_mib"],
+            r["plan_train_mib"],
+            r["plan_train_mib"] / r["training_mib"],
+            r["step_peak_mib"],
+            r["plan_activations_mib"],
+        ]
+        for r in results
+    ]
+    headers = [
+        "run",
+        "trainable M",
+        "measured train MiB",
+        "plan MiB",
+        "plan / measured",
+        "step peak MiB",
+        "plan act MiB",
+    ]
+    print()
+    print(table(headers, rows))
+    path = write_results(NAME, {"machine": machine(), "settings": vars(args), "baseline_mib": base, "results": results})
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""`deepgen train --plan`: the memory plan counts exactly what the trainer trains, scales with sharding as
+documented, prints a table for every shipped config without loading weights, and rejects bad input in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deepgen.cli import main
+from deepgen.tiny import build_tiny_model
+from deepgen.train.cli import load_train_config
+from deepgen.train.plan import GIB, count_model, model_configs, plan_for_config
+from deepgen.train.trainable import TrainableSpec, setup_trainable
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "train" / "tiny.toml"
+SHIPPED = sorted((ROOT / "configs" / "train").glob("*.toml"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # stage 2: SCB + full DiT + VLM LoRA
+        ["train_dit=lora", "dit_lora_rank=4"],
+        ["train_dit=frozen", "vlm_lora=false"],  # stage-1 policy
+        ["train_connector=false", "train_projectors=false", "train_dit=lora", "vlm_lora=false"],
+    ],
+)
+def test_plan_counts_exactly_what_the_trainer_trains(overrides):
+    cfg = load_train_config(str(TINY), None, overrides)
+    plan = plan_for_config(cfg)
+    model = build_tiny_model()
+    before = sum(p.numel() for p in model.parameters())
+    trainable = setup_trainable(model, TrainableSpec.from_config(cfg), seed=cfg.seed)
+    by_part: dict[str, int] = {}
+    for name, p in trainable.items():
+        by_part[name.split(".", 1)[0]] = by_part.get(name.split(".", 1)[0], 0) + p.numel()
+    assert plan.count.trainable_params == sum(p.numel() for p in trainable.values())
+    assert plan.count.trainable_by_part == by_part
+    assert plan.count.total_params == sum(p.numel() for p in model.parameters())
+    assert plan.count.added_params == plan.count.total_params - before
+    # the bytes are those of the real model as the trainer holds it (fp32 here: mixed_precision = "no")
+    real = count_model(model, next(p for p in model.parameters() if not p.requires_grad).dtype)
+    assert plan.count.weights == real.weights
+
+
+def test_sharding_divides_what_it_shards():
+    plan = plan_for_config(load_train_config(str(TINY), None, []))
+    one = plan.per_device(1)
+    ddp = plan.per_device(8, "none")
+    zero2 = plan.per_device(8, "zero2")
+    zero3 = plan.per_device(8, "zero3")
+    fsdp = plan.per_device(8, "fsdp")
+    trainable = 4 * plan.count.trainable_params
+    assert (one.gradients, one.optimizer, one.step_temp) == (trainable, 2 * trainable, trainable)
+    assert ddp.weights == one.weights and ddp.gradients == 2 * trainable  # DDP: + the bucket copy
+    assert zero2.weights == one.weights and zero2.gathered == 0
+    for row in (zero2, zero3):
+        assert row.gradients == -(-trainable // 8)
+        assert row.optimizer == -(-2 * trainable // 8)
+    assert zero3.weights == {k: -(-v // 8) for k, v in one.weights.items()}
+    assert zero3.gathered == 2 * plan.count.largest_layer_bytes > 0
+    assert fsdp == zero3.__class__(**{**zero3.__dict__, "sharding": "fsdp"})
+    # activations are per micro-batch and not sharded; checkpointing never costs more
+    assert zero3.activations == one.activations >= one.activations_ckpt > 0
+    assert zero2.total(False) == one.total(False) - (trainable - zero2.gradients) - (2 * trainable - zero2.optimizer)
+
+
+def test_activations_scale_with_batch_and_resolution():
+    base = plan_for_config(load_train_config(str(TINY), None, ["gradient_checkpointing=false"])).acts["stored"]
+    double = plan_for_config(load_train_config(str(TINY), None, ["micro_batch_size=4"])).acts["stored"]
+    bigger = plan_for_config(load_train_config(str(TINY), None, ["resolution=128"])).acts["stored"]
+    assert double == 2 * base
+    assert bigger > base
+
+
+def test_real_sizes_match_the_reference():
+    """deepgen-reference §1.1: DiT 2,243,171,520; SCB 432,449,532; VLM LoRA 185,163,776 (r 64, every module)."""
+    cfg = load_train_config(str(ROOT / "configs" / "train" / "stage2.toml"), None, [])
+    plan = plan_for_config(cfg, model_configs("no/such/folder"))
+    parts = plan.count.trainable_by_part
+    assert parts["transformer"] == 2_243_171_520
+    scb = ("meta_queries", "projector_1", "projector_2", "projector_3", "connector")
+    assert sum(parts[k] for k in scb) == 432_449_532
+    assert parts["lmm"] == 185_163_776
+    assert plan.per_device(1).total(False) > 24 * GIB
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_cli_plans_every_shipped_config_without_loading(config, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("--plan must not load a model")
+
+    monkeypatch.setattr("deepgen.train.model_source.load_model_for_training", refuse)
+    monkeypatch.setattr("deepgen.loading.load_model", refuse)
+    code = main(["train", "--plan", "--config", str(config), "--num-processes", "1", "8", "--sharding", "zero2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("total (peak)") == 2
+    assert "1 process (ZERO2)" in out and "8 processes (ZERO2)" in out
+    assert "fits a 24 GB card" in out and "fits a 80 GB card" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--config", "no/such.toml"], "not found"),
+        (["--config", str(TINY), "--num-processes", "0"], "--num-processes must be ≥ 1"),
+        (["--config", str(TINY), "--set", "train_dit=half"], "train_dit must be one of"),
+    ],
+)
+def test_bad_input_is_one_line(argv, message, capsys):
+    code = main(["train", "--plan", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err

@@ -33,47 +33,9 @@ def model_spec(tiny: bool) -> dict:
     }
     if tiny:
         return spec
-    text = {
-        "hidden_size": 2048,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 2,
-        "rope_scaling": {"type": "default", "rope_type": "default", "mrope_section": [16, 24, 24]},
-    }
-    vision = {
-        "depth": 32,
-        "hidden_size": 1280,
-        "intermediate_size": 3420,
-        "num_heads": 16,
-        "out_hidden_size": 2048,
-        "window_size": 112,
-        "fullatt_block_indexes": [7, 15, 23, 31],
-    }
-    vlm = {
-        **T.TINY_VLM,
-        "text_config": {**T.TINY_VLM["text_config"], **text},
-        "vision_config": {**T.TINY_VLM["vision_config"], **vision},
-    }
-    dit = {
-        **T.TINY_TRANSFORMER,
-        "sample_size": 128,
-        "num_layers": 24,
-        "attention_head_dim": 64,
-        "num_attention_heads": 24,
-        "joint_attention_dim": 4096,
-        "caption_projection_dim": 1536,
-        "pooled_projection_dim": 2048,
-        "pos_embed_max_size": 384,
-        "dual_attention_layers": list(range(13)),
-    }
-    vae = {
-        **T.TINY_VAE,
-        "block_out_channels": [128, 256, 512, 512],
-        "layers_per_block": 2,
-        "norm_num_groups": 32,
-        "sample_size": 1024,
-    }
+    from deepgen.train.plan_model import REAL_DIT, REAL_VAE, REAL_VLM  # the one home of the real sizes
+
+    vlm, dit, vae = REAL_VLM, REAL_DIT, REAL_VAE
     return {**spec, "vlm": vlm, "transformer": dit, "vae": vae, "connector": ConnectorConfig(), "num_queries": 128}
 
 

@@ -29,23 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, median, table, write_results  # noqa: E402
 
+from deepgen.train.plan_model import REAL_DIT  # noqa: E402  (SD3.5-Medium / UniPic2 sizes)
+
 NAME = "bench_load_steps"
-# SD3.5-Medium / UniPic2-SD3.5M-Kontext-2B (docs/deepgen-reference.md §1.7).
-REAL_DIT = {
-    "sample_size": 128,
-    "patch_size": 2,
-    "in_channels": 16,
-    "out_channels": 16,
-    "num_layers": 24,
-    "attention_head_dim": 64,
-    "num_attention_heads": 24,
-    "joint_attention_dim": 4096,
-    "caption_projection_dim": 1536,
-    "pooled_projection_dim": 2048,
-    "pos_embed_max_size": 384,
-    "dual_attention_layers": list(range(13)),
-    "qk_norm": "rms_norm",
-}
 DIT_MODES = ("init_empty_weights", "empty_dit", "empty_dit + sincos_table")
 FIXTURE_TOKENIZER = ROOT / "tests" / "fixtures" / "deepgen-official-tiny" / "Qwen2.5-VL-tiny"
 TOKENIZER_MODES = ("AutoTokenizer(fixture)", "demo_tokenizer()", "tokenizers.Tokenizer.from_file")

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import pytest
 from PIL import Image
+from trainer_kit import one_thread
 
 from deepgen.errors import DeepGenError, one_line
 
@@ -123,6 +124,11 @@ def _listing(folder: Path) -> set[str]:
 
 def run_case(build, expect, request, tmp_path, monkeypatch, caplog) -> None:
     """Run one case of a table and check its message, its `after` checks and that nothing appeared outside."""
+    with one_thread():  # the tiny model is latency-bound: one thread is faster on a shared 2-core machine
+        _run_case(build, expect, request, tmp_path, monkeypatch, caplog)
+
+
+def _run_case(build, expect, request, tmp_path, monkeypatch, caplog) -> None:
     case_id = request.node.callspec.id
     outside = [Path.cwd(), ROOT, tmp_path.parent]
     before = {str(p): _listing(p) for p in outside}

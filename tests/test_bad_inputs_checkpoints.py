@@ -17,17 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 from bad_inputs_training_kit import CLEAN, ROOT, WARNING, Built, case_table, png_bytes, run_case
-from trainer_kit import base_config, one_thread, write_dataset
+from trainer_kit import base_config, write_dataset
 
 from deepgen.errors import CheckpointError, ResourceError
 from deepgen.train import checkpointing as ck
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
 
 CASES, case = case_table()
 

@@ -20,17 +20,10 @@ from bad_inputs_training_kit import (
     run_case,
     sft_run,
 )
-from trainer_kit import base_config, one_thread, write_folder_dataset
+from trainer_kit import base_config, write_folder_dataset
 
 from deepgen.errors import DataError
 from deepgen.train.data import DataSourceNotFoundError, EmptyDatasetError, load_datasets
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
 
 CASES, case = case_table()
 

@@ -27,17 +27,10 @@ from bad_inputs_training_kit import (
 from PIL import Image
 from test_bad_inputs_checkpoints import CASES as CHECKPOINT_CASES
 from test_bad_inputs_data import CASES as DATA_CASES
-from trainer_kit import base_config, one_thread, write_dataset
+from trainer_kit import base_config, write_dataset
 
 from deepgen.errors import CheckpointError, ConfigError, ResourceError
 from deepgen.train.data import EmptyDatasetError
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
 
 CASES, case = case_table()
 

@@ -1,9 +1,9 @@
 """Every bad input a user can hand us ends in one clear line, and writes nothing outside the output folder.
 
-Table-driven over two surfaces (the training surface is tests/test_bad_inputs_training.py):
-- loading: crafted and damaged checkpoints, through the loader, `deepgen info` and `deepgen generate`;
-- generation and nodes: input images, sizes and prompts through `deepgen edit/generate`, the image reader, the
-  pipeline and the nodes' name and dataset resolution.
+Table-driven over the generation and node surface: input images, sizes and prompts through `deepgen
+edit/generate`, the image reader, the pipeline and the nodes' name and dataset resolution.  The other surfaces:
+loading in tests/test_bad_inputs_loading.py, training in tests/test_bad_inputs_training.py and its siblings; the
+machinery in tests/bad_inputs_kit.py.
 
 Each case returns a callable and what must come of it: a DeepGenError subclass raised with a message naming the
 offending thing, or (CLI cases) exit status 2 with exactly one `error:` line naming it and no traceback. After
@@ -13,309 +13,21 @@ a crafted file aims at do not exist.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from official_fixture import OFFICIAL, official_paths
+from bad_inputs_kit import Sandbox, name_of, png_bytes, run_case, save_image, truncate
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from test_bad_inputs_loading import LOADING
 
 from deepgen import errors as E
-from deepgen.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
-EVIL_NAMES = ("deepgen-evil-relative.txt", "deepgen-evil-absolute.txt")
-
-
-# ---- shared material ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """A genuine converted single file of the tiny model: (path, tensors, metadata)."""
-    from deepgen.loading import convert_model
-    from deepgen.loading.state_dict_io import read_state_dict
-    from deepgen.tiny import build_tiny_model
-
-    path = convert_model(build_tiny_model(seed=0), tmp_path_factory.mktemp("converted") / "tiny.safetensors")
-    tensors, metadata = read_state_dict(path)
-    return path, {k: v.contiguous() for k, v in tensors.items()}, metadata
-
-
-def crafted(converted, folder: Path, name: str = "crafted.safetensors", tensors=None, **changes) -> Path:
-    """The converted file with header fields replaced (a value of None removes the field)."""
-    _, real_tensors, metadata = converted
-    meta = {k: v for k, v in {**metadata, **changes}.items() if v is not None}
-    path = folder / name
-    save_file(real_tensors if tensors is None else tensors, str(path), metadata=meta)
-    return path
-
-
-def header_json(converted, field: str, edit) -> str:
-    value = json.loads(converted[2][field])
-    edit(value)
-    return json.dumps(value)
-
-
-def png_bytes(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (the pixel data is one row: only the header is ever read)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4)) + chunk(b"IEND", b"")
-    )
-
-
-def save_image(path: Path, mode: str = "RGB", size=(64, 48), **kwargs) -> Path:
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(path, **kwargs)
-    return path
-
-
-def truncate(path: Path, keep: float = 0.5) -> Path:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    return path
-
-
-# ---- running a case -------------------------------------------------------------------------------------
-
-
-class Sandbox:
-    def __init__(self, root: Path, converted):
-        self.root, self.converted = root, converted
-        self.inputs, self.out = root / "inputs", root / "out"
-        self.inputs.mkdir()
-        self.out.mkdir()
-
-    def cli(self, *argv) -> tuple:
-        return ("cli", [str(a) for a in argv])
-
-
-def files_under(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-def evil_targets(root: Path) -> list[Path]:
-    return [folder / name for name in EVIL_NAMES for folder in (root, root.parent, Path("/tmp"), Path("/"))]
-
-
-def run_case(sandbox: Sandbox, case, capsys):
-    action, expected, names = case(sandbox)
-    before = files_under(sandbox.root)
-    if isinstance(action, tuple) and action[0] == "cli":
-        capsys.readouterr()
-        status = cli_main(
-            action[1] + ["--out", str(sandbox.out / "x.png")] if action[1][0] in ("generate", "edit") else action[1]
-        )
-        err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.startswith("error:")]
-        assert status == 2, err
-        assert len(lines) == 1 and "Traceback" not in err, err
-        message = lines[0]
-    else:
-        with pytest.raises(expected) as info:
-            action()
-        assert isinstance(info.value, E.DeepGenError), type(info.value).__mro__
-        message = str(info.value)
-        assert "\n" not in message, message
-    for name in names:
-        assert name in message, (name, message)
-    made = files_under(sandbox.root) - before
-    assert all(p == "out" or p.startswith("out" + os.sep) for p in made), made
-    assert not any(t.exists() for t in evil_targets(sandbox.root))
-    return message
-
-
-# ---- loading surface ------------------------------------------------------------------------------------
-
-
-def load(path, **kw):
-    from deepgen.loading import load_model
-
-    return lambda: load_model(path, dtype=torch.float32, **kw)
-
-
-def load_official_file(path):
-    from deepgen.loading import load_model
-
-    paths = official_paths()
-    return lambda: load_model(
-        path, paths["vlm"], paths["diffusion"], dtype=torch.float32, connector_config={"num_attention_heads": 4}
-    )
-
-
-def official_tensors():
-    return load_file(str(OFFICIAL / "model.safetensors"))
-
-
-def case_tokenizer_name_climbs_out(s):
-    files = header_json(s.converted, "tokenizer_files", lambda f: f.update({f"../../{EVIL_NAMES[0]}": "pwned"}))
-    return load(crafted(s.converted, s.inputs, tokenizer_files=files)), E.CheckpointError, ["../../" + EVIL_NAMES[0]]
-
-
-def case_tokenizer_name_absolute(s):
-    target = str(Path("/tmp") / EVIL_NAMES[1])
-    files = header_json(s.converted, "tokenizer_files", lambda f: f.update({target: "pwned"}))
-    return load(crafted(s.converted, s.inputs, tokenizer_files=files)), E.CheckpointError, [target]
-
-
-def case_tokenizer_name_through_cli_info(s):
-    files = header_json(s.converted, "tokenizer_files", lambda f: f.update({f"../{EVIL_NAMES[0]}": "x"}))
-    return s.cli("info", crafted(s.converted, s.inputs, tokenizer_files=files)), None, [f"../{EVIL_NAMES[0]}"]
-
-
-def case_tokenizer_name_through_cli_generate(s):
-    files = header_json(s.converted, "tokenizer_files", lambda f: f.update({f"/tmp/{EVIL_NAMES[1]}": "x"}))
-    path = crafted(s.converted, s.inputs, tokenizer_files=files)
-    return s.cli("generate", "--checkpoint", path, "--prompt", "a cat", "--steps", "1"), None, [EVIL_NAMES[1]]
-
-
-def case_metadata_only_file(s):
-    return (
-        load(crafted(s.converted, s.inputs, "empty-model.safetensors", tensors={})),
-        E.CheckpointError,
-        ["empty-model.safetensors", "no tensors"],
-    )
-
-
-def case_future_format_version(s):
-    return load(crafted(s.converted, s.inputs, format_version="99")), E.CheckpointError, ["'99'", "convert again"]
-
-
-def case_header_configs_not_json(s):
-    return load(crafted(s.converted, s.inputs, configs="{not json")), E.CheckpointError, ["'configs'", "JSON"]
-
-
-def case_header_lacks_tokenizer(s):
-    return load(crafted(s.converted, s.inputs, tokenizer_files=None)), E.CheckpointError, ["tokenizer_files"]
-
-
-def case_header_unknown_config_part(s):
-    configs = header_json(s.converted, "configs", lambda c: c.update({"plugin": {"x": 1}}))
-    return load(crafted(s.converted, s.inputs, configs=configs)), E.CheckpointError, ["plugin"]
-
-
-def case_header_absurd_size(s):
-    configs = header_json(s.converted, "configs", lambda c: c["transformer"].update({"pos_embed_max_size": 10**6}))
-    return load(crafted(s.converted, s.inputs, configs=configs)), E.CheckpointError, ["pos_embed_max_size", "1000000"]
-
-
-def case_header_negative_size(s):
-    configs = header_json(s.converted, "configs", lambda c: c["connector"].update({"num_hidden_layers": -3}))
-    return load(crafted(s.converted, s.inputs, configs=configs)), E.CheckpointError, ["num_hidden_layers"]
-
-
-def case_header_unknown_dit_field(s):
-    configs = header_json(s.converted, "configs", lambda c: c["transformer"].update({"run_this": "rm -rf /"}))
-    return load(crafted(s.converted, s.inputs, configs=configs)), E.CheckpointError, ["run_this"]
-
-
-def case_header_foreign_tokenizer_class(s):
-    def edit(files):
-        config = json.loads(files["tokenizer_config.json"])
-        config["tokenizer_class"] = "SomeRemoteTokenizer"
-        files["tokenizer_config.json"] = json.dumps(config)
-
-    files = header_json(s.converted, "tokenizer_files", edit)
-    return load(crafted(s.converted, s.inputs, tokenizer_files=files)), E.CheckpointError, ["SomeRemoteTokenizer"]
-
-
-def case_header_config_not_object(s):
-    configs = header_json(s.converted, "configs", lambda c: c.update({"vae": [1, 2]}))
-    return load(crafted(s.converted, s.inputs, configs=configs)), E.CheckpointError, ["vae", "list"]
-
-
-def case_official_truncated_safetensors(s):
-    path = s.inputs / "model.safetensors"
-    path.write_bytes((OFFICIAL / "model.safetensors").read_bytes()[:5000])
-    return load_official_file(path), E.CheckpointError, ["model.safetensors", "truncated"]
-
-
-def case_official_truncated_pt(s):
-    path = s.inputs / "model.pt"
-    path.write_bytes((OFFICIAL / "model.pt").read_bytes()[:20000])
-    return load_official_file(path), E.CheckpointError, ["model.pt", "truncated"]
-
-
-class Payload:
-    def __reduce__(self):
-        return (os.system, (f"touch /tmp/{EVIL_NAMES[0]}",))
-
-
-def case_pickle_with_code(s):
-    path = s.inputs / "evil.pt"
-    torch.save({"meta_queries": torch.zeros(2, 2), "payload": Payload()}, path)
-    return load_official_file(path), E.CheckpointError, ["evil.pt", "Refused"]
-
-
-def case_empty_checkpoint(s):
-    (s.inputs / "zero.safetensors").write_bytes(b"")
-    return load_official_file(s.inputs / "zero.safetensors"), E.CheckpointError, ["zero.safetensors", "empty"]
-
-
-def case_unsupported_extension(s):
-    (s.inputs / "model.onnx").write_bytes(b"onnx")
-    return load_official_file(s.inputs / "model.onnx"), E.CheckpointError, ["'.onnx'"]
-
-
-def case_missing_checkpoint(s):
-    return load_official_file(s.inputs / "nowhere.safetensors"), E.NotFoundError, ["nowhere.safetensors"]
-
-
-def case_foreign_model(s):
-    path = s.inputs / "sdxl.safetensors"
-    save_file({"conditioner.embedders.0.weight": torch.zeros(2), "model.diffusion_model.x": torch.zeros(2)}, str(path))
-    return load_official_file(path), E.CheckpointError, ["sdxl.safetensors", "conditioner.embedders.0.weight"]
-
-
-def case_missing_tensor(s):
-    tensors = official_tensors()
-    del tensors["projector_2.weight"]
-    save_file(tensors, str(s.inputs / "model.safetensors"))
-    return load_official_file(s.inputs / "model.safetensors"), E.CheckpointError, ["projector_2.weight"]
-
-
-def case_wrong_shape(s):
-    tensors = official_tensors()
-    tensors["projector_3.weight"] = torch.zeros(3, 3)
-    save_file(tensors, str(s.inputs / "model.safetensors"))
-    return load_official_file(s.inputs / "model.safetensors"), E.CheckpointError, ["projector_3.weight"]
-
-
-def case_official_without_vlm_folder(s):
-    from deepgen.loading import load_model
-
-    (s.inputs / "model.safetensors").write_bytes((OFFICIAL / "model.safetensors").read_bytes())
-    return (lambda: load_model(s.inputs / "model.safetensors")), E.CheckpointError, ["Qwen2.5-VL-3B-Instruct"]
-
-
-def case_truncated_lora(s):
-    from deepgen.lora import load_lora
-
-    path = s.inputs / "style.safetensors"
-    save_file(
-        {"transformer.a.lora_A.weight": torch.zeros(4, 8), "transformer.a.lora_B.weight": torch.zeros(8, 4)}, str(path)
-    )
-    truncate(path)
-    return (lambda: load_lora(path)), E.CheckpointError, ["style.safetensors"]
-
-
-def case_cli_info_truncated(s):
-    path = s.inputs / "model.safetensors"
-    path.write_bytes((OFFICIAL / "model.safetensors").read_bytes()[:3000])
-    return s.cli("info", path), None, ["model.safetensors"]
 
 
 # ---- generation and node surface ------------------------------------------------------------------------
@@ -464,34 +176,6 @@ def case_node_edit_empty_instruction(s):
     return validate, E.InputError, ["prompt is empty"]
 
 
-LOADING = [
-    case_tokenizer_name_climbs_out,
-    case_tokenizer_name_absolute,
-    case_tokenizer_name_through_cli_info,
-    case_tokenizer_name_through_cli_generate,
-    case_metadata_only_file,
-    case_future_format_version,
-    case_header_configs_not_json,
-    case_header_lacks_tokenizer,
-    case_header_unknown_config_part,
-    case_header_absurd_size,
-    case_header_negative_size,
-    case_header_unknown_dit_field,
-    case_header_foreign_tokenizer_class,
-    case_header_config_not_object,
-    case_official_truncated_safetensors,
-    case_official_truncated_pt,
-    case_pickle_with_code,
-    case_empty_checkpoint,
-    case_unsupported_extension,
-    case_missing_checkpoint,
-    case_foreign_model,
-    case_missing_tensor,
-    case_wrong_shape,
-    case_official_without_vlm_folder,
-    case_truncated_lora,
-    case_cli_info_truncated,
-]
 GENERATION = [
     case_edit_empty_image,
     case_edit_not_an_image,
@@ -522,11 +206,7 @@ NODES = [
 ]
 
 
-def name_of(case) -> str:
-    return case.__name__.removeprefix("case_")
-
-
-@pytest.mark.parametrize("case", LOADING + GENERATION, ids=name_of)
+@pytest.mark.parametrize("case", GENERATION, ids=name_of)
 def test_bad_input_gives_one_clear_line(case, converted, tmp_path, capsys):
     run_case(Sandbox(tmp_path, converted), case, capsys)
 
@@ -537,6 +217,7 @@ def test_bad_node_input_gives_one_clear_line(case, converted, tmp_path, comfy_fo
 
 
 def test_the_table_is_large_enough():
+    """Counted over both modules of the table: the loading cases live in tests/test_bad_inputs_loading.py."""
     assert len(LOADING) + len(GENERATION) + len(NODES) >= 40
 
 
@@ -578,23 +259,6 @@ def test_animated_image_gives_its_first_frame(tmp_path):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     red, _, blue = np.asarray(open_image(tmp_path / "anim.gif"))[0, 0]
     assert red > 200 and blue < 50
-
-
-def test_tokenizer_config_paths_are_ignored(converted, tmp_path):
-    """A header's tokenizer_config naming files elsewhere loads with the header's own tokenizer, reading nothing."""
-    from deepgen.loading import load_model
-
-    secret = tmp_path / "secret.json"
-    secret.write_text("{not a tokenizer")
-
-    def edit(files):
-        config = json.loads(files["tokenizer_config.json"])
-        config.update({"tokenizer_file": str(secret), "vocab_file": str(secret), "auto_map": {"AutoTokenizer": "x.Y"}})
-        files["tokenizer_config.json"] = json.dumps(config)
-
-    path = crafted(converted, tmp_path, tokenizer_files=header_json(converted, "tokenizer_files", edit))
-    model = load_model(path, dtype=torch.float32)
-    assert model.tokenizer("a red cat")["input_ids"]
 
 
 def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):

@@ -4,6 +4,7 @@ checkpoint both continue to the same losses and weights as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from trainer_kit import Recorder, base_config, one_thread, write_dataset
 
 from deepgen.train import checkpointing
 from deepgen.train.checkpointing import find_latest_checkpoint, list_checkpoints, load_checkpoint
-from deepgen.train.trainer import SFTTrainer
+from deepgen.train.trainer import LOG_FILE, SFTTrainer
 
 
 class StopTraining(Exception):
@@ -66,6 +67,10 @@ def uninterrupted(data, tmp_path_factory):
     return result, load_checkpoint(result.checkpoint)
 
 
+def logged_steps(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / LOG_FILE).read_text(encoding="utf-8").splitlines()]
+
+
 def assert_same_tensors(a, b):
     assert set(a) == set(b)
     for k in a:
@@ -105,6 +110,10 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(data, tmp_path,
     monkeypatch.setattr(checkpointing, "_after_file_hook", None)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
     assert find_latest_checkpoint(tmp_path).name == "checkpoint-00000002"
+    assert logged_steps(tmp_path) == [1, 2, 3, 4]  # the crashed run logged steps 3-4 after its last checkpoint
+    with open(tmp_path / LOG_FILE, "a", encoding="utf-8") as f:
+        f.write('{"step": 5, "lo')  # and a kill may cut the last line short
     result = run(config(data, tmp_path, save_every=2, resume="auto"))
+    assert logged_steps(tmp_path) == [1, 2, 3, 4]  # each step once: the resume dropped the stale lines
     assert result.losses == pytest.approx(full.losses[2:], rel=1e-5, abs=1e-6)
     assert_same_tensors(load_checkpoint(result.checkpoint).trainable, full_ckpt.trainable)

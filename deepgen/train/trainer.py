@@ -62,6 +62,7 @@ from .runtime import (
     setup_trainable,
     weight_dtype_for,
 )
+from .step_log import truncate_step_log
 
 log = logging.getLogger("deepgen.train")
 
@@ -276,6 +277,8 @@ class SFTTrainer:
         )
         self.callbacks.on_train_start(run)
         log_path = self.output_dir / LOG_FILE
+        if acc.is_main_process and cfg.log_file:
+            truncate_step_log(log_path, step)  # a killed run may have logged steps after its last checkpoint
         clock = Stopwatch()
         it = iter(loader)
         try:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import runtime as R
+from ..step_log import truncate_step_log
 from .state import RunState
 from .step import RolloutBatch
 
@@ -189,14 +190,7 @@ class RunOutput(RunState):
 
     def _truncate_log(self, step: int) -> None:
         """Drop records of steps after ``step`` (a resumed run writes them again)."""
-        if not self.log_path.is_file():
-            return
-        keep = [
-            line
-            for line in self.log_path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        self.log_path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        truncate_step_log(self.log_path, step)
 
     def _write_log(self, rec: dict) -> None:
         with open(self.log_path, "a", encoding="utf-8") as f:

@@ -429,6 +429,8 @@ def test_official_quirk_mode_interrupt_checkpoint_and_resume(tmp_path):
     boundary writes an interrupt checkpoint; the resumed run repeats the uninterrupted one."""
     common = dict(max_steps=3, optimizer_step_per_timestep=True, bf16_old_logprob=True, warmup_steps=2)
     full = run(tiny_config(tmp_path / "a", output_dir=str(tmp_path / "a"), **common))
+    assert full[0]["lr"] == pytest.approx(1e-2 / 2)  # warm-up: the first rollout's first update is not at lr 0
+    assert full[1]["lr"] == full[2]["lr"] == pytest.approx(1e-2)  # full lr once warmup_steps updates are done
     k = full[0]["train_steps"]
     assert [r["updates"] for r in full] == [len(k), 2 * len(k), 3 * len(k)]  # K updates per rollout
     assert full[0]["ratio_max_dev"] > 0  # bf16-rounded old log-probs: ρ ≠ 1 even before any update

@@ -130,10 +130,11 @@ def test_cosine_equals_torch_linear_then_cosine():
 
 def test_constant_schedule_with_warmup():
     lrs = _lrs(None, 0.0, 30, lr=2e-6, schedule="constant", warmup_steps=20)
-    assert lrs[0] == 0.0  # transformers constant_with_warmup: s / W
-    assert lrs[10] == pytest.approx(1e-6, rel=1e-12)
-    assert lrs[19] == pytest.approx(2e-6 * 19 / 20, rel=1e-12)
-    assert lrs[20:] == [pytest.approx(2e-6, rel=1e-12)] * 10
+    assert lrs[0] == pytest.approx(2e-6 / 20, rel=1e-12)  # (s + 1) / W: the first update does not run at lr 0
+    assert lrs[9] == pytest.approx(1e-6, rel=1e-12)
+    assert lrs[18] == pytest.approx(2e-6 * 19 / 20, rel=1e-12)
+    assert lrs[19:] == [pytest.approx(2e-6, rel=1e-12)] * 11  # the 20th update is the first at full lr
+    assert all(a < b for a, b in zip(lrs[:19], lrs[1:20]))
     lrs = _lrs(None, 0.0, 3, schedule="constant", warmup_steps=0)
     assert lrs == [pytest.approx(1e-4)] * 3
 

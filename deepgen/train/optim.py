@@ -15,8 +15,10 @@
   which is exactly torch's ``SequentialLR([LinearLR(start, total_iters=W), CosineAnnealingLR(T_max=M-W)],
   milestones=[W])``, written as one ``LambdaLR`` with a picklable lambda object so its ``state_dict``
   round-trips (also with ``torch.load(weights_only=True)``).
-* ``"constant"`` schedule (stage 3, RL): linear warm-up over ``warmup_steps`` (20) then constant; with
-  ``start_factor=0`` it is transformers' ``constant_with_warmup`` (factor ``s / W``).
+* ``"constant"`` schedule (stage 3, RL): linear warm-up over ``warmup_steps`` (20) then constant.  The factor
+  of update ``s`` is ``(s + 1) / W`` (with ``start_factor=0``): transformers' ``constant_with_warmup`` one
+  update ahead, so the first update (the first rollout) already learns at ``lr / W`` instead of lr 0, and update
+  ``W - 1`` (the ``W``-th) is the first at full lr.
 
 Step the scheduler once per optimizer update: ``max_steps`` counts optimizer updates.  (The official
 configs count *micro*-iterations — 200k/400k at accumulation 4/3 — and step the schedule every
@@ -152,7 +154,11 @@ class WarmupCosine:
 
 
 class WarmupConstant:
-    """LR factor: linear warm-up from ``start_factor`` over ``warmup_steps``, then 1."""
+    """LR factor: linear warm-up over ``warmup_steps``, then 1.
+
+    Update ``s < W`` gets ``start_factor + (1 - start_factor) * (s + 1) / W``: never 0, so no update (and no
+    stage 3 rollout) is spent at lr 0; the ``W``-th update is the first at full lr.
+    """
 
     def __init__(self, warmup_steps: int, start_factor: float = 0.0):
         if warmup_steps < 0:
@@ -164,7 +170,7 @@ class WarmupConstant:
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.start_factor + (1.0 - self.start_factor) * step / self.warmup_steps
+            return self.start_factor + (1.0 - self.start_factor) * (step + 1) / self.warmup_steps
         return 1.0
 
 
@@ -180,7 +186,7 @@ def build_lr_scheduler(
     """A ``LambdaLR`` for ``schedule`` ``"cosine"`` (needs ``max_steps``) or ``"constant"``.
 
     Warm-up length: ``warmup_steps`` if given, else ``int(warmup_ratio * max_steps)``.  ``start_factor``
-    defaults to 1e-5 for cosine (official) and 0 for constant (transformers' ``constant_with_warmup``).
+    defaults to 1e-5 for cosine (official) and 0 for constant (whose first update still gets ``lr / W``).
     Call ``scheduler.step()`` after each ``optimizer.step()``.
     """
     fn: WarmupCosine | WarmupConstant

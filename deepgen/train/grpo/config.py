@@ -77,7 +77,7 @@ class GRPOConfig(ConfigSchema):
     adam_eps: float = 1e-8  # ref §4.3 HF default
     weight_decay: float = 0.0  # ref §4.3 HF default
     lr_schedule: str = "constant"  # ref §4.3 launcher flag constant_with_warmup: constant after the warm-up
-    warmup_steps: int = 20  # ref §4.3 warmup_steps 20 (linear from 0)
+    warmup_steps: int = 20  # ref §4.3 warmup_steps 20 (linear; update 1 at lr/20, not 0)
     max_grad_norm: float = 1.0  # ref §4.3 max_grad_norm 1.0
     max_steps: int = 1500  # ref §4.3 paper: 1,500 trainer steps (= rollouts)
     ema_decay: float = 0.0  # ref §0 `--ema_diffusion 0.0` (off)

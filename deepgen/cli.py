@@ -1,13 +1,17 @@
 """The `deepgen` command line: generate, edit, convert, info, download (and train, from deepgen.train).
 
 Without --checkpoint, generate/edit use the embedded tiny random-weight model, so a fresh install can run
-end to end offline; point --checkpoint/--vlm/--diffusion at the released files for real images.
+end to end offline; point --checkpoint/--vlm/--diffusion at the released files for real images.  What
+`deepgen train` exports loads here too: its model.safetensors as --checkpoint (a stage-1 export has no DiT or
+VLM LoRA: the DiT comes from --diffusion and the VLM runs without the DeepGen LoRA, which one log line says),
+its LoRA files (and the training node's, and stage 3's lora.safetensors) as --lora.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -43,6 +47,37 @@ def add_sampling_args(p: argparse.ArgumentParser, default_size: int | None) -> N
     g.add_argument("--out", default="outputs", help="output folder, or a .png path for a single image")
 
 
+def add_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument_group("LoRA").add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="a DeepGen LoRA file (from `deepgen train` or the training node) merged into the model with a "
+        "strength (default 1.0); repeat to stack several",
+    )
+
+
+def read_lora_args(values: list[str]) -> list:
+    """``[(LoraFile, strength)]`` of the --lora values, read before the model loads (a bad file fails fast)."""
+    from .errors import InputError
+    from .lora import load_lora
+
+    loras = []
+    for value in values:
+        path, strength = value, 1.0
+        head, sep, tail = value.rpartition(":")
+        if sep and head:
+            try:
+                path, strength = head, float(tail)
+            except ValueError:
+                pass  # the colon belongs to the path (C:\loras\x.safetensors)
+        if not math.isfinite(strength):
+            raise InputError(f"--lora {value!r}: the strength must be a number such as 0.8")
+        loras.append((load_lora(path), strength))
+    return loras
+
+
 def load_pipeline(args):
     from tqdm.auto import tqdm
 
@@ -68,6 +103,7 @@ def load_pipeline(args):
             device=device,
             connector_config=connector,
             progress=lambda msg: (bar.set_postfix_str(msg), bar.update()),
+            allow_pretrain_checkpoint=True,  # a stage-1 export loads; the loader logs what it lacks
         )
     return DeepGenPipeline(model)
 
@@ -91,7 +127,12 @@ def run_sampling(args, references=None) -> list[Path]:
     from .images import to_pil
 
     check_sampling_args(args)
+    loras = read_lora_args(args.lora)
     pipe = load_pipeline(args)
+    if loras:
+        from .lora import LoraPatcher
+
+        LoraPatcher().apply(pipe.model, loras)  # every file is checked against the model before any is merged
     negatives = [args.negative] * len(args.prompt) if args.negative is not None else None
     with tqdm(total=len(args.prompt), desc="encoding", unit="prompt") as bar:
         cond = pipe.encode(
@@ -188,11 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="text-to-image")
     add_model_args(p)
     add_sampling_args(p, 512)
+    add_lora_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("edit", help="edit one or more reference images with an instruction")
     add_model_args(p)
     add_sampling_args(p, None)
+    add_lora_args(p)
     p.add_argument("--image", action="append", required=True, help="reference image; repeat for several")
     p.add_argument(
         "--resize",

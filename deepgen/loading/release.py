@@ -145,13 +145,15 @@ def _split_official(state, source, allow_pretrain):
             "(the DiT then comes from the diffusion folder)"
         )
     if missing_parts:
+        comes_from = {
+            "transformer": "the DiT comes from the diffusion folder",
+            "lora": "the VLM runs without the DeepGen LoRA",
+        }
         log.warning(
             "%s has no %s tensors: %s",
             source,
             " and no ".join(missing_parts),
-            "the DiT comes from the diffusion folder"
-            if "transformer" in missing_parts
-            else "the VLM runs without the DeepGen LoRA",
+            "; ".join(comes_from[name] for name in missing_parts),
         )
     lora_pairs = collect_lora({k: state[k] for k in groups["lora"]})
     trained = {k: state[k] for k in groups["scb"] + groups["transformer"]}

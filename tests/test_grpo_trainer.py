@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from trainer_kit import stage3_values
 
 from deepgen.rewards import register_reward, unregister_reward
 from deepgen.train.config import ConfigError
@@ -79,31 +80,13 @@ def sft_data(folder: Path) -> str:
 
 
 def tiny_config(tmp: Path, **over):
-    values = dict(
-        model="tiny",
-        mixed_precision="no",
-        policy="lora",
-        dit_lora_rank=4,
-        dit_lora_alpha=8.0,
-        prompts=[prompt_file(tmp)],
-        category_weights={"general": {"mean_brightness": 1.0}},
-        group_size=4,
-        prompts_per_step=2,
-        rollout_micro_batch_size=8,
-        train_micro_batch_size=8,
-        num_steps=4,
-        resolution=32,
-        lr=1e-2,
-        warmup_steps=0,
-        max_steps=2,
-        save_every=0,
-        output_dir=str(tmp / "out"),
-        resume="no",
-        keep_last=0,
-        seed=0,
-    )
-    values.update(over)
-    return stage3_config_from_dict(values)
+    values = {
+        "category_weights": {"general": {"mean_brightness": 1.0}},
+        "rollout_micro_batch_size": 8,
+        "train_micro_batch_size": 8,
+        **over,
+    }
+    return stage3_config_from_dict(stage3_values(tmp / "out", prompt_file(tmp), **values))
 
 
 class LinearDecoder(torch.nn.Module):

@@ -31,6 +31,33 @@ def one_thread():
         torch.set_num_threads(before)
 
 
+def stage3_values(out: Path, prompt_path: str, **over) -> dict:
+    """The settings of a tiny stage-3 run (LoRA policy, 32² images, two steps) on the prompts of ``prompt_path``,
+    writing to ``out``; ``over`` replaces any of them."""
+    values = dict(
+        model="tiny",
+        mixed_precision="no",
+        policy="lora",
+        dit_lora_rank=4,
+        dit_lora_alpha=8.0,
+        prompts=[prompt_path],
+        group_size=4,
+        prompts_per_step=2,
+        num_steps=4,
+        resolution=32,
+        lr=1e-2,
+        warmup_steps=0,
+        max_steps=2,
+        save_every=0,
+        output_dir=str(out),
+        resume="no",
+        keep_last=0,
+        seed=0,
+    )
+    values.update(over)
+    return values
+
+
 def write_dataset(root: Path, n_t2i: int = 4, n_edit: int = 2, size: int = 96, seed: int = 0) -> Path:
     """Same-size images (so batches split across processes pad alike) with equal-length captions; a JSONL list."""
     root = Path(root)

@@ -18,7 +18,7 @@ for _p in (str(HERE.parent), str(HERE.parents[1])):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from trainer_kit import assert_same_outputs, base_config, one_thread, outputs, write_dataset  # noqa: E402
+from trainer_kit import assert_same_outputs, base_config, one_thread, outputs, stage3_values, write_dataset  # noqa: E402
 
 from deepgen.cli import main  # noqa: E402
 from deepgen.tiny import save_tiny_release  # noqa: E402
@@ -65,29 +65,9 @@ def stage3(root: Path, data: Path):
 
     prompts = root / "prompts.txt"
     prompts.write_text("a red square\na blue circle\n", encoding="utf-8")
-    cfg = stage3_config_from_dict(
-        dict(
-            model=str(root / "release"),
-            mixed_precision="no",
-            policy="lora",
-            dit_lora_rank=4,
-            dit_lora_alpha=8.0,
-            prompts=[str(prompts)],
-            category_weights={"general": {"brightness": 1.0}},
-            group_size=2,
-            prompts_per_step=2,
-            num_steps=2,
-            resolution=32,
-            lr=1e-2,
-            warmup_steps=0,
-            max_steps=1,
-            save_every=0,
-            output_dir=str(root / "stage3"),
-            resume="no",
-            keep_last=0,
-            seed=0,
-        )
-    )
+    weights = {"general": {"brightness": 1.0}}
+    values = stage3_values(root / "stage3", str(prompts), model=str(root / "release"), category_weights=weights)
+    cfg = stage3_config_from_dict({**values, "group_size": 2, "num_steps": 2, "max_steps": 1})
     trainer = GRPOTrainer(cfg).setup()
     trainer.train()
     return root / "stage3" / "lora.safetensors", trainer.model

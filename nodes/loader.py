@@ -264,7 +264,7 @@ class DeepGenLoader:
                     },
                 ),
                 "weight_dtype": (
-                    ("default", "fp8_e4m3fn"),
+                    ["default", "fp8_e4m3fn"],
                     {
                         "default": "default",
                         "tooltip": "fp8_e4m3fn: the DiT and the VLM text tower stored in fp8 (about half their "

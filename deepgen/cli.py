@@ -29,7 +29,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vlm", help="Qwen2.5-VL-3B-Instruct folder (official layout)")
     g.add_argument("--diffusion", help="UniPic2-SD3.5M-Kontext folder with transformer/ vae/ scheduler/")
     g.add_argument("--connector-heads", type=int, help="connector attention heads, for non-official widths only")
-    g.add_argument("--dtype", choices=DTYPES, default="auto")
+    g.add_argument("--dtype", choices=DTYPES, default="auto", help="compute dtype")
+    g.add_argument(
+        "--weight-dtype",
+        choices=("default", "fp8", "fp8_e4m3fn"),
+        default="default",
+        help="fp8: store the DiT and VLM text weights in float8_e4m3fn, each layer upcast to --dtype to run",
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps …")
 
 
@@ -102,6 +108,7 @@ def load_pipeline(args):
             dtype=dtype,
             device=device,
             connector_config=connector,
+            weight_dtype=args.weight_dtype,
             progress=lambda msg: (bar.set_postfix_str(msg), bar.update()),
             allow_pretrain_checkpoint=True,  # a stage-1 export loads; the loader logs what it lacks
         )
@@ -194,13 +201,15 @@ def cmd_convert(args) -> int:
 
     device = "cpu"
     connector = {"num_attention_heads": args.connector_heads} if args.connector_heads else None
+    fp8 = args.dtype == "fp8"  # the DiT and VLM text in float8_e4m3fn, the rest in bf16
     out = convert_checkpoint(
         args.checkpoint,
         args.output,
         args.vlm,
         args.diffusion,
-        dtype=pick_dtype(args.dtype, device),
+        dtype=pick_dtype("bf16" if fp8 else args.dtype, device),
         connector_config=connector,
+        weight_dtype="fp8_e4m3fn" if fp8 else "default",
     )
     print(out)
     return 0
@@ -252,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vlm")
     p.add_argument("--diffusion")
     p.add_argument("--connector-heads", type=int)
-    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--dtype", choices=(*DTYPES, "fp8"), default="bf16", help="fp8: DiT and VLM text in float8_e4m3fn")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="what a checkpoint file or folder holds, and which release layout it is")

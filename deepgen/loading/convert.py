@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from ..errors import InputError
 from ..model.deepgen import DeepGenModel
+from .fp8 import stored_fp8_parts
 from .single_file import FORMAT_VERSION, SINGLE_FILE_FORMAT, tokenizer_files
 
 
@@ -51,6 +52,8 @@ def convert_model(model: DeepGenModel, output: str | os.PathLike, source_layout:
         "configs": json.dumps(configs, default=str),
         "tokenizer_files": json.dumps(tokenizer_files(model.tokenizer)),
     }
+    if fp8_parts := stored_fp8_parts(tensors):  # read back with the same layerwise casting (deepgen.loading.fp8)
+        metadata["fp8_parts"] = json.dumps(fp8_parts)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     save_file(tensors, str(partial), metadata=metadata)

@@ -28,8 +28,8 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer,
 from ..model.connector import ConnectorConfig
 from ..model.deepgen import DeepGenModel
 from ..model.dit import DeepGenTransformer2DModel
+from . import fp8, single_file
 from . import keys as K
-from . import single_file
 from .errors import CheckpointError, format_keys
 from .lora import attach_lora_adapter, collect_lora, lora_rank, merge_lora
 from .state_dict_io import read_metadata, read_state_dict
@@ -55,6 +55,7 @@ def load_model(
     allow_pretrain_checkpoint: bool = False,
     connector_config: dict | None = None,
     attn_implementation: str = "sdpa",
+    weight_dtype: str = "default",
     progress: Progress | None = None,
 ) -> DeepGenModel:
     """Load DeepGen 1.0 from any supported release layout (resolved by `deepgen.loading.sources`).
@@ -66,7 +67,24 @@ def load_model(
     then comes from `diffusion/transformer`.
     connector_config: overrides of ConnectorConfig (needed only for non-official widths, e.g. num_attention_heads;
     a `connector_config.json` next to the checkpoint is read).
+    weight_dtype: "default" (everything in `dtype`) or "fp8_e4m3fn" ("fp8"): the DiT and the VLM text tower
+    stored in float8_e4m3fn, each layer upcast to `dtype` for its forward (see `deepgen.loading.fp8`). A file
+    written by `deepgen convert --dtype fp8` loads in fp8 whatever this says.
     """
+    weight_dtype = fp8.normalize_weight_dtype(weight_dtype)
+    model = _load_on_cpu(
+        checkpoint, vlm, diffusion, dtype, lora, lora_alpha, allow_pretrain_checkpoint, connector_config,
+        attn_implementation, progress,
+    )  # fmt: skip
+    if weight_dtype == "fp8_e4m3fn":
+        fp8.apply_fp8(model, dtype)  # on the CPU, so the device only ever holds the fp8 copy
+    return model.to(device).eval()
+
+
+def _load_on_cpu(
+    checkpoint, vlm, diffusion, dtype, lora, lora_alpha, allow_pretrain_checkpoint, connector_config,
+    attn_implementation, progress,
+) -> DeepGenModel:  # fmt: skip
     from .sources import resolve_source
 
     if lora not in ("merge", "peft"):
@@ -76,9 +94,9 @@ def load_model(
     if source.layout == "tiny":
         from ..tiny import build_tiny_model
 
-        return build_tiny_model(seed=source.seed, dtype=dtype).to(device)
+        return build_tiny_model(seed=source.seed, dtype=dtype)
     if source.layout == "single":
-        return _load_single_file(Path(source.path_of("checkpoint")), dtype, device, attn_implementation, say)
+        return _load_single_file(Path(source.path_of("checkpoint")), dtype, attn_implementation, say)
     connector_config = {**(source.connector_config or {}), **(connector_config or {})} or None
     if source.layout == "diffusers":
         root = Path(source.path_of("checkpoint"))
@@ -116,7 +134,7 @@ def load_model(
     model = _assemble(
         lmm, tokenizer, transformer, vae, trained, scheduler_config, connector_config, dtype, str(checkpoint)
     )
-    return model.to(device).eval()
+    return model
 
 
 # ---- pieces --------------------------------------------------------------------------------------------
@@ -298,15 +316,18 @@ def _read_folder_tensors(folder: Path) -> dict:
 # ---- the single-file format (`deepgen convert`) ------------------------------------------------------
 
 
-def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> DeepGenModel:
+def _load_single_file(path: Path, dtype, attn_implementation, say) -> DeepGenModel:
     from diffusers import AutoencoderKL as VAE
     from transformers import Qwen2_5_VLConfig
 
     say("reading converted checkpoint")
-    configs, files = single_file.parse_header(read_metadata(path), str(path))  # before any tensor is touched
+    metadata = read_metadata(path)
+    configs, files = single_file.parse_header(metadata, str(path))  # before any tensor is touched
+    claimed = single_file.parse_fp8_parts(metadata, str(path))
     state, _ = read_state_dict(path)
     if not state:
         raise CheckpointError(f"{path} holds a converted-file header but no tensors; convert the model again")
+    fp8_parts = fp8.check_fp8_header(claimed, state, str(path))
     tokenizer = single_file.build_tokenizer(files, str(path))
     try:
         vlm_config = Qwen2_5_VLConfig.from_dict(configs["vlm"])
@@ -325,7 +346,11 @@ def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> De
         ) from exc
     parts = {"lmm": lmm, "transformer": transformer, "vae": vae}
     for name, module in parts.items():
-        given = {k[len(name) + 1 :]: v.to(dtype) for k, v in state.items() if k.startswith(name + ".")}
+        given = {  # fp8 tensors stay fp8 (checked above: only in the header's fp8_parts)
+            k[len(name) + 1 :]: v if v.dtype == fp8.FP8 else v.to(dtype)
+            for k, v in state.items()
+            if k.startswith(name + ".")
+        }
         own = module.state_dict()
         tied = [k for k in own if k == "lm_head.weight" and k not in given and vlm_config.tie_word_embeddings]
         K.check_state_dict(own, given, f"{path}: {name}", optional=tuple(tied))
@@ -338,4 +363,7 @@ def _load_single_file(path: Path, dtype, device, attn_implementation, say) -> De
     model = _assemble(
         lmm, tokenizer, transformer, vae, trained, configs["scheduler"], configs["connector"], dtype, str(path)
     )
-    return model.to(device).eval()
+    if fp8_parts:
+        fp8.apply_fp8(model, dtype, parts=fp8_parts)
+    fp8.check_all_cast(model, str(path))
+    return model

@@ -76,6 +76,22 @@ def parse_header(metadata: dict, source: str) -> tuple[dict, dict[str, str]]:
     return configs, check_tokenizer_files(files, source)
 
 
+def parse_fp8_parts(metadata: dict, source: str) -> list:
+    """The optional `fp8_parts` field (`deepgen convert --dtype fp8`): a JSON list; its names and the tensors
+    are checked against each other by `fp8.check_fp8_header` once the tensors are read."""
+    if "fp8_parts" not in metadata:
+        return []
+    try:
+        value = json.loads(metadata["fp8_parts"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{source}: header field 'fp8_parts' is not valid JSON ({exc}); convert it again"
+        ) from exc
+    if not isinstance(value, list) or not value:
+        raise CheckpointError(f"{source}: header field 'fp8_parts' must be a non-empty JSON list of part names")
+    return value
+
+
 def _json_object(text, field: str, source: str) -> dict:
     try:
         value = json.loads(text)

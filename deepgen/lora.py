@@ -311,6 +311,12 @@ class LoraPatcher:
         self.restore(model)
         for lora, _ in loras:
             lora.check(model)  # all or nothing: never leave the model half patched
+            stored_fp8 = sorted(name for name in lora.modules if _weight(model, name, lora.path).element_size() == 1)
+            if stored_fp8:
+                raise LoraError(
+                    f"{lora.path}: the model's weights are stored in fp8 ({stored_fp8[0]}, …), which a LoRA "
+                    "cannot be merged into; load the model with the default weight dtype to use LoRAs"
+                )
         params = dict(model.named_parameters())
         for lora, strength in loras:
             for name, module in lora.modules.items():

@@ -137,3 +137,23 @@ def test_cli_generate_with_fp8_weights(tmp_path):
     args = ["generate", "--prompt", "a cat", "--steps", "1", "--width", "64", "--height", "64"]
     assert main([*args, "--weight-dtype", "fp8", "--device", "cpu", "--out", str(out)]) == 0
     assert out.is_file()
+
+
+def test_a_lora_on_fp8_weights_is_a_clear_error(tmp_path):
+    """Merging a LoRA into weights stored in fp8 is refused with one line, before anything is changed."""
+    import torch
+
+    from deepgen.errors import DeepGenError
+    from deepgen.loading.fp8 import apply_fp8
+    from deepgen.lora import LoraPatcher, add_lora, dit_lora_targets, load_lora, save_lora
+    from deepgen.tiny import build_tiny_model
+
+    trained = build_tiny_model(seed=0)
+    add_lora(trained.transformer, dit_lora_targets(trained.transformer), rank=2, alpha=2)
+    path = save_lora(trained, tmp_path / "style.safetensors")
+    model = build_tiny_model(seed=0)
+    apply_fp8(model, torch.float32)
+    before = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    with pytest.raises(DeepGenError, match="fp8"):
+        LoraPatcher().apply(model, [(load_lora(path), 1.0)])
+    assert all(torch.equal(before[k].float(), v.float()) for k, v in model.transformer.state_dict().items())

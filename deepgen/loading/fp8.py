@@ -1,4 +1,4 @@
-"""fp8 weights: the DiT and the VLM's text tower stored in float8_e4m3fn, upcast one layer at a time.
+"""fp8 weights: the DiT and the VLM's text and vision towers stored in float8_e4m3fn, upcast layer by layer.
 
 The mechanism is diffusers' layerwise casting (`diffusers.hooks.apply_layerwise_casting`): each selected
 Linear / Conv / Embedding keeps its weights in float8_e4m3fn and a forward hook casts that one layer to the
@@ -8,16 +8,19 @@ as the DiT), needs no new dependency, and needs no fp8 matmul: the matmul runs i
 works on a CPU and on any GPU. fp8 -> bf16 / fp32 -> fp8 is exact, so the round trip loses nothing after the
 first cast. (torchao's float8 tensors would use fp8 matmuls, but only on recent GPUs, and add a dependency.)
 
-What stays in the compute dtype (`DIT_SKIP`, `TEXT_SKIP`), because it is small or sensitive:
+What stays in the compute dtype (`DIT_SKIP`, `TEXT_SKIP`, `VISION_SKIP`), because it is small or sensitive:
 - every norm (LayerNorm / RMSNorm are never cast: layerwise casting only touches Linear, Conv and Embedding);
 - the DiT's patch embedding and position table (`pos_embed`), timestep / pooled embedding (`time_text_embed`),
   final modulation (`norm_out`) and output projection (`proj_out`): the first and last layers, where errors
   are not averaged out (diffusers' defaults, plus the two small embeddings). The per-block AdaLN modulation
   Linears are cast, as ComfyUI's fp8 does: they are 0.4 B of the DiT's 2.5 B parameters;
-- the VLM's token embedding (`embed_tokens`): a lookup, not a matmul, and tied to the unused `lm_head`.
-Not cast at all: the vision tower (0.67 B parameters, run once per reference image, and its patch features go
-straight into the text tower), the VAE (84 M, decodes pixels directly) and the think tokens / SCB connector /
-projectors (small, and trained: they carry DeepGen's own signal).
+- the VLM's token embedding (`embed_tokens`): a lookup, not a matmul, and tied to the unused `lm_head` (casting
+  it would put lm_head's shared weight in fp8 with no hook of its own to upcast it);
+- the vision tower's patch embedding (a Conv3d: Qwen2.5-VL casts its input to the conv's weight dtype, so it
+  must stay in the compute dtype; this also keeps `visual.dtype` the compute dtype) and its `merger` (the last
+  layer, whose output goes straight into the text tower). Its 32 blocks (0.63 B parameters) are cast.
+Not cast at all: the VAE (84 M, decodes pixels directly) and the think tokens / SCB connector / projectors
+(small, and trained: they carry DeepGen's own signal).
 """
 
 from __future__ import annotations
@@ -34,8 +37,13 @@ _ALIASES = {"fp8": "fp8_e4m3fn", "": "default", "none": "default"}
 
 DIT_SKIP = ("pos_embed", "patch_embed", "time_text_embed", "^norm_out", "^proj_out$")
 TEXT_SKIP = ("embed_tokens",)
+VISION_SKIP = ("patch_embed", "merger")
 # The parts that may be stored in fp8, by their key prefix in the model's state dict (and converted files).
-FP8_PARTS = {"transformer": "transformer.", "vlm_text": "lmm.model.language_model."}
+FP8_PARTS = {
+    "transformer": "transformer.",
+    "vlm_text": "lmm.model.language_model.",
+    "vlm_vision": "lmm.model.visual.",
+}
 
 
 def normalize_weight_dtype(weight_dtype: str | None) -> str:
@@ -47,15 +55,19 @@ def normalize_weight_dtype(weight_dtype: str | None) -> str:
 
 def fp8_modules(model) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
     """The parts cast to fp8, by their FP8_PARTS name: (module, skip patterns)."""
-    from ..model.vlm import text_tower
+    from ..model.vlm import text_tower, vision_tower
 
-    return {"transformer": (model.transformer, DIT_SKIP), "vlm_text": (text_tower(model.lmm), TEXT_SKIP)}
+    return {
+        "transformer": (model.transformer, DIT_SKIP),
+        "vlm_text": (text_tower(model.lmm), TEXT_SKIP),
+        "vlm_vision": (vision_tower(model.lmm), VISION_SKIP),
+    }
 
 
 def apply_fp8(model, compute_dtype: torch.dtype | None = None, parts: list[str] | None = None) -> None:
-    """Store the DiT and the VLM text tower (or only the FP8_PARTS named in `parts`) in float8_e4m3fn, each
-    layer upcast to `compute_dtype` (default: the model's dtype) for its forward. Idempotent; the model must
-    not be `.to(dtype)`-ed afterwards."""
+    """Store the DiT and the VLM text and vision towers (or only the FP8_PARTS named in `parts`) in
+    float8_e4m3fn, each layer upcast to `compute_dtype` (default: the model's dtype) for its forward.
+    Idempotent; the model must not be `.to(dtype)`-ed afterwards."""
     from diffusers.hooks import apply_layerwise_casting
 
     compute_dtype = compute_dtype or model.dtype

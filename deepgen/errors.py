@@ -67,10 +67,10 @@ def format_keys(keys, limit: int = 12) -> str:
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line (detail lines joined with '; ')."""
-    lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
-    return "; ".join(lines) or type(exc).__name__
+def one_line(message: BaseException | str) -> str:
+    """A message (or an exception's) on one line: detail lines joined with '; '."""
+    lines = [line.strip().removeprefix("- ") for line in str(message).splitlines() if line.strip()]
+    return "; ".join(lines) or (type(message).__name__ if isinstance(message, BaseException) else "")
 
 
 def user_message(exc: BaseException) -> str | None:

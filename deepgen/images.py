@@ -42,7 +42,7 @@ def open_image(path: str | os.PathLike, *, exif_transpose: bool = True, check_si
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
             with Image.open(path) as image:
                 if check_size:
-                    check_image_size(image.width, image.height, str(path))
+                    check_input_image_size(image.width, image.height, str(path))
                 image.seek(0)  # the first frame of an animation
                 image.load()
                 if exif_transpose:
@@ -61,7 +61,7 @@ def open_image(path: str | os.PathLike, *, exif_transpose: bool = True, check_si
         ) from exc
 
 
-def check_image_size(width: int, height: int, where: str = "image") -> None:
+def check_input_image_size(width: int, height: int, where: str = "image") -> None:
     if width * height > MAX_IMAGE_PIXELS:
         raise InputImageError(
             f"{where} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS // 2**20} "
@@ -118,7 +118,7 @@ def prepare_reference(image: ImageLike, resize: str = "fix_pixels", target: int 
     """
     pixels = to_pixels(image)
     height, width = pixels.shape[-2:]
-    check_image_size(width, height, "the reference image")
+    check_input_image_size(width, height, "the reference image")
     if resize == "keep":
         check_reference_size(height, width)
         return pixels

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 
 log = logging.getLogger("deepgen.train")
 
@@ -81,7 +81,7 @@ class ConfigSchema:
         """Raise :class:`ConfigError` listing every problem on one line; return ``self``."""
         problems = self.problems()
         if problems:
-            raise ConfigError(_one_line(f"Invalid {self.TITLE}: " + "; ".join(dict.fromkeys(problems))))
+            raise ConfigError(one_line(f"Invalid {self.TITLE}: " + "; ".join(dict.fromkeys(problems))))
         return self
 
     @classmethod
@@ -126,10 +126,6 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split("\n"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,7 +254,7 @@ def build_config(
     problems: list[str] = []
     notes = _rename(values, known, problems)
     if notes:
-        message = _one_line(
+        message = one_line(
             f"deprecated names in the {cls.TITLE} ({source}): "
             + "; ".join(notes)
             + "; the old names still work, but rename them"
@@ -296,5 +292,5 @@ def build_config(
             problems.append(str(e))
     problems += cfg.problems()
     if problems:
-        raise ConfigError(_one_line(f"Invalid {cls.TITLE} ({source}): " + "; ".join(dict.fromkeys(problems))))
+        raise ConfigError(one_line(f"Invalid {cls.TITLE} ({source}): " + "; ".join(dict.fromkeys(problems))))
     return cfg

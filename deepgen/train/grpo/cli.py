@@ -1,6 +1,6 @@
 """Stage 3 entry points: ``deepgen train --stage 3`` (:func:`run_grpo_from_config_file`) and
-``python -m deepgen.train.grpo.trainer`` (:func:`main`); :func:`user_errors` says which exceptions are the user's
-to fix (one ``error:`` line, exit 2)."""
+``python -m deepgen.train.grpo.trainer`` (:func:`main`, which reports errors as the ``deepgen`` CLI does:
+``deepgen.errors.run_cli``)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import argparse
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
-from ...errors import one_line
+from ...errors import run_cli
 from .run_config import load_stage3_config
 
 log = logging.getLogger("deepgen.train.grpo")
 
-__all__ = ["main", "run_grpo_from_config_file", "user_errors"]
+__all__ = ["main", "run_grpo_from_config_file"]
 
 
 def run_grpo_from_config_file(
@@ -38,14 +37,6 @@ def run_grpo_from_config_file(
     run_grpo(cfg)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean "fix your config / data / models / folders / network" (print the message on one
-    line, exit 2; no traceback): every DeepGenError, and OS errors (a missing file, a full disk, a dead host)."""
-    from ...errors import DeepGenError
-
-    return (DeepGenError, OSError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m deepgen.train.grpo.trainer",
@@ -55,13 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resume", default=None, help="auto | no | a checkpoint folder (overrides the config)")
     p.add_argument("overrides", nargs="*", help="key=value (TOML values), e.g. group_size=4")
     args = p.parse_args(argv)
-    try:
-        run_grpo_from_config_file(args.config, args.overrides, args.resume)
-    except KeyboardInterrupt:
-        return 130
-    except user_errors() as exc:
-        from ...errors import user_message
 
-        print(f"error: {user_message(exc) or one_line(exc)}", file=sys.stderr)
-        return 2
-    return 0
+    def run() -> int:
+        run_grpo_from_config_file(args.config, args.overrides, args.resume)
+        return 0
+
+    return run_cli(run)

@@ -12,7 +12,7 @@
 ``step.py``        rollout → rewards + GDPO advantages → PPO-clip + KL passes → SFT-Aux → optimiser step
 ``output.py``      the step's log record, the JSONL log, checkpoints and the interrupt checkpoint
 ``evaluate.py``    ODE + CFG samples of the eval prompts, scored by the run's rewards
-``cli.py``         ``run_grpo_from_config_file``, ``main``, ``user_errors``
+``cli.py``         ``run_grpo_from_config_file``, ``main``
 =================  ========================================================================================
 
 The maths is the core (``sde``, ``logprob``, ``advantage``, ``loss``); accelerate setup, model loading, trainable
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import runtime as R
-from .cli import main, run_grpo_from_config_file, user_errors
+from .cli import main, run_grpo_from_config_file
 from .evaluate import Evaluation
 from .output import LOG_FILE, RunOutput, read_log
 from .run_config import Stage3Config
@@ -47,7 +47,6 @@ __all__ = [
     "read_log",
     "run_grpo",
     "run_grpo_from_config_file",
-    "user_errors",
 ]
 
 

@@ -1,0 +1,241 @@
+// Dev check (not run by CI): load the LoRA workflow in a real ComfyUI front end, in the classic
+// LiteGraph canvas and in Nodes 2.0, and check that
+//   - the loss chart's box lies inside the DeepGenTrainLoRA node's box,
+//   - its status line is cut with an ellipsis (no overflow) when the text is long,
+//   - the learning-rate widget shows 0.0001 (its default 1e-4),
+//   - the page logs no console errors.
+// Usage (see tests/browser/README.md):
+//   cd tests/browser && npm install && node check_frontend.mjs --out /tmp/shots [--repo ../..]
+// Options: --repo (the extension to link into custom_nodes/, default this checkout), --comfy (ComfyUI
+// source), --python (its venv's python), --chromium, --port, --url (use a running server instead).
+// Exit code 0 when every check passes, 1 otherwise; results go to stdout and <out>/results.json.
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { chromium } from "playwright-core";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const { values: opts } = parseArgs({
+  options: {
+    out: { type: "string" },
+    repo: { type: "string", default: resolve(HERE, "../..") },
+    comfy: { type: "string", default: "/tmp/comfy/comfyui" },
+    python: { type: "string", default: "/tmp/comfy-venv/bin/python" },
+    chromium: { type: "string", default: "/usr/bin/chromium" },
+    port: { type: "string", default: "8393" },
+    url: { type: "string" },
+    workflow: { type: "string", default: "workflows/deepgen_lora_finetune.json" },
+  },
+});
+if (!opts.out) {
+  console.error("usage: node check_frontend.mjs --out SCREENSHOT_DIR [--repo PATH] [--url http://127.0.0.1:N]");
+  process.exit(2);
+}
+mkdirSync(opts.out, { recursive: true });
+
+const NODE_CLASS = "DeepGenTrainLoRA";
+const CHART_WIDGET = "deepgen1_loss_chart";
+const LR_WIDGET = "learning_rate";
+const LONG_PATH = "/very/long/output/folder/".repeat(8) + "deepgen_lora_subject_rank16_steps2000.safetensors";
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitForServer(url, server, seconds = 180) {
+  for (let i = 0; i < seconds; i++) {
+    if (server && server.exitCode !== null) throw new Error(`ComfyUI exited with code ${server.exitCode}`);
+    try {
+      if ((await fetch(`${url}/object_info`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(1000);
+  }
+  throw new Error(`ComfyUI did not answer ${url}/object_info within ${seconds} s`);
+}
+
+/** Start ComfyUI with a temp base dir whose custom_nodes/ links to the extension under test. */
+async function startComfy() {
+  const base = mkdtempSync(join(tmpdir(), "deepgen-browser-"));
+  mkdirSync(join(base, "custom_nodes"));
+  symlinkSync(resolve(opts.repo), join(base, "custom_nodes", "ComfyUI-DeepGen"));
+  const args = ["main.py", "--cpu", "--listen", "127.0.0.1", "--port", opts.port, "--base-directory", base];
+  args.push("--disable-auto-launch", "--disable-api-nodes");
+  const log = join(opts.out, "comfyui.log");
+  const server = spawn(opts.python, args, { cwd: opts.comfy, stdio: ["ignore", "pipe", "pipe"] });
+  const chunks = [];
+  server.stdout.on("data", (d) => chunks.push(d));
+  server.stderr.on("data", (d) => chunks.push(d));
+  const url = `http://127.0.0.1:${opts.port}`;
+  const stop = () => {
+    if (server.exitCode === null) server.kill("SIGTERM");
+    writeFileSync(log, Buffer.concat(chunks));
+    rmSync(base, { recursive: true, force: true });
+  };
+  try {
+    await waitForServer(url, server);
+  } catch (e) {
+    stop();
+    throw e;
+  }
+  return { url, stop };
+}
+
+async function setSettings(url, settings) {
+  const r = await fetch(`${url}/api/settings`, { method: "POST", body: JSON.stringify(settings) });
+  if (!r.ok) throw new Error(`POST /api/settings: HTTP ${r.status}`);
+}
+
+/** Everything measured in the page for one mode; runs in the browser. */
+function measureInPage({ nodeClass, chartWidget, lrWidget, longPath, vue }) {
+  const app = window.app;
+  const node = app.graph.nodes.find((n) => n.type === nodeClass);
+  if (!node) return { error: `no ${nodeClass} node in the graph` };
+  const widget = node.widgets.find((w) => w.name === chartWidget);
+  const root = widget?.element;
+  if (!root) return { error: `no ${chartWidget} DOM widget on the node` };
+  const rectOf = (r) => ({ left: r.left, top: r.top, right: r.right, bottom: r.bottom });
+  let nodeBox;
+  if (vue) {
+    const el = document.querySelector(`[data-node-id="${node.id}"]`);
+    if (!el) return { error: "no Nodes 2.0 element for the node" };
+    nodeBox = rectOf(el.getBoundingClientRect());
+  } else {
+    // Classic: the node's body in canvas space, mapped to the page (title bar excluded).
+    const ds = app.canvas.ds;
+    const c = app.canvas.canvas.getBoundingClientRect();
+    const toPage = (x, y) => [(x + ds.offset[0]) * ds.scale + c.left, (y + ds.offset[1]) * ds.scale + c.top];
+    const [left, top] = toPage(node.pos[0], node.pos[1]);
+    const [right, bottom] = toPage(node.pos[0] + node.size[0], node.pos[1] + node.size[1]);
+    nodeBox = { left, top, right, bottom };
+  }
+  const chartBox = rectOf(root.getBoundingClientRect());
+  const status = [...root.querySelectorAll("div")].at(-1);
+  const statusBox = rectOf(status.getBoundingClientRect());
+  const statusStyle = getComputedStyle(status);
+  const lr = node.widgets.find((w) => w.name === lrWidget);
+  let lrShown = null;
+  if (vue) {
+    const el = document.querySelector(`[data-node-id="${node.id}"]`);
+    const input = el?.querySelector(`input[aria-label="${lrWidget}"]`) ?? el?.querySelector(`[aria-label="${lrWidget}"] input`);
+    lrShown = input ? input.value : null;
+  } else {
+    lrShown = lr?._displayValue ?? null;
+  }
+  return {
+    nodeId: node.id,
+    nodeBox,
+    chartBox,
+    statusBox,
+    statusText: status.textContent,
+    statusOverflowPx: status.scrollWidth - status.clientWidth,
+    statusStyle: { overflow: statusStyle.overflow, textOverflow: statusStyle.textOverflow, whiteSpace: statusStyle.whiteSpace },
+    lrValue: lr?.value ?? null,
+    lrOptions: lr ? { ...lr.options } : null,
+    lrShown,
+    longPath,
+  };
+}
+
+/** Sample training events, so the chart has lines and a long status ("LoRA saved to <long path>"). */
+function feedEvents({ nodeId, longPath }) {
+  const api = window.comfyAPI.api.api;
+  for (let step = 1; step <= 40; step++) {
+    const loss = 0.5 * Math.exp(-step / 15) + 0.05 * Math.sin(step);
+    api.dispatchCustomEvent("deepgen1.train_loss", { node: String(nodeId), step, total_steps: 40, loss: Math.abs(loss), task: step % 3 ? "text2image" : "image2image", lr: 1e-4 });
+  }
+  api.dispatchCustomEvent("deepgen1.train_done", { node: String(nodeId), lora_path: longPath });
+}
+
+function inside(inner, outer, tol = 1) {
+  return inner.left >= outer.left - tol && inner.right <= outer.right + tol && inner.top >= outer.top - tol && inner.bottom <= outer.bottom + tol;
+}
+
+async function runMode(context, url, mode, workflow) {
+  const vue = mode === "nodes2";
+  await setSettings(url, { "Comfy.VueNodes.Enabled": vue, "Comfy.TutorialCompleted": true, "Comfy.VueNodes.AutoScaleLayout": false });
+  const page = await context.newPage();
+  await page.setViewportSize({ width: 1600, height: 1000 });
+  const errors = [];
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(url, { waitUntil: "load" });
+  await page.waitForFunction(() => window.app?.graph && window.app?.canvas, null, { timeout: 120000 });
+  await page.evaluate(async (wf) => {
+    await window.app.loadGraphData(wf, true, true, "deepgen_lora_finetune");
+  }, workflow);
+  // Centre the training node at scale 1 so both modes show it the same way.
+  await page.evaluate((cls) => {
+    const app = window.app;
+    const node = app.graph.nodes.find((n) => n.type === cls);
+    const c = app.canvas.canvas.getBoundingClientRect();
+    app.canvas.ds.scale = 1;
+    app.canvas.ds.offset[0] = c.width / 2 - node.pos[0] - node.size[0] / 2;
+    app.canvas.ds.offset[1] = 60 - node.pos[1];
+    app.canvas.setDirty(true, true);
+  }, NODE_CLASS);
+  await sleep(2500);
+  const first = await page.evaluate(measureInPage, { nodeClass: NODE_CLASS, chartWidget: CHART_WIDGET, lrWidget: LR_WIDGET, longPath: LONG_PATH, vue });
+  if (first.error) throw new Error(`${mode}: ${first.error}`);
+  await page.evaluate(feedEvents, { nodeId: first.nodeId, longPath: LONG_PATH });
+  await sleep(1500);
+  const m = await page.evaluate(measureInPage, { nodeClass: NODE_CLASS, chartWidget: CHART_WIDGET, lrWidget: LR_WIDGET, longPath: LONG_PATH, vue });
+  await page.screenshot({ path: join(opts.out, `${mode}-page.png`) });
+  const pad = 40;
+  const clip = {
+    x: Math.max(0, m.nodeBox.left - pad),
+    y: Math.max(0, m.nodeBox.top - pad),
+    width: m.nodeBox.right - m.nodeBox.left + 2 * pad + 200,
+    height: Math.min(1000 - Math.max(0, m.nodeBox.top - pad), m.nodeBox.bottom - m.nodeBox.top + 2 * pad),
+  };
+  await page.screenshot({ path: join(opts.out, `${mode}-node.png`), clip });
+  await page.close();
+  const checks = {
+    chartInsideNode: inside(m.chartBox, m.nodeBox),
+    statusInsideNode: inside(m.statusBox, m.nodeBox),
+    statusEllipsis: m.statusStyle.textOverflow === "ellipsis" && m.statusStyle.overflow === "hidden" && m.statusStyle.whiteSpace === "nowrap",
+    lrShows00001: m.lrShown !== null && m.lrShown.trim() === "0.0001",
+    noConsoleErrors: errors.length === 0,
+  };
+  return { mode, checks, measured: m, consoleErrors: errors };
+}
+
+async function main() {
+  const workflow = JSON.parse(readFileSync(resolve(opts.repo, opts.workflow), "utf8"));
+  const server = opts.url ? { url: opts.url, stop: () => {} } : await startComfy();
+  const profile = mkdtempSync(join(tmpdir(), "deepgen-chromium-"));
+  const flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"];
+  flags.push("--disable-component-update", "--disable-sync");
+  let context;
+  const results = [];
+  try {
+    // A persistent context takes the fresh --user-data-dir; playwright adds --headless itself.
+    context = await chromium.launchPersistentContext(profile, { executablePath: opts.chromium, headless: true, args: flags });
+    for (const mode of ["classic", "nodes2"]) results.push(await runMode(context, server.url, mode, workflow));
+  } finally {
+    await context?.close();
+    rmSync(profile, { recursive: true, force: true });
+    server.stop();
+  }
+  writeFileSync(join(opts.out, "results.json"), JSON.stringify(results, null, 2));
+  let ok = true;
+  for (const r of results) {
+    for (const [name, pass] of Object.entries(r.checks)) {
+      console.log(`${pass ? "PASS" : "FAIL"} ${r.mode} ${name}`);
+      ok &&= pass;
+    }
+    const { nodeBox: n, chartBox: c } = r.measured;
+    console.log(`  ${r.mode}: node x ${n.left.toFixed(0)}..${n.right.toFixed(0)}, chart x ${c.left.toFixed(0)}..${c.right.toFixed(0)}, y ${c.top.toFixed(0)}..${c.bottom.toFixed(0)} (node y ${n.top.toFixed(0)}..${n.bottom.toFixed(0)})`);
+    console.log(`  ${r.mode}: learning_rate shown as ${JSON.stringify(r.measured.lrShown)}; status overflow ${r.measured.statusOverflowPx}px`);
+    for (const e of r.consoleErrors) console.log(`  console error: ${e}`);
+  }
+  console.log(ok ? "all checks passed" : "some checks failed");
+  process.exit(ok ? 0 : 1);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -2,18 +2,20 @@
 // Fed by websocket events "deepgen1.train_loss" {node, step, total_steps, loss, task, lr} and
 // "deepgen1.train_done" {node, lora_path}.  An inline SVG inside a DOM widget, so it renders in the
 // classic canvas and in Nodes 2.0.  History, EMA and geometry live in ./lib (unit-tested).
+// Layout: the root is a flex column that never widens its container (`contain: inline-size`; in
+// Nodes 2.0 a long nowrap status line otherwise stretched the widget row far past the node), and
+// the SVG's viewBox follows its laid-out size (ResizeObserver), so the chart fills the node's width.
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { EVENTS, NODE_CLASSES, parseDoneEvent, parseLossEvent } from "./lib/events.js";
 import { findNodeByExecutionId, isNodeOfClass } from "./lib/graph.js";
-import { LossHistory, buildChart } from "./lib/loss_chart.js";
+import { LossHistory, buildChart, fitChartSize } from "./lib/loss_chart.js";
 
 const WIDGET = "deepgen1_loss_chart";
 const STATE = Symbol("deepgen1.lossChart");
 const SVG_NS = "http://www.w3.org/2000/svg";
-const W = 320;
-const H = 160;
+const FALLBACK_SIZE = { width: 320, height: 140 }; // before the first layout, or without ResizeObserver
 
 function el(tag, css, text) {
   const e = document.createElement(tag);
@@ -32,11 +34,14 @@ const raf = (fn) => (typeof globalThis.requestAnimationFrame === "function" ? gl
 
 function ensureChart(node) {
   if (node[STATE]) return node[STATE];
+  // min-width:0 + contain:inline-size: the content never sets the width; height:100% fills the classic
+  // canvas's DOM-widget box (in Nodes 2.0 the height is the content's).
   const root = el(
     "div",
-    "width:100%;box-sizing:border-box;font:11px/1.3 sans-serif;color:var(--input-text,#ddd);padding:2px 4px;",
+    "display:flex;flex-direction:column;width:100%;height:100%;min-width:0;contain:inline-size;overflow:hidden;" +
+      "box-sizing:border-box;font:11px/1.3 sans-serif;color:var(--input-text,#ddd);padding:2px 4px;",
   );
-  const bar = el("div", "display:flex;gap:10px;align-items:center;flex-wrap:wrap;margin-bottom:2px;");
+  const bar = el("div", "flex:none;display:flex;gap:10px;align-items:center;flex-wrap:wrap;margin-bottom:2px;");
   const logLabel = el("label", "display:flex;gap:3px;align-items:center;cursor:pointer;");
   const logBox = el("input");
   logBox.type = "checkbox";
@@ -57,9 +62,14 @@ function ensureChart(node) {
   bar.appendChild(logLabel);
   bar.appendChild(smLabel);
   bar.appendChild(legend);
-  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", preserveAspectRatio: "xMidYMid meet" });
-  chart.style.cssText = "display:block;width:100%;height:140px;";
-  const status = el("div", "opacity:0.85;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;", "waiting for training to start…");
+  // The SVG takes the height the bar and status leave (140px when the node is tall enough).
+  const chart = svg("svg", { viewBox: `0 0 ${FALLBACK_SIZE.width} ${FALLBACK_SIZE.height}` });
+  chart.style.cssText = "display:block;flex:1 1 140px;width:100%;min-width:0;min-height:60px;";
+  const status = el(
+    "div",
+    "flex:none;min-width:0;opacity:0.85;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;",
+    "waiting for training to start…",
+  );
   root.appendChild(bar);
   root.appendChild(chart);
   root.appendChild(status);
@@ -74,6 +84,7 @@ function ensureChart(node) {
     status,
     pending: false,
     widget: null,
+    size: { ...FALLBACK_SIZE },
   };
   logBox.addEventListener("change", () => {
     state.logY = !!logBox.checked;
@@ -85,6 +96,15 @@ function ensureChart(node) {
     smValue.textContent = state.smoothing.toFixed(2);
     scheduleRender(state);
   });
+  if (typeof globalThis.ResizeObserver === "function") {
+    // Redraw at the SVG's laid-out size (CSS px, unaffected by the canvas zoom's transform).
+    new globalThis.ResizeObserver(([entry]) => {
+      const next = fitChartSize(entry.contentRect.width, entry.contentRect.height, state.size);
+      if (next.width === state.size.width && next.height === state.size.height) return;
+      state.size = next;
+      scheduleRender(state);
+    }).observe(chart);
+  }
   if (typeof node.addDOMWidget === "function") {
     state.widget = node.addDOMWidget(WIDGET, WIDGET, root, {
       serialize: false, // display only: keep it out of the API prompt
@@ -101,7 +121,9 @@ function ensureChart(node) {
 
 function render(state) {
   state.pending = false;
-  const view = buildChart(state.history, { width: W, height: H, smoothing: state.smoothing, logY: state.logY });
+  const { width, height } = state.size;
+  const view = buildChart(state.history, { width, height, smoothing: state.smoothing, logY: state.logY });
+  state.chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const { plot } = view;
   const items = [svg("rect", { x: plot.x0, y: plot.y0, width: plot.x1 - plot.x0, height: plot.y1 - plot.y0, fill: "none", stroke: "currentColor", "stroke-opacity": 0.25 })];
   for (const t of view.yTicks) {

@@ -16,6 +16,9 @@ export const NODE_CLASSES = Object.freeze({
   TRAIN_LORA: "DeepGenTrainLoRA",
 });
 
+/** Every DeepGen node's category starts with this (nodes/types.py CATEGORY), e.g. "DeepGen 1.0/training". */
+export const NODE_CATEGORY = "DeepGen 1.0";
+
 /** Keys of node `ui` dicts (the `message` given to `onExecuted`). */
 export const UI_KEYS = Object.freeze({
   REWARDS: "deepgen1_rewards",

@@ -301,3 +301,20 @@ export function buildChart(history, { width = 320, height = 160, smoothing = 0.9
     .map((v) => ({ x: r1(xs(v)), label: formatNumber(v) }));
   return view;
 }
+
+/** Smallest chart the axes and labels fit in (viewBox units = CSS px). */
+export const MIN_CHART_SIZE = Object.freeze({ width: 120, height: 60 });
+
+/**
+ * The viewBox size for an SVG laid out at `width`×`height` CSS px (from a ResizeObserver), so one
+ * viewBox unit stays one pixel and labels keep their size. Sizes that are missing, not finite or 0
+ * (a hidden or collapsed node) give `fallback`; others are rounded and raised to MIN_CHART_SIZE.
+ */
+export function fitChartSize(width, height, fallback = { width: 320, height: 160 }) {
+  const ok = (v) => typeof v === "number" && Number.isFinite(v) && v > 0;
+  if (!ok(width) || !ok(height)) return { ...fallback };
+  return {
+    width: Math.max(MIN_CHART_SIZE.width, Math.round(width)),
+    height: Math.max(MIN_CHART_SIZE.height, Math.round(height)),
+  };
+}

@@ -1,10 +1,10 @@
-// Wiring tests of the two extension files against test doubles of ComfyUI's front-end API
+// Wiring tests of the three extension files against test doubles of ComfyUI's front-end API
 // (app.registerExtension, api events, LiteGraph node types, addDOMWidget) and a minimal DOM.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { register } from "node:module";
 
-import { FakeElement, installDom } from "./helpers/fake_dom.mjs";
+import { FakeElement, FakeResizeObserver, installDom } from "./helpers/fake_dom.mjs";
 
 register("./helpers/comfy_hooks.mjs", import.meta.url);
 installDom();
@@ -20,9 +20,10 @@ globalThis.__deepgen1Fake = { app: fakeApp, api };
 
 await import("../deepgen_rewards.js");
 await import("../deepgen_loss_chart.js");
+await import("../deepgen_float_digits.js");
 
 /** A LiteGraph-like node class as ComfyUI builds one per node definition. */
-function makeNodeType(comfyClass) {
+function makeNodeType(comfyClass, inputWidgets = []) {
   const calls = [];
   class NodeType {
     constructor(id) {
@@ -30,7 +31,8 @@ function makeNodeType(comfyClass) {
       this.comfyClass = comfyClass;
       this.type = comfyClass;
       this.size = [200, 100];
-      this.widgets = [];
+      // ComfyUI adds the input widgets before onNodeCreated runs.
+      this.widgets = inputWidgets.map(([name, value, options]) => ({ name, type: "number", value, options: { ...options } }));
       this.onNodeCreated?.();
     }
     addDOMWidget(name, type, element, options) {
@@ -55,14 +57,14 @@ function makeNodeType(comfyClass) {
   return { NodeType, calls };
 }
 
-async function defineNode(comfyClass) {
-  const made = makeNodeType(comfyClass);
-  for (const ext of extensions) await ext.beforeRegisterNodeDef?.(made.NodeType, { name: comfyClass }, fakeApp);
+async function defineNode(comfyClass, nodeData = {}, inputWidgets = []) {
+  const made = makeNodeType(comfyClass, inputWidgets);
+  for (const ext of extensions) await ext.beforeRegisterNodeDef?.(made.NodeType, { name: comfyClass, ...nodeData }, fakeApp);
   return made;
 }
 
 test("extensions are registered under the DeepGen1 namespace", () => {
-  assert.deepEqual(extensions.map((e) => e.name).sort(), ["DeepGen1.LossChart", "DeepGen1.RewardsTable"]);
+  assert.deepEqual(extensions.map((e) => e.name).sort(), ["DeepGen1.FloatDigits", "DeepGen1.LossChart", "DeepGen1.RewardsTable"]);
 });
 
 test("other node types are left alone", async () => {
@@ -161,6 +163,14 @@ test("DeepGenTrainLoRA: loss events draw per-task paths, done shows the LoRA pat
   logBox.dispatch("change");
   assert.ok(svg.findAll("text").some((t) => t.textContent === "0.1"), "log axis has a 0.1 tick");
 
+  // The viewBox follows the SVG's laid-out size, so the plot spans the node's width.
+  FakeResizeObserver.resize(svg, 500.2, 120);
+  assert.equal(svg.getAttribute("viewBox"), "0 0 500 120");
+  assert.ok(svg.findAll("line").length > 0);
+  assert.equal(Number(svg.findAll("rect")[0].getAttribute("width")), 500 - 8 - 42, "plot = width - padding");
+  FakeResizeObserver.resize(svg, 0, 0); // collapsed node: keeps the last size
+  assert.equal(svg.getAttribute("viewBox"), "0 0 500 120");
+
   send("deepgen1.train_done", { node: "3", lora_path: "loras/deepgen_lora.safetensors" });
   assert.match(w.element.textContent, /done · saved loras\/deepgen_lora\.safetensors/);
   send("deepgen1.train_loss", { node: "3", step: 1, total_steps: 5, loss: 2, task: "text2image" });
@@ -174,4 +184,33 @@ test("events for a training node inside a subgraph use colon ids", async () => {
   nodes.set("12", { id: 12, subgraph: sub });
   api.dispatchEvent(new CustomEvent("deepgen1.train_loss", { detail: { node: "12:5", step: 1, loss: 0.5 } }));
   assert.match(inner.widgets[0].element.textContent, /step 1 · loss 0\.5/);
+});
+
+test("FLOAT widgets of DeepGen nodes get maxFractionDigits when they need more than 3 decimals", async () => {
+  const input = {
+    required: {
+      learning_rate: ["FLOAT", { default: 1e-4, min: 1e-7, max: 1e-2, step: 1e-5, round: 1e-7 }],
+      cfg: ["FLOAT", { default: 4.0, step: 0.1 }],
+      steps: ["INT", { default: 500 }],
+    },
+    optional: { weight_decay: ["FLOAT", { default: 0.0, step: 0.0001 }] },
+  };
+  const widgets = [
+    ["learning_rate", 1e-4, { step2: 1e-5, precision: 5, round: 1e-7 }],
+    ["cfg", 4, { step2: 0.1, precision: 1 }],
+    ["steps", 500, { step2: 1, precision: 0 }],
+    ["weight_decay", 0, { step2: 0.0001, precision: 4 }],
+  ];
+  const { NodeType } = await defineNode("DeepGenTrainLoRA", { category: "DeepGen 1.0/training", input }, widgets);
+  const node = new NodeType(30);
+  const opts = Object.fromEntries(node.widgets.map((w) => [w.name, w.options]));
+  assert.equal(opts.learning_rate.maxFractionDigits, 7); // round 1e-7
+  assert.equal(opts.weight_decay.maxFractionDigits, 4);
+  assert.equal(opts.cfg.maxFractionDigits, undefined, "3 decimals are enough: left to the front end");
+  assert.equal(opts.steps.maxFractionDigits, undefined);
+  assert.equal(node.widgets[0].value, 1e-4, "the value itself is untouched");
+
+  // Another pack's node with the same input is left alone.
+  const other = await defineNode("SomeTrainer", { category: "training", input }, widgets);
+  assert.equal(new other.NodeType(31).widgets[0].options.maxFractionDigits, undefined);
 });

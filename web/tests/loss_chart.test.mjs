@@ -6,7 +6,9 @@ import {
   LossHistory,
   buildChart,
   decimate,
+  MIN_CHART_SIZE,
   ema,
+  fitChartSize,
   formatNumber,
   logTicks,
   makeScale,
@@ -194,4 +196,16 @@ test("buildChart on a log axis drops non-positive losses instead of failing", ()
   h.add(loss(4, 0.25));
   const v = buildChart(h, { logY: true, smoothing: 0 });
   assert.equal(v.series[0].rawPath.split("M").length - 1, 1);
+});
+
+test("fitChartSize: laid-out pixels become the viewBox, with a floor and a fallback", () => {
+  assert.deepEqual(fitChartSize(337.4, 141.6), { width: 337, height: 142 });
+  assert.deepEqual(fitChartSize(40, 20), MIN_CHART_SIZE);
+  for (const [w, h] of [[0, 100], [100, 0], [NaN, 100], [undefined, 100], [100, Infinity]]) {
+    assert.deepEqual(fitChartSize(w, h, { width: 320, height: 160 }), { width: 320, height: 160 });
+  }
+  // The geometry follows the size: the plot's right edge is `width - padding.right`.
+  const h = new LossHistory();
+  h.add(loss(1, 0.5));
+  assert.equal(buildChart(h, fitChartSize(500, 200)).plot.x1, 492);
 });

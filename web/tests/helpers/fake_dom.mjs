@@ -54,7 +54,26 @@ export class FakeElement {
   }
 }
 
+/** ResizeObserver double: `FakeResizeObserver.resize(el, w, h)` calls the observers of `el`. */
+export class FakeResizeObserver {
+  static all = [];
+  constructor(callback) {
+    this.callback = callback;
+    this.targets = [];
+    FakeResizeObserver.all.push(this);
+  }
+  observe(el) {
+    this.targets.push(el);
+  }
+  static resize(el, width, height) {
+    for (const o of FakeResizeObserver.all) {
+      if (o.targets.includes(el)) o.callback([{ target: el, contentRect: { width, height } }]);
+    }
+  }
+}
+
 export function installDom() {
+  globalThis.ResizeObserver = FakeResizeObserver;
   globalThis.document = {
     createElement: (tag) => new FakeElement(tag),
     createElementNS: (ns, tag) => new FakeElement(tag, ns),

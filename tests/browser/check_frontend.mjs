@@ -2,8 +2,11 @@
 // LiteGraph canvas and in Nodes 2.0, and check that
 //   - the loss chart's box lies inside the DeepGenTrainLoRA node's box,
 //   - its status line is cut with an ellipsis (no overflow) when the text is long,
-//   - the learning-rate widget shows 0.0001 (its default 1e-4),
-//   - the page logs no console errors.
+//   - the learning-rate widget shows 0.0001 (its default 1e-4; the classic canvas pads it to the
+//     step's 5 decimals, "0.00010", so the shown text is compared as a number, never "0"),
+//   - the page logs no console errors that come from this extension. A bare ComfyUI 0.3.75 with no
+//     custom nodes logs some of its own when offline (404s for user.css and userdata, a TypeError in
+//     its settings store, the blocked registry look-up at api.comfy.org); those are listed, not failed.
 // Usage (see tests/browser/README.md):
 //   cd tests/browser && npm install && node check_frontend.mjs --out /tmp/shots [--repo ../..]
 // Options: --repo (the extension to link into custom_nodes/, default this checkout), --comfy (ComfyUI
@@ -41,6 +44,7 @@ const NODE_CLASS = "DeepGenTrainLoRA";
 const CHART_WIDGET = "deepgen1_loss_chart";
 const LR_WIDGET = "learning_rate";
 const LONG_PATH = "/very/long/output/folder/".repeat(8) + "deepgen_lora_subject_rank16_steps2000.safetensors";
+const VIEWPORT = { width: 1600, height: 1150 };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function waitForServer(url, server, seconds = 180) {
@@ -149,6 +153,12 @@ function feedEvents({ nodeId, longPath }) {
   api.dispatchCustomEvent("deepgen1.train_done", { node: String(nodeId), lora_path: longPath });
 }
 
+/** An error from this extension names its files or its events; the registry look-up is the front end's. */
+function fromExtension(text) {
+  if (/api\.comfy\.org\/nodes\?node_id=/.test(text)) return false;
+  return /deepgen/i.test(text);
+}
+
 function inside(inner, outer, tol = 1) {
   return inner.left >= outer.left - tol && inner.right <= outer.right + tol && inner.top >= outer.top - tol && inner.bottom <= outer.bottom + tol;
 }
@@ -157,10 +167,10 @@ async function runMode(context, url, mode, workflow) {
   const vue = mode === "nodes2";
   await setSettings(url, { "Comfy.VueNodes.Enabled": vue, "Comfy.TutorialCompleted": true, "Comfy.VueNodes.AutoScaleLayout": false });
   const page = await context.newPage();
-  await page.setViewportSize({ width: 1600, height: 1000 });
+  await page.setViewportSize(VIEWPORT);
   const errors = [];
-  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
-  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => m.type() === "error" && errors.push(`${m.text()} @ ${m.location().url}`));
+  page.on("pageerror", (e) => errors.push(`${e.stack ?? e}`));
   await page.goto(url, { waitUntil: "load" });
   await page.waitForFunction(() => window.app?.graph && window.app?.canvas, null, { timeout: 120000 });
   await page.evaluate(async (wf) => {
@@ -173,7 +183,8 @@ async function runMode(context, url, mode, workflow) {
     const c = app.canvas.canvas.getBoundingClientRect();
     app.canvas.ds.scale = 1;
     app.canvas.ds.offset[0] = c.width / 2 - node.pos[0] - node.size[0] / 2;
-    app.canvas.ds.offset[1] = 60 - node.pos[1];
+    app.canvas.ds.offset[1] = 120 - node.pos[1]; // below the menu bar and the title
+
     app.canvas.setDirty(true, true);
   }, NODE_CLASS);
   await sleep(2500);
@@ -188,18 +199,20 @@ async function runMode(context, url, mode, workflow) {
     x: Math.max(0, m.nodeBox.left - pad),
     y: Math.max(0, m.nodeBox.top - pad),
     width: m.nodeBox.right - m.nodeBox.left + 2 * pad + 200,
-    height: Math.min(1000 - Math.max(0, m.nodeBox.top - pad), m.nodeBox.bottom - m.nodeBox.top + 2 * pad),
+    height: Math.min(VIEWPORT.height - Math.max(0, m.nodeBox.top - pad), m.nodeBox.bottom - m.nodeBox.top + 2 * pad),
   };
   await page.screenshot({ path: join(opts.out, `${mode}-node.png`), clip });
   await page.close();
+  const ours = errors.filter(fromExtension);
   const checks = {
     chartInsideNode: inside(m.chartBox, m.nodeBox),
     statusInsideNode: inside(m.statusBox, m.nodeBox),
     statusEllipsis: m.statusStyle.textOverflow === "ellipsis" && m.statusStyle.overflow === "hidden" && m.statusStyle.whiteSpace === "nowrap",
-    lrShows00001: m.lrShown !== null && m.lrShown.trim() === "0.0001",
-    noConsoleErrors: errors.length === 0,
+    statusIsCut: m.statusOverflowPx > 0, // the long path really overflows, so the ellipsis shows
+    lrShows00001: m.lrShown !== null && /^0\.00010*$/.test(m.lrShown.trim()),
+    noConsoleErrorsFromExtension: ours.length === 0,
   };
-  return { mode, checks, measured: m, consoleErrors: errors };
+  return { mode, checks, measured: m, consoleErrors: ours, frontEndErrors: errors.filter((e) => !ours.includes(e)) };
 }
 
 async function main() {
@@ -229,7 +242,9 @@ async function main() {
     const { nodeBox: n, chartBox: c } = r.measured;
     console.log(`  ${r.mode}: node x ${n.left.toFixed(0)}..${n.right.toFixed(0)}, chart x ${c.left.toFixed(0)}..${c.right.toFixed(0)}, y ${c.top.toFixed(0)}..${c.bottom.toFixed(0)} (node y ${n.top.toFixed(0)}..${n.bottom.toFixed(0)})`);
     console.log(`  ${r.mode}: learning_rate shown as ${JSON.stringify(r.measured.lrShown)}; status overflow ${r.measured.statusOverflowPx}px`);
-    for (const e of r.consoleErrors) console.log(`  console error: ${e}`);
+    for (const e of r.consoleErrors) console.log(`  console error from the extension: ${e}`);
+    const seen = [...new Set(r.frontEndErrors.map((e) => e.split("\n")[0]))];
+    console.log(`  ${r.mode}: ${r.frontEndErrors.length} front-end console errors not from the extension: ${seen.join(" | ")}`);
   }
   console.log(ok ? "all checks passed" : "some checks failed");
   process.exit(ok ? 0 : 1);

@@ -70,3 +70,10 @@ def locate() -> Path:
             f"ComfyUI-*.tar.gz in {SHARED}"
         )
     return unpack(tarballs[-1])
+
+
+if __name__ == "__main__":  # .ci/run: print the tree (unpacking the snapshot if needed); an error exits non-zero
+    try:
+        print(locate())
+    except Missing as exc:
+        raise SystemExit(f"error: {exc}") from None

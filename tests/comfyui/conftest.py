@@ -4,7 +4,7 @@
   requirements: the tests SKIP with the reason on a user's clone, and FAIL when the `CI` variable is set.
 - `server` (session): one ComfyUI started with `main.py --cpu`, this repo linked into custom_nodes/, demo input
   images in input/ and `extra_models_dir` registered for the `deepgen` folder through --extra-model-paths-config.
-- `timings` (session): name -> seconds; printed at the end of the run.
+- `timings` (session): name -> seconds, `memory_mb` (session): name -> MB; both printed at the end of the run.
 Sub-folders (e.g. native/) may add their own conftest and reuse these.
 """
 
@@ -27,6 +27,7 @@ from server_kit import REPO, ComfyServer  # noqa: E402
 # what the test process needs (the server runs with the same interpreter)
 NEEDED_MODULES = ("aiohttp", "psutil", "torch", "torchvision", "PIL", "numpy", "yaml")
 _TIMINGS: dict[str, float] = {}
+_MEMORY_MB: dict[str, float] = {}
 
 
 def unavailable(reason: str):
@@ -54,6 +55,12 @@ def comfyui_dir() -> Path:
 @pytest.fixture(scope="session")
 def timings():
     return _TIMINGS
+
+
+@pytest.fixture(scope="session")
+def memory_mb():
+    """name -> MB measured (printed at the end of the run)."""
+    return _MEMORY_MB
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +113,10 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("real ComfyUI timings (s)")
         for name, seconds in _TIMINGS.items():
             terminalreporter.write_line(f"{seconds:8.2f}  {name}")
+    if _MEMORY_MB:
+        terminalreporter.section("real ComfyUI memory (MB)")
+        for name, mb in _MEMORY_MB.items():
+            terminalreporter.write_line(f"{mb:8.1f}  {name}")
 
 
 __all__ = ["REPO", "unavailable"]

@@ -112,7 +112,7 @@ class ComfyServer:
             "--disable-auto-launch",
             "--disable-api-nodes",
             "--database-url",
-            "sqlite:///:memory:",
+            f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",  # the default lives in the ComfyUI tree
             *self.extra_args,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", **self.env}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import workflow_api as wa
-from server_kit import REPO
+from server_kit import REPO, PromptRejected
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 PACK = "ComfyUI-DeepGen"  # the folder name under custom_nodes/ (server_kit.make_base_directory)
@@ -110,6 +110,31 @@ def test_interrupt_is_acknowledged_within_one_step(server, timings):
     # the server is usable afterwards
     after = server.run(_sampling_prompt(server, steps=2, size=64)[0], timeout=300)
     assert after.status == "success", after.error
+
+
+def _refused(server, prompt) -> dict:
+    with pytest.raises(PromptRejected) as info:
+        server.queue(prompt)
+    return info.value.body.get("node_errors", {})
+
+
+def test_bad_widgets_are_refused_when_queued(server):
+    """Issue 12 section 4: a width of 13 and an empty prompt are refused by POST /prompt, before any node runs."""
+    prompt, sampler = _sampling_prompt(server, steps=2, size=64)
+    wa.set_inputs(prompt, "DeepGenSampler", width=13)
+    errors = _refused(server, prompt)[sampler]["errors"]
+    details = [e["details"] for e in errors]
+    # ComfyUI files the one message under every input VALIDATE_INPUTS takes; the message names only width
+    assert all("width 13 is not a multiple of 16 (try 16)" in d for d in details), details
+    assert not any("16 or 16" in d or "height 64" in d for d in details), details
+
+    prompt, _ = _sampling_prompt(server, steps=2, size=64)
+    wa.set_inputs(prompt, "ThinkTokenEncode", prompt="  ")
+    node_errors = _refused(server, prompt)
+    encode = next(nid for nid, n in prompt.items() if n["class_type"] == "ThinkTokenEncode")
+    assert set(node_errors) == {encode}, node_errors
+    assert "prompt is empty" in node_errors[encode]["errors"][0]["details"]
+    assert server.get_json("/queue") == {"queue_running": [], "queue_pending": []}
 
 
 def test_templates_and_web_extension_are_served(server):

@@ -196,8 +196,14 @@ class ComfyServer:
     def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
         self.post("/free", {"unload_models": unload_models, "free_memory": free_memory})
 
-    def history(self, prompt_id: str) -> dict:
-        return self.get_json(f"/history/{prompt_id}").get(prompt_id, {})
+    def history(self, prompt_id: str, timeout: float = 30.0) -> dict:
+        """The prompt's history entry. The server stores it just after it sends execution_success, so wait."""
+        t0 = time.monotonic()
+        while True:
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            if entry is not None or time.monotonic() - t0 > timeout:
+                return entry or {}
+            time.sleep(0.2)
 
     def rss(self) -> int:
         """Resident memory of the server process (bytes)."""

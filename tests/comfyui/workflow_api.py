@@ -55,7 +55,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
     return harness.ui_to_api(workflow, served_classes(object_info), extra_widget_values(object_info))
 
 
-def set_inputs(prompt: dict, class_type: str, **values) -> None:
+def set_inputs(prompt: dict, class_type: str, /, **values) -> None:
     """Override constant inputs of every node of a type (linked inputs are left alone)."""
     for node in prompt.values():
         if node["class_type"] != class_type:

@@ -124,8 +124,8 @@ class DeepGenEdit:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width, height, instruction=None):
-        prompt_ok = check_prompt(instruction)
-        return validate_size(width, height) if prompt_ok is True else prompt_ok
+        errors = [m for m in (check_prompt(instruction), validate_size(width, height)) if m is not True]
+        return "; ".join(str(m) for m in errors) if errors else True
 
     def edit(
         self,

@@ -5,18 +5,33 @@ from __future__ import annotations
 from deepgen.errors import InputError
 
 from . import comfy_services as cs
-from .types import DEEPGEN_COND, DEEPGEN_MODEL, IMAGE, LATENT, category, check_size, display_name, sampler_inputs
+from .types import (
+    DEEPGEN_COND,
+    DEEPGEN_MODEL,
+    IMAGE,
+    LATENT,
+    SIZE_MULTIPLE,
+    category,
+    check_size,
+    display_name,
+    sampler_inputs,
+)
 
 PREVIEW_MAX_SIZE = 512
 
 
 def validate_size(width=None, height=None) -> bool | str:
-    """VALIDATE_INPUTS body for width/height widgets (ComfyUI then skips its own min/max check for them)."""
-    for name, value in (("width", width), ("height", height)):
-        error = check_size(name, value)
-        if error:
-            return error
-    return True
+    """VALIDATE_INPUTS body for width/height widgets (ComfyUI then skips its own min/max check for them).
+
+    The message names only the bad input(s). ComfyUI attaches a VALIDATE_INPUTS failure to every argument the
+    function takes, so each message starts with the name of the input it is about."""
+    errors = [e for e in (check_size("width", width), check_size("height", height)) if e]
+    if not errors:
+        return True
+    text = "; ".join(errors)
+    if any("multiple of" in e for e in errors):
+        text += f". DeepGen needs multiples of {SIZE_MULTIPLE}, or 0 for the reference image's size"
+    return text
 
 
 def generate(

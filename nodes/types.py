@@ -126,6 +126,13 @@ def reference_resize_input() -> tuple:
     )
 
 
+def size_suggestion(value: int) -> str:
+    """The valid sizes next to `value`, without repeats or 0 (e.g. 13 -> "16", 520 -> "512 or 528")."""
+    lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+    options = sorted({v for v in (lower, lower + SIZE_MULTIPLE) if 0 < v <= MAX_RESOLUTION})
+    return " or ".join(str(v) for v in options)
+
+
 def check_size(name: str, value) -> str | None:
     """Plain-words error for a width/height widget value, or None when it is valid (0 means auto)."""
     if value is None:  # linked input: checked when the node runs
@@ -137,10 +144,5 @@ def check_size(name: str, value) -> str | None:
     if value < 0 or value > MAX_RESOLUTION:
         return f"{name} must be between 0 and {MAX_RESOLUTION}, got {value}"
     if value % SIZE_MULTIPLE:
-        lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
-        nearest = f"{lower} or {lower + SIZE_MULTIPLE}" if lower else f"{SIZE_MULTIPLE}"
-        return (
-            f"{name} {value} is not a multiple of {SIZE_MULTIPLE}; DeepGen needs multiples of {SIZE_MULTIPLE} "
-            f"(try {nearest}), or 0 for the reference image's size"
-        )
+        return f"{name} {value} is not a multiple of {SIZE_MULTIPLE} (try {size_suggestion(value)})"
     return None

@@ -14,6 +14,9 @@ from official_fixture import OFFICIAL, load_official
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# tests/comfyui is its own pytest project, run with ComfyUI's virtual environment (see its pytest.ini)
+collect_ignore = ["comfyui"]
+
 
 @pytest.fixture(scope="session")
 def official_model():

@@ -129,6 +129,33 @@ def test_size_validation_in_plain_words(node_id):
     assert "whole number" in validate(width="big", height=512)
 
 
+@pytest.mark.parametrize("node_id", ["DeepGenSampler", "DeepGenEdit"])
+def test_size_message_names_only_the_bad_input(node_id):
+    """Issue 12 section 4: a width of 13 got "try 16 or 16" and one message about both inputs."""
+    validate = NODE_CLASS_MAPPINGS[node_id].VALIDATE_INPUTS
+    args = {"instruction": "an edit"} if node_id == "DeepGenEdit" else {}
+    message = validate(width=13, height=512, **args)
+    assert "width 13 is not a multiple of 16 (try 16)" in message
+    assert "height" not in message and "16 or 16" not in message
+    message = validate(width=512, height=520, **args)
+    assert "height 520 is not a multiple of 16 (try 512 or 528)" in message and "width" not in message
+    both = validate(width=13, height=8190, **args)
+    assert "width 13 is not a multiple of 16 (try 16)" in both
+    assert "height 8190 is not a multiple of 16 (try 8176 or 8192)" in both
+
+
+@pytest.mark.parametrize("node_id, name", [("ThinkTokenEncode", "prompt"), ("DeepGenEdit", "instruction")])
+def test_empty_prompt_is_refused_when_queued(node_id, name):
+    """VALIDATE_INPUTS runs when the graph is queued, before any node (the loader included) runs."""
+    validate = NODE_CLASS_MAPPINGS[node_id].VALIDATE_INPUTS
+    sizes = {"width": 512, "height": 512} if node_id == "DeepGenEdit" else {}
+    for empty in ("", "   \n\t"):
+        message = validate(**{name: empty}, **sizes)
+        assert isinstance(message, str) and "prompt is empty" in message
+    assert validate(**{name: "a red fox"}, **sizes) is True
+    assert validate(**{name: None}, **sizes) is True  # linked: checked when the node runs
+
+
 def test_loader_validation():
     validate = NODE_CLASS_MAPPINGS["DeepGenLoader"].VALIDATE_INPUTS
     assert validate(attention="sdpa") is True

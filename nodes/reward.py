@@ -6,8 +6,10 @@ import math
 import os
 
 from deepgen.errors import InputError
+from deepgen.rewards.base import use_model_store
 
 from . import comfy_services as cs
+from .reward_models import RewardModelStore
 from .types import IMAGE, category, display_name
 
 AUTO = "auto"
@@ -159,6 +161,10 @@ class RewardScore:
     OUTPUT_NODE = True
     FUNCTION = "score"
 
+    def __init__(self):
+        # this node's reward models, held by ComfyUI's model manager; dropping the node (POST /free) frees them
+        self.models = RewardModelStore()
+
     @classmethod
     def INPUT_TYPES(cls):
         folders = _folder_choices()
@@ -237,9 +243,10 @@ class RewardScore:
         seed=0,
         unique_id=None,
     ):
-        result, best, notes = score(
-            images, prompt, parse_weights(rewards, custom_weights), clip_model, judge_model, judge_url, seed, unique_id
-        )
+        with use_model_store(self.models):
+            result, best, notes = score(
+                images, prompt, parse_weights(rewards, custom_weights), clip_model, judge_model, judge_url, seed, unique_id
+            )
         rows, text = report(result, best, notes)
         best_image = images[best : best + 1] if best is not None else images[:1]
         scores = [float(t) for t in result.total.tolist()]

@@ -245,7 +245,14 @@ class RewardScore:
     ):
         with use_model_store(self.models):
             result, best, notes = score(
-                images, prompt, parse_weights(rewards, custom_weights), clip_model, judge_model, judge_url, seed, unique_id
+                images,
+                prompt,
+                parse_weights(rewards, custom_weights),
+                clip_model,
+                judge_model,
+                judge_url,
+                seed,
+                unique_id,
             )
         rows, text = report(result, best, notes)
         best_image = images[best : best + 1] if best is not None else images[:1]

@@ -8,8 +8,8 @@ Models load lazily from local folders only; see docs/rewards.md.
 
 from .base import (
     FunctionReward,
-    Reward,
     ModelStore,
+    Reward,
     RewardModelNotFound,
     available_rewards,
     cached_model,

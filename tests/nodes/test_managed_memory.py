@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from trainer_kit import assert_same_outputs, outputs
 
 

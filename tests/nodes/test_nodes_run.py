@@ -243,7 +243,12 @@ EXPECTED_LOADS = {
     "sequential_offload": [
         [("load", "DeepGenSCB"), ("load", "DeepGenVLM"), ("unload", "DeepGenVLM")],
         [],
-        [("load", "DeepGenDiTWeights"), ("unload", "DeepGenDiTWeights"), ("load", "DeepGenVAE"), ("unload", "DeepGenVAE")],
+        [
+            ("load", "DeepGenDiTWeights"),
+            ("unload", "DeepGenDiTWeights"),
+            ("load", "DeepGenVAE"),
+            ("unload", "DeepGenVAE"),
+        ],
     ],
 }
 

@@ -21,7 +21,6 @@ from deepgen.errors import InputError
 
 from . import comfy_services as cs
 from .comfy_services import managed_models as mm
-from .part_holders import DeepGenDiTWeights, DeepGenSCB, DeepGenVAE, DeepGenVLM
 
 MEMORY_MODES = ["keep_all_on_gpu", "offload_vlm_after_encode", "sequential_offload"]
 PARTS = ("scb", "vlm", "dit", "vae")
@@ -40,6 +39,8 @@ _BASE_PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _make_dit_patcher(model, load_device, offload_device):
     """The DiT's patcher: the one place that decides what holds the DiT for the manager."""
+    from .part_holders import DeepGenDiTWeights  # torch: not at import time
+
     return mm.manage(DeepGenDiTWeights(model), load_device, offload_device)
 
 
@@ -47,6 +48,8 @@ def base_patchers(model) -> dict:
     """The model's patchers by part name, made on first use."""
     patchers = _BASE_PATCHERS.get(model)
     if patchers is None:
+        from .part_holders import DeepGenSCB, DeepGenVAE, DeepGenVLM
+
         load, offload = cs.torch_device(), cs.offload_device()
         patchers = {
             "scb": mm.manage(DeepGenSCB(model), load, offload),

@@ -6,10 +6,8 @@ import math
 import os
 
 from deepgen.errors import InputError
-from deepgen.rewards.base import use_model_store
 
 from . import comfy_services as cs
-from .reward_models import RewardModelStore
 from .types import IMAGE, category, display_name
 
 AUTO = "auto"
@@ -162,6 +160,8 @@ class RewardScore:
     FUNCTION = "score"
 
     def __init__(self):
+        from .reward_models import RewardModelStore  # torch: not at import time
+
         # this node's reward models, held by ComfyUI's model manager; dropping the node (POST /free) frees them
         self.models = RewardModelStore()
 
@@ -243,6 +243,8 @@ class RewardScore:
         seed=0,
         unique_id=None,
     ):
+        from deepgen.rewards.base import use_model_store
+
         with use_model_store(self.models):
             result, best, notes = score(
                 images,

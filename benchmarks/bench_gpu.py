@@ -14,8 +14,8 @@ the DiT's sin-cos position grid, which the loader builds there too). --tiny runs
 demo configs (`deepgen.tiny`).
 
 Every image goes through `nodes.model_handle.DeepGenModelHandle` stage by stage, as the ComfyUI nodes drive it
-(prepare("encode") → think → finish("encode") → [prepare("references")] → bridge → prepare("sample") → sample →
-prepare("decode") → decode), so the memory modes are the nodes' own. Outside ComfyUI the handle's compute device
+(stage("encode"): think → stage("references" or "bridge"): bridge → stage("sample"): sample → stage("decode"):
+decode), so the memory modes are the nodes' own (outside ComfyUI its StandalonePatcher loads and unloads). Outside ComfyUI the handle's compute device
 is DEEPGEN_DEVICE (set here to --device) and its offload device the CPU.
 
 Timing: CUDA is synchronised around every timed stage; each configuration runs once untimed (2 steps: same
@@ -158,26 +158,18 @@ def generate(handle, clock: Clock, size: int, steps: int, cfg: float, seed: int,
     """One image through the handle, stage by stage as the nodes run it; seconds per stage and in all."""
     pipe, t = handle.pipe, {}
     with clock.time(t, "encode"):
-        handle.prepare("encode")
-        try:
+        with handle.stage("encode"):
             think = pipe.think(
                 [EDIT_INSTRUCTION if reference is not None else PROMPT],
                 references=[[reference]] if reference is not None else None,
                 guidance=cfg > 1.0,
                 reference_target=size,
             )
-        finally:
-            handle.finish("encode")
-        if think.has_references:
-            handle.prepare("references")  # the VAE encodes the reference latents in bridge
-        else:
-            handle.activate()
-        cond = pipe.bridge(think)
-    with clock.time(t, "sample"):
-        handle.prepare("sample")
+        with handle.stage("references" if think.has_references else "bridge"):  # the VAE encodes references
+            cond = pipe.bridge(think)
+    with clock.time(t, "sample"), handle.stage("sample"):
         latents = pipe.sample(cond, size, size, num_steps=steps, cfg_scale=cfg, seed=seed)
-    with clock.time(t, "decode"):
-        handle.prepare("decode")
+    with clock.time(t, "decode"), handle.stage("decode"):
         pipe.decode(latents)
     t["total"] = t["encode"] + t["sample"] + t["decode"]
     return t
@@ -241,9 +233,8 @@ def memory_rows(model, clock, args) -> list:
     rows, peaks, times = [], {}, {}
     size, first = args.sizes[0], args.memory_modes[0]
     for mode in args.memory_modes:
-        handle = DeepGenModelHandle(model, name=NAME, memory_mode=mode).place()
-        generate(handle, clock, size, min(2, args.steps), args.cfg, args.seed)  # warm-up: moves and kernels
-        handle.place()  # start every timed image from the mode's resting placement
+        handle = DeepGenModelHandle(model, name=NAME, memory_mode=mode)
+        generate(handle, clock, size, min(2, args.steps), args.cfg, args.seed)  # warm-up: loads and kernels
         clock.reset_peak()
         runs = [generate(handle, clock, size, args.steps, args.cfg, args.seed + i) for i in range(args.reps)]
         times[mode] = median([r["total"] for r in runs])
@@ -274,7 +265,7 @@ def memory_rows(model, clock, args) -> list:
                 f"t2i {size}², {args.steps} steps; includes this mode's weight moves",
             )
         )
-    DeepGenModelHandle(model, name=NAME, memory_mode="keep_all_on_gpu").place()  # everything back on the device
+    DeepGenModelHandle(model, name=NAME, memory_mode="keep_all_on_gpu").activate()  # everything back on the device
     return rows
 
 
@@ -443,7 +434,8 @@ def main(argv=None) -> int:
     params = sum(p.numel() for p in model.parameters())
     from nodes.model_handle import DeepGenModelHandle
 
-    handle = DeepGenModelHandle(model, name=NAME, memory_mode="keep_all_on_gpu").place()
+    handle = DeepGenModelHandle(model, name=NAME, memory_mode="keep_all_on_gpu")
+    handle.activate()
     rows = [row("setup", "model load / build", setup["load"], "s", note=f"{weights}; {params / 1e9:.3f} B parameters")]
     speed, images = speed_rows(handle, clock, args)
     dit, dit_steps = dit_rows(model, clock, args, device_name)

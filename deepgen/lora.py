@@ -298,6 +298,29 @@ def load_lora(path: str | os.PathLike) -> LoraFile:
     return LoraFile(str(path), modules, metadata, diffs)
 
 
+def check_mergeable(model: nn.Module, lora: LoraFile) -> None:
+    """Raise LoraError unless `lora` fits `model` and every weight it changes can take a merged update (not fp8)."""
+    lora.check(model)
+    stored_fp8 = sorted(name for name in lora.modules if base_weight(model, name, lora.path).element_size() == 1)
+    if stored_fp8:
+        raise LoraError(
+            f"{lora.path}: the model's weights are stored in fp8 ({stored_fp8[0]}, …), which a LoRA "
+            "cannot be merged into; load the model with the default weight dtype to use LoRAs"
+        )
+
+
+def patch_factors(lora: LoraFile) -> dict[str, object]:
+    """{model parameter name: (up, down, alpha) or a full-weight diff}: the file as weight patches, in the layout
+    of ComfyUI's LoRA adapter (W + strength·alpha/rank·up@down).  The embedding's update (B·A)ᵀ = Aᵀ·Bᵀ."""
+    out: dict[str, object] = {}
+    for name, module in lora.modules.items():
+        up, down = (module.a.T, module.b.T) if module.embedding else (module.b, module.a)
+        out[name + ".weight"] = (up.float().contiguous(), down.float().contiguous(), float(module.alpha))
+    for name, diff in lora.diffs.items():
+        out[name] = diff.float()
+    return out
+
+
 class LoraPatcher:
     """Merges LoRA files into a model with strengths, and restores the exact base weights afterwards.
 
@@ -310,13 +333,7 @@ class LoraPatcher:
     def apply(self, model: nn.Module, loras: list[tuple[LoraFile, float]]) -> None:
         self.restore(model)
         for lora, _ in loras:
-            lora.check(model)  # all or nothing: never leave the model half patched
-            stored_fp8 = sorted(name for name in lora.modules if _weight(model, name, lora.path).element_size() == 1)
-            if stored_fp8:
-                raise LoraError(
-                    f"{lora.path}: the model's weights are stored in fp8 ({stored_fp8[0]}, …), which a LoRA "
-                    "cannot be merged into; load the model with the default weight dtype to use LoRAs"
-                )
+            check_mergeable(model, lora)  # all or nothing: never leave the model half patched
         params = dict(model.named_parameters())
         for lora, strength in loras:
             for name, module in lora.modules.items():
@@ -350,6 +367,9 @@ def _resolve(model: nn.Module, name: str, source: str) -> nn.Module:
     return layer
 
 
-def _weight(model: nn.Module, name: str, source: str) -> torch.Tensor:
+def base_weight(model: nn.Module, name: str, source: str) -> torch.Tensor:
     """The weight of the (base) layer ``name``; torch types a module's attributes as ``Tensor | Module``."""
     return cast(torch.Tensor, _resolve(model, name, source).weight)
+
+
+_weight = base_weight

@@ -61,12 +61,9 @@ def encode_prompt(
     negatives = [negative_prompt] if negative_prompt and negative_prompt.strip() else None
     bar = cs.Progress(2, node_id=node_id, desc="DeepGen encode")
     cs.check_interrupt()
-    handle.prepare("encode")
-    bar.update(1)
-    try:
+    with handle.stage("encode"):
+        bar.update(1)
         think = encode_think(handle.pipe, [prompt], negatives, [references], reference_resize=reference_resize)
-    finally:
-        handle.finish("encode")
     bar.update(1)
     bar.close()
     return think.to(cs.intermediate_device())
@@ -79,12 +76,9 @@ def bridge(handle, think, node_id=None):
 
     bar = cs.Progress(1, node_id=node_id, desc="DeepGen SCB")
     cs.check_interrupt()
-    if think.has_references:
-        handle.prepare("references")
-    else:
-        handle.activate()  # SCB weights may carry this handle's LoRA (.diff) changes, not another handle's
     device = cs.intermediate_device()
-    cond = bridge_think(handle.pipe, think).to(device)
+    with handle.stage("references" if think.has_references else "bridge"):  # the VAE encodes the references
+        cond = bridge_think(handle.pipe, think).to(device)
     scale, shift = handle.model.latent_scale
     positive, negative = to_comfy_conditioning(cond, scale, shift, device)
     bar.update(1)

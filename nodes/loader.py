@@ -347,7 +347,7 @@ class DeepGenLoader:
             model.vae = _load_vae(src["vae"], dtype)
         handle = DeepGenModelHandle(
             model, name=checkpoint, memory_mode=memory_mode, dtype=dtype, attention=attention, sources=src
-        ).place()
+        )
         bar.update_absolute(_LOAD_PHASES)
         bar.close()
         return (handle,)

@@ -1,38 +1,68 @@
-"""The DEEPGEN_MODEL value: a loaded DeepGenModel, its pipeline, and where its parts live.
+"""The DEEPGEN_MODEL value: a loaded DeepGenModel, its pipeline, and one model-manager patcher per weight set.
 
-Memory modes (the loader's `memory_mode` widget):
-- keep_all_on_gpu: every part stays on the compute device.
-- offload_vlm_after_encode: the VLM (Qwen2.5-VL, the largest part) moves to the offload device once the
-  prompt is encoded; the DiT and VAE stay.
-- sequential_offload: only the part in use (VLM, DiT or VAE) is on the compute device.
-The think tokens, projectors and connector (SCB) always stay on the compute device: the model's own
-device is theirs. Outside ComfyUI on a CPU-only machine every move is a no-op.
+ComfyUI's model manager owns the memory (nodes/comfy_services/managed_models.py): each weight set -- the VLM, the
+SCB (think tokens, projectors, connector), the DiT and the VAE -- is one patcher, and a stage asks the manager to
+load what it needs (ComfyUI evicts other models as far as needed, and frees ours on "Unload models").  The loader's
+memory modes are what the manager is then asked to do:
+- keep_all_on_gpu: every stage loads all four weight sets; nothing is unloaded by us.
+- offload_vlm_after_encode: the VLM (Qwen2.5-VL, the largest part) is unloaded once the prompt is encoded.
+- sequential_offload: a stage's parts (the SCB aside: small, needed by every stage) are unloaded after it.
+LoRAs are patches on clones of the patchers (with_loras): the shared weights carry exactly the patches of the handle
+that loaded them last, and unloading restores the base weights.
 """
 
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from deepgen.errors import InputError
 
 from . import comfy_services as cs
+from .comfy_services import managed_models as mm
 
 MEMORY_MODES = ["keep_all_on_gpu", "offload_vlm_after_encode", "sequential_offload"]
-# parts of DeepGenModel that may leave the compute device, and the stage that needs each
-_PARTS = ("lmm", "transformer", "vae")
-_STAGE_PARTS = {"encode": ("lmm",), "references": ("vae",), "sample": ("transformer",), "decode": ("vae",)}
+PARTS = ("scb", "vlm", "dit", "vae")
+STAGE_PARTS = {
+    "encode": ("scb", "vlm"),
+    "references": ("scb", "vae"),
+    "bridge": ("scb",),
+    "sample": ("scb", "dit"),
+    "decode": ("scb", "vae"),
+}
+
+# model -> its base patchers: every handle on one model shares them (LoRA handles hold clones), so the manager
+# sees each weight set once.  Weak: the patchers hold the model's parts, never the model itself.
+_BASE_PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-# LoRA patches (nodes/training.py): handles on one model take turns; the model carries the patches of the handle
-# that used it last. model -> (key, patcher, adapters)
-_ACTIVE_PATCHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+def _make_dit_patcher(model, load_device, offload_device):
+    """The DiT's patcher: the one place that decides what holds the DiT for the manager."""
+    from .part_holders import DeepGenDiTWeights  # torch: not at import time
+
+    return mm.manage(DeepGenDiTWeights(model), load_device, offload_device)
 
 
-def _module_bytes(module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
-        b.numel() * b.element_size() for b in module.buffers()
-    )
+def base_patchers(model) -> dict:
+    """The model's patchers by part name, made on first use."""
+    patchers = _BASE_PATCHERS.get(model)
+    if patchers is None:
+        from .part_holders import DeepGenSCB, DeepGenVAE, DeepGenVLM
+
+        load, offload = cs.torch_device(), cs.offload_device()
+        patchers = {
+            "scb": mm.manage(DeepGenSCB(model), load, offload),
+            "vlm": mm.manage(DeepGenVLM(model), load, offload),
+            "dit": _make_dit_patcher(model, load, offload),
+            "vae": mm.manage(DeepGenVAE(model), load, offload),
+        }
+        _BASE_PATCHERS[model] = patchers
+    return patchers
+
+
+def _part_of(key: str) -> str:
+    return "vlm" if key.startswith("lmm.") else "dit" if key.startswith("transformer.") else "scb"
 
 
 @dataclass(eq=False)
@@ -44,8 +74,8 @@ class DeepGenModelHandle:
     attention: str = "sdpa"
     sources: dict = field(default_factory=dict)  # resolved paths, for reports
     loras: tuple = ()  # ((adapter, strength), ...): deepgen.lora.LoraFile
+    patchers: dict = field(default_factory=dict, repr=False)  # part -> patcher (clones when LoRAs are patched)
     pipe: object = field(init=False, repr=False)
-    _where: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self):
         from deepgen.pipeline import DeepGenPipeline
@@ -54,94 +84,83 @@ class DeepGenModelHandle:
             raise InputError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {self.memory_mode!r}")
         self.pipe = DeepGenPipeline(self.model)
         self.dtype = self.dtype or self.model.dtype
+        if not self.patchers:
+            self.patchers = dict(base_patchers(self.model))
 
-    # ---- devices ------------------------------------------------------------------------------------------
     @property
     def compute_device(self):
-        return cs.torch_device()
+        return self.patchers["scb"].load_device
 
     @property
     def offload_device(self):
-        return cs.offload_device()
+        return self.patchers["scb"].offload_device
 
-    def _move(self, part, device) -> None:
-        """Move a module or a bare parameter (the think tokens); a seam for tests that record moves."""
-        import torch
-
-        if isinstance(part, torch.nn.Parameter):
-            part.data = part.data.to(device)
-        else:
-            part.to(device)
-
-    def _place(self, part: str, device) -> None:
-        import torch
-
-        device = torch.device(device)
-        if self._where.get(part) == device:
-            return
-        module = getattr(self.model, part)
-        if device != torch.device("cpu") and device == torch.device(self.compute_device):
-            cs.free_memory(_module_bytes(module), device)  # ComfyUI evicts other models only as far as needed
-        self._move(module, device)
-        self._where[part] = device
-
-    def place(self) -> DeepGenModelHandle:
-        """Initial placement after loading: SCB on the compute device; the rest as the memory mode says."""
-        compute = self.compute_device
-        for name in ("meta_queries", "projector_1", "projector_2", "projector_3", "connector"):
-            self._move(getattr(self.model, name), compute)
-        keep = self.memory_mode == "keep_all_on_gpu"
-        for part in _PARTS:
-            resident = keep or (self.memory_mode == "offload_vlm_after_encode" and part != "lmm")
-            self._place(part, compute if resident else self.offload_device)
-        return self
-
-    # ---- LoRA patches --------------------------------------------------------------------------------------
-    def with_loras(self, loras) -> "DeepGenModelHandle":
-        """A new handle on the same model with `loras` ((adapter, strength) pairs) added after this one's."""
-        new = replace(self, loras=tuple(self.loras) + tuple(loras))
-        new._where = self._where  # one model, one physical placement
-        return new
+    # ---- stages ---------------------------------------------------------------------------------------------
+    @contextmanager
+    def stage(self, name: str):
+        """Load what stage `name` (encode | references | bridge | sample | decode) needs; after it, unload what
+        the memory mode says."""
+        parts = STAGE_PARTS[name]
+        wanted = PARTS if self.memory_mode == "keep_all_on_gpu" else parts
+        mm.load_models([self.patchers[p] for p in wanted])
+        try:
+            yield self
+        finally:
+            done: tuple = ()
+            if self.memory_mode == "sequential_offload":
+                done = tuple(p for p in parts if p != "scb")
+            elif self.memory_mode == "offload_vlm_after_encode" and name == "encode":
+                done = ("vlm",)
+            if done:
+                mm.unload_models([self.patchers[p] for p in done])
+                cs.soft_empty_cache()
 
     def activate(self) -> None:
-        """Put exactly this handle's LoRAs on the shared model weights (the previous handle's are undone first)."""
-        key = tuple((id(adapter), float(strength)) for adapter, strength in self.loras)
-        current = _ACTIVE_PATCHES.get(self.model)
-        if (current[0] if current else ()) == key:
-            return
-        if current:
-            current[1].restore(self.model)
-            del _ACTIVE_PATCHES[self.model]
-        if self.loras:
-            from deepgen.lora import LoraPatcher
+        """Load every weight set with this handle's LoRA patches (for code that runs the model directly)."""
+        mm.load_models([self.patchers[p] for p in PARTS])
 
-            patcher = LoraPatcher()
-            try:
-                patcher.apply(self.model, list(self.loras))
-            except BaseException:
-                patcher.restore(self.model)  # never leave the shared base half patched
-                raise
-            _ACTIVE_PATCHES[self.model] = (key, patcher, self.loras)
+    def unload(self) -> None:
+        """Unload every weight set of the model (base weights restored), whichever handle loaded it."""
+        mm.unload_models([self.patchers[p] for p in PARTS])
 
-    def prepare(self, stage: str) -> None:
-        """Bring the parts `stage` needs (encode | references | sample | decode) to the compute device."""
-        self.activate()
-        needed = _STAGE_PARTS[stage]
-        if self.memory_mode == "sequential_offload":
-            for part in _PARTS:
-                if part not in needed:
-                    self._place(part, self.offload_device)
-        for part in needed:
-            self._place(part, self.compute_device)
+    # ---- LoRA patches --------------------------------------------------------------------------------------
+    def with_loras(self, loras) -> DeepGenModelHandle:
+        """A new handle on the same weights with `loras` ((adapter, strength) pairs) patched after this one's.
 
-    def finish(self, stage: str) -> None:
-        """After `stage`: in the offload modes the VLM leaves the compute device once encoding is done."""
-        if stage == "encode" and self.memory_mode != "keep_all_on_gpu":
-            self._place("lmm", self.offload_device)
-            cs.soft_empty_cache()
+        The patchers are clones (they share the weights); a strength change is a new set of patches, applied
+        when the manager next loads the part, never a reload from disk."""
+        from deepgen.lora import LoraError, check_mergeable, patch_factors
 
-    def device_of(self, part: str):
-        return self._where.get(part)
+        loras = tuple(loras)
+        for adapter, _ in loras:
+            check_mergeable(self.model, adapter)  # all or nothing
+        patchers = {part: p.clone() for part, p in self.patchers.items()}
+        for adapter, strength in loras:
+            by_part: dict[str, dict] = {}
+            for key, value in patch_factors(adapter).items():
+                by_part.setdefault(_part_of(key), {})[key] = value
+            for part, entries in by_part.items():
+                done = mm.lora_patch(patchers[part], entries, float(strength))
+                if len(done) != len(entries):
+                    missing = sorted(set(entries) - set(done))
+                    raise LoraError(f"{adapter.path}: the model has no weight {missing[0]!r} to patch")
+        return replace(self, loras=tuple(self.loras) + loras, patchers=patchers)
+
+    @contextmanager
+    def loras_merged(self):
+        """The plain model with this handle's LoRAs merged into its weights (training needs real tensors, not
+        patches); every patcher is unloaded first, and the base weights come back afterwards."""
+        from deepgen.lora import LoraPatcher
+
+        self.unload()
+        merged = LoraPatcher()
+        try:
+            merged.apply(self.model, list(self.loras))
+            yield self.model
+        finally:
+            merged.restore(self.model)
+            self.model.to(self.offload_device)  # where the manager expects an unloaded model
+            self.patchers["scb"].model.sync()  # training may have swapped the think-token parameter
 
     def __repr__(self) -> str:
         return f"DeepGenModelHandle({self.name!r}, {self.memory_mode}, dtype={self.dtype})"

@@ -159,6 +159,12 @@ class RewardScore:
     OUTPUT_NODE = True
     FUNCTION = "score"
 
+    def __init__(self):
+        from .reward_models import RewardModelStore  # torch: not at import time
+
+        # this node's reward models, held by ComfyUI's model manager; dropping the node (POST /free) frees them
+        self.models = RewardModelStore()
+
     @classmethod
     def INPUT_TYPES(cls):
         folders = _folder_choices()
@@ -237,9 +243,19 @@ class RewardScore:
         seed=0,
         unique_id=None,
     ):
-        result, best, notes = score(
-            images, prompt, parse_weights(rewards, custom_weights), clip_model, judge_model, judge_url, seed, unique_id
-        )
+        from deepgen.rewards.base import use_model_store
+
+        with use_model_store(self.models):
+            result, best, notes = score(
+                images,
+                prompt,
+                parse_weights(rewards, custom_weights),
+                clip_model,
+                judge_model,
+                judge_url,
+                seed,
+                unique_id,
+            )
         rows, text = report(result, best, notes)
         best_image = images[best : best + 1] if best is not None else images[:1]
         scores = [float(t) for t in result.total.tolist()]

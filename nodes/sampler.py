@@ -76,7 +76,6 @@ def generate(
     cond = cond.repeat(batch_size)
     seeds = [(int(seed) + i) % (1 << 64) for i in range(len(cond))]
     cs.check_interrupt()
-    handle.prepare("sample")
     preview = None
     if cs.previews_enabled():
 
@@ -85,29 +84,30 @@ def generate(
 
     bar = cs.Progress(runs, node_id=node_id, desc="DeepGen sample")
     try:
-        x = pipe.sample(
-            cond.to(pipe.device),
-            height,
-            width,
-            num_steps=steps,
-            cfg_scale=cfg,
-            seed=seeds,
-            init_latents=init,
-            strength=denoise if init is not None else 1.0,
-            shift=shift or None,
-            callback=bar.callback(preview),
-        )
+        with handle.stage("sample"):
+            x = pipe.sample(
+                cond.to(pipe.device),
+                height,
+                width,
+                num_steps=steps,
+                cfg_scale=cfg,
+                seed=seeds,
+                init_latents=init,
+                strength=denoise if init is not None else 1.0,
+                shift=shift or None,
+                callback=bar.callback(preview),
+            )
     finally:
         bar.close()
 
-    handle.prepare("decode")
     device = cs.intermediate_device()
     bar = cs.Progress(x.shape[0], node_id=node_id, desc="DeepGen decode")
     images = []
-    for i in range(x.shape[0]):
-        cs.check_interrupt()
-        images.append(to_comfy_image(pipe.decode(x[i : i + 1])).to(device))
-        bar.update(1)
+    with handle.stage("decode"):
+        for i in range(x.shape[0]):
+            cs.check_interrupt()
+            images.append(to_comfy_image(pipe.decode(x[i : i + 1])).to(device))
+            bar.update(1)
     bar.close()
     return torch.cat(images), {"samples": to_comfy_samples(x, scale, shift_factor).to(device)}
 

@@ -5,7 +5,8 @@ Both are thin adapters over the headless trainer (deepgen.train.trainer.SFTTrain
 LoRA files it exports (deepgen.train.export).  The cached base model is never changed for good: training adds
 PEFT adapters to it and removes them afterwards (runtime.preserve_model puts back anything trained in place),
 and the returned DEEPGEN_MODEL is a new handle that patches the exported LoRA onto the shared weights only
-while a node uses that handle (DeepGenModelHandle.with_loras / activate).
+while the model manager has that handle's weights loaded (DeepGenModelHandle.with_loras: patches on clones of
+the model's patchers).
 
 Files: LoRAs go to ComfyUI's ``output/loras/deepgen/`` (listed by LoRA pickers after a refresh; outside
 ComfyUI the first ``loras`` model folder + ``deepgen/``); resumable training checkpoints to
@@ -436,13 +437,12 @@ class DeepGenTrainLoRA:
                 },
             )
 
-        handle.activate()  # train on top of the LoRAs this handle carries
-        net = handle.model
         device = torch.device(cs.torch_device())
         callback = NodeCallback(unique_id, steps)
         scb = ("meta_queries", "projector_1.", "projector_2.", "projector_3.", "connector.") if train_connector else ()
         try:
-            with torch.inference_mode(False), torch.enable_grad():
+            # train on top of the LoRAs this handle carries, merged into the plain model (the manager lets go of it)
+            with handle.loras_merged() as net, torch.inference_mode(False), torch.enable_grad():
                 _detach_inference_tensors(net)
                 cs.free_memory(3 * sum(p.numel() * p.element_size() for p in net.parameters()), device)
                 net.to(device)
@@ -458,8 +458,6 @@ class DeepGenTrainLoRA:
                             "another lora_name, to train with these settings."
                         ) from exc
         finally:
-            handle._where.clear()
-            handle.place()
             cs.soft_empty_cache()
         lora_path = str(result.lora_path)
         cs.send_event("deepgen1.train_done", {"node": callback.node_id, "lora_path": lora_path})

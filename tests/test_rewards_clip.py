@@ -133,3 +133,31 @@ def test_missing_folder_error_is_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RewardModelNotFound, match="lacks config.json"):
         CLIPReward(tmp_path / "empty", device="cpu").load()
+
+
+def test_a_node_held_reward_model_goes_with_the_node(clip_dir, tmp_path, monkeypatch):
+    """RewardScore keeps its models in its own store (the model manager's patchers), not the library's cache: when
+    ComfyUI drops the node (POST /free), nothing keeps them."""
+    import gc
+    import shutil
+    import weakref
+
+    from deepgen.rewards import base
+    from nodes.comfy_services import managed_models as mm
+    from nodes.reward import RewardScore
+
+    shutil.copytree(clip_dir, tmp_path / "deepgen" / "clip")
+    monkeypatch.setenv("DEEPGEN_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("DEEPGEN_DEVICE", "cpu")
+    node = RewardScore()
+    images = torch.from_numpy(np.stack(_images()).astype(np.float32) / 255.0)
+    cached_before = dict(base._CACHE)
+    node.score(images, "a red cat", rewards="clip")
+    assert base._CACHE == cached_before  # the library's own cache was not used
+    assert "RewardModelWeights" in mm.loaded_model_names()
+    (patcher,) = node.models.patchers()
+    held = weakref.ref(patcher.model.reward_model)
+    del node, patcher
+    gc.collect()
+    assert held() is None
+    assert "RewardModelWeights" not in mm.loaded_model_names()

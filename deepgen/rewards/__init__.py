@@ -8,14 +8,17 @@ Models load lazily from local folders only; see docs/rewards.md.
 
 from .base import (
     FunctionReward,
+    ModelStore,
     Reward,
     RewardModelNotFound,
     available_rewards,
+    cached_model,
     canonical_reward_name,
     clear_model_cache,
     create_reward,
     register_reward,
     unregister_reward,
+    use_model_store,
 )
 from .clip import CLIP_REPO_ID, DEFAULT_CLIP_DIR, CLIPReward
 from .images import image_to_data_url, to_pil_images
@@ -34,6 +37,9 @@ __all__ = [
     "available_rewards",
     "canonical_reward_name",
     "clear_model_cache",
+    "cached_model",
+    "ModelStore",
+    "use_model_store",
     "to_pil_images",
     "image_to_data_url",
     "CLIPReward",

@@ -3,7 +3,9 @@
 Why: the RL stage, the RewardScore node and user code all need the same contract -
 ``reward(images, prompts, group_ids=None) -> torch.Tensor (B,)`` - and a way to plug in a
 reward by name. Heavy reward models are loaded once, on first use, and shared between
-reward objects that ask for the same (path, device, dtype).
+reward objects that ask for the same (path, device, dtype): in this module's cache, or in the
+model store that the caller set with :func:`use_model_store` (the ComfyUI nodes hand theirs to
+ComfyUI's model manager, so it can evict and free them; this library never imports ComfyUI).
 
 NaN in a reward's output means "not applicable to this sample" (e.g. OCR on a prompt with
 no quoted text); the mixture renormalises weights over the applicable rewards.
@@ -11,10 +13,12 @@ no quoted text); the mixture renormalises weights over the applicable rewards.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import threading
 from pathlib import Path
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -32,6 +36,8 @@ __all__ = [
     "canonical_reward_name",
     "cached_model",
     "clear_model_cache",
+    "ModelStore",
+    "use_model_store",
     "require_model_dir",
     "default_device",
 ]
@@ -156,11 +162,37 @@ _CACHE: dict[Hashable, Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def cached_model(key: Hashable, loader: Callable[[], Any]) -> Any:
-    """Returns the object cached under ``key``, loading it with ``loader()`` the first time."""
+class ModelStore(Protocol):
+    """Where reward models live instead of this module's cache: ``get`` returns the object for ``key``, built with
+    ``loader(some device)`` the first time and ready on ``device`` when returned."""
+
+    def get(self, key: Hashable, loader: Callable[[Any], Any], device: Any) -> Any: ...
+
+
+_STORE: contextvars.ContextVar[ModelStore | None] = contextvars.ContextVar("deepgen_reward_model_store", default=None)
+
+
+@contextlib.contextmanager
+def use_model_store(store: ModelStore | None) -> Iterator[None]:
+    """Within the block, :func:`cached_model` asks ``store`` instead of this module's cache."""
+    token = _STORE.set(store)
+    try:
+        yield
+    finally:
+        _STORE.reset(token)
+
+
+def cached_model(key: Hashable, loader: Callable[[Any], Any], device: Any = None) -> Any:
+    """The object cached under ``key``, built with ``loader(device)`` the first time.
+
+    ``device`` is where the caller will run it; a store set with :func:`use_model_store` may build it elsewhere
+    (its offload device) and bring it onto ``device`` on each call."""
+    store = _STORE.get()
+    if store is not None:
+        return store.get(key, loader, device)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = loader()
+            _CACHE[key] = loader(device)
         return _CACHE[key]
 
 

@@ -46,7 +46,7 @@ class CLIPReward(Reward):
         """Returns (model, processor), loading them on first use."""
         path = require_model_dir(self.model_path, "CLIP", CLIP_REPO_ID)
         key = ("clip", str(path), str(self.device), str(self.dtype))
-        return cached_model(key, lambda: _load_clip(path, self.device, self.dtype))
+        return cached_model(key, lambda device: _load_clip(path, device, self.dtype), self.device)
 
     @torch.inference_mode()
     def score(self, images, prompts, group_ids=None) -> torch.Tensor:

@@ -201,7 +201,7 @@ class QwenVLJudge:
         """Returns (model, processor), loading them on first use."""
         path = require_model_dir(self.model_path, "Preference judge (Qwen2.5-VL)", JUDGE_REPO_ID)
         key = ("qwen-vl-judge", str(path), str(self.device), str(self.dtype))
-        return cached_model(key, lambda: _load_qwen(path, self.device, self.dtype))
+        return cached_model(key, lambda device: _load_qwen(path, device, self.dtype), self.device)
 
     def chat_text(self, processor, text: str) -> str:
         messages = []

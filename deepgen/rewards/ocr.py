@@ -173,7 +173,7 @@ class OCRReward(Reward):
 
     def engine(self):
         key = ("rapidocr", self.use_cls, self.text_score)
-        return cached_model(key, lambda: _make_engine(self.use_cls, self.text_score))
+        return cached_model(key, lambda _device: _make_engine(self.use_cls, self.text_score))  # CPU, no torch
 
     def read(self, image) -> list[tuple[str, float]]:
         """OCR lines of one PIL image as (text, confidence), top to bottom."""

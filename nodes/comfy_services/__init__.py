@@ -14,6 +14,9 @@ the headless trainer, scripts) each service falls back to a small standalone equ
                       resolve_model_path(kind, name)
     devices.py        torch_device(), offload_device(), intermediate_device(),
                       free_memory(bytes_needed=None), soft_empty_cache()
+    managed_models.py manage(module, load_device, offload_device), load_models(patchers),
+                      unload_models(patchers), lora_patch(patcher, patches, strength), loaded_model_names():
+                      ComfyUI's model manager (ModelPatcher, load_models_gpu) or StandalonePatcher
     events.py         send_event(event, payload), send_progress_text(text, node_id),
                       add_event_listener(fn), remove_event_listener(fn); EVENT_PREFIX = "deepgen1."
 

@@ -112,7 +112,7 @@ def test_lora_files_load_with_generate_and_the_lora_loader_node(exports, tmp_pat
         base = load_model(
             paths["checkpoint"], paths["vlm"], paths["diffusion"], dtype=torch.float32, allow_pretrain_checkpoint=True
         )
-        handle = DeepGenModelHandle(base, name="release", memory_mode="keep_all_on_gpu").place()
+        handle = DeepGenModelHandle(base, name="release", memory_mode="keep_all_on_gpu")
         for name, path in loras.items():
             shutil.copy(path, folder / f"{name}.safetensors")
             (patched,) = DeepGenLoRALoader().load(handle, f"deepgen/{name}.safetensors", 1.0)

@@ -228,49 +228,53 @@ def test_interrupt_stops_within_one_step(handle):
     assert len(forwards) == 2  # no DiT forward after the step in which the interrupt came
 
 
-class MoveLog:
-    """Records where each part would go; nothing moves (the test machine may have no GPU)."""
-
-    def __init__(self, handle, monkeypatch):
-        self.moves, self.freed = [], []
-        monkeypatch.setattr(cs, "torch_device", lambda: torch.device("cuda"))
-        monkeypatch.setattr(cs, "free_memory", lambda nbytes=None, device=None: self.freed.append((nbytes, device)))
-        monkeypatch.setattr(handle, "_move", self.record)
-        self.parts = {id(getattr(handle.model, p)): p for p in ("lmm", "transformer", "vae")}
-        self.sizes = {
-            p: sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])
-            for p, m in ((p, getattr(handle.model, p)) for p in self.parts.values())
-        }
-
-    def record(self, module, device):
-        part, kind = self.parts.get(id(module), "scb"), torch.device(device).type
-        if part != "scb" and kind == "cuda":  # ComfyUI is asked for room first, for exactly this part
-            assert self.freed and self.freed[-1] == (self.sizes[part], torch.device("cuda"))
-        self.moves.append((part, kind))
-
-    def last(self, part):
-        return [d for p, d in self.moves if p == part][-1]
+# what the model manager is asked to do in each memory mode, stage by stage (encode, bridge, sample, decode)
+EXPECTED_LOADS = {
+    "keep_all_on_gpu": [
+        [("load", "DeepGenSCB"), ("load", "DeepGenVLM"), ("load", "DeepGenDiTWeights"), ("load", "DeepGenVAE")],
+        [],
+        [],
+    ],
+    "offload_vlm_after_encode": [
+        [("load", "DeepGenSCB"), ("load", "DeepGenVLM"), ("unload", "DeepGenVLM")],
+        [],
+        [("load", "DeepGenDiTWeights"), ("load", "DeepGenVAE")],
+    ],
+    "sequential_offload": [
+        [("load", "DeepGenSCB"), ("load", "DeepGenVLM"), ("unload", "DeepGenVLM")],
+        [],
+        [
+            ("load", "DeepGenDiTWeights"),
+            ("unload", "DeepGenDiTWeights"),
+            ("load", "DeepGenVAE"),
+            ("unload", "DeepGenVAE"),
+        ],
+    ],
+}
 
 
 @pytest.mark.parametrize("mode", ["keep_all_on_gpu", "offload_vlm_after_encode", "sequential_offload"])
-def test_memory_modes(handle, monkeypatch, mode):
+def test_memory_modes(handle, mode):
+    from nodes.comfy_services import managed_models as mm
     from nodes.model_handle import DeepGenModelHandle
 
     h = DeepGenModelHandle(handle.model, name="tiny", memory_mode=mode)
-    log = MoveLog(h, monkeypatch)
-    h.place()
-    assert ("scb", "cuda") in log.moves
-    assert log.last("lmm") == ("cuda" if mode == "keep_all_on_gpu" else "cpu")
+    h.unload()  # start from nothing loaded (the session's model is shared)
+    mm.EVENTS.clear()
+    seen = []
     (think,) = N["ThinkTokenEncode"]().encode(h, "a cat", "", "fix_pixels")
-    assert ("lmm", "cuda") in log.moves
-    assert log.last("lmm") == ("cuda" if mode == "keep_all_on_gpu" else "cpu")  # offloaded after encoding
+    seen.append(list(mm.EVENTS))
+    mm.EVENTS.clear()
     cond, _, _ = N["SCBBridge"]().bridge(h, think)
-    log.moves.clear()
+    seen.append(list(mm.EVENTS))
+    mm.EVENTS.clear()
     N["DeepGenSampler"]().sample(h, cond, **{**SAMPLER, "steps": 1})
-    if mode == "sequential_offload":
-        assert log.moves == [("transformer", "cuda"), ("transformer", "cpu"), ("vae", "cuda")]
-    else:
-        assert log.moves == []
+    seen.append(list(mm.EVENTS))
+    assert seen == EXPECTED_LOADS[mode]
+    resident = {"keep_all_on_gpu": 4, "offload_vlm_after_encode": 3, "sequential_offload": 1}[mode]
+    assert len(mm.loaded_model_names()) == resident and "DeepGenSCB" in mm.loaded_model_names()
+    h.unload()
+    assert mm.loaded_model_names() == []
     assert think.scb_input.device.type == "cpu" and cond.context.device.type == "cpu"  # outputs on intermediate
 
 

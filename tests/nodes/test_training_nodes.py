@@ -64,7 +64,7 @@ def fresh_handle(inference: bool = True):
 
     with torch.inference_mode(inference):
         model = build_tiny_model(seed=0)
-    return DeepGenModelHandle(model, name="tiny", memory_mode="keep_all_on_gpu").place()
+    return DeepGenModelHandle(model, name="tiny", memory_mode="keep_all_on_gpu")
 
 
 def state(model):
@@ -150,14 +150,14 @@ def test_train_lora_node_round_trip(dataset, tmp_path):
     assert_same_outputs(outputs(zero.model), base_out, atol=1e-6)
     handle.activate()
     assert same_state(state(handle.model), base_state)
-    # chained loaders stack; handles on the shared model take turns
+    # chained loaders stack; handles on the shared model take turns (keep_all_on_gpu: a stage loads every part)
     (twice,) = DeepGenLoRALoader().load(one, name, 1.0)
-    twice.prepare("encode")
-    assert not torch.allclose(outputs(twice.model)[1], expected[1], atol=1e-4)
-    one.prepare("sample")
-    assert_same_outputs(outputs(one.model), expected)
-    handle.prepare("decode")
-    assert same_state(state(handle.model), base_state)
+    with twice.stage("encode"):
+        assert not torch.allclose(outputs(twice.model)[1], expected[1], atol=1e-4)
+    with one.stage("sample"):
+        assert_same_outputs(outputs(one.model), expected)
+    with handle.stage("decode"):
+        assert same_state(state(handle.model), base_state)
 
 
 def test_interrupt_saves_a_checkpoint_first_then_resume_continues(dataset, tmp_path):

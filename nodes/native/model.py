@@ -82,7 +82,9 @@ class DeepGenNativeDiT(comfy.model_base.BaseModel):
         refs = kwargs.get("ref_latents") or []
         refs = [comfy.model_management.cast_to_device(r, device, dtype) for r in refs]
         per_sample = [[r[i] for r in refs] for i in range(xc.shape[0])] if refs else None
-        velocity = self.diffusion_model(xc, context, pooled, timestep, reference_latents=per_sample, return_dict=False)[0]
+        velocity = self.diffusion_model(xc, context, pooled, timestep, reference_latents=per_sample, return_dict=False)[
+            0
+        ]
         return self.model_sampling.calculate_denoised(sigma, velocity.float(), x)
 
 

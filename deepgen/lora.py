@@ -11,8 +11,9 @@ The LoRA scale alpha/r is folded into B when saving and `.alpha` is written as r
 update whether it reads `.alpha` (ComfyUI, kohya: alpha/r = 1) or ignores it (diffusers' `load_lora_adapter`,
 which would otherwise apply a LoRA trained at alpha 32 / rank 4 eight times too weakly). The trained alpha and
 rank are kept in the metadata. Files from other tools load too: PEFT names with an adapter name
-(`lora_A.default.weight`), and kohya/OneTrainer names (`lora_transformer_<module_with_underscores>.lora_down.weight`
-/ `.lora_up.weight` / `.alpha`), resolved against the model's module names when applied.
+(`lora_A.default.weight`), and kohya/OneTrainer names (`lora_unet_<module_with_underscores>` as kohya names the
+diffusers SD3 transformer's modules, `lora_transformer_<...>` as OneTrainer does; `.lora_down.weight` /
+`.lora_up.weight` / `.alpha`), resolved against the model's module names when applied.
 
 Applying merges W + strength·(alpha/r)·B·A into the weights (the embedding takes (B·A)ᵀ) and W + strength·ΔW for
 `.diff` tensors, keeping a CPU backup of every touched weight so the base can be restored exactly.
@@ -42,8 +43,10 @@ _LORA_KEY = re.compile(
     r"^((?:lmm|transformer)\..+)\.(lora_A(?:\.default)?\.weight|lora_B(?:\.default)?\.weight|"
     r"lora_embedding_A(?:\.default)?|lora_embedding_B(?:\.default)?|alpha)$"
 )
-# kohya / OneTrainer: the module path with "." -> "_", under lora_transformer_ (DiT) or lora_lmm_ (VLM)
-_KOHYA_KEY = re.compile(r"^lora_(transformer|lmm)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+# kohya / OneTrainer: the module path with "." -> "_", under lora_unet_ (kohya) or lora_transformer_ (OneTrainer)
+# for the DiT, lora_lmm_ for the VLM
+_KOHYA_KEY = re.compile(r"^lora_(unet|transformer|lmm)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_KOHYA_PARTS = {"unet": "transformer", "transformer": "transformer", "lmm": "lmm"}
 _KOHYA_PART = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "alpha": "alpha"}
 FLAT_PREFIX = "flat:"  # a module named with underscores (kohya), resolved against the model when applied
 # DiT targets: attention projections of every joint block (image and context streams, and attn2).
@@ -252,7 +255,7 @@ def _module_and_kind(key: str) -> tuple[str | None, str]:
         return match.group(1), match.group(2).replace(".default", "")
     match = _KOHYA_KEY.match(key)
     if match:
-        return f"{FLAT_PREFIX}{match.group(1)}.{match.group(2)}", _KOHYA_PART[match.group(3)]
+        return f"{FLAT_PREFIX}{_KOHYA_PARTS[match.group(1)]}.{match.group(2)}", _KOHYA_PART[match.group(3)]
     return None, ""
 
 
@@ -276,7 +279,7 @@ def load_lora(path: str | os.PathLike) -> LoraFile:
         if name is None:
             raise LoraError(
                 f"{path}: unrecognised LoRA key {key!r} (expected lmm.* or transformer.* LoRA tensors, "
-                "kohya lora_transformer_* names, or think-token/connector .diff tensors): is this a "
+                "kohya lora_unet_*/lora_transformer_* names, or think-token/connector .diff tensors): is this a "
                 "DeepGen LoRA?"
             )
         groups.setdefault(name, {})[kind] = value

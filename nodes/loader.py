@@ -7,7 +7,8 @@ import os
 
 from . import comfy_services as cs
 from .model_handle import MEMORY_MODES, DeepGenModelHandle
-from .types import DEEPGEN_MODEL, TINY_CHOICE, category, display_name
+from .native import native_outputs
+from .types import DEEPGEN_MODEL, MODEL, TINY_CHOICE, VAE, category, display_name
 
 AUTO = "auto"
 PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
@@ -197,9 +198,15 @@ class DeepGenLoader:
         "VRAM in bf16 with the VLM offloaded after encoding."
     )
     CATEGORY = category("loaders")
-    RETURN_TYPES = (DEEPGEN_MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The loaded DeepGen model; feed it to every other DeepGen node.",)
+    RETURN_TYPES = (DEEPGEN_MODEL, MODEL, VAE)
+    RETURN_NAMES = ("model", "MODEL", "VAE")
+    OUTPUT_TOOLTIPS = (
+        "The loaded DeepGen model; feed it to every other DeepGen node.",
+        "The DeepGen DiT as a native MODEL (flow matching, shift 3) for KSampler, LoRA and model-patch nodes; "
+        "condition it with SCBBridge's positive/negative. Scheduler 'normal' + sampler 'euler' reproduce "
+        "DeepGenSampler.",
+        "The DeepGen VAE (SD3.5, 16 channels) as a native VAE for VAEDecode/VAEEncode.",
+    )
     FUNCTION = "load"
 
     @classmethod
@@ -348,9 +355,10 @@ class DeepGenLoader:
         handle = DeepGenModelHandle(
             model, name=checkpoint, memory_mode=memory_mode, dtype=dtype, attention=attention, sources=src
         )
+        native_model, native_vae = native_outputs(handle)
         bar.update_absolute(_LOAD_PHASES)
         bar.close()
-        return (handle,)
+        return (handle, native_model, native_vae)
 
 
 def _load_vae(folder: str, dtype):

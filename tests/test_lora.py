@@ -91,9 +91,10 @@ def test_diffusers_load_lora_adapter_gives_the_same_dit(adapted):
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 
-def test_kohya_names_load_back(adapted, tmp_path):
-    """A file with kohya/OneTrainer names (lora_transformer_<module_with_underscores>.lora_down/up/alpha, alpha
-    not folded) patches the model exactly as our own file does."""
+@pytest.mark.parametrize("prefix", ["lora_transformer_", "lora_unet_"], ids=["onetrainer", "kohya"])
+def test_kohya_names_load_back(adapted, tmp_path, prefix):
+    """A file with OneTrainer/kohya names (lora_transformer_ / lora_unet_ + <module_with_underscores>
+    .lora_down/up/alpha, alpha not folded) patches the model exactly as our own file does."""
     from safetensors.torch import load_file, save_file
 
     model, path, _, _ = adapted
@@ -102,7 +103,7 @@ def test_kohya_names_load_back(adapted, tmp_path):
         if not key.startswith("transformer."):
             continue
         module, kind = key.rsplit(".lora_", 1) if ".lora_" in key else key.rsplit(".", 1)
-        flat = "lora_transformer_" + module[len("transformer.") :].replace(".", "_")
+        flat = prefix + module[len("transformer.") :].replace(".", "_")
         if kind == "A.weight":
             kohya[f"{flat}.lora_down.weight"] = value
         elif kind == "B.weight":

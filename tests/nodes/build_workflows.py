@@ -244,7 +244,61 @@ def best_of_n() -> Graph:
     return g
 
 
+def _native_sampling(g: Graph, model: dict, scb: dict, x: int, title_size: str) -> dict:
+    """EmptySD3LatentImage -> KSampler (euler + normal: DeepGenSampler's result) -> VAEDecode; returns VAEDecode."""
+    latent = g.add("EmptySD3LatentImage", (x, 380), {"width": 512, "height": 512}, title=title_size, size=(300, 130))
+    ks = g.add(
+        "KSampler",
+        (x, 0),
+        {"steps": 50, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal"},
+        title="KSampler (euler + normal = DeepGenSampler)",
+        size=(300, 330),
+    )
+    dec = g.add("VAEDecode", (x + 340, 0), size=(220, 60))
+    g.link(model, "MODEL", ks, "model")
+    g.link(scb, "positive", ks, "positive")
+    g.link(scb, "negative", ks, "negative")
+    g.link(latent, "LATENT", ks, "latent_image")
+    g.link(ks, "LATENT", dec, "samples")
+    g.link(model, "VAE", dec, "vae")
+    return dec
+
+
+def text_to_image_native() -> Graph:
+    """DeepGen's conditioning through ComfyUI's own KSampler and VAEDecode (the native MODEL and VAE)."""
+    g = Graph("text_to_image_native")
+    model = loader(g)
+    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": T2I_PROMPT}, size=(400, 260))
+    scb = g.add("SCBBridge", (820, 0), size=(240, 110))
+    dec = _native_sampling(g, model, scb, 1100, "Image size")
+    save = g.add("SaveImage", (1700, 0), {"filename_prefix": "DeepGen/t2i_native"}, size=(400, 440))
+    g.link(model, "model", enc, "model")
+    g.link(model, "model", scb, "model")
+    g.link(enc, "think", scb, "think")
+    g.link(dec, "IMAGE", save, "images")
+    return g
+
+
+def edit_native() -> Graph:
+    """An edit through KSampler: the reference latents travel in SCBBridge's CONDITIONING."""
+    g = Graph("edit_native")
+    model = loader(g)
+    img = g.add("LoadImage", (0, 300), {"image": "example.png"}, size=(340, 340))
+    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": EDIT_SINGLE}, size=(400, 300))
+    scb = g.add("SCBBridge", (820, 0), size=(240, 110))
+    dec = _native_sampling(g, model, scb, 1100, "Result size (the resized reference's: 512x512 for a square one)")
+    save = g.add("SaveImage", (1700, 0), {"filename_prefix": "DeepGen/edit_native"}, size=(420, 460))
+    g.link(model, "model", enc, "model")
+    g.link(model, "model", scb, "model")
+    g.link(img, "IMAGE", enc, "image_1")
+    g.link(enc, "think", scb, "think")
+    g.link(dec, "IMAGE", save, "images")
+    return g
+
+
 WORKFLOWS = {
+    "deepgen_text_to_image_native.json": text_to_image_native,
+    "deepgen_edit_native.json": edit_native,
     "deepgen_text_to_image.json": text_to_image,
     "deepgen_text_to_image_two_pass.json": text_to_image_two_pass,
     "deepgen_edit.json": edit_single,

@@ -6,6 +6,10 @@ bodies follow ComfyUI's behaviour closely enough for the workflow tests: LoadIma
 directory into IMAGE [1, H, W, 3] float32 0..1 plus a MASK; SaveImage writes <prefix>_<counter:05>_.png
 (truncating 255*v like ComfyUI) with the prompt/workflow text chunks; PreviewImage writes to the temp dir.
 
+KSampler, EmptySD3LatentImage and VAEDecode (the native MODEL/VAE path) are specs only: their bodies are ComfyUI's
+samplers and VAEs, which these tests do not reimplement. They carry NEEDS_COMFYUI (the reason); the workflow tests
+check them like every node and run the rest of the graph, and tests/comfyui/native runs them in a real ComfyUI.
+
 A workflow that uses any other core node fails the tests until its real spec is added here.
 """
 
@@ -172,7 +176,95 @@ class LatentUpscaleBy:
         return (s,)
 
 
+NATIVE_REASON = "ComfyUI's own sampler/VAE code; tests/comfyui/native runs it in a real ComfyUI"
+
+
+class _SpecOnly:
+    NEEDS_COMFYUI = NATIVE_REASON
+
+    def run(self, **_):
+        raise RuntimeError(f"{type(self).__name__} is a spec only here: {NATIVE_REASON}")
+
+
+class KSampler(_SpecOnly):
+    SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2"]
+    SAMPLERS += [
+        "dpm_2_ancestral",
+        "lms",
+        "dpm_fast",
+        "dpm_adaptive",
+        "dpmpp_2s_ancestral",
+        "dpmpp_2s_ancestral_cfg_pp",
+    ]
+    SAMPLERS += ["dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu"]
+    SAMPLERS += ["dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm"]
+    SAMPLERS += ["ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral"]
+    SAMPLERS += ["res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde"]
+    SAMPLERS += ["seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2"]
+    SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"]
+    SCHEDULERS += ["linear_quadratic", "kl_optimal"]
+
+    @classmethod
+    def INPUT_TYPES(s):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model used for denoising the input latent."}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "control_after_generate": True,
+                        "tooltip": "The random seed used for creating the noise.",
+                    },
+                ),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "sampler_name": (s.SAMPLERS,),
+                "scheduler": (s.SCHEDULERS,),
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "latent_image": ("LATENT",),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            }
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "run"
+    CATEGORY = "sampling"
+
+
+class EmptySD3LatentImage(_SpecOnly):
+    @classmethod
+    def INPUT_TYPES(s):
+        return {
+            "required": {
+                "width": ("INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+                "height": ("INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+            }
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "run"
+    CATEGORY = "latent/sd3"
+
+
+class VAEDecode(_SpecOnly):
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"samples": ("LATENT",), "vae": ("VAE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "latent"
+
+
 CORE_NODES = {
+    "KSampler": KSampler,
+    "EmptySD3LatentImage": EmptySD3LatentImage,
+    "VAEDecode": VAEDecode,
     "SaveImage": SaveImage,
     "PreviewImage": PreviewImage,
     "LoadImage": LoadImage,

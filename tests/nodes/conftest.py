@@ -70,5 +70,5 @@ def handle(demo_model):
     from nodes.loader import DeepGenLoader
     from nodes.types import TINY_CHOICE
 
-    (h,) = DeepGenLoader().load(checkpoint=TINY_CHOICE)
+    h = DeepGenLoader().load(checkpoint=TINY_CHOICE)[0]
     return h

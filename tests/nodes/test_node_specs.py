@@ -19,7 +19,7 @@ from nodes.types import TINY_CHOICE
 ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL = ROOT / "tests" / "fixtures" / "deepgen-official-tiny"
 NODE_IDS = {"DeepGenLoader", "ThinkTokenEncode", "SCBBridge", "DeepGenSampler", "DeepGenEdit", "RewardScore"}
-NATIVE_TYPES = {"IMAGE", "LATENT", "CONDITIONING", "MASK", "FLOAT", "INT", "STRING", "BOOLEAN"}
+NATIVE_TYPES = {"IMAGE", "LATENT", "CONDITIONING", "MODEL", "VAE", "MASK", "FLOAT", "INT", "STRING", "BOOLEAN"}
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 OPTION_KEYS = {
     "default",

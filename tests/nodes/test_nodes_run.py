@@ -295,7 +295,7 @@ def test_loader_reads_both_release_layouts_from_model_folders(tmp_path, monkeypa
         "deepgen-official-tiny.safetensors",
     ]
 
-    (official,) = loader().load(
+    official, native_model, native_vae = loader().load(
         "deepgen-official-tiny.safetensors",
         "Qwen2.5-VL-tiny",
         "UniPic2-tiny",
@@ -305,10 +305,11 @@ def test_loader_reads_both_release_layouts_from_model_folders(tmp_path, monkeypa
         "sdpa",
     )
     assert official.sources["layout"] == "official"
+    assert native_model is None and native_vae is None  # ComfyUI's MODEL/VAE exist only inside ComfyUI
     *_, images, _ = t2i(official, steps=1)
     assert images.shape == (1, SIZE, SIZE, 3)
 
-    (diffusers,) = loader().load(
+    diffusers, *_ = loader().load(
         "DeepGen-1.0-diffusers-tiny", "auto", "auto", "auto", "auto", "keep_all_on_gpu", "sdpa"
     )
     assert diffusers.sources["layout"] == "diffusers"

@@ -246,8 +246,32 @@ def _is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
 
 
+def _needs_comfyui(prompt: dict, classes: dict) -> set:
+    """Ids of nodes that need a real ComfyUI to run: spec-only core nodes and every node downstream of one."""
+    blocked: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for nid, node in prompt.items():
+            if nid in blocked:
+                continue
+            if getattr(classes[node["class_type"]], "NEEDS_COMFYUI", None) or any(
+                _is_link(v) and v[0] in blocked for v in node["inputs"].values()
+            ):
+                blocked.add(nid)
+                changed = True
+    return blocked
+
+
+def not_run(prompt: dict, classes: dict) -> dict:
+    """{node id: class_type} of the nodes `execute` leaves out because they need a real ComfyUI."""
+    return {nid: prompt[nid]["class_type"] for nid in sorted(_needs_comfyui(prompt, classes))}
+
+
 def execute(prompt: dict, classes: dict, extra_pnginfo: dict | None = None, overrides: dict | None = None):
-    """Run an API prompt. Returns ({node id: tuple of output lists}, {node id: merged ui dict}, run order)."""
+    """Run an API prompt. Returns ({node id: tuple of output lists}, {node id: merged ui dict}, run order).
+
+    Nodes that need a real ComfyUI (NEEDS_COMFYUI, and what depends on them) are left out: see `not_run`."""
     overrides = overrides or {}
     for node in prompt.values():  # speed-only overrides of constants, e.g. {"DeepGenSampler": {"steps": 2}}
         for name, value in overrides.get(node["class_type"], {}).items():
@@ -256,6 +280,16 @@ def execute(prompt: dict, classes: dict, extra_pnginfo: dict | None = None, over
     outputs_nodes = [nid for nid, n in prompt.items() if getattr(classes[n["class_type"]], "OUTPUT_NODE", False)]
     if not outputs_nodes:
         raise WorkflowError("prompt has no output node")
+    # Spec-only core nodes (NEEDS_COMFYUI) and what depends on them are not run; the rest of the graph is, up to
+    # the inputs of the first node that needs ComfyUI.
+    blocked = _needs_comfyui(prompt, classes)
+    roots = [nid for nid in outputs_nodes if nid not in blocked]
+    roots += [
+        value[0]
+        for nid in sorted(blocked)
+        for value in prompt[nid]["inputs"].values()
+        if _is_link(value) and value[0] not in blocked
+    ]
     order, seen = [], set()
 
     def visit(nid, stack=()):
@@ -269,7 +303,7 @@ def execute(prompt: dict, classes: dict, extra_pnginfo: dict | None = None, over
         seen.add(nid)
         order.append(nid)
 
-    for nid in outputs_nodes:
+    for nid in roots:
         visit(nid)
 
     # validation before anything runs, as ComfyUI's validate_prompt does

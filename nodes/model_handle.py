@@ -38,10 +38,24 @@ _BASE_PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _make_dit_patcher(model, load_device, offload_device):
-    """The DiT's patcher: the one place that decides what holds the DiT for the manager."""
+    """The DiT's patcher: the one place that decides what holds the DiT for the manager.
+
+    Inside ComfyUI it is the native MODEL's patcher (nodes/native): DeepGenSampler and KSampler then load, patch
+    and evict the DiT through one patcher, so a LoRA of one path never sits unseen under the other."""
+    if cs.in_comfyui():
+        from .native.model import native_model_patcher
+
+        return native_model_patcher(model.transformer, load_device, offload_device)
     from .part_holders import DeepGenDiTWeights  # torch: not at import time
 
     return mm.manage(DeepGenDiTWeights(model), load_device, offload_device)
+
+
+def _patch_key(patcher, key: str) -> str:
+    """Our LoRA keys name the DiT `transformer.*`; the native MODEL holds it as `diffusion_model.*`."""
+    if key.startswith("transformer.") and hasattr(patcher.model, "diffusion_model"):
+        return "diffusion_model." + key[len("transformer.") :]
+    return key
 
 
 def base_patchers(model) -> dict:
@@ -140,6 +154,7 @@ class DeepGenModelHandle:
             for key, value in patch_factors(adapter).items():
                 by_part.setdefault(_part_of(key), {})[key] = value
             for part, entries in by_part.items():
+                entries = {_patch_key(patchers[part], k): v for k, v in entries.items()}
                 done = mm.lora_patch(patchers[part], entries, float(strength))
                 if len(done) != len(entries):
                     missing = sorted(set(entries) - set(done))

@@ -26,4 +26,8 @@ def native_outputs(handle) -> tuple[object | None, object | None]:
     from .vae import native_vae
 
     lora_keys.install()
-    return native_model_patcher(handle.model.transformer), native_vae(handle.model.vae)
+    dit = handle.patchers.get("dit")
+    if not hasattr(getattr(dit, "model", None), "diffusion_model"):  # a handle made outside ComfyUI
+        dit = native_model_patcher(handle.model.transformer)
+    # the MODEL is the handle's own DiT patcher: one patcher per weight set, whichever path samples
+    return dit, native_vae(handle.model.vae)

@@ -10,6 +10,7 @@ Sub-folders (e.g. native/) may add their own conftest and reuse these.
 
 from __future__ import annotations
 
+
 import importlib.util
 import os
 import sys
@@ -35,6 +36,10 @@ def unavailable(reason: str):
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: the real-ComfyUI tests never skip there)", pytrace=False)
     pytest.skip(reason)
+
+
+# in-process ComfyUI tests: run in a child process by test_native_in_own_process.py
+collect_ignore = ["native"]
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,8 @@
 fp32 at the real DiT width), `POST /free {"unload_models": true, "free_memory": true}` must give those bytes back,
 and ComfyUI's model manager must be the one that loads them (its "Requested to load" / "loaded ..." log lines).
 
-The first holds already (free_memory resets ComfyUI's output cache, which held the loader's model). The second is
-what issue 12 asks of the move of DeepGen's weights into ComfyUI's model manager (nodes/model_handle.py); until
-that lands the nodes hold the model themselves, so it is a strict xfail.
+Each DeepGen weight set is a ModelPatcher that the stages load through load_models_gpu (nodes/model_handle.py); the
+DiT's is the native MODEL's (DeepGenNativeDiT), so the log names it.
 """
 
 from __future__ import annotations
@@ -19,10 +18,6 @@ from wide_model import write_wide_checkpoint
 
 MB = 1024 * 1024
 WIDE_NAME = "deepgen-wide.safetensors"
-NOT_MANAGED = (
-    "the nodes hold DeepGen's weights themselves (nodes/model_handle.py), so ComfyUI's model manager neither loads "
-    "nor frees them; issue 12 section 1 moves them into ComfyUI's ModelPatcher/load_models_gpu"
-)
 LOAD_LINE = re.compile(r"loaded (?:completely|partially); [\d.]+ MB usable, ([\d.]+) MB loaded")
 
 
@@ -81,12 +76,12 @@ def test_free_gives_the_weights_back(wide_run):
     )
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_MANAGED)
 def test_comfyui_loads_deepgen_parts(wide_run):
     log = wide_run["log"]
     requested = re.findall(r"Requested to load (\S+)", log)
     loaded = sum(float(mb) for mb in LOAD_LINE.findall(log)) * MB
     assert requested, "ComfyUI's model manager loaded nothing during the DeepGen run"
+    assert "DeepGenNativeDiT" in requested and "DeepGenSCB" in requested, requested
     assert loaded >= 0.9 * wide_run["dit_bytes"], (
         f"ComfyUI loaded {loaded / MB:.0f} MB ({requested}); the DiT alone holds {wide_run['dit_bytes'] / MB:.0f} MB"
     )

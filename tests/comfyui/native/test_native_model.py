@@ -235,3 +235,39 @@ def test_sd35_shaped_vae_is_comfyuis_own(ext):
     z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(1))
     expected = ((ours.decode(z).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
     assert max_diff(vae.decode(z), expected) < 1e-4
+
+
+def test_one_patcher_per_weight_set_for_both_paths(ext, comfy_nodes, handle, native, tmp_path):
+    """KSampler and DeepGenSampler load, patch and evict the DiT through one patcher: a LoRA of either path
+    never sits unseen under the other, and ComfyUI's list of loaded models holds DeepGen's parts."""
+    import comfy.model_management as mm
+    import folder_paths
+    from safetensors.torch import save_file
+
+    from deepgen.lora import load_lora
+
+    model, vae = native
+    assert model is handle.patchers["dit"]  # the MODEL output is the handle's own DiT patcher
+    path = tmp_path / "dit_lora.safetensors"
+    save_file(_lora_tensors(handle.model.transformer, kohya=False), str(path))
+    cond, positive, negative = bridged(ext, handle, PROMPT)
+    base_ours = deepgen_sample(ext, handle, cond, steps=3)
+    loaded = {type(m.model.model).__name__: m.model.model_size() for m in mm.current_loaded_models}
+    assert {"DeepGenNativeDiT", "DeepGenSCB"} <= set(loaded) and min(loaded.values()) > 0, loaded
+    base_native = native_sample(comfy_nodes, model, vae, positive, negative, steps=3)
+
+    folder_paths.add_model_folder_path("loras", str(tmp_path))
+    (lora_model,) = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, path.name, 0.8)
+    with_native_lora = native_sample(comfy_nodes, lora_model, vae, positive, negative, steps=3)
+    assert max_diff(with_native_lora, base_native) > 10 * TOLERANCE
+    # the native LoRA is still patched in on the shared weights; DeepGenSampler on the base handle must not see it
+    assert max_diff(deepgen_sample(ext, handle, cond, steps=3), base_ours) == 0
+
+    lora_handle = handle.with_loras([(load_lora(path), 0.8)])
+    with_our_lora = deepgen_sample(ext, lora_handle, cond, steps=3)
+    assert max_diff(with_our_lora, with_native_lora) <= TOLERANCE  # the same patch, whichever path adds it
+    # ... and KSampler on the base MODEL must not see our LoRA handle's patches
+    assert max_diff(native_sample(comfy_nodes, model, vae, positive, negative, steps=3), base_native) == 0
+
+    mm.unload_all_models()
+    assert not [m for m in mm.current_loaded_models if "DeepGen" in type(m.model.model).__name__]

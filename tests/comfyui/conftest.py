@@ -10,7 +10,6 @@ Sub-folders (e.g. native/) may add their own conftest and reuse these.
 
 from __future__ import annotations
 
-
 import importlib.util
 import os
 import sys

@@ -7,6 +7,7 @@ Runtime on 2 shared cores, one torch thread: about a minute for the whole file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ from trainer_kit import stage3_values
 from deepgen.rewards import register_reward, unregister_reward
 from deepgen.train.config import ConfigError
 from deepgen.train.grpo.prompts import PromptError, load_prompt_set, read_prompt_file
-from deepgen.train.grpo.run_config import load_stage3_config, stage3_config_from_dict
+from deepgen.train.grpo.run_config import POLICIES, load_stage3_config, stage3_config_from_dict
+from deepgen.train.grpo.setup import find_unused_parameters, per_process_batch
+from deepgen.train.grpo.step import new_step_stats
 from deepgen.train.grpo.trainer import (
     GRPOTrainer,
     ZeroAdvantageWarning,
@@ -222,6 +225,36 @@ def test_bad_input_errors(tmp_path):
         GRPOTrainer(cfg).setup()
 
 
+def test_sft_batch_size_is_global_and_ddp_unused_rule(tmp_path):
+    """``sft_batch_size`` is split over the processes like ``prompts_per_step``; DDP searches for unused tensors
+    only when a part outside the DiT trains (stage 3's policies: never)."""
+    assert [per_process_batch(256, n) for n in (1, 2, 8)] == [256, 128, 32]
+    assert per_process_batch(2, 2) == 1
+    with pytest.raises(ConfigError, match=r"sft_batch_size \(3\) is the global batch.*number of processes \(2\)"):
+        per_process_batch(3, 2)
+    for policy in POLICIES:
+        spec = tiny_config(tmp_path, policy=policy).trainable_spec()
+        assert not find_unused_parameters(spec)
+    for part in ("vlm_lora", "connector", "meta_queries", "projectors"):
+        assert find_unused_parameters(dataclasses.replace(spec, **{part: True})), part
+    # one process takes the whole global batch; one SFT-Aux backward reaches every trainable tensor too
+    cfg = tiny_config(
+        tmp_path,
+        policy="full",
+        sft_data=[sft_data(tmp_path / "sft")],
+        sft_resolution=64,
+        sft_batch_size=3,
+        sft_lambda=0.1,
+        max_steps=1,
+    )
+    tr = GRPOTrainer(cfg).setup()
+    assert tr.sft_batch_per_rank == 3 and len(next(tr._sft_iter)) == 3
+    stats = new_step_stats()
+    tr.sft_aux(0, stats)
+    assert np.isfinite(stats["sft_loss"])
+    assert all(p.grad is not None for p in tr.params.values())
+
+
 def test_zero_variance_groups_warn_and_train_nothing(tmp_path):
     tr = GRPOTrainer(
         tiny_config(
@@ -266,6 +299,8 @@ def test_step0_kl_is_zero_and_ratio_is_one_through_the_trainer(tmp_path, policy)
     assert st["ratio_max_dev"] == 0.0 and st["ratio"] == st["count"] and st["clip_frac"] == 0.0
     grads = [p.grad for p in tr.params.values() if p.grad is not None]
     assert grads and any(bool(g.abs().sum() > 0) for g in grads)  # the policy term does train
+    # every trainable tensor got a gradient (LoRA A: a zero one, B = 0): why DDP's unused search is off
+    assert len(grads) == len(tr.params) and not find_unused_parameters(tr.cfg.trainable_spec())
 
     if policy == "lora":  # the reference switch leaves the trainable flags alone (PEFT's would not)
         with lora_disabled(tr.model.transformer):

@@ -29,7 +29,7 @@ not a measurement: docs/training.md compares it with measured peaks on the small
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +118,8 @@ class MemoryPlan:
     acts: dict[str, int]
     notes: list[str] = field(default_factory=list)
     vlm_tokens: int = 0
+    # stage 3: the SFT-Aux batch's activations for N processes (its size is global); a row takes the larger
+    sft_acts: Callable[[int], dict[str, int]] | None = None
 
     def per_device(self, num_processes: int, sharding: str = "none") -> DeviceRow:
         if sharding not in SHARDINGS:
@@ -139,8 +141,12 @@ class MemoryPlan:
                 weights = {k: math.ceil(v / n) for k, v in weights.items()}
                 gathered = 2 * self.count.largest_layer_bytes
         extra = self.work.extra_bytes_per_process(n) if self.work.extra_bytes_per_process else 0
-        stored = self.acts["stored"]
-        ckpt = self.acts["stored_ckpt"] + self.acts["working_ckpt"]
+        acts = self.acts
+        if self.sft_acts is not None:
+            sft = self.sft_acts(n)
+            acts = sft if sft["stored"] > acts["stored"] else acts
+        stored = acts["stored"]
+        ckpt = acts["stored_ckpt"] + acts["working_ckpt"]
         return DeviceRow(
             n,
             sharding,
@@ -149,8 +155,8 @@ class MemoryPlan:
             grads,
             opt,
             temp,
-            max(stored, self.acts["vae"]),
-            max(ckpt, self.acts["vae"]),
+            max(stored, acts["vae"]),
+            max(ckpt, acts["vae"]),
             extra,
         )
 
@@ -192,6 +198,7 @@ def plan_for_config(cfg, configs: ModelConfigs | None = None, title: str = "") -
     configs = configs or model_configs(cfg.model)
     precision, weight_dtype, nbytes = _precision(cfg.mixed_precision)
     notes = []
+    larger_acts = None
     if cfg.mixed_precision == "auto":
         notes.append("mixed_precision auto: planned as bf16 (a GPU with bf16)")
     if getattr(cfg, "stage", 1) == 3:
@@ -206,16 +213,20 @@ def plan_for_config(cfg, configs: ModelConfigs | None = None, title: str = "") -
         count = count_model(model, weight_dtype, extra_fp32_params=ref_params, added_params=added)
         g = cfg.grpo
         work = _stage3_workload(cfg, configs, nbytes)
-        # the SFT-Aux micro-batch is a second forward/backward; plan for the larger of the two
-        sft = Workload(
-            g.sft_batch_size if cfg.sft_data else 0, cfg.sft_resolution, 0, False, False, False, False, nbytes, 0
-        )
         acts = activation_bytes(configs, work)
-        if sft.batch:
-            sft_acts = activation_bytes(configs, sft)
-            if sft_acts["stored"] > acts["stored"]:
-                acts = {**sft_acts, "vae": acts["vae"]}
-                notes.append(f"activations: the SFT-Aux batch ({sft.batch} at {sft.resolution} px) is the larger")
+        if cfg.sft_data:
+            # the SFT-Aux batch is a second forward/backward of sft_batch_size / N per process (global size);
+            # each device count plans for the larger of the two
+            def sft_acts(n: int) -> dict[str, int]:
+                batch = math.ceil(g.sft_batch_size / n)
+                sft = Workload(batch, cfg.sft_resolution, 0, False, False, False, False, nbytes, 0)
+                return {**activation_bytes(configs, sft), "vae": acts["vae"]}
+
+            larger_acts = sft_acts
+            notes.append(
+                f"activations: the larger of the DiT micro-batch and the SFT-Aux batch ({g.sft_batch_size} at "
+                f"{cfg.sft_resolution} px over all processes, {g.sft_batch_size} / N per process)"
+            )
         policy = ("full DiT" if cfg.policy == "full" else f"DiT LoRA r{cfg.dit_lora_rank}") + f", reference {reference}"
         title = title or "stage 3 (MR-GRPO)"
     else:
@@ -252,6 +263,7 @@ def plan_for_config(cfg, configs: ModelConfigs | None = None, title: str = "") -
         acts,
         notes,
         work.vlm_tokens(configs.num_queries),
+        sft_acts=larger_acts,
     )
 
 

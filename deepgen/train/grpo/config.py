@@ -36,7 +36,7 @@ class GRPOConfig(ConfigSchema):
 
     # --- rollouts (ref §1) ---
     group_size: int = 8  # ref §4.3 `rollout_n` G = 8
-    prompts_per_step: int = 32  # ref §4.3 rollout_global_batch_size 256 = 32 prompts × 8 (8 GPUs)
+    prompts_per_step: int = 32  # global; ref §4.3 rollout_global_batch_size 256 = 32 prompts × 8 (8 GPUs)
     rollout_micro_batch_size: int = 32  # ref §4.3 `rollout_micro_batch_size` (images per forward)
     num_steps: int = 50  # ref §1.1 set_timesteps(50)
     resolution: int = 512  # ref §1.1 512×512 → latent 16×64×64
@@ -67,7 +67,9 @@ class GRPOConfig(ConfigSchema):
     kl_eps: float = 1e-7  # ref §4.1 ‖Δv‖²/D/(2s² + 1e-7)
     sft_lambda: float = 1e-4  # ref §4.2 `sftaux_coef` λ = 1e-4
     sft_every_n_steps: int = 1  # ref §4.2 `sftaux_every_n_steps` 1
-    sft_batch_size: int = 32  # ref §4.2 one SFT batch of 32 images per rank
+    # global, like prompts_per_step: each of N processes takes sft_batch_size / N (N must divide it); the
+    # per-forward chunk sizes rollout_/train_micro_batch_size are per process and only trade memory for speed
+    sft_batch_size: int = 256  # global; ref §4.2 one SFT batch of 32 images per rank × 8 GPUs
     sft_caption_drop: float = 0.1  # ref §4.2 caption → "" with p = 0.1
     num_actor_update_steps: int = 1  # ref §4.1/§4.3 `atrain_num_actor_update_steps` U = 1
     train_micro_batch_size: int = 32  # ref §4.3 `atrain_micro_batch_size` 32

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...errors import ConfigError
 from .. import runtime as R
 from .prompts import PromptSet, load_prompt_set
 from .reward_setup import build_rewards
@@ -22,7 +23,30 @@ from .state import RunState
 
 log = logging.getLogger("deepgen.train.grpo")
 
-__all__ = ["RunSetup", "lora_disabled"]
+__all__ = ["RunSetup", "find_unused_parameters", "lora_disabled", "per_process_batch"]
+
+
+def find_unused_parameters(spec) -> bool:
+    """DDP's ``find_unused_parameters`` for a stage-3 policy (a :class:`~deepgen.train.trainable.TrainableSpec`).
+
+    Every backward of stage 3 runs through the DiT only: the GRPO term's conditioning is encoded without grad
+    in the rollout, and the SFT-Aux term reaches the VLM and connector only if they train.  Each DiT forward uses
+    every DiT tensor (full or LoRA; the reference tokens share ``pos_embed``), so a DiT-only policy leaves nothing
+    unused and the search is off (it would only cost a graph walk and DDP's warning each step).  A trainable part
+    outside the DiT (meta-queries, projectors, connector, VLM LoRA) gets no gradient in a GRPO backward: on.
+    """
+    return bool(spec.meta_queries or spec.projectors or spec.connector or spec.vlm_lora)
+
+
+def per_process_batch(global_batch: int, num_processes: int, name: str = "sft_batch_size") -> int:
+    """This process's share of a global batch size; a config error unless the processes split it evenly."""
+    if global_batch % num_processes:
+        raise ConfigError(
+            f"{name} ({global_batch}) is the global batch over all processes and must be a multiple of the "
+            f"number of processes ({num_processes}); e.g. {name} = "
+            f"{max(1, round(global_batch / num_processes)) * num_processes}"
+        )
+    return global_batch // num_processes
 
 
 @contextlib.contextmanager
@@ -70,7 +94,7 @@ class RunSetup(RunState):
         # without it would run every process as an independent single process
         cpu = True if (cfg.cpu or not torch.cuda.is_available()) else None
         acc = self._accelerator or R.build_accelerator(
-            cfg.mixed_precision, cpu=cpu, kwargs_handlers=[R.ddp_kwargs(True)]
+            cfg.mixed_precision, cpu=cpu, kwargs_handlers=[R.ddp_kwargs(find_unused_parameters(cfg.trainable_spec()))]
         )
         self.accelerator = acc
         self.rank, self.world = acc.process_index, acc.num_processes
@@ -81,6 +105,15 @@ class RunSetup(RunState):
                 f"prompts_per_step ({g.prompts_per_step}) must be a multiple of the number of processes ({self.world})"
             )
         self.prompts_per_rank = g.prompts_per_step // self.world
+        # global like prompts_per_step: checked here, before anything loads (0 = no SFT-Aux data)
+        self.sft_batch_per_rank = per_process_batch(g.sft_batch_size, self.world) if cfg.sft_data else 0
+        if self.sft_batch_per_rank and acc.is_main_process:  # said once: before, the size was per process
+            log.info(
+                "SFT-Aux batch: %d images per step over %d process(es), %d each",
+                g.sft_batch_size,
+                self.world,
+                self.sft_batch_per_rank,
+            )
         self.output_dir = Path(cfg.output_dir)
 
         # prompts and rewards first: bad input fails before the model loads
@@ -175,7 +208,7 @@ class RunSetup(RunState):
         self.sft_loader = MicroBatchLoader(
             data,
             cfg.sft_task_pattern,
-            g.sft_batch_size,
+            self.sft_batch_per_rank,
             seed=g.seed,
             rank=self.rank,
             world_size=self.world,

@@ -57,6 +57,7 @@ class RunState:
     device: torch.device
     mixed_precision: str
     prompts_per_rank: int
+    sft_batch_per_rank: int  # sft_batch_size / processes (0 without SFT-Aux data)
     output_dir: Path
     prompt_set: PromptSet
     eval_set: PromptSet | None

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_two_cpu_processes_match_one_process(tmp_path):
     from deepgen.train.data import write_synthetic_dataset
 
-    # SFT-Aux data: same-size images with equal-length captions, no caption drop, so a batch of 2 in one process
-    # and 1 + 1 in two processes see the same VLM inputs
+    # SFT-Aux data: same-size images with equal-length captions, no caption drop, so the global batch of 2 (one
+    # process: 2; two processes: 1 + 1) sees the same VLM inputs
     sft = write_synthetic_dataset(tmp_path / "sft", n_text2image=4, n_edit=0, sizes=((96, 96),))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\na blue circle\na yellow sun\n", encoding="utf-8")
@@ -65,7 +65,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     lines += [
         "rollout_micro_batch_size = 4",
         "train_micro_batch_size = 4",
-        "sft_batch_size = 1",
+        "sft_batch_size = 2",  # global: 1 per process, as the one-process run below takes 2
         f"output_dir = {json.dumps(str(tmp_path / 'two'))}",
         f'prompts = [{{ path = {json.dumps(str(prompts))}, category = "general" }}]',
         weights,
@@ -117,6 +117,9 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     assert [r["step"] for r in two] == [1, 2]
     assert [r["num_images"] for r in two] == [8, 8]  # 2 processes × 1 prompt × G 4
     assert "step 2" in out and "brightness" in out  # console lines of the main process
+    assert "SFT-Aux batch: 2 images per step over 2 process(es), 1 each" in out
+    # a DiT-only policy uses every trainable tensor: DDP's unused-parameter search is off, so no warning
+    assert "find_unused_parameters" not in out
     # step 1: identical rollouts (same prompts, x_T and SDE noise by global index) → the same rewards
     for key in ("reward/brightness/mean", "reward/brightness/std"):
         assert two[0][key] == pytest.approx(one[0][key], abs=1e-5), key

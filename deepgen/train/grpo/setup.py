@@ -105,8 +105,9 @@ class RunSetup(RunState):
                 f"prompts_per_step ({g.prompts_per_step}) must be a multiple of the number of processes ({self.world})"
             )
         self.prompts_per_rank = g.prompts_per_step // self.world
-        # global like prompts_per_step: checked here, before anything loads (0 = no SFT-Aux data)
-        self.sft_batch_per_rank = per_process_batch(g.sft_batch_size, self.world) if cfg.sft_data else 0
+        # global like prompts_per_step: checked here, before anything loads (0 = no SFT-Aux term)
+        sft_on = bool(cfg.sft_data) and g.sft_lambda != 0.0
+        self.sft_batch_per_rank = per_process_batch(g.sft_batch_size, self.world) if sft_on else 0
         if self.sft_batch_per_rank and acc.is_main_process:  # said once: before, the size was per process
             log.info(
                 "SFT-Aux batch: %d images per step over %d process(es), %d each",

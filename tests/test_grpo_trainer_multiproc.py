@@ -117,7 +117,6 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     assert [r["step"] for r in two] == [1, 2]
     assert [r["num_images"] for r in two] == [8, 8]  # 2 processes × 1 prompt × G 4
     assert "step 2" in out and "brightness" in out  # console lines of the main process
-    assert "SFT-Aux batch: 2 images per step over 2 process(es), 1 each" in out
     # a DiT-only policy uses every trainable tensor: DDP's unused-parameter search is off, so no warning
     assert "find_unused_parameters" not in out
     # step 1: identical rollouts (same prompts, x_T and SDE noise by global index) → the same rewards

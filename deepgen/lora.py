@@ -304,7 +304,7 @@ def load_lora(path: str | os.PathLike) -> LoraFile:
 def check_mergeable(model: nn.Module, lora: LoraFile) -> None:
     """Raise LoraError unless `lora` fits `model` and every weight it changes can take a merged update (not fp8)."""
     lora.check(model)
-    stored_fp8 = sorted(name for name in lora.modules if base_weight(model, name, lora.path).element_size() == 1)
+    stored_fp8 = sorted(name for name in lora.modules if _weight(model, name, lora.path).element_size() == 1)
     if stored_fp8:
         raise LoraError(
             f"{lora.path}: the model's weights are stored in fp8 ({stored_fp8[0]}, …), which a LoRA "
@@ -370,9 +370,6 @@ def _resolve(model: nn.Module, name: str, source: str) -> nn.Module:
     return layer
 
 
-def base_weight(model: nn.Module, name: str, source: str) -> torch.Tensor:
+def _weight(model: nn.Module, name: str, source: str) -> torch.Tensor:
     """The weight of the (base) layer ``name``; torch types a module's attributes as ``Tensor | Module``."""
     return cast(torch.Tensor, _resolve(model, name, source).weight)
-
-
-_weight = base_weight

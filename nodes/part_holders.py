@@ -61,7 +61,3 @@ class DeepGenVAE(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.vae = model.vae
-
-
-# part name (as in STAGE_PARTS) -> holder; each part's patch keys start with the model's attribute names
-HOLDERS = {"vlm": DeepGenVLM, "scb": DeepGenSCB, "dit": DeepGenDiTWeights, "vae": DeepGenVAE}

@@ -28,7 +28,6 @@ __all__ = [
     "unload_models",
     "lora_patch",
     "loaded_model_names",
-    "is_loaded",
 ]
 
 # weak: a patcher that nobody holds any more drops out, as in ComfyUI's current_loaded_models
@@ -212,15 +211,6 @@ def lora_patch(patcher, patches: dict, strength: float) -> list[str]:
                 entries[key] = ("diff", (value,))
         return patcher.add_patches(entries, strength)
     return patcher.add_patches(patches, strength)
-
-
-def is_loaded(patcher) -> bool:
-    """Whether this very patcher (not only a clone of it) is loaded with its patches."""
-    if _is_comfy(patcher):
-        mm = comfy_module("comfy.model_management")
-        return any(m.model is patcher for m in mm.current_loaded_models)
-    _prune()
-    return any(ref() is patcher for ref in _LOADED)
 
 
 def loaded_model_names() -> list[str]:

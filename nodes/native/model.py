@@ -88,9 +88,7 @@ class DeepGenNativeDiT(comfy.model_base.BaseModel):
         return self.model_sampling.calculate_denoised(sigma, velocity.float(), x)
 
 
-def native_model_patcher(transformer: torch.nn.Module, load_device=None, offload_device=None):
+def native_model_patcher(transformer: torch.nn.Module, load_device, offload_device):
     """A ModelPatcher over DeepGen's transformer: `patcher.model.diffusion_model is transformer` (shared weights)."""
-    load_device = load_device or comfy.model_management.get_torch_device()
-    offload_device = offload_device or comfy.model_management.unet_offload_device()
     model = DeepGenNativeDiT(transformer, device=load_device)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)

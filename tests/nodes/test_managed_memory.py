@@ -1,7 +1,8 @@
 """The model manager owns DeepGen's weights: part holders, LoRA patches on patcher clones, merged training weights.
 
 Outside ComfyUI the manager is nodes/comfy_services/managed_models.py's StandalonePatcher (the real ComfyUI
-ModelPatcher is checked by benchmarks/comfy_memory_check.py with a ComfyUI install).
+ModelPatcher is checked in-process by tests/comfyui/native/test_native_model.py and in a server by
+tests/comfyui/test_real_server_memory.py).
 """
 
 from __future__ import annotations

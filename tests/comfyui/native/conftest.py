@@ -1,7 +1,7 @@
 """In-process ComfyUI for the native MODEL/VAE tests: ComfyUI's own nodes (KSampler, VAEDecode, ...) on the
 MODEL and VAE that DeepGenLoader outputs.
 
-ComfyUI is found through DEEPGEN_COMFYUI_DIR (a ComfyUI 0.3.75 source tree, e.g. ../shared/comfyui unpacked).
+ComfyUI is found as for the real-server tests (../comfy_source.py: DEEPGEN_COMFYUI_DIR, else ../shared/comfyui).
 Without it these tests skip with a reason; when CI is set they fail instead. ComfyUI runs in this process on the
 CPU (`args.cpu` is set before comfy.model_management is imported). ComfyUI's top-level `nodes.py` and this
 repository's `nodes/` package share a name, so the extension is imported by path under its own package name, as
@@ -23,17 +23,17 @@ TESTS = ROOT / "tests"
 
 
 def _comfy_dir() -> Path:
-    value = os.environ.get("DEEPGEN_COMFYUI_DIR", "")
-    reason = None
-    if not value:
-        reason = "DEEPGEN_COMFYUI_DIR is not set (point it at a ComfyUI 0.3.75 source tree)"
-    elif not (Path(value) / "comfy" / "model_patcher.py").is_file():
-        reason = f"DEEPGEN_COMFYUI_DIR={value} is not a ComfyUI source tree (no comfy/model_patcher.py)"
-    if reason:
+    """The tree comfy_source.locate() finds (as for the real-server tests); skip on a user's clone, fail under CI."""
+    sys.path.insert(0, str(TESTS / "comfyui"))
+    import comfy_source
+
+    try:
+        return comfy_source.locate()
+    except comfy_source.Missing as exc:
         if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the native ComfyUI tests", pytrace=False)
-        pytest.skip(reason, allow_module_level=True)
-    return Path(value).resolve()
+            pytest.fail(f"{exc}; CI must run the native ComfyUI tests", pytrace=False)
+        pytest.skip(str(exc), allow_module_level=True)
+        raise  # unreachable: skip raises
 
 
 def _start_comfy(comfy_dir: Path):

@@ -271,3 +271,21 @@ def test_one_patcher_per_weight_set_for_both_paths(ext, comfy_nodes, handle, nat
 
     mm.unload_all_models()
     assert not [m for m in mm.current_loaded_models if "DeepGen" in type(m.model.model).__name__]
+
+
+def test_memory_mode_unloads_the_vlm_after_encode_in_comfyuis_manager(ext, handle):
+    """offload_vlm_after_encode in ComfyUI's own list: the VLM is loaded to encode and unloaded right after."""
+    import comfy.model_management as mm
+
+    offload = sys_module(ext, "nodes.model_handle").DeepGenModelHandle(
+        handle.model, name="official-tiny", memory_mode="offload_vlm_after_encode"
+    )
+
+    def loaded() -> set:
+        return {type(m.model.model).__name__ for m in mm.current_loaded_models if m.model is not None}
+
+    with offload.stage("encode"):
+        assert {"DeepGenVLM", "DeepGenSCB"} <= loaded()
+    assert "DeepGenVLM" not in loaded() and "DeepGenSCB" in loaded()
+    mm.unload_all_models()
+    assert not {name for name in loaded() if name.startswith("DeepGen")}

@@ -168,6 +168,8 @@ class ConsoleCallback:
         if info.step % self.log_every == 0 or info.step == info.total_steps:
             tasks = ", ".join(f"{TASK_SHORT.get(t, t)} {v:.4f}" for t, v in sorted(info.task_losses.items()))
             norm = f" grad {info.grad_norm:.3f}" if info.grad_norm is not None else ""
+            if "val_loss" in info.extra:
+                norm += f" val_loss {info.extra['val_loss']:.4f}"
             self._print(
                 f"step {info.step}/{info.total_steps} loss {info.loss:.4f} ({tasks}) lr {info.lr:.3e}{norm} "
                 f"{info.step_time:.2f} s/step"

@@ -1,0 +1,116 @@
+"""The fixed-noise validation loss that every stage logs beside its training loss (key ``val_loss``).
+
+The training loss of a flow-matching run is a poor sign of learning: every update draws new timesteps, new noise
+and a new VAE posterior sample, so its spread hides the trend (on a small VAE the posterior noise alone sets a
+floor the model cannot go under).  This loss removes every draw: a fixed set of validation samples (the first
+``n`` of the data set, text-to-image rows first, then edits), their VAE posterior *mean*, seeded noise and
+:data:`VAL_TIMESTEP_INDICES` (four fixed points of the 1000-step training grid), scored with the training's own
+:func:`~deepgen.train.losses.flow_matching_loss` under ``no_grad``.  Two evaluations differ only by the weights.
+
+Under several processes sample ``i`` is scored by rank ``i % world`` and one all-reduce
+(:func:`~deepgen.train.accelerate_setup.global_mean`) averages them, so every rank takes part and gets the same
+number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from .accelerate_setup import global_mean
+from .data import derive_seed
+
+__all__ = ["VAL_TIMESTEP_INDICES", "FixedNoiseValidation", "ValSample"]
+
+VAL_TIMESTEP_INDICES = (150, 450, 750, 950)  # indices into the 1000-step shifted training grid
+
+
+@dataclass
+class ValSample:
+    """One validation sample: its text, target and (edits) reference images, ``(3, H, W)`` in [-1, 1]."""
+
+    prompt: str
+    target: torch.Tensor
+    references: list[torch.Tensor]
+
+
+class FixedNoiseValidation:
+    """A fixed validation set and its seeded draws; :meth:`compute` gives the mean flow-matching loss."""
+
+    def __init__(self, samples: list[ValSample], *, seed: int = 0, timestep_indices=VAL_TIMESTEP_INDICES):
+        if not samples:
+            raise ValueError("a fixed-noise validation needs at least one sample")
+        self.samples = samples
+        self.seed = seed
+        self.timestep_indices = tuple(int(i) for i in timestep_indices)
+        self._latents: dict[int, tuple[torch.Tensor, list[torch.Tensor] | None]] = {}
+
+    @classmethod
+    def from_datasets(cls, datasets, n: int, *, seed: int = 0) -> FixedNoiseValidation:
+        """The first ``n`` samples of ``datasets`` (a :class:`~deepgen.train.data.TaskDatasets`): text-to-image
+        rows first, then edits.  Samples are decoded here, once."""
+        out: list[ValSample] = []
+        for i in range(min(n, len(datasets.text2image))):
+            s = datasets.text2image[i]
+            out.append(ValSample(s.caption, s.image, []))
+        for i in range(min(n - len(out), len(datasets.image2image))):
+            e = datasets.image2image[i]
+            out.append(ValSample(e.instruction, e.target, list(e.references)))
+        return cls(out, seed=seed)
+
+    def _encoded(self, model, i: int):
+        """Sample ``i``'s target latent and reference latents: the VAE posterior mean, computed once."""
+        if i not in self._latents:
+            s = self.samples[i]
+            target = model.encode_image(s.target[None].to(model.device), sample=False)[0].cpu()
+            refs = [model.encode_image(r[None].to(model.device), sample=False)[0].cpu() for r in s.references]
+            self._latents[i] = (target, refs or None)
+        return self._latents[i]
+
+    @torch.no_grad()
+    def compute(self, model, grid, *, accelerator=None, autocast=None) -> float:
+        """The mean loss over samples × timesteps (the same value on every rank).
+
+        model: the plain DeepGenModel (not a DDP wrapper: nothing here needs gradients or DDP's hooks).
+        grid: the run's :class:`~deepgen.train.losses.TrainingGrid`.  autocast: the run's autocast context
+        factory (``accelerator.autocast``), so the loss is computed in the precision the model trains in.
+        """
+        from .losses import flow_matching_loss
+
+        rank = accelerator.process_index if accelerator is not None else 0
+        world = accelerator.num_processes if accelerator is not None else 1
+        k = len(self.timestep_indices)
+        index = torch.tensor(self.timestep_indices, dtype=torch.long).clamp_max(len(grid) - 1)
+        was_training = model.training
+        model.eval()  # no LoRA dropout
+        total, count = 0.0, 0
+        try:
+            for i in range(rank, len(self.samples), world):
+                target, refs = self._encoded(model, i)
+                noise = [
+                    torch.randn(
+                        target.shape, generator=torch.Generator().manual_seed(derive_seed(self.seed, "val", i, j))
+                    )
+                    for j in range(k)
+                ]
+                s = self.samples[i]
+                with autocast() if autocast is not None else contextlib.nullcontext():
+                    out = flow_matching_loss(
+                        model,
+                        [s.prompt] * k,
+                        [target] * k,
+                        grid=grid,
+                        reference_images=[[r.to(model.device) for r in s.references]] * k if refs else None,
+                        reference_latents=[[r.to(model.device) for r in refs]] * k if refs else None,
+                        noise=noise,
+                        timestep_index=index,
+                    )
+                total += float(out.per_sample.float().sum())
+                count += k
+        finally:
+            if was_training:
+                model.train()
+                model.vae.eval()
+        return global_mean(accelerator, {"val": total}, {"val": count})["val"]

@@ -86,29 +86,39 @@ class FixedNoiseValidation:
         was_training = model.training
         model.eval()  # no LoRA dropout
         total, count = 0.0, 0
+        mine = range(rank, len(self.samples), world)
         try:
-            for i in range(rank, len(self.samples), world):
-                target, refs = self._encoded(model, i)
-                noise = [
-                    torch.randn(
-                        target.shape, generator=torch.Generator().manual_seed(derive_seed(self.seed, "val", i, j))
-                    )
-                    for j in range(k)
-                ]
-                s = self.samples[i]
+            # one batch per task (edits carry references): every sample × every timestep in one forward
+            for group in (
+                [i for i in mine if not self.samples[i].references],
+                [i for i in mine if self.samples[i].references],
+            ):
+                if not group:
+                    continue
+                prompts, targets, noise, refs, ref_latents = [], [], [], [], []
+                for i in group:
+                    target, latents = self._encoded(model, i)
+                    for j in range(k):
+                        prompts.append(self.samples[i].prompt)
+                        targets.append(target)
+                        generator = torch.Generator().manual_seed(derive_seed(self.seed, "val", i, j))
+                        noise.append(torch.randn(target.shape, generator=generator))
+                        if latents is not None:
+                            refs.append([r.to(model.device) for r in self.samples[i].references])
+                            ref_latents.append([r.to(model.device) for r in latents])
                 with autocast() if autocast is not None else contextlib.nullcontext():
                     out = flow_matching_loss(
                         model,
-                        [s.prompt] * k,
-                        [target] * k,
+                        prompts,
+                        targets,
                         grid=grid,
-                        reference_images=[[r.to(model.device) for r in s.references]] * k if refs else None,
-                        reference_latents=[[r.to(model.device) for r in refs]] * k if refs else None,
+                        reference_images=refs or None,
+                        reference_latents=ref_latents or None,
                         noise=noise,
-                        timestep_index=index,
+                        timestep_index=index.repeat(len(group)),
                     )
                 total += float(out.per_sample.float().sum())
-                count += k
+                count += len(prompts)
         finally:
             if was_training:
                 model.train()

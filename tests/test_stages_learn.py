@@ -100,4 +100,6 @@ def test_stage2_tiny_config_learns_in_its_own_run(tmp_path, monkeypatch):
         f"loss {np.mean(loss[:5]):.4f} -> {np.mean(loss[-5:]):.4f} (fall {fall(loss):.1%})"
     )
     assert len(val) == cfg.max_steps == result.step
+    # measured (seeds 0-4): val_loss falls 30.2, 29.9, 29.2, 30.1, 29.7 %; the training loss 36.4, 30.3, 35.7,
+    # 33.6, 34.5 %.  25 % is the issue's bar (the seeds' whole spread is 1 %)
     assert fall(val) >= 0.25

@@ -82,7 +82,8 @@ def test_stage1_scb_learns_against_a_frozen_dit(tmp_path):
 
 
 def test_stage2_tiny_config_learns_in_its_own_run(tmp_path, monkeypatch):
-    """configs/train/tiny.toml as shipped (only its data and output folder moved here): val_loss falls ≥ 25 %."""
+    """configs/train/tiny.toml as shipped, run in a temporary folder (its relative data and output paths land
+    there; validation images and exports off): val_loss falls ≥ 25 % in its own run."""
     from deepgen.train.data import write_synthetic_dataset
 
     monkeypatch.chdir(tmp_path)

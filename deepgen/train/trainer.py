@@ -329,6 +329,7 @@ class SFTTrainer:
                 extra = {}
                 if validation is not None and (step % cfg.val_loss_every == 0 or step == cfg.max_steps):
                     extra["val_loss"] = validation.compute(model, grid, accelerator=acc, autocast=acc.autocast)
+                    clock.lap()  # nor of the next one's
                 info = StepInfo(
                     step=step,
                     total_steps=cfg.max_steps,

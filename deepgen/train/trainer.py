@@ -66,7 +66,15 @@ from .step_log import truncate_step_log
 
 log = logging.getLogger("deepgen.train")
 
-__all__ = ["SFTTrainer", "TrainResult", "sft_loss", "LOG_FILE", "VALIDATION_DIR", "EXPORT_DIR"]
+__all__ = [
+    "SFTTrainer",
+    "TrainResult",
+    "sft_loss",
+    "find_unused_parameters",
+    "LOG_FILE",
+    "VALIDATION_DIR",
+    "EXPORT_DIR",
+]
 
 LOG_FILE = "train_log.jsonl"
 
@@ -105,6 +113,15 @@ def sft_loss(
         timestep_index=timestep_index,
     )
     return out.loss, out.per_sample
+
+
+def find_unused_parameters(spec: TrainableSpec) -> bool:
+    """DDP's ``find_unused_parameters`` for a stage-1/2 selection: on only when a trainable tensor can get no
+    gradient.  Every stage-1/2 backward runs through the think tokens, the SCB and the whole DiT (T2I and edit
+    micro-batches alike: the reference tokens share ``pos_embed``), so the SCB parts and the DiT (full or LoRA)
+    always get one.  The VLM LoRA covers the vision tower, ``lm_head`` and the last decoder layer (officially),
+    which the loss never reaches: on.  (tests/test_trainer_stages.py checks this against real backwards.)"""
+    return bool(spec.vlm_lora)
 
 
 class SFTTrainer:
@@ -184,9 +201,8 @@ class SFTTrainer:
     # ---- the run ----------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
-        find_unused = self.spec.vlm_lora or self.spec.dit != "frozen"  # stage 1: every trainable tensor is used
         acc = self.accelerator or build_accelerator(
-            cfg.mixed_precision, cpu=self.cpu, kwargs_handlers=[ddp_kwargs(find_unused)]
+            cfg.mixed_precision, cpu=self.cpu, kwargs_handlers=[ddp_kwargs(find_unused_parameters(self.spec))]
         )
         self.accelerator = acc
         device = torch.device(self.device) if self.device is not None else acc.device

@@ -72,9 +72,33 @@ def build_accelerator(
             # left, which is why accelerate is pinned below the next minor release (tests/test_dependency_pins.py)
             AcceleratorState._reset_state(reset_partial_state=wrong_device)
     handlers = list(kwargs_handlers) or [ddp_kwargs()]
-    return Accelerator(
+    acc = Accelerator(
         mixed_precision=precision, cpu=bool(cpu), kwargs_handlers=handlers, device_placement=False, **kwargs
     )
+    _fsdp_on_cpu(acc)
+    return acc
+
+
+def _fsdp_on_cpu(acc) -> None:
+    """Honour an FSDP launch config in CPU processes.
+
+    accelerate 1.16 enables FSDP only on accelerator devices: ``accelerate launch --config_file fsdp.yaml`` with
+    ``deepgen train --cpu`` would silently run plain data parallelism (MULTI_CPU, gloo).  torch's FSDP2 runs on the
+    CPU with gloo, so the state is switched to FSDP with the plugin the launcher's environment describes.  This is
+    what lets CI test sharded training without a GPU; it only writes the state's public attributes.
+    """
+    import os
+
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if not wants_fsdp or acc.distributed_type != DistributedType.MULTI_CPU:
+        return
+    state = acc.state
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def global_mean(accelerator, sums: Mapping[str, float], counts: Mapping[str, float]) -> dict[str, float]:

@@ -33,6 +33,7 @@ from typing import Sequence
 
 import torch
 
+from . import sharding
 from .checkpointing import Checkpoint
 from .config import TrainConfig
 from .data import MicroBatchLoader, load_datasets
@@ -236,8 +237,8 @@ class SFTTrainer:
             warmup_steps=cfg.warmup_steps,
             start_factor=cfg.lr_start_factor,
         )
-        wrapper = LossModule(model, sft_loss)
-        wrapper, optimizer = acc.prepare(wrapper, optimizer)  # not the loader, not the scheduler
+        # not the loader, not the scheduler; under FSDP the trainable tensors are the sharded ones from here on
+        wrapper, optimizer, trainable = sharding.prepare(acc, LossModule(model, sft_loss), optimizer, model)
         loader = MicroBatchLoader(
             datasets,
             cfg.pattern,
@@ -251,7 +252,12 @@ class SFTTrainer:
         fresh_schedule = ([dict(fn.__dict__) for fn in scheduler.lr_lambdas], list(scheduler.base_lrs))
         scaler = getattr(acc, "scaler", None)  # fp16 only
         ckpt: Checkpoint | None = manager.resume(
-            cfg.resume, trainable=trainable, optimizer=optimizer, lr_scheduler=scheduler, grad_scaler=scaler
+            cfg.resume,
+            trainable=trainable,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            grad_scaler=scaler,
+            model=wrapper,
         )
         step = 0
         if ckpt is not None:

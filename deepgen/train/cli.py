@@ -152,8 +152,8 @@ class ConsoleCallback:
         where = f"resuming at step {run.start_step}" if run.start_step else "starting"
         self._print(
             f"[deepgen train] stage {run.stage}: {where}, {run.total_steps} steps, "
-            f"{run.trainable_parameters:,} trainable parameters, {run.num_processes} process(es), "
-            f"output {run.output_dir}"
+            f"{run.trainable_parameters:,} trainable parameters, {run.num_processes} process(es)"
+            f"{'' if run.sharding == 'none' else ', sharded: ' + run.sharding}, output {run.output_dir}"
         )
 
     def check_interrupt(self) -> None:

@@ -279,6 +279,7 @@ class SFTTrainer:
             num_processes=acc.num_processes,
             trainable_parameters=count_parameters(trainable),
             config=cfg.to_dict(),
+            sharding=sharding.sharding_name(acc),
         )
         result = TrainResult(step=step, checkpoint=ckpt.path if ckpt is not None else None)
         ctx = RunContext(

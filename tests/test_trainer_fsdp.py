@@ -60,7 +60,12 @@ def launch(cmd: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=300)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # a deadlock: do not leave the processes behind
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError("the 2-process FSDP run did not finish in 240 s:\n" + out[-4000:]) from None
     assert proc.returncode == 0, out[-4000:]
     return out
 

@@ -5,15 +5,16 @@ when ``accelerate launch --config_file configs/accelerate/{fsdp,zero2,zero3}.yam
   parameter for a sharded one and re-points the optimizer at the new ones), keeps the frozen VAE out of the
   shards (the trainers call it outside the training forward) and returns the trainable parameters *after*
   wrapping, which are the ones to clip, step and save;
-* :func:`full_weights` lets code that reads the model outside the training forward (validation sampling,
-  stage-3 rollouts, the exports) see whole weights: every process must enter it, in the same order;
-* :func:`full_state_dict` gathers a sharded model's weights for the exports (main process keeps them).
+* :func:`full_weights` puts whole weights in the model as plain tensors, for code that reads the model
+  outside the training forward (validation sampling, stage-3 rollouts, the exports' ``state_dict``): every
+  process must enter it, in the same order, and run the same forwards inside (the wrapped blocks' hooks still
+  all-gather);
+* :func:`gather_tensors` gathers sharded trainable tensors for a checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import torch
@@ -21,7 +22,14 @@ from torch import nn
 
 from .trainable import trainable_named_parameters
 
-__all__ = ["is_fsdp", "is_sharded", "prepare", "full_weights", "full_state_dict", "gather_tensors", "sharding_name"]
+__all__ = [
+    "is_fsdp",
+    "is_sharded",
+    "prepare",
+    "full_weights",
+    "gather_tensors",
+    "sharding_name",
+]
 
 
 def _type(acc) -> str:
@@ -62,7 +70,17 @@ def prepare(acc, loss_module: nn.Module, optimizer, model: nn.Module):
         if vae is not None and plugin.ignored_modules is None:  # frozen, called outside the training forward
             plugin.ignored_modules = [vae]
     wrapped, optimizer = acc.prepare(loss_module, optimizer)
+    if is_fsdp(acc):
+        _init_fsdp_root(wrapped)
     return wrapped, optimizer, trainable_named_parameters(model)
+
+
+def _init_fsdp_root(wrapped: nn.Module) -> None:
+    """FSDP2 decides which module is the root at the first forward of *any* unit.  Stage 3 rolls out (blocks
+    called directly) before its first training forward, which would make a block the root; initialise the
+    real root now.  ``_lazy_init`` is private: torch has no public call for it (checked on torch 2.13)."""
+    state = wrapped._get_fsdp_state()  # type: ignore[operator]
+    state._lazy_init()
 
 
 @contextlib.contextmanager
@@ -93,24 +111,6 @@ def full_weights(acc, module: nn.Module) -> Iterator[None]:
     finally:
         for owner, name, param in swapped:
             owner._parameters[name] = param
-
-
-def full_state_dict(acc, module: nn.Module) -> OrderedDict[str, torch.Tensor] | None:
-    """``module``'s state dict with whole tensors on the CPU: on the main process; ``None`` on the others.
-
-    Under FSDP2 each sharded tensor is all-gathered (collective: call it on every process); otherwise the
-    tensors are the module's own."""
-    if not is_fsdp(acc):
-        return OrderedDict(module.state_dict()) if acc is None or acc.is_main_process else None
-    from torch.distributed.tensor import DTensor
-
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for name, value in module.state_dict().items():
-        if isinstance(value, DTensor):
-            value = value.full_tensor()
-        if acc.is_main_process:
-            out[name] = value.detach().cpu()
-    return out if acc.is_main_process else None
 
 
 def gather_tensors(acc, tensors) -> dict[str, torch.Tensor]:

@@ -62,6 +62,7 @@ def build_accelerator(
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState, is_initialized
 
+    _check_deepspeed(cpu)
     device = "cpu" if cpu else None
     precision = resolve_mixed_precision(mixed_precision, device)
     if is_initialized():  # an Accelerator was built before in this process (never touch a fresh state: torchrun env)
@@ -77,6 +78,26 @@ def build_accelerator(
     )
     _fsdp_on_cpu(acc)
     return acc
+
+
+def _check_deepspeed(cpu: bool | None) -> None:
+    """A DeepSpeed launch config (configs/accelerate/zero2.yaml, zero3.yaml) needs the ``deepspeed`` package,
+    which deepgen does not install, and GPUs: on CPU processes accelerate would silently fall back to DDP."""
+    import importlib.util
+    import os
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise TrainingError(
+            "the accelerate config asks for DeepSpeed, which is not installed: pip install deepspeed "
+            "(on a CUDA machine; deepgen does not require it), or launch with configs/accelerate/fsdp.yaml"
+        )
+    if cpu or not torch.cuda.is_available():
+        raise TrainingError(
+            "DeepSpeed (ZeRO) runs on CUDA GPUs only; on the CPU launch with configs/accelerate/fsdp.yaml "
+            "(FSDP2 works with gloo) or without an accelerate config"
+        )
 
 
 def _fsdp_on_cpu(acc) -> None:

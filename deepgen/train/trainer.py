@@ -326,7 +326,8 @@ class SFTTrainer:
                 self._check_interrupt()
                 grad_norm = None
                 if cfg.max_grad_norm > 0:
-                    grad_norm = float(acc.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm))
+                    norm = acc.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+                    grad_norm = float(norm) if norm is not None else None  # None: DeepSpeed clips in its engine
                 lr = float(scheduler.get_last_lr()[0])
                 optimizer.step()
                 scheduler.step()

@@ -286,7 +286,7 @@ class StepPhases(RunState):
         else:
             grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
             norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
-        acc_stats["grad_norm"] = float(norm)
+        acc_stats["grad_norm"] = float(norm) if norm is not None else float("nan")  # None: DeepSpeed's own clip
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

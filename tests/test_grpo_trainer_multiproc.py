@@ -114,6 +114,15 @@ def test_two_cpu_processes_match_one_process(tmp_path, sharding):
         one = GRPOTrainer(cfg).setup().train()
     finally:
         torch.set_num_threads(before)
+    if sharding == "ddp":  # TensorBoard by default: the stage-3 numbers of the log under the same names
+        from test_train_trackers import read_events
+
+        from deepgen.train.trackers import scalars
+
+        tags = set(read_events(tmp_path / "one" / "trackers").Tags()["scalars"])
+        assert tags == set().union(*(scalars(r) for r in one)), tags
+        assert {"reward/brightness/mean", "reward/brightness/std", "kl", "clip_frac", "sft_loss", "grad_norm"} <= tags
+        assert {"lr", "images_per_sec_per_device", "tokens_per_sec_per_device"} <= tags
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
     print("\n" + "\n".join(line for line in out.splitlines() if line.startswith("step ")))

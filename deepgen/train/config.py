@@ -119,6 +119,9 @@ class TrainConfig(ConfigSchema):
     resume: str = "auto"  # auto (latest in output_dir if any) | no | path of a checkpoint folder
     log_every: int = 10
     log_file: bool = True  # write output_dir/train_log.jsonl (one JSON line per update)
+    trackers: list[str] = field(default_factory=lambda: ["auto"])  # auto (TensorBoard if installed) | none |
+    #                                                                 tensorboard, wandb (accelerate log_with)
+    tracker_project: str = "deepgen"  # the run/project name the trackers get
     strict_resume_data: bool = True  # refuse to resume when the data set changed size (false: warn, continue)
     # --- validation images ---
     validation_prompt: str = ""

@@ -64,6 +64,7 @@ from .runtime import (
     weight_dtype_for,
 )
 from .step_log import truncate_step_log
+from .trackers import TrackerCallback, resolve_trackers, throughput, tracker_kwargs
 
 log = logging.getLogger("deepgen.train")
 
@@ -203,9 +204,14 @@ class SFTTrainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         acc = self.accelerator or build_accelerator(
-            cfg.mixed_precision, cpu=self.cpu, kwargs_handlers=[ddp_kwargs(find_unused_parameters(self.spec))]
+            cfg.mixed_precision,
+            cpu=self.cpu,
+            kwargs_handlers=[ddp_kwargs(find_unused_parameters(self.spec))],
+            **tracker_kwargs(resolve_trackers(cfg.trackers), self.output_dir),
         )
         self.accelerator = acc
+        if acc.log_with:  # trackers come with the accelerator (an injected one may have none)
+            self.callbacks.callbacks.append(TrackerCallback(acc, cfg.tracker_project))
         device = torch.device(self.device) if self.device is not None else acc.device
         manager = CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())
         # bad input fails in seconds, before anything big loads: the output folder, then every data row
@@ -308,6 +314,7 @@ class SFTTrainer:
             while step < cfg.max_steps:
                 sums: dict[str, float] = defaultdict(float)
                 counts: dict[str, float] = defaultdict(float)
+                tokens = 0  # DiT image tokens of this process's targets (throughput)
                 for k in range(cfg.grad_accumulation):
                     self._check_interrupt()
                     batch = next(it)
@@ -320,6 +327,7 @@ class SFTTrainer:
                         with acc.autocast():
                             loss, per_sample = wrapper(grid=grid, **inputs)
                         acc.backward(loss / cfg.grad_accumulation)
+                    tokens += sum(t.shape[-2] * t.shape[-1] // 4 for t in inputs["targets"])  # 2x2 patches
                     values = per_sample.detach().float()
                     sums[batch.task] += float(values.sum())
                     counts[batch.task] += values.numel()
@@ -337,6 +345,7 @@ class SFTTrainer:
                 task_losses = global_mean(acc, sums, counts)
                 total = global_mean(acc, {"all": sum(sums.values())}, {"all": sum(counts.values())})["all"]
                 samples += int(sum(counts.values())) * acc.num_processes
+                step_time = clock.lap()
                 info = StepInfo(
                     step=step,
                     total_steps=cfg.max_steps,
@@ -345,8 +354,9 @@ class SFTTrainer:
                     lr=lr,
                     grad_norm=grad_norm,
                     samples=samples,
-                    step_time=clock.lap(),
+                    step_time=step_time,
                     elapsed=clock.elapsed,
+                    extra=throughput(sum(counts.values()), tokens, step_time),
                 )
                 result.step = step
                 result.history.append(info.to_dict())

@@ -20,6 +20,7 @@ from torch import Tensor
 from .. import runtime as R
 from .. import sharding
 from ..step_log import truncate_step_log
+from ..trackers import throughput
 from .state import RunState
 from .step import RolloutBatch
 
@@ -90,6 +91,8 @@ class RunOutput(RunState):
         """A finished step's record: into the history, the JSONL log and (every ``log_every`` steps) the console
         on the main process, and to the callbacks' ``on_step_end``."""
         g, done = self.g, rec["step"]
+        images = rec["num_images"] / self.world  # this process's rollouts; DiT tokens per image: 2x2 patches
+        rec.update(throughput(images, images * (g.resolution // 16) ** 2, rec.get("time/step", 0.0)))
         self.history.append(rec)
         if self.accelerator.is_main_process:
             self._write_log(rec)

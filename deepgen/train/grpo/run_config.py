@@ -84,6 +84,9 @@ class Stage3Config(ConfigSchema):
     keep_last: int = 3
     resume: str = "auto"  # auto | no | a checkpoint folder
     log_every: int = 1  # console; the JSONL log gets every step
+    trackers: list[str] = field(default_factory=lambda: ["auto"])  # auto (TensorBoard if installed) | none |
+    #                                                                 tensorboard, wandb (accelerate log_with)
+    tracker_project: str = "deepgen"
     save_lora_every_checkpoint: bool = True  # LoRA policy: also write a ComfyUI-loadable lora.safetensors
     # --- evaluation ---
     eval_prompts: str = ""  # a prompt file/set; "" = no evaluation

@@ -17,6 +17,7 @@ from torch import Tensor
 from ...errors import ConfigError
 from .. import runtime as R
 from .. import sharding
+from ..trackers import TrackerCallback, resolve_trackers, tracker_kwargs
 from .prompts import PromptSet, load_prompt_set
 from .reward_setup import build_rewards
 from .sde import rollout_schedule
@@ -95,9 +96,14 @@ class RunSetup(RunState):
         # without it would run every process as an independent single process
         cpu = True if (cfg.cpu or not torch.cuda.is_available()) else None
         acc = self._accelerator or R.build_accelerator(
-            cfg.mixed_precision, cpu=cpu, kwargs_handlers=[R.ddp_kwargs(find_unused_parameters(cfg.trainable_spec()))]
+            cfg.mixed_precision,
+            cpu=cpu,
+            kwargs_handlers=[R.ddp_kwargs(find_unused_parameters(cfg.trainable_spec()))],
+            **tracker_kwargs(resolve_trackers(cfg.trackers), cfg.output_dir),
         )
         self.accelerator = acc
+        if acc.log_with:  # trackers come with the accelerator (an injected one may have none)
+            self.callbacks.callbacks.append(TrackerCallback(acc, cfg.tracker_project))
         self.rank, self.world = acc.process_index, acc.num_processes
         self.device = acc.device
         self.mixed_precision = acc.mixed_precision

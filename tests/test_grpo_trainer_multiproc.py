@@ -122,7 +122,7 @@ def test_two_cpu_processes_match_one_process(tmp_path, sharding):
         tags = set(read_events(tmp_path / "one" / "trackers").Tags()["scalars"])
         assert tags == set().union(*(scalars(r) for r in one)), tags
         assert {"reward/brightness/mean", "reward/brightness/std", "kl", "clip_frac", "sft_loss", "grad_norm"} <= tags
-        assert {"lr", "images_per_sec_per_device", "tokens_per_sec_per_device"} <= tags
+        assert {"lr", "time/images_per_sec_per_device", "time/tokens_per_sec_per_device"} <= tags
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
     print("\n" + "\n".join(line for line in out.splitlines() if line.startswith("step ")))

@@ -64,13 +64,13 @@ def tracker_kwargs(names: Sequence[str], output_dir: str | Path) -> dict:
     return {"log_with": list(names), "project_dir": str(Path(output_dir).expanduser() / TRACKER_DIR)}
 
 
-def throughput(images: float, tokens: float, seconds: float) -> dict[str, float]:
+def throughput(images: float, tokens: float, seconds: float, prefix: str = "") -> dict[str, float]:
     """Per-device rates of one step (this process's images and DiT image tokens over the step's seconds)."""
     if seconds <= 0:
         return {}
     return {
-        "images_per_sec_per_device": round(images / seconds, 4),
-        "tokens_per_sec_per_device": round(tokens / seconds, 2),
+        f"{prefix}images_per_sec_per_device": round(images / seconds, 4),
+        f"{prefix}tokens_per_sec_per_device": round(tokens / seconds, 2),
     }
 
 

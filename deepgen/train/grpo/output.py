@@ -92,7 +92,7 @@ class RunOutput(RunState):
         on the main process, and to the callbacks' ``on_step_end``."""
         g, done = self.g, rec["step"]
         images = rec["num_images"] / self.world  # this process's rollouts; DiT tokens per image: 2x2 patches
-        rec.update(throughput(images, images * (g.resolution // 16) ** 2, rec.get("time/step", 0.0)))
+        rec.update(throughput(images, images * (g.resolution // 16) ** 2, rec.get("time/step", 0.0), "time/"))
         self.history.append(rec)
         if self.accelerator.is_main_process:
             self._write_log(rec)

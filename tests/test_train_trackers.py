@@ -69,9 +69,11 @@ def test_a_run_writes_tensorboard_events_with_the_logs_scalars(tmp_path):
     "value, message",
     [(["mlflow"], "unknown 'mlflow'"), (["tensorboard", "nope"], "unknown 'nope'")],
 )
-def test_bad_tracker_names_are_one_line(value, message):
+def test_bad_tracker_names_are_one_line(value, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         resolve_trackers(value)
+    with pytest.raises(ConfigError, match=message):  # the config check, before anything loads
+        base_config(tmp_path / "data.jsonl", tmp_path / "out", trackers=value)
 
 
 def test_an_asked_for_tracker_that_is_missing_names_the_package(monkeypatch):

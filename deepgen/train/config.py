@@ -223,6 +223,10 @@ class TrainConfig(ConfigSchema):
         need(self.keep_last >= 0, f"keep_last must be ≥ 0 (0 = keep all) (got {self.keep_last})")
         need(bool(self.resume.strip()), 'resume must be "auto", "no" or a checkpoint folder')
         need(self.log_every >= 1, f"log_every must be ≥ 1 (got {self.log_every})")
+        from .trackers import tracker_problem
+
+        tracker = tracker_problem(self.trackers)
+        need(tracker is None, tracker or "")
         need(self.validation_every >= 0, f"validation_every must be ≥ 0 (0 = off) (got {self.validation_every})")
         if self.validation_every > 0:
             need(bool(self.validation_prompt.strip()), "validation_every > 0 needs a validation_prompt")

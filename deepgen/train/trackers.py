@@ -28,6 +28,7 @@ __all__ = [
     "TrackerCallback",
     "scalars",
     "throughput",
+    "tracker_problem",
 ]
 
 KNOWN_TRACKERS = ("tensorboard", "wandb")
@@ -39,6 +40,17 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(_PACKAGE[name]) is not None
 
 
+def tracker_problem(value: Sequence[str]) -> str | None:
+    """The config check (names only; whether a package is installed is checked when the run starts)."""
+    names = [str(n).strip().lower() for n in value]
+    if names in ([], ["none"], ["auto"]):
+        return None
+    bad = [n for n in names if n not in KNOWN_TRACKERS]
+    if bad:
+        return f"trackers: unknown {bad[0]!r}; use auto, none, or some of {', '.join(KNOWN_TRACKERS)}"
+    return None
+
+
 def resolve_trackers(value: Sequence[str] | str | None) -> list[str]:
     """``auto`` → ``["tensorboard"]`` when tensorboard is importable, else none; ``none``/``[]`` → none; names are
     checked (unknown or not installed: a one-line :class:`ConfigError` naming the pip package)."""
@@ -48,9 +60,9 @@ def resolve_trackers(value: Sequence[str] | str | None) -> list[str]:
         return []
     if names == ["auto"]:
         return ["tensorboard"] if _installed("tensorboard") else []
-    bad = [n for n in names if n not in KNOWN_TRACKERS]
-    if bad:
-        raise ConfigError(f"trackers: unknown {bad[0]!r}; use auto, none, or some of {', '.join(KNOWN_TRACKERS)}")
+    problem = tracker_problem(names)
+    if problem:
+        raise ConfigError(problem)
     missing = [n for n in names if not _installed(n)]
     if missing:
         raise ConfigError(f"trackers: {missing[0]} is not installed: pip install {_PACKAGE[missing[0]]}")

@@ -158,6 +158,10 @@ class Stage3Config(ConfigSchema):
         need(self.keep_last >= 0, "keep_last must be ≥ 0 (0 = keep all)")
         need(bool(self.resume.strip()), 'resume must be "auto", "no" or a checkpoint folder')
         need(self.log_every >= 1, "log_every must be ≥ 1")
+        from ..trackers import tracker_problem
+
+        tracker = tracker_problem(self.trackers)
+        need(tracker is None, tracker or "")
         need(bool(self.output_dir.strip()), "output_dir must be set")
         need(self.eval_num_steps >= 1, "eval_num_steps must be ≥ 1")
         need(self.eval_images_per_prompt >= 1, "eval_images_per_prompt must be ≥ 1")

@@ -107,8 +107,10 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path):
     assert "2 process(es), sharded: FSDP2" in out, out[-2000:]
     log = read_log(tmp_path / "two")
     assert [r["samples"] for r in log] == [2, 4]
-    # step 1 starts from the same weights and sums two per-sample losses (two addends commute): exact
-    assert log[0]["loss"] == one.history[0]["loss"]
+    # step 1 starts from the same weights and sums two per-sample losses (two addends commute): equal here, bit
+    # for bit; a BLAS may round a few ulps differently for the differently aligned gathered weights (MKL does
+    # not promise alignment-independent results), hence 1e-6 (8 fp32 ulps) and not equality
+    assert log[0]["loss"] == pytest.approx(one.history[0]["loss"], rel=1e-6)
     assert log[1]["loss"] == pytest.approx(one.history[1]["loss"], rel=1e-6)
     # a missing gradient average would double the norm (and AdamW, scale-free, would hide it in the weights)
     assert [r["grad_norm"] for r in log] == pytest.approx([h["grad_norm"] for h in one.history], rel=1e-5)

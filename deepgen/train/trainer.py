@@ -210,7 +210,7 @@ class SFTTrainer:
             **tracker_kwargs(resolve_trackers(cfg.trackers), self.output_dir),
         )
         self.accelerator = acc
-        if acc.log_with:  # trackers come with the accelerator (an injected one may have none)
+        if getattr(acc, "log_with", None):  # trackers come with the accelerator (an injected one may have none)
             self.callbacks.callbacks.append(TrackerCallback(acc, cfg.tracker_project))
         device = torch.device(self.device) if self.device is not None else acc.device
         manager = CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())

@@ -102,7 +102,7 @@ class RunSetup(RunState):
             **tracker_kwargs(resolve_trackers(cfg.trackers), cfg.output_dir),
         )
         self.accelerator = acc
-        if acc.log_with:  # trackers come with the accelerator (an injected one may have none)
+        if getattr(acc, "log_with", None):  # trackers come with the accelerator (an injected one may have none)
             self.callbacks.callbacks.append(TrackerCallback(acc, cfg.tracker_project))
         self.rank, self.world = acc.process_index, acc.num_processes
         self.device = acc.device

@@ -1,5 +1,6 @@
-"""Sharded training through accelerate (FSDP2; DeepSpeed ZeRO where installed): what the trainers do differently
-when ``accelerate launch --config_file configs/accelerate/{fsdp,zero2,zero3}.yaml`` starts them.
+"""Sharded training through accelerate (FSDP2): what the trainers do differently when ``accelerate launch
+--config_file configs/accelerate/fsdp.yaml`` starts them.  (DeepSpeed launches are refused at start:
+``accelerate_setup.DEEPSPEED_GAPS``.)
 
 * :func:`prepare` hands the loss module and the optimizer to ``accelerator.prepare`` together (FSDP2 swaps every
   parameter for a sharded one and re-points the optimizer at the new ones), keeps the frozen VAE out of the
@@ -24,7 +25,6 @@ from .trainable import trainable_named_parameters
 
 __all__ = [
     "is_fsdp",
-    "is_sharded",
     "prepare",
     "full_weights",
     "gather_tensors",
@@ -38,12 +38,6 @@ def _type(acc) -> str:
 
 def is_fsdp(acc) -> bool:
     return acc is not None and _type(acc) == "FSDP"
-
-
-def is_sharded(acc) -> bool:
-    """FSDP or DeepSpeed: parameters (or optimizer states) live in shards, so checkpoints go through
-    accelerate's ``save_state``/``load_state``."""
-    return acc is not None and _type(acc) in ("FSDP", "DEEPSPEED")
 
 
 def sharding_name(acc) -> str:

@@ -122,6 +122,8 @@ def _fsdp_on_cpu(acc) -> None:
         return
     state = acc.state
     state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    if acc.mixed_precision != "no":  # as accelerate does for its own FSDP state
+        state.fsdp_plugin.set_mixed_precision(acc.mixed_precision)
     state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 

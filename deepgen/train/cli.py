@@ -94,6 +94,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="with --plan: none (DDP: all replicated), zero2 (gradients and optimizer states sharded), "
         "zero3 / fsdp (weights too); default none",
     )
+    p.add_argument(
+        "--accelerate-config",
+        default=None,
+        metavar="FILE",
+        help="with --plan: take the sharding (FSDP, DeepSpeed ZeRO stage) and process count from an accelerate "
+        "config file, e.g. configs/accelerate/zero3.yaml (--num-processes still wins)",
+    )
     p.set_defaults(func=cmd_train)
     return p
 
@@ -179,8 +186,8 @@ class ConsoleCallback:
         where = f"resuming at step {run.start_step}" if run.start_step else "starting"
         self._print(
             f"[deepgen train] stage {run.stage}: {where}, {run.total_steps} steps, "
-            f"{run.trainable_parameters:,} trainable parameters, {run.num_processes} process(es), "
-            f"output {run.output_dir}"
+            f"{run.trainable_parameters:,} trainable parameters, {run.num_processes} process(es)"
+            f"{'' if run.sharding == 'none' else ', sharded: ' + run.sharding}, output {run.output_dir}"
         )
 
     def check_interrupt(self) -> None:
@@ -271,15 +278,20 @@ def cmd_train(args) -> int:
 def _print_plan(args) -> int:
     """``--plan``: the memory table for the config (any stage), without loading anything."""
     from ..errors import ConfigError
-    from .plan import format_plan, plan_config_file
+    from .plan import format_plan, plan_config_file, sharding_from_accelerate_config
 
-    counts = args.num_processes or [1, 8]
+    sharding, default_counts = args.sharding, [1, 8]
+    if getattr(args, "accelerate_config", None):
+        sharding, n = sharding_from_accelerate_config(args.accelerate_config)
+        default_counts = [n]
+        print(f"accelerate config {args.accelerate_config}: {n} process(es), sharding {sharding}")
+    counts = args.num_processes or default_counts
     bad = [n for n in counts if n < 1]
     if bad:
         raise ConfigError(f"--num-processes must be ≥ 1 (got {bad[0]})")
     overrides = _flag_overrides(args) + list(args.overrides)
     plan = plan_config_file(args.config, overrides, args.stage)
-    print(format_plan(plan, counts, args.sharding))
+    print(format_plan(plan, counts, sharding))
     return 0
 
 

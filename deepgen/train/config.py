@@ -121,6 +121,9 @@ class TrainConfig(ConfigSchema):
     resume: str = "auto"  # auto (latest in output_dir if any) | no | path of a checkpoint folder
     log_every: int = 10
     log_file: bool = True  # write output_dir/train_log.jsonl (one JSON line per update)
+    trackers: list[str] = field(default_factory=lambda: ["auto"])  # auto (TensorBoard if installed) | none |
+    #                                                                 tensorboard, wandb (accelerate log_with)
+    tracker_project: str = "deepgen"  # the run/project name the trackers get
     strict_resume_data: bool = True  # refuse to resume when the data set changed size (false: warn, continue)
     val_loss_every: int = 100  # updates between fixed-noise validation losses (log key val_loss; 0 = off)
     val_loss_samples: int = 4  # samples of that validation set (the data set's first ones, T2I first)
@@ -227,6 +230,10 @@ class TrainConfig(ConfigSchema):
         need(self.log_every >= 1, f"log_every must be ≥ 1 (got {self.log_every})")
         need(self.val_loss_every >= 0, f"val_loss_every must be ≥ 0 (0 = off) (got {self.val_loss_every})")
         need(self.val_loss_samples >= 1, f"val_loss_samples must be ≥ 1 (got {self.val_loss_samples})")
+        from .trackers import tracker_problem
+
+        tracker = tracker_problem(self.trackers)
+        need(tracker is None, tracker or "")
         need(self.validation_every >= 0, f"validation_every must be ≥ 0 (0 = off) (got {self.validation_every})")
         if self.validation_every > 0:
             need(bool(self.validation_prompt.strip()), "validation_every > 0 needs a validation_prompt")

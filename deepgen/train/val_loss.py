@@ -9,7 +9,8 @@ floor the model cannot go under).  This loss removes every draw: a fixed set of 
 
 Under several processes sample ``i`` is scored by rank ``i % world`` and one all-reduce
 (:func:`~deepgen.train.accelerate_setup.global_mean`) averages them, so every rank takes part and gets the same
-number.
+number.  Under FSDP every rank scores every sample (inside ``sharding.full_weights``), since a sharded block's
+forward is itself a collective.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from .accelerate_setup import global_mean
 from .data import derive_seed
+from .sharding import is_fsdp
 
 __all__ = ["VAL_TIMESTEP_INDICES", "FixedNoiseValidation", "ValSample"]
 
@@ -81,6 +83,10 @@ class FixedNoiseValidation:
 
         rank = accelerator.process_index if accelerator is not None else 0
         world = accelerator.num_processes if accelerator is not None else 1
+        if is_fsdp(accelerator):
+            # FSDP's hooks all-gather inside each block's forward: every rank must run the same forwards, so each
+            # scores every sample (the all-reduce below then averages equal values)
+            rank, world = 0, 1
         k = len(self.timestep_indices)
         index = torch.tensor(self.timestep_indices, dtype=torch.long).clamp_max(len(grid) - 1)
         was_training = model.training

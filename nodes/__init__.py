@@ -20,6 +20,7 @@ NODE_MODULES = (
     "edit",
     "reward",
     "training",  # DeepGenTrainLoRA
+    "train_rl",  # DeepGenTrainRL
     "lora_loader",  # DeepGenLoRALoader
 )
 

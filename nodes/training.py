@@ -16,7 +16,6 @@ ComfyUI the first ``loras`` model folder + ``deepgen/``); resumable training che
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 from deepgen.errors import InputError
@@ -28,6 +27,7 @@ from .training_files import (
     lora_output_dir,
     resolve_dataset,
     run_dir,
+    start_over,
 )
 from .types import DEEPGEN_MODEL, IMAGE, MAX_SEED, category, display_name
 
@@ -381,7 +381,7 @@ class DeepGenTrainLoRA:
     ):
         import torch
 
-        from deepgen.train.checkpointing import CheckpointError, check_output_dir_writable, find_latest_checkpoint
+        from deepgen.train.checkpointing import CheckpointError, check_output_dir_writable
         from deepgen.train.config import TrainConfig
         from deepgen.train.data import load_datasets
         from deepgen.train.runtime import preserve_model
@@ -396,8 +396,8 @@ class DeepGenTrainLoRA:
         lora_dir, runs = lora_output_dir(), run_dir(lora_name)
         check_output_dir_writable(lora_dir)
         check_output_dir_writable(runs.parent)
-        if not resume and find_latest_checkpoint(runs) is not None:  # keep the old run, out of the way
-            runs.rename(runs.with_name(f"{lora_name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"))
+        if not resume:
+            start_over(runs, lora_name)
         datasets = load_datasets([data_path], resolution=resolution, verify="header")
         prompt = (validation_prompt or "").strip() or _first_caption(datasets) or "a photo"
         with warnings.catch_warnings():

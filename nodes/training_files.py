@@ -73,6 +73,16 @@ def resolve_dataset(path: str) -> Path:
     return found
 
 
+def start_over(runs: Path, lora_name: str) -> None:
+    """Resume off: move an earlier run of this name out of the way (kept, renamed) so the new one starts at 0."""
+    import time
+
+    from deepgen.train.checkpointing import find_latest_checkpoint
+
+    if find_latest_checkpoint(runs) is not None:
+        runs.rename(runs.with_name(f"{lora_name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+
 def check_lora_name(name: str) -> str | None:
     if not isinstance(name, str) or not _NAME_OK.match(name.strip()) or ".." in name:
         return (

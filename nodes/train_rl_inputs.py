@@ -1,0 +1,218 @@
+"""DeepGenTrainRL's widget values → a stage-3 run: the prompt lines, the reward weights, where each reward's model
+is, and the flat config dict that ``deepgen train --stage 3`` reads from a file (so a node run and a headless run
+with the same settings are the same run; docs/nodes.md lists the mapping)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from deepgen.errors import InputError
+
+from . import comfy_services as cs
+
+TOY_REWARDS = "deepgen.train.grpo.toy_rewards"  # registers brightness and saturation (no model)
+DEFAULT_CATEGORY = "general"
+CLIP_FOLDER = "clip"  # models/deepgen/clip, as RewardScore
+JUDGE_FOLDER = "unifiedreward-think"  # models/deepgen/unifiedreward-think, as RewardScore
+PROMPTS_FILE = "prompts.jsonl"
+EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
+CONFIG_FILE = "stage3_config.json"
+
+
+def parse_prompt_lines(text: str, what: str = "prompts") -> list[dict]:
+    """One prompt per line; ``category<TAB>prompt`` gives the line a category (default ``general``, e.g.
+    ``text_rendering<TAB>a sign that says "OPEN"``).  Blank lines and ``#`` comments are skipped."""
+    out = []
+    for line in (text or "").splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        category, tab, prompt = s.partition("\t")
+        if tab and category.strip() and prompt.strip():
+            out.append({"prompt": prompt.strip(), "category": category.strip()})
+        else:
+            out.append({"prompt": s.replace("\t", " ").strip(), "category": DEFAULT_CATEGORY})
+    if not out:
+        raise InputError(f"{what} is empty: write one prompt per line (optionally category<TAB>prompt)")
+    return out
+
+
+def parse_reward_weights(text: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """``name=weight`` pairs (comma- or line-separated), e.g. ``brightness=1`` or ``clip=0.3, preference=0.7``.
+    A line ``category: name=weight, ...`` gives that prompt category its own weights.
+    Returns ``(weights for every other category, {category: weights})``."""
+    from deepgen.rewards.base import canonical_reward_name
+
+    default: dict[str, float] = {}
+    per_category: dict[str, dict[str, float]] = {}
+    for line in (text or "").splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        head, colon, rest = s.partition(":")
+        target = default
+        if colon and "=" not in head:
+            target = per_category.setdefault(head.strip(), {})
+            s = rest
+        for part in s.replace(";", ",").split(","):
+            if not part.strip():
+                continue
+            name, eq, value = part.partition("=")
+            try:
+                weight = float(value) if eq else float("nan")
+            except ValueError:
+                weight = float("nan")
+            if not name.strip() or weight != weight:
+                raise InputError(
+                    f"rewards: '{part.strip()}' is not 'name=weight' (e.g. 'brightness=1' or 'clip=0.3, ocr=0.7'; "
+                    "a line 'text_rendering: ocr=0.7, clip=0.3' sets one prompt category's weights)"
+                )
+            target[canonical_reward_name(name.strip())] = weight
+    if not default and not per_category:
+        raise InputError("rewards is empty: write e.g. 'brightness=1' (demo model) or 'clip=0.3, preference=0.7'")
+    return default, per_category
+
+
+def category_weights(prompts: list[dict], default: dict, per_category: dict) -> dict[str, dict[str, float]]:
+    """Weights of every category the prompts use (a category without its own line gets the default line)."""
+    from deepgen.train.grpo.prompts import canonical_category
+
+    own = {canonical_category(c): w for c, w in per_category.items()}
+    out = {}
+    for p in prompts:
+        c = canonical_category(p["category"])
+        weights = own.get(c, default)
+        if not weights or not any(v != 0 for v in weights.values()):
+            raise InputError(
+                f"prompt category {c!r} has no reward weights: add a line '{c}: name=weight' to rewards, or a line "
+                "without a category for every category"
+            )
+        out[c] = dict(weights)
+    return out
+
+
+def _model_folder(name: str) -> str:
+    """models/deepgen/<name> (the path it would be at when missing, for the error)."""
+    try:
+        return cs.resolve_model_path("deepgen", name)
+    except FileNotFoundError:
+        folders = cs.model_folders("deepgen")
+        return os.path.join(folders[0], name) if folders else name
+
+
+def reward_settings(names, judge_url: str = "") -> dict[str, dict]:
+    """``[rewards.<name>]`` tables for the rewards that need a model: CLIP and the judge from models/deepgen (as
+    RewardScore finds them), or the judge at ``judge_url``."""
+    out: dict[str, dict] = {}
+    if "clip" in names:
+        out["clip"] = {"model_path": _model_folder(CLIP_FOLDER)}
+    if "preference" in names:
+        url = (judge_url or "").strip()
+        out["preference"] = {"url": url} if url else {"model_path": _model_folder(JUDGE_FOLDER)}
+    return out
+
+
+def reward_problem(names, judge_url: str = "") -> str | None:
+    """Why a reward cannot run here (unknown name, missing model or engine), or None: checked when the prompt is
+    queued, so a missing reward model is not found after minutes of loading."""
+    import importlib
+
+    from deepgen.rewards import RewardModelNotFound, available_rewards
+    from deepgen.rewards.base import require_model_dir
+
+    importlib.import_module(TOY_REWARDS)
+    known = set(available_rewards())
+    unknown = sorted(set(names) - known)
+    if unknown:
+        return f"rewards: unknown reward {', '.join(unknown)}; registered rewards: {', '.join(sorted(known))}"
+    settings = reward_settings(names, judge_url)
+    try:
+        if "clip" in settings:
+            require_model_dir(settings["clip"]["model_path"], "CLIP", "openai/clip-vit-large-patch14")
+        if "model_path" in settings.get("preference", {}):
+            require_model_dir(
+                settings["preference"]["model_path"], "preference judge", "CodeGoat24/UnifiedReward-Think-qwen-7b"
+            )
+    except RewardModelNotFound as exc:
+        return f"{exc} (or set judge_url for the preference reward)" if "judge" in str(exc) else str(exc)
+    if "ocr" in names and importlib.util.find_spec("rapidocr_onnxruntime") is None:
+        return "the ocr reward needs its offline engine: pip install rapidocr-onnxruntime"
+    return None
+
+
+def write_prompt_file(path: Path, prompts: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts), encoding="utf-8")
+    return str(path)
+
+
+def stage3_values(
+    *,
+    model: str,
+    run: Path,
+    prompts_file: str,
+    eval_file: str,
+    weights: dict[str, dict[str, float]],
+    rewards: dict[str, dict],
+    steps: int,
+    learning_rate: float,
+    rank: int,
+    group_size: int,
+    prompts_per_step: int,
+    kl_beta: float,
+    sft_lambda: float,
+    sft_data: str,
+    save_every: int,
+    eval_every: int,
+    seed: int,
+    resolution: int,
+    sampling_steps: int,
+    resume: bool,
+    cpu: bool,
+) -> dict:
+    """The flat stage-3 config of a node run: configs/train/stage3_1gpu_lora.toml with the node's values (a DiT
+    LoRA with α = 2·rank on the attention projections; the reference is the LoRA switched off)."""
+    return {
+        "stage": 3,
+        "model": model,
+        "seed": seed,
+        "cpu": cpu,
+        "mixed_precision": "auto",
+        "gradient_checkpointing": True,
+        "policy": "lora",
+        "dit_lora_rank": rank,
+        "dit_lora_alpha": 2.0 * rank,
+        "dit_lora_targets": ["attn"],
+        "reference": "disable_adapter",
+        "reward_modules": [TOY_REWARDS],
+        "prompts": [{"path": prompts_file, "category": DEFAULT_CATEGORY}],
+        "category_weights": weights,
+        "rewards": rewards,
+        "group_size": group_size,
+        "prompts_per_step": prompts_per_step,
+        "rollout_micro_batch_size": 4,
+        "train_micro_batch_size": 4,
+        "num_steps": sampling_steps,
+        "resolution": resolution,
+        "kl_beta": kl_beta,
+        "sft_lambda": sft_lambda,
+        "sft_data": [sft_data] if sft_data else [],
+        "sft_resolution": resolution,
+        "sft_batch_size": 2,
+        "val_loss_every": 0,
+        "lr": learning_rate,
+        "warmup_steps": min(20, steps // 10),  # the 1-GPU config's 20, less on short runs
+        "max_steps": steps,
+        "output_dir": str(run),
+        "save_every": save_every if save_every < steps else 0,
+        "keep_last": 2,
+        "resume": "auto" if resume else "no",
+        "trackers": ["none"],
+        "eval_prompts": eval_file,
+        "eval_every": eval_every,
+        "eval_num_steps": sampling_steps,
+        "eval_images_per_prompt": 1,
+        "eval_before_training": True,
+    }

@@ -296,6 +296,48 @@ def edit_native() -> Graph:
     return g
 
 
+RL_PROMPTS = "a red apple on a wooden table\na lighthouse on a cliff at dusk\na cat sleeping on a sofa"
+
+
+def rl_finetune() -> Graph:
+    """Prompts + a reward the demo model can move (brightness) -> DeepGenTrainRL -> sample with the LoRA; the
+    node draws the per-reward chart, the eval images show before training and at each eval."""
+    g = Graph("rl_finetune")
+    model = loader(g)
+    train = g.add(
+        "DeepGenTrainRL",
+        (380, 0),
+        {
+            "prompts": RL_PROMPTS,
+            "rewards": "brightness=1",
+            "lora_name": "my_deepgen_rl",
+            "steps": 40,  # sized for the demo model on a CPU; a real run: the 1-GPU defaults (1500 steps, 512 px)
+            "learning_rate": 3e-3,
+            "rank": 8,
+            "group_size": 4,
+            "prompts_per_step": 2,
+            "save_every": 10,
+            "eval_every": 10,
+            "resolution": 128,
+            "sampling_steps": 8,
+        },
+        size=(420, 900),
+    )
+    enc = g.add("ThinkTokenEncode", (840, 0), {"prompt": "a lighthouse on a cliff at dusk"}, size=(400, 260))
+    scb = g.add("SCBBridge", (1280, 0), size=(240, 110))
+    smp = g.add("DeepGenSampler", (1560, 0), {"width": 128, "height": 128, "steps": 8}, size=(300, 330))
+    save = g.add("SaveImage", (1900, 0), {"filename_prefix": "DeepGen/rl_finetune"}, size=(420, 460))
+    preview = g.add("PreviewImage", (840, 320), title="Eval images (before training, then each eval)", size=(400, 360))
+    g.link(model, "model", train, "model")
+    for node in (enc, scb, smp):
+        g.link(train, "model", node, "model")
+    g.link(enc, "think", scb, "think")
+    g.link(scb, "cond", smp, "cond")
+    g.link(smp, "images", save, "images")
+    g.link(train, "eval_images", preview, "images")
+    return g
+
+
 WORKFLOWS = {
     "deepgen_text_to_image_native.json": text_to_image_native,
     "deepgen_edit_native.json": edit_native,
@@ -305,6 +347,7 @@ WORKFLOWS = {
     "deepgen_edit_multi_reference.json": edit_multi,
     "deepgen_edit_composed.json": edit_composed,
     "deepgen_best_of_n.json": best_of_n,
+    "deepgen_rl_finetune.json": rl_finetune,
 }
 
 

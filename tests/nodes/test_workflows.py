@@ -26,6 +26,16 @@ SPEED_OVERRIDES = {
     "DeepGenEdit": {"steps": 2, "reference_resize": "keep"},
     "ThinkTokenEncode": {"reference_resize": "keep"},
     "DeepGenTrainLoRA": {"steps": 2, "resolution": 64, "rank": 2, "save_every": 0, "validation_steps": 2},
+    "DeepGenTrainRL": {
+        "steps": 2,
+        "resolution": 64,
+        "rank": 2,
+        "group_size": 2,
+        "prompts_per_step": 1,
+        "save_every": 0,
+        "eval_every": 0,
+        "sampling_steps": 2,
+    },
 }
 SIZE_OVERRIDES = {"width": 64, "height": 64}  # applied where the shipped value is not 0 (auto)
 
@@ -61,6 +71,7 @@ def test_every_workflow_is_listed():
         "deepgen_best_of_n.json",
         "deepgen_text_to_image_native.json",
         "deepgen_edit_native.json",
+        "deepgen_rl_finetune.json",
     } <= names
 
 

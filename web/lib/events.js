@@ -8,12 +8,14 @@ export const EVENT_PREFIX = "deepgen1.";
 export const EVENTS = Object.freeze({
   TRAIN_LOSS: "deepgen1.train_loss",
   TRAIN_DONE: "deepgen1.train_done",
+  TRAIN_REWARDS: "deepgen1.train_rewards",
 });
 
 /** comfyClass / node id of the nodes the extensions decorate. */
 export const NODE_CLASSES = Object.freeze({
   REWARD_SCORE: "RewardScore",
   TRAIN_LORA: "DeepGenTrainLoRA",
+  TRAIN_RL: "DeepGenTrainRL",
 });
 
 /** Every DeepGen node's category starts with this (nodes/types.py CATEGORY), e.g. "DeepGen 1.0/training". */
@@ -66,6 +68,39 @@ export function parseLossEvent(eventOrDetail) {
     totalSteps: total !== null && total > 0 ? Math.floor(total) : null,
     loss: finiteOrNull(d.loss),
     task,
+    lr: finiteOrNull(d.lr),
+  };
+}
+
+function meanStd(value) {
+  const v = value && typeof value === "object" ? value : {};
+  return { mean: finiteOrNull(v.mean), std: finiteOrNull(v.std) };
+}
+
+/**
+ * Parse a `deepgen1.train_rewards` payload (DeepGenTrainRL, one per trainer step)
+ * `{node, step, total_steps, rewards: {name: {mean, std}}, total: {mean, std}, kl, lr}` into
+ * `{node, step, totalSteps, rewards: {name: {mean, std}}, total: {mean, std}, kl, lr}`, or null when
+ * `node`/`step` are unusable.  Missing or NaN numbers (a reward without a value this step) are null.
+ */
+export function parseRewardsEvent(eventOrDetail) {
+  const d = detailOf(eventOrDetail);
+  if (!d || typeof d !== "object") return null;
+  const node = nodeIdOf(d.node);
+  const step = finiteOrNull(d.step);
+  if (node === null || step === null || step < 0) return null;
+  const total = finiteOrNull(d.total_steps);
+  const rewards = {};
+  if (d.rewards && typeof d.rewards === "object" && !Array.isArray(d.rewards)) {
+    for (const [name, value] of Object.entries(d.rewards)) rewards[name] = meanStd(value);
+  }
+  return {
+    node,
+    step: Math.floor(step),
+    totalSteps: total !== null && total > 0 ? Math.floor(total) : null,
+    rewards,
+    total: meanStd(d.total),
+    kl: finiteOrNull(d.kl),
     lr: finiteOrNull(d.lr),
   };
 }

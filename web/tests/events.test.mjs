@@ -19,7 +19,8 @@ test("names are namespaced deepgen1", () => {
   assert.equal(EVENTS.TRAIN_LOSS, "deepgen1.train_loss");
   assert.equal(EVENTS.TRAIN_DONE, "deepgen1.train_done");
   assert.equal(UI_KEYS.REWARDS, "deepgen1_rewards");
-  assert.deepEqual({ ...NODE_CLASSES }, { REWARD_SCORE: "RewardScore", TRAIN_LORA: "DeepGenTrainLoRA" });
+  assert.deepEqual({ ...NODE_CLASSES }, { REWARD_SCORE: "RewardScore", TRAIN_LORA: "DeepGenTrainLoRA", TRAIN_RL: "DeepGenTrainRL" });
+  assert.equal(EVENTS.TRAIN_REWARDS, "deepgen1.train_rewards");
 });
 
 test("finiteOrNull and nodeIdOf", () => {

@@ -20,6 +20,7 @@ globalThis.__deepgen1Fake = { app: fakeApp, api };
 
 await import("../deepgen_rewards.js");
 await import("../deepgen_loss_chart.js");
+await import("../deepgen_reward_chart.js");
 await import("../deepgen_float_digits.js");
 
 /** A LiteGraph-like node class as ComfyUI builds one per node definition. */
@@ -64,7 +65,7 @@ async function defineNode(comfyClass, nodeData = {}, inputWidgets = []) {
 }
 
 test("extensions are registered under the DeepGen1 namespace", () => {
-  assert.deepEqual(extensions.map((e) => e.name).sort(), ["DeepGen1.FloatDigits", "DeepGen1.LossChart", "DeepGen1.RewardsTable"]);
+  assert.deepEqual(extensions.map((e) => e.name).sort(), ["DeepGen1.FloatDigits", "DeepGen1.LossChart", "DeepGen1.RewardChart", "DeepGen1.RewardsTable"]);
 });
 
 test("other node types are left alone", async () => {
@@ -175,6 +176,45 @@ test("DeepGenTrainLoRA: loss events draw per-task paths, done shows the LoRA pat
   assert.match(w.element.textContent, /done · saved loras\/deepgen_lora\.safetensors/);
   send("deepgen1.train_loss", { node: "3", step: 1, total_steps: 5, loss: 2, task: "text2image" });
   assert.equal(svg.findAll("path").length, 1, "a new run starts a fresh chart");
+});
+
+test("DeepGenTrainRL: reward events draw a line and a std band per reward, the total and KL", async () => {
+  const { NodeType } = await defineNode("DeepGenTrainRL");
+  const node = new NodeType(21);
+  nodes.set("21", node);
+  const lora = new (await defineNode("DeepGenTrainLoRA")).NodeType(22);
+  nodes.set("22", lora);
+  assert.deepEqual(node.widgets.map((w) => w.name), ["deepgen1_reward_chart"]);
+  const w = node.widgets[0];
+  assert.equal(w.serialize, false);
+  for (const ext of extensions) ext.setup?.(fakeApp);
+  const send = (type, detail) => api.dispatchEvent(new CustomEvent(type, { detail }));
+  for (let step = 1; step <= 5; step++) {
+    send("deepgen1.train_rewards", {
+      node: "21",
+      step,
+      total_steps: 10,
+      rewards: { brightness: { mean: 0.4 + step / 50, std: 0.03 }, saturation: { mean: 0.2, std: 0.01 } },
+      total: { mean: 0.3 + step / 100, std: 0.02 },
+      kl: step * 1e-6,
+      lr: 3e-3,
+    });
+  }
+  send("deepgen1.train_rewards", { node: "22", step: 1, rewards: {} }); // a LoRA training node: no reward chart
+  assert.equal(lora.widgets.map((x) => x.name).includes("deepgen1_reward_chart"), false);
+  const svg = w.element.findAll("svg")[0];
+  const kinds = svg.findAll("path").map((p) => `${p.getAttribute("data-reward")}/${p.getAttribute("data-kind")}`);
+  assert.deepEqual(kinds, ["brightness/band", "saturation/band", "brightness/mean", "saturation/mean", "total/mean", "kl/kl"]);
+  assert.match(w.element.textContent, /step 5\/10 · total 0\.35 · brightness 0\.5±0\.03 · saturation 0\.2±0\.01 · kl 5\.00e-6/);
+  assert.ok(svg.findAll("text").length > 3, "axis labels, the KL axis included");
+  const [stdBox] = w.element.findAll("input");
+  stdBox.checked = false;
+  stdBox.dispatch("change");
+  assert.equal(svg.findAll("path").filter((p) => p.getAttribute("data-kind") === "band").length, 0);
+  FakeResizeObserver.resize(svg, 400, 150);
+  assert.equal(svg.getAttribute("viewBox"), "0 0 400 150");
+  send("deepgen1.train_done", { node: "21", lora_path: "loras/deepgen/my_deepgen_rl.safetensors" });
+  assert.match(w.element.textContent, /done · saved loras\/deepgen\/my_deepgen_rl\.safetensors/);
 });
 
 test("events for a training node inside a subgraph use colon ids", async () => {

@@ -66,6 +66,7 @@ num_steps = 4
 resolution = 32
 kl_beta = 5e-7
 sft_lambda = 0.0
+sft_batch_size = 2
 lr = 3e-3
 warmup_steps = 0
 max_steps = 3
@@ -130,13 +131,17 @@ def test_node_matches_headless_stage3(tmp_path, headless_model):
     from deepgen.train.grpo.cli import run_grpo_from_config_file
     from deepgen.train.grpo.output import read_log
 
+    handle = node_handle(headless_model)
+    before = {k: v.clone() for k, v in handle.model.state_dict().items()}
     events = []
     listener = lambda event, payload: events.append((event, payload))  # noqa: E731
     cs.add_event_listener(listener)
     try:
-        trained, lora_path, curve_json, images = run_node(node_handle(headless_model), unique_id="7")
+        trained, lora_path, curve_json, images = run_node(handle, unique_id="7")
     finally:
         cs.remove_event_listener(listener)
+    after = handle.model.state_dict()  # the cached base model is as before: no adapter, same weights
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
     curve = json.loads(curve_json)
     assert curve["steps"] == [1, 2, 3]
     assert Path(lora_path) == tmp_path / "models" / "loras" / "deepgen" / "rl_test.safetensors"
@@ -166,6 +171,12 @@ def test_node_matches_headless_stage3(tmp_path, headless_model):
         for r in log
     ]
     assert headless == rewards_of(curve)
+    # the config the node wrote for `deepgen train --stage 3` holds the same algorithm settings as the TOML
+    from deepgen.train.grpo.run_config import load_stage3_config
+
+    written = load_stage3_config(tmp_path / "output" / "deepgen_training" / "rl_test" / "stage3_config.json")
+    by_hand = load_stage3_config(toml)
+    assert written.grpo == by_hand.grpo and written.trainable_spec() == by_hand.trainable_spec()
 
 
 def test_interrupt_then_resume_gives_the_same_curve(tmp_path, headless_model):

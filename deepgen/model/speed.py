@@ -47,9 +47,26 @@ def sdpa_context(name: str):
     return contextlib.nullcontext() if backend is None else sdpa_kernel(backend)
 
 
+# Dynamo keys its cache on the code of JointTransformerBlock.forward, shared by every block: SD3.5-M has three
+# kinds (dual-attention, plain, the context_pre_only last one), each recompiled once more for dynamic shapes and
+# again per batch or token count (t2i / edit / another size). torch's default of 8 entries runs out and the rest
+# of the blocks silently fall back to eager, so allow more.
+RECOMPILE_LIMIT = 64
+
+
 def compile_blocks(transformer, **compile_kwargs) -> None:
-    """`torch.compile` each transformer block in place (regional compilation); kwargs go to torch.compile."""
+    """`torch.compile` each transformer block in place (regional compilation); kwargs go to torch.compile.
+    The first forward at each new shape compiles (seconds to minutes); later ones run the compiled code."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     transformer.compile_repeated_blocks(**compile_kwargs)
+
+
+def uncompile_blocks(transformer) -> None:
+    """Undo `compile_blocks`: the blocks run eagerly again (what `nn.Module.compile` set is dropped)."""
+    for block in transformer.transformer_blocks:
+        block._compiled_call_impl = None
 
 
 def compiled_blocks(transformer) -> int:

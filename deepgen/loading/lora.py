@@ -71,8 +71,9 @@ def merge_lora(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], scalin
     for name, halves in pairs.items():
         if name in skipped:
             continue
-        if type(modules[name]) is nn.Linear:
-            merge_linear(modules[name], halves["A"], halves["B"], scaling)
+        layer = modules[name]
+        if isinstance(layer, nn.Linear) and type(layer) is nn.Linear:  # not a subclass with its own weight handling
+            merge_linear(layer, halves["A"], halves["B"], scaling)
         else:
             rest[name] = halves
     if not rest:

@@ -133,8 +133,9 @@ def test_stage_two_and_three_adapt_the_same_dit_modules():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_direct_linear_merge_is_bit_identical_to_peft(dtype):
-    """merge_lora merges Linear layers itself (PEFT's route cost 85 s at the real size); same bits as PEFT's."""
+def test_direct_linear_merge_matches_peft(dtype):
+    """merge_lora merges Linear layers itself (PEFT's route cost 85 s at the real size): the same bits as PEFT's
+    in fp32, within one ulp in bf16."""
     from deepgen.loading.lora import attach_lora_adapter, merge_lora
     from deepgen.tiny import build_tiny_model
 
@@ -147,6 +148,7 @@ def test_direct_linear_merge_is_bit_identical_to_peft(dtype):
                 "A": torch.randn(8, module.in_features, generator=g) * 0.1,
                 "B": torch.randn(module.out_features, 8, generator=g) * 0.1,
             }
+    original = build_tiny_model(seed=0).to(dtype).lmm
     merge_lora(ours.lmm, pairs, 2.0)
     attach_lora_adapter(theirs.lmm, pairs, alpha=16.0, adapter_name="x")
     for name in pairs:
@@ -155,4 +157,10 @@ def test_direct_linear_merge_is_bit_identical_to_peft(dtype):
         expected = layer.get_base_layer().weight
         got = ours.lmm.get_submodule(name).weight
         assert type(ours.lmm.get_submodule(name)) is torch.nn.Linear
-        assert torch.equal(got, expected), name
+        if dtype == torch.float32:
+            assert torch.equal(got, expected), name
+        else:  # one fused addmm_ instead of PEFT's rounded fp32 delta: rounding-level apart (an ulp of W or ΔW)
+            base = original.get_submodule(name).weight.float()
+            delta = pairs[name]["B"].to(dtype).float() @ pairs[name]["A"].to(dtype).float() * 2.0
+            bound = torch.finfo(dtype).eps * (base.abs() + delta.abs())
+            assert ((got.float() - expected.float()).abs() <= bound).all(), name

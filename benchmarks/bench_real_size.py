@@ -366,6 +366,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the files (default: delete them at the end)")
     parser.add_argument("--skip-build", action="store_true", help="reuse the files under --root")
     parser.add_argument("--loads-only", action="store_true", help="only the load / raw-read alternations")
+    parser.add_argument("--run-only", action="store_true", help="only the run process (encode, sample, decode)")
     args = parser.parse_args()
     root, p = args.root, paths(args.root)
     results: dict = {"machine": machine(), "reps": args.reps}
@@ -385,18 +386,20 @@ def main() -> int:
         }
         loads: dict = {"official": [], "single": []}
         spawn("raw", root, layout="single")  # warms the page cache (untimed)
-        for _ in range(args.reps):
+        for _ in range(0 if args.run_only else args.reps):
             for layout in ("single", "official"):
                 raw = spawn("raw", root, layout=layout)
                 load = spawn("load", root, layout=layout)
                 loads[layout].append({"raw": raw, "load": load})
-        results["loads"] = loads
+        if not args.run_only:
+            results["loads"] = loads
         if not args.loads_only:
             results["run"] = spawn("run", root)
             results["count_fp8"] = spawn("count_fp8", root)
     finally:
         results["elapsed_s"] = time.perf_counter() - started
-        path = write_results(NAME + ("_loads" if args.loads_only else ""), results)
+        suffix = "_loads" if args.loads_only else "_run" if args.run_only else ""
+        path = write_results(NAME + suffix, results)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     report(results)

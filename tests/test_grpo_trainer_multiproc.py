@@ -127,6 +127,8 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     # the SFT-Aux samples and their noise are keyed by global stream position: the same loss at step 1
     assert two[0]["sft_loss"] == pytest.approx(one[0]["sft_loss"], rel=1e-5)
     assert two[1]["sft_loss"] == pytest.approx(one[1]["sft_loss"], rel=1e-3)
+    # the fixed-noise validation loss of the SFT data, at the last step: split over the ranks, then averaged
+    assert "val_loss" not in two[0] and two[1]["val_loss"] == pytest.approx(one[1]["val_loss"], rel=1e-3)
     # step 2 after one (all-reduced) update: still the same images up to float noise
     assert two[1]["reward/brightness/mean"] == pytest.approx(one[1]["reward/brightness/mean"], abs=2e-4)
     a = load_checkpoint(tmp_path / "two").trainable

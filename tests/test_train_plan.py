@@ -68,9 +68,11 @@ def test_sharding_divides_what_it_shards():
 
 
 def test_activations_scale_with_batch_and_resolution():
-    base = plan_for_config(load_train_config(str(TINY), None, ["gradient_checkpointing=false"])).acts["stored"]
+    base = plan_for_config(load_train_config(str(TINY), None, ["micro_batch_size=2"])).acts["stored"]
     double = plan_for_config(load_train_config(str(TINY), None, ["micro_batch_size=4"])).acts["stored"]
-    bigger = plan_for_config(load_train_config(str(TINY), None, ["resolution=128"])).acts["stored"]
+    bigger = plan_for_config(load_train_config(str(TINY), None, ["micro_batch_size=2", "resolution=128"])).acts[
+        "stored"
+    ]
     assert double == 2 * base
     assert bigger > base
 

@@ -111,11 +111,38 @@ def load_train_config(path: str, stage: int | None, overrides: list[str]):
         if "stage" in values and values["stage"] != stage:
             raise ConfigError(
                 f"{file_path} is a stage-{values['stage']} config but --stage {stage} was given; "
-                "drop --stage or use another config file"
+                f"drop --stage or use a stage-{stage} config file ({SMALL_CONFIGS.get(stage, 'configs/train/')})"
             )
         if not any(o.split("=", 1)[0].strip() == "stage" for o in overrides):
             overrides.insert(0, f"stage={stage}")
-    return load_config(file_path, overrides)
+    cfg = load_config(file_path, overrides)
+    _warn_foreign_stage_keys(file_path, values, cfg.stage)
+    return cfg
+
+
+SMALL_CONFIGS = {1: "configs/train/stage1_tiny.toml", 2: "configs/train/tiny.toml"}
+
+
+def _warn_foreign_stage_keys(path: Path, values: dict, stage: int) -> None:
+    """``--set stage=N`` on a file of another stage: the file's own keys of what trains still apply (a stage-2
+    file's ``train_dit = "full"`` keeps the DiT training under stage 1), so say which ones."""
+    import warnings
+
+    from .config import stage_preset
+
+    if values.get("stage", 1) == stage:
+        return
+    keys = [
+        k for k in ("train_dit", "vlm_lora", "train_meta_queries", "train_projectors", "train_connector") if k in values
+    ]
+    keys += [k for k in stage_preset(values.get("stage", 1)) if k in values and k not in keys and k != "stage"]
+    if keys:
+        warnings.warn(
+            f"{path} is a stage-{values.get('stage', 1)} config run as stage {stage}: its own keys still apply "
+            f"({', '.join(f'{k} = {values[k]!r}' for k in keys)}); for a stage-{stage} run use a stage-{stage} "
+            f"config ({SMALL_CONFIGS.get(stage, 'configs/train/')}) or --set those keys too",
+            stacklevel=3,
+        )
 
 
 class ConsoleCallback:
@@ -168,6 +195,8 @@ class ConsoleCallback:
         if info.step % self.log_every == 0 or info.step == info.total_steps:
             tasks = ", ".join(f"{TASK_SHORT.get(t, t)} {v:.4f}" for t, v in sorted(info.task_losses.items()))
             norm = f" grad {info.grad_norm:.3f}" if info.grad_norm is not None else ""
+            if "val_loss" in info.extra:
+                norm += f" val_loss {info.extra['val_loss']:.4f}"
             self._print(
                 f"step {info.step}/{info.total_steps} loss {info.loss:.4f} ({tasks}) lr {info.lr:.3e}{norm} "
                 f"{info.step_time:.2f} s/step"

@@ -63,6 +63,7 @@ from .runtime import (
     weight_dtype_for,
 )
 from .step_log import truncate_step_log
+from .val_loss import FixedNoiseValidation
 
 log = logging.getLogger("deepgen.train")
 
@@ -246,6 +247,11 @@ class SFTTrainer:
             if acc.is_main_process:
                 log.info("resumed from %s at step %d", ckpt.path, step)
         position = loader.state_dict()
+        validation = (
+            FixedNoiseValidation.from_datasets(datasets, cfg.val_loss_samples, seed=cfg.seed)
+            if cfg.val_loss_every
+            else None
+        )
         samples = int((ckpt.extra or {}).get("samples", 0)) if ckpt is not None else 0
 
         run = RunInfo(
@@ -292,7 +298,13 @@ class SFTTrainer:
                     sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(wrapper)
                     with sync, seeded_step(cfg.seed, batch.micro_step, acc.process_index):
                         inputs = flow_batch_inputs(
-                            model, batch, seed=cfg.seed, rank=acc.process_index, world=acc.num_processes, device=device
+                            model,
+                            batch,
+                            seed=cfg.seed,
+                            rank=acc.process_index,
+                            world=acc.num_processes,
+                            device=device,
+                            sample_latents=cfg.vae_latents == "sample",
                         )
                         with acc.autocast():
                             loss, per_sample = wrapper(grid=grid, **inputs)
@@ -313,6 +325,11 @@ class SFTTrainer:
                 task_losses = global_mean(acc, sums, counts)
                 total = global_mean(acc, {"all": sum(sums.values())}, {"all": sum(counts.values())})["all"]
                 samples += int(sum(counts.values())) * acc.num_processes
+                step_time = clock.lap()  # the validation below is not part of the update's time
+                extra = {}
+                if validation is not None and (step % cfg.val_loss_every == 0 or step == cfg.max_steps):
+                    extra["val_loss"] = validation.compute(model, grid, accelerator=acc, autocast=acc.autocast)
+                    clock.lap()  # nor of the next one's
                 info = StepInfo(
                     step=step,
                     total_steps=cfg.max_steps,
@@ -321,8 +338,9 @@ class SFTTrainer:
                     lr=lr,
                     grad_norm=grad_norm,
                     samples=samples,
-                    step_time=clock.lap(),
+                    step_time=step_time,
                     elapsed=clock.elapsed,
+                    extra=extra,
                 )
                 result.step = step
                 result.history.append(info.to_dict())

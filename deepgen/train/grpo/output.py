@@ -230,6 +230,8 @@ def _console_line(rec: dict, names: Sequence[str]) -> str:
     parts.append(f"ratio-1 {rec.get('ratio_max_dev', 0.0):.1e}")
     if "sft_loss" in rec:
         parts.append(f"sft {rec['sft_loss']:.4f}")
+    if "val_loss" in rec:
+        parts.append(f"val_loss {rec['val_loss']:.4f}")
     parts.append(
         "adv " + "".join(" ▁▂▃▄▅▆▇█"[min(8, math.ceil(8 * c / max(1, max(rec["adv/hist"]))))] for c in rec["adv/hist"])
     )

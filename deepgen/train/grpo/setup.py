@@ -192,6 +192,7 @@ class RunSetup(RunState):
     def _setup_sft(self) -> None:
         cfg, g = self.cfg, self.g
         self.sft_loader = None
+        self.val_loss_set = None  # the fixed-noise validation loss of sft_data (val_loss_every)
         if not cfg.sft_data or g.sft_lambda == 0.0:
             if g.sft_lambda > 0 and not cfg.sft_data:
                 log.info("no sft_data: the SFT-Aux term (λ = %g) is off", g.sft_lambda)
@@ -201,6 +202,10 @@ class RunSetup(RunState):
         data = load_datasets(
             cfg.sft_data, root=cfg.sft_data_root or None, resolution=cfg.sft_resolution, verify=cfg.sft_data_verify
         )
+        if cfg.val_loss_every:
+            from ..val_loss import FixedNoiseValidation
+
+            self.val_loss_set = FixedNoiseValidation.from_datasets(data, cfg.val_loss_samples, seed=g.seed)
         self.sft_loader = MicroBatchLoader(
             data,
             cfg.sft_task_pattern,

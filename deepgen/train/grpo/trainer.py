@@ -113,6 +113,11 @@ class GRPOTrainer(RunSetup, StepPhases, Evaluation, RunOutput):
                 rec = self.train_step(step)
                 done = self._clean_step = step + 1
                 rec["time/step"] = round(time.perf_counter() - ts, 4)
+                every = self.cfg.val_loss_every
+                if self.val_loss_set is not None and (done % every == 0 or done == g.max_steps):
+                    rec["val_loss"] = self.val_loss_set.compute(
+                        self.model, self.grid, accelerator=self.accelerator, autocast=self.accelerator.autocast
+                    )
                 self.report_step(rec, watch)
                 if g.save_every and done % g.save_every == 0 and done != g.max_steps:
                     self.save(done, "periodic")

@@ -1,6 +1,7 @@
-// Dev check (not run by CI): load the LoRA workflow in a real ComfyUI front end, in the classic
-// LiteGraph canvas and in Nodes 2.0, and check that
-//   - the loss chart's box lies inside the DeepGenTrainLoRA node's box,
+// Dev check (not run by CI): load the LoRA workflow (or, with --target rl, the RL workflow) in a real ComfyUI
+// front end, in the classic LiteGraph canvas and in Nodes 2.0, and check that
+//   - the loss chart's box lies inside the DeepGenTrainLoRA node's box (--target rl: the reward chart inside
+//     DeepGenTrainRL's, with a line per reward, std bands, the total and KL drawn),
 //   - its status line is cut with an ellipsis (no overflow) when the text is long,
 //   - the learning-rate widget shows 0.0001 (its default 1e-4; the classic canvas pads it to the
 //     step's 5 decimals, "0.00010", so the shown text is compared as a number, never "0"),
@@ -31,7 +32,7 @@ const { values: opts } = parseArgs({
     chromium: { type: "string", default: "/usr/bin/chromium" },
     port: { type: "string", default: "8393" },
     url: { type: "string" },
-    workflow: { type: "string", default: "workflows/deepgen_lora_finetune.json" },
+    target: { type: "string", default: "lora" },
   },
 });
 if (!opts.out) {
@@ -40,8 +41,19 @@ if (!opts.out) {
 }
 mkdirSync(opts.out, { recursive: true });
 
-const NODE_CLASS = "DeepGenTrainLoRA";
-const CHART_WIDGET = "deepgen1_loss_chart";
+// What each target loads and feeds: the node, its chart widget, the workflow, the events and the learning rate
+// the workflow's widget must show (classic pads it to the step's decimals).
+const TARGETS = {
+  lora: { node: "DeepGenTrainLoRA", chart: "deepgen1_loss_chart", workflow: "workflows/deepgen_lora_finetune.json", lr: /^0\.00010*$/, feed: "loss" },
+  rl: { node: "DeepGenTrainRL", chart: "deepgen1_reward_chart", workflow: "workflows/deepgen_rl_finetune.json", lr: /^0\.0030*$/, feed: "rewards" },
+};
+const TARGET = TARGETS[opts.target];
+if (!TARGET) {
+  console.error(`--target must be one of ${Object.keys(TARGETS).join(", ")}`);
+  process.exit(2);
+}
+const NODE_CLASS = TARGET.node;
+const CHART_WIDGET = TARGET.chart;
 const LR_WIDGET = "learning_rate";
 const LONG_PATH = "/very/long/output/folder/".repeat(8) + "deepgen_lora_subject_rank16_steps2000.safetensors";
 const VIEWPORT = { width: 1600, height: 1150 };
@@ -144,13 +156,31 @@ function measureInPage({ nodeClass, chartWidget, lrWidget, longPath, vue }) {
 }
 
 /** Sample training events, so the chart has lines and a long status ("LoRA saved to <long path>"). */
-function feedEvents({ nodeId, longPath }) {
+function feedEvents({ nodeId, longPath, feed }) {
   const api = window.comfyAPI.api.api;
   for (let step = 1; step <= 40; step++) {
-    const loss = 0.5 * Math.exp(-step / 15) + 0.05 * Math.sin(step);
-    api.dispatchCustomEvent("deepgen1.train_loss", { node: String(nodeId), step, total_steps: 40, loss: Math.abs(loss), task: step % 3 ? "text2image" : "image2image", lr: 1e-4 });
+    if (feed === "rewards") {
+      const rise = 1 - Math.exp(-step / 12);
+      const rewards = {
+        brightness: { mean: 0.35 + 0.2 * rise + 0.01 * Math.sin(step), std: 0.04 },
+        clip: { mean: 0.24 + 0.03 * rise, std: 0.015 },
+        ocr: { mean: 0.3 + 0.4 * rise, std: 0.12 },
+      };
+      const total = { mean: 0.3 * rewards.brightness.mean + 0.3 * rewards.clip.mean + 0.4 * rewards.ocr.mean, std: 0.05 };
+      api.dispatchCustomEvent("deepgen1.train_rewards", { node: String(nodeId), step, total_steps: 40, rewards, total, kl: step * step * 2e-7, lr: 3e-3 });
+    } else {
+      const loss = 0.5 * Math.exp(-step / 15) + 0.05 * Math.sin(step);
+      api.dispatchCustomEvent("deepgen1.train_loss", { node: String(nodeId), step, total_steps: 40, loss: Math.abs(loss), task: step % 3 ? "text2image" : "image2image", lr: 1e-4 });
+    }
   }
   api.dispatchCustomEvent("deepgen1.train_done", { node: String(nodeId), lora_path: longPath });
+}
+
+/** The reward chart's drawn paths by data-kind (band / mean / kl), to check every reward is drawn. */
+function drawnPaths({ nodeClass, chartWidget }) {
+  const node = window.app.graph.nodes.find((n) => n.type === nodeClass);
+  const root = node.widgets.find((w) => w.name === chartWidget).element;
+  return [...root.querySelectorAll("path")].map((p) => `${p.getAttribute("data-reward") ?? p.getAttribute("data-task")}/${p.getAttribute("data-kind")}`);
 }
 
 /** An error from this extension names its files or its events; the registry look-up is the front end's. */
@@ -174,7 +204,7 @@ async function runMode(context, url, mode, workflow) {
   await page.goto(url, { waitUntil: "load" });
   await page.waitForFunction(() => window.app?.graph && window.app?.canvas, null, { timeout: 120000 });
   await page.evaluate(async (wf) => {
-    await window.app.loadGraphData(wf, true, true, "deepgen_lora_finetune");
+    await window.app.loadGraphData(wf, true, true, "deepgen_check");
   }, workflow);
   // Centre the training node at scale 1 so both modes show it the same way.
   await page.evaluate((cls) => {
@@ -190,10 +220,11 @@ async function runMode(context, url, mode, workflow) {
   await sleep(2500);
   const first = await page.evaluate(measureInPage, { nodeClass: NODE_CLASS, chartWidget: CHART_WIDGET, lrWidget: LR_WIDGET, longPath: LONG_PATH, vue });
   if (first.error) throw new Error(`${mode}: ${first.error}`);
-  await page.evaluate(feedEvents, { nodeId: first.nodeId, longPath: LONG_PATH });
+  await page.evaluate(feedEvents, { nodeId: first.nodeId, longPath: LONG_PATH, feed: TARGET.feed });
   await sleep(1500);
   const m = await page.evaluate(measureInPage, { nodeClass: NODE_CLASS, chartWidget: CHART_WIDGET, lrWidget: LR_WIDGET, longPath: LONG_PATH, vue });
-  await page.screenshot({ path: join(opts.out, `${mode}-page.png`) });
+  const paths = await page.evaluate(drawnPaths, { nodeClass: NODE_CLASS, chartWidget: CHART_WIDGET });
+  await page.screenshot({ path: join(opts.out, `${opts.target}-${mode}-page.png`) });
   const pad = 40;
   const clip = {
     x: Math.max(0, m.nodeBox.left - pad),
@@ -201,7 +232,7 @@ async function runMode(context, url, mode, workflow) {
     width: m.nodeBox.right - m.nodeBox.left + 2 * pad + 200,
     height: Math.min(VIEWPORT.height - Math.max(0, m.nodeBox.top - pad), m.nodeBox.bottom - m.nodeBox.top + 2 * pad),
   };
-  await page.screenshot({ path: join(opts.out, `${mode}-node.png`), clip });
+  await page.screenshot({ path: join(opts.out, `${opts.target}-${mode}-node.png`), clip });
   await page.close();
   const ours = errors.filter(fromExtension);
   const checks = {
@@ -209,14 +240,18 @@ async function runMode(context, url, mode, workflow) {
     statusInsideNode: inside(m.statusBox, m.nodeBox),
     statusEllipsis: m.statusStyle.textOverflow === "ellipsis" && m.statusStyle.overflow === "hidden" && m.statusStyle.whiteSpace === "nowrap",
     statusIsCut: m.statusOverflowPx > 0, // the long path really overflows, so the ellipsis shows
-    lrShows00001: m.lrShown !== null && /^0\.00010*$/.test(m.lrShown.trim()),
+    lrShownInFull: m.lrShown !== null && TARGET.lr.test(m.lrShown.trim()),
     noConsoleErrorsFromExtension: ours.length === 0,
   };
-  return { mode, checks, measured: m, consoleErrors: ours, frontEndErrors: errors.filter((e) => !ours.includes(e)) };
+  if (TARGET.feed === "rewards") {
+    const want = ["brightness/band", "clip/band", "ocr/band", "brightness/mean", "clip/mean", "ocr/mean", "total/mean", "kl/kl"];
+    checks.everyRewardDrawn = JSON.stringify(paths) === JSON.stringify(want);
+  }
+  return { mode, checks, paths, measured: m, consoleErrors: ours, frontEndErrors: errors.filter((e) => !ours.includes(e)) };
 }
 
 async function main() {
-  const workflow = JSON.parse(readFileSync(resolve(opts.repo, opts.workflow), "utf8"));
+  const workflow = JSON.parse(readFileSync(resolve(opts.repo, TARGET.workflow), "utf8"));
   const server = opts.url ? { url: opts.url, stop: () => {} } : await startComfy();
   const profile = mkdtempSync(join(tmpdir(), "deepgen-chromium-"));
   const flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"];

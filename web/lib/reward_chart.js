@@ -157,6 +157,7 @@ export function buildRewardChart(history, { width = 320, height = 160, showStd =
   const kl = history.kl();
   const kd = yDomain(kl.map((p) => p.kl), { robust: false });
   if (kd !== null) {
+    if (kl.every((p) => p.kl === null || p.kl >= 0)) kd[0] = Math.max(0, kd[0]); // KL ≥ 0: no negative tick
     const ks = makeScale(kd, [plot.y1, plot.y0]);
     view.kl = {
       color: KL_COLOR,

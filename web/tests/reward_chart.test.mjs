@@ -95,6 +95,7 @@ test("buildRewardChart: a line and a band per reward, the total dashed, KL on it
   assert.match(v.kl.path, /^M[\d.]+,[\d.]+( L[\d.]+,[\d.]+){5}$/);
   assert.equal(v.kl.last, 6e-6);
   assert.equal(v.rightTicks.length, 3);
+  assert.equal(v.rightTicks[0].label, "0", "KL is never negative: its axis starts at 0");
   assert.ok(v.xTicks.length > 0 && v.yTicks.length > 0);
   assert.match(v.status, /^step 6\/10 · total 0\.36 · brightness 0\.46±0\.05 · clip 0\.2±0\.02 · kl 6\.00e-6$/);
   // std off: no bands; one reward: no separate total line

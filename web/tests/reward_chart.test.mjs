@@ -95,7 +95,10 @@ test("buildRewardChart: a line and a band per reward, the total dashed, KL on it
   assert.match(v.kl.path, /^M[\d.]+,[\d.]+( L[\d.]+,[\d.]+){5}$/);
   assert.equal(v.kl.last, 6e-6);
   assert.equal(v.rightTicks.length, 3);
-  assert.equal(v.rightTicks[0].label, "0", "KL is never negative: its axis starts at 0");
+  const fromZero = new RewardHistory();
+  for (let n = 1; n <= 3; n++) fromZero.add(step(n, two(n), { kl: (n - 1) * 1e-6 })); // step 1: KL 0 exactly
+  const kt = buildRewardChart(fromZero).rightTicks.map((t) => t.label);
+  assert.equal(kt[0], "0", `KL is never negative: its axis starts at 0 (${kt})`);
   assert.ok(v.xTicks.length > 0 && v.yTicks.length > 0);
   assert.match(v.status, /^step 6\/10 · total 0\.36 · brightness 0\.46±0\.05 · clip 0\.2±0\.02 · kl 6\.00e-6$/);
   // std off: no bands; one reward: no separate total line

@@ -147,6 +147,22 @@ def test_bad_widgets_are_refused_when_queued(server):
     assert server.get_json("/queue") == {"queue_running": [], "queue_pending": []}
 
 
+def test_missing_reward_model_is_refused_when_queued(server):
+    """Issue 16: DeepGenTrainRL with a reward whose model is not installed is refused by POST /prompt, with a
+    message naming the folder it looked in, before any model loads."""
+    workflow = json.loads((REPO / "workflows" / "deepgen_rl_finetune.json").read_text(encoding="utf-8"))
+    prompt = wa.to_api(workflow, server.object_info())
+    wa.set_inputs(prompt, "DeepGenTrainRL", rewards="clip=0.3, brightness=0.7")
+    train = next(nid for nid, n in prompt.items() if n["class_type"] == "DeepGenTrainRL")
+    node_errors = _refused(server, prompt)
+    assert set(node_errors) == {train}, node_errors
+    details = node_errors[train]["errors"][0]["details"]
+    assert "CLIP model folder" in details and "clip" in details, details
+    wa.set_inputs(prompt, "DeepGenTrainRL", rewards="sharpness=1")
+    assert "unknown reward sharpness" in _refused(server, prompt)[train]["errors"][0]["details"]
+    assert server.get_json("/queue") == {"queue_running": [], "queue_pending": []}
+
+
 def test_templates_and_web_extension_are_served(server):
     listed = server.get_json("/api/workflow_templates")
     assert sorted(listed.get(PACK, [])) == sorted(p.stem for p in WORKFLOWS)

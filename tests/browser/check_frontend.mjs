@@ -45,7 +45,7 @@ mkdirSync(opts.out, { recursive: true });
 // the workflow's widget must show (classic pads it to the step's decimals).
 const TARGETS = {
   lora: { node: "DeepGenTrainLoRA", chart: "deepgen1_loss_chart", workflow: "workflows/deepgen_lora_finetune.json", lr: /^0\.00010*$/, feed: "loss" },
-  rl: { node: "DeepGenTrainRL", chart: "deepgen1_reward_chart", workflow: "workflows/deepgen_rl_finetune.json", lr: /^0\.0030*$/, feed: "rewards" },
+  rl: { node: "DeepGenTrainRL", chart: "deepgen1_reward_chart", workflow: "workflows/deepgen_rl_finetune.json", lr: /^0\.0010*$/, feed: "rewards" },
 };
 const TARGET = TARGETS[opts.target];
 if (!TARGET) {

@@ -15,7 +15,7 @@ import json
 import math
 import shutil
 
-from deepgen.errors import InputError
+from deepgen.errors import DeepGenError, InputError
 
 from . import comfy_services as cs
 from . import train_rl_inputs as inputs
@@ -239,6 +239,16 @@ class DeepGenTrainRL:
                 "sampling_steps": _int("Sampling steps of each rollout and evaluation (1-GPU recipe 25).", 25, 2, 200),
             },
             "optional": {
+                "prompts_file": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": (
+                            "A prompt file in ComfyUI's input folder, added to prompts: .txt (one per line), .jsonl "
+                            '({"prompt": ..., "category": ...} per line) or .json, as deepgen train --stage 3 reads.'
+                        ),
+                    },
+                ),
                 "judge_url": (
                     "STRING",
                     {"default": "", "tooltip": "URL of a preference judge server (empty: the local judge folder)."},
@@ -248,18 +258,20 @@ class DeepGenTrainRL:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name=None, rewards=None, prompts=None, judge_url=None, group_size=None):
+    def VALIDATE_INPUTS(
+        cls, lora_name=None, rewards=None, prompts=None, judge_url=None, group_size=None, prompts_file=None
+    ):
         if lora_name is not None and (error := check_lora_name(lora_name)):
             return error
         try:
             if prompts is not None:
-                inputs.parse_prompt_lines(prompts)
+                inputs.training_prompts(prompts, prompts_file or "")
             if rewards is not None:
                 default, own = inputs.parse_reward_weights(rewards)
                 names = set(default) | {n for w in own.values() for n in w}
                 if problem := inputs.reward_problem(names, judge_url or ""):
                     return problem
-        except InputError as exc:
+        except DeepGenError as exc:  # bad text, and a missing, outside or unreadable prompts_file
             return str(exc)
         if group_size is not None and group_size < 2:
             return "group_size must be ≥ 2: the advantages compare the images of one prompt"
@@ -286,6 +298,7 @@ class DeepGenTrainRL:
         seed,
         resolution,
         sampling_steps,
+        prompts_file="",
         judge_url="",
         unique_id=None,
     ):
@@ -297,12 +310,12 @@ class DeepGenTrainRL:
         from deepgen.train.grpo.trainer import GRPOTrainer
         from deepgen.train.runtime import preserve_model
 
-        error = self.VALIDATE_INPUTS(lora_name, rewards, prompts, judge_url, group_size)
+        error = self.VALIDATE_INPUTS(lora_name, rewards, prompts, judge_url, group_size, prompts_file)
         if error is not True:
             raise InputError(error)
         lora_name = lora_name.strip()
         handle = model
-        lines = inputs.parse_prompt_lines(prompts)
+        lines = inputs.training_prompts(prompts, prompts_file)
         evals = inputs.parse_prompt_lines(eval_prompts, "eval_prompts") if eval_prompts.strip() else lines[:1]
         default, own = inputs.parse_reward_weights(rewards)
         weights = inputs.category_weights(lines + evals, default, own)

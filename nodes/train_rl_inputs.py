@@ -35,8 +35,30 @@ def parse_prompt_lines(text: str, what: str = "prompts") -> list[dict]:
         else:
             out.append({"prompt": s.replace("\t", " ").strip(), "category": DEFAULT_CATEGORY})
     if not out:
-        raise InputError(f"{what} is empty: write one prompt per line (optionally category<TAB>prompt)")
+        where = " or name a prompt file in prompts_file" if what == "prompts" else ""
+        raise InputError(f"{what} is empty: write one prompt per line (optionally category<TAB>prompt){where}")
     return out
+
+
+PROMPTS_FILE_HINT = 'a prompt file (.txt: one per line; .jsonl: {"prompt", "category"} per line; .json list)'
+
+
+def read_prompts_file(name: str) -> list[dict]:
+    """The prompts of a stage-3 prompt file inside ComfyUI's input folder (the same formats as
+    ``deepgen train --stage 3``'s ``[[prompts]]`` files)."""
+    from deepgen.train.grpo.prompts import read_prompt_file
+
+    from .training_files import resolve_input
+
+    path = resolve_input(name, "prompts_file", PROMPTS_FILE_HINT)
+    return [{"prompt": r.prompt, "category": r.category} for r in read_prompt_file(path, DEFAULT_CATEGORY)]
+
+
+def training_prompts(prompts: str, prompts_file: str = "") -> list[dict]:
+    """The multiline prompts followed by those of ``prompts_file`` (either may be empty, not both)."""
+    from_file = read_prompts_file(prompts_file) if (prompts_file or "").strip() else []
+    written = any(s.strip() and not s.strip().startswith("#") for s in (prompts or "").splitlines())
+    return (parse_prompt_lines(prompts) if written or not from_file else []) + from_file
 
 
 def parse_reward_weights(text: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:

@@ -51,25 +51,27 @@ def input_root() -> Path:
     return Path(os.environ.get("DEEPGEN_INPUT_DIR") or os.getcwd()).expanduser().absolute()
 
 
+DATASET_HINT = "a folder of images with same-named .txt captions, or a .json/.jsonl list"
+
+
 def resolve_dataset(path: str) -> Path:
-    """A folder or a .json/.jsonl list inside the input folder: a relative name, or an absolute path that lies
-    inside it. A name from a (shared) workflow never reaches files elsewhere."""
+    """A folder or a .json/.jsonl list inside the input folder (see :func:`resolve_input`)."""
+    return resolve_input(path, "dataset", DATASET_HINT)
+
+
+def resolve_input(path: str, what: str, hint: str) -> Path:
+    """A file or folder inside the input folder: a relative name, or an absolute path that lies inside it. A name
+    from a (shared) workflow never reaches files elsewhere.  ``what`` names the input, ``hint`` what to put there."""
     from deepgen.paths import check_inside, join_inside
 
     text = (path or "").strip().strip('"').strip("'")
     if not text:
-        raise InputError(
-            "dataset is empty: give a folder of images with same-named .txt captions, or a .json/.jsonl "
-            "list, inside ComfyUI's input folder"
-        )
+        raise InputError(f"{what} is empty: give {hint}, inside ComfyUI's input folder")
     root = input_root()
     given = Path(text).expanduser()
-    found = check_inside(given, root, "dataset") if given.is_absolute() else join_inside(root, text, "dataset")
+    found = check_inside(given, root, what) if given.is_absolute() else join_inside(root, text, what)
     if not found.exists():
-        raise NotFoundError(
-            f"dataset {text!r} not found in {root}; put a folder of images with same-named .txt "
-            "captions, or a .json/.jsonl list, in ComfyUI's input folder"
-        )
+        raise NotFoundError(f"{what} {text!r} not found in {root}; put {hint} in ComfyUI's input folder")
     return found
 
 

@@ -222,9 +222,21 @@ def test_bad_input_fails_when_queued(tmp_path):
     assert "preference judge" in v(rewards="preference=1")
     assert v(rewards="preference=1", judge_url="http://127.0.0.1:18087") is True
     with pytest.raises(ValueError, match="no reward weights"):
-        from nodes.train_rl_inputs import category_weights, parse_prompt_lines, parse_reward_weights
+        from nodes.train_rl_inputs import category_weights, parse_prompt_lines, parse_reward_weights, training_prompts
 
         category_weights(parse_prompt_lines("text\ta sign"), *parse_reward_weights("general: brightness=1"))
+    # a prompt file in the input folder (the stage-3 formats), after the written prompts; inside the folder only
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a sign", "category": "text"}\n"a dog"\n', encoding="utf-8")
+    assert v(prompts="", prompts_file="p.jsonl", rewards="brightness=1") is True
+    assert training_prompts("a cat", "p.jsonl") == [
+        {"prompt": "a cat", "category": "general"},
+        {"prompt": "a sign", "category": "text_rendering"},
+        {"prompt": "a dog", "category": "general"},
+    ]
+    assert training_prompts("# only a comment", "p.jsonl")[0]["prompt"] == "a sign"
+    assert "prompts_file 'nope.txt' not found" in v(prompts="a cat", prompts_file="nope.txt")
+    assert "'..'" in v(prompts="a cat", prompts_file="../outside.txt")
+    assert "or name a prompt file in prompts_file" in v(prompts="", prompts_file="")
     assert parse_prompt_lines("text_rendering\ta sign that says 'OPEN'\n# c\nplain") == [
         {"prompt": "a sign that says 'OPEN'", "category": "text_rendering"},
         {"prompt": "plain", "category": "general"},

@@ -328,7 +328,7 @@ class DeepGenTrainRL:
             start_over(run, lora_name)
         device = torch.device(cs.torch_device())
         values = inputs.stage3_values(
-            model=handle.name or "comfyui",
+            model=inputs.model_keys(handle),
             run=run,
             prompts_file=inputs.write_prompt_file(run / inputs.PROMPTS_FILE, lines),
             eval_file=inputs.write_prompt_file(run / inputs.EVAL_PROMPTS_FILE, evals),

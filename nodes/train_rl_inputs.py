@@ -170,9 +170,18 @@ def write_prompt_file(path: Path, prompts: list[dict]) -> str:
     return str(path)
 
 
+def model_keys(handle) -> dict:
+    """The config's model keys for the loader's model: its resolved checkpoint (and VLM / diffusion folders), so
+    the written config loads the same model headless (LoRAs on the handle are not part of it)."""
+    src = getattr(handle, "sources", None) or {}
+    keys = {"model": str(src.get("checkpoint") or handle.name or "comfyui")}
+    keys.update({k: str(src[k]) for k in ("vlm", "diffusion") if src.get(k)})
+    return keys
+
+
 def stage3_values(
     *,
-    model: str,
+    model: dict,
     run: Path,
     prompts_file: str,
     eval_file: str,
@@ -198,7 +207,7 @@ def stage3_values(
     LoRA with α = 2·rank on the attention projections; the reference is the LoRA switched off)."""
     return {
         "stage": 3,
-        "model": model,
+        **model,
         "seed": seed,
         "cpu": cpu,
         "mixed_precision": "auto",

@@ -174,9 +174,17 @@ def test_node_matches_headless_stage3(tmp_path, headless_model):
     # the config the node wrote for `deepgen train --stage 3` holds the same algorithm settings as the TOML
     from deepgen.train.grpo.run_config import load_stage3_config
 
-    written = load_stage3_config(tmp_path / "output" / "deepgen_training" / "rl_test" / "stage3_config.json")
+    written_file = tmp_path / "output" / "deepgen_training" / "rl_test" / "stage3_config.json"
+    written = load_stage3_config(written_file)
     by_hand = load_stage3_config(toml)
     assert written.grpo == by_hand.grpo and written.trainable_spec() == by_hand.trainable_spec()
+    assert written.model == "tiny"  # the loader's checkpoint
+    # ...and run as it is (another output folder), it gives the same curve again
+    run_grpo_from_config_file(written_file, [f'output_dir="{tmp_path / "again"}"'])
+    again = [r for r in read_log(tmp_path / "again") if not r.get("eval")]
+    assert [(r["step"], r["reward/brightness/mean"], r["kl"]) for r in again] == [
+        (s, m, k) for s, m, _, _, k in rewards_of(curve)
+    ]
 
 
 def test_interrupt_then_resume_gives_the_same_curve(tmp_path, headless_model):
@@ -225,6 +233,15 @@ def test_bad_input_fails_when_queued(tmp_path):
         from nodes.train_rl_inputs import category_weights, parse_prompt_lines, parse_reward_weights, training_prompts
 
         category_weights(parse_prompt_lines("text\ta sign"), *parse_reward_weights("general: brightness=1"))
+    from types import SimpleNamespace
+
+    from nodes.train_rl_inputs import model_keys
+
+    src = {"checkpoint": "/m/deepgen.safetensors", "vlm": "/m/Qwen2.5-VL-3B", "diffusion": "", "layout": "x"}
+    assert model_keys(SimpleNamespace(sources=src, name="deepgen.safetensors")) == {
+        "model": "/m/deepgen.safetensors",
+        "vlm": "/m/Qwen2.5-VL-3B",
+    }
     # a prompt file in the input folder (the stage-3 formats), after the written prompts; inside the folder only
     (tmp_path / "p.jsonl").write_text('{"prompt": "a sign", "category": "text"}\n"a dog"\n', encoding="utf-8")
     assert v(prompts="", prompts_file="p.jsonl", rewards="brightness=1") is True

@@ -229,9 +229,9 @@ def test_bad_input_fails_when_queued(tmp_path):
     assert "CLIP model folder" in missing and str(tmp_path / "models") in missing
     assert "preference judge" in v(rewards="preference=1")
     assert v(rewards="preference=1", judge_url="http://127.0.0.1:18087") is True
-    with pytest.raises(ValueError, match="no reward weights"):
-        from nodes.train_rl_inputs import category_weights, parse_prompt_lines, parse_reward_weights, training_prompts
+    from nodes.train_rl_inputs import category_weights, parse_prompt_lines, parse_reward_weights, training_prompts
 
+    with pytest.raises(ValueError, match="no reward weights"):
         category_weights(parse_prompt_lines("text\ta sign"), *parse_reward_weights("general: brightness=1"))
     from types import SimpleNamespace
 

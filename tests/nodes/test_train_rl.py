@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +22,13 @@ from trainer_kit import one_thread  # noqa: E402
 
 from nodes import comfy_services as cs  # noqa: E402
 from nodes.train_rl import REWARDS_EVENT, DeepGenTrainRL  # noqa: E402
+from nodes.train_rl_inputs import (  # noqa: E402
+    category_weights,
+    model_keys,
+    parse_prompt_lines,
+    parse_reward_weights,
+    training_prompts,
+)
 
 PROMPTS = ["a red apple on a table", "a small house in a field", "a blue car on a road"]
 FAST = dict(
@@ -229,14 +237,8 @@ def test_bad_input_fails_when_queued(tmp_path):
     assert "CLIP model folder" in missing and str(tmp_path / "models") in missing
     assert "preference judge" in v(rewards="preference=1")
     assert v(rewards="preference=1", judge_url="http://127.0.0.1:18087") is True
-    from nodes.train_rl_inputs import category_weights, parse_prompt_lines, parse_reward_weights, training_prompts
-
     with pytest.raises(ValueError, match="no reward weights"):
         category_weights(parse_prompt_lines("text\ta sign"), *parse_reward_weights("general: brightness=1"))
-    from types import SimpleNamespace
-
-    from nodes.train_rl_inputs import model_keys
-
     src = {"checkpoint": "/m/deepgen.safetensors", "vlm": "/m/Qwen2.5-VL-3B", "diffusion": "", "layout": "x"}
     assert model_keys(SimpleNamespace(sources=src, name="deepgen.safetensors")) == {
         "model": "/m/deepgen.safetensors",

@@ -49,7 +49,8 @@ def size_input(which: str, default: int) -> tuple:
             "max": MAX_RESOLUTION,
             "step": SIZE_MULTIPLE,
             "tooltip": f"Output {which} in pixels, a multiple of {SIZE_MULTIPLE}. 0 = the size of the first "
-            "reference image (edits), or 512 without references. Ignored when a latent is given.",
+            "reference image (edits), or the model's own size without references (512; the demo: 64). "
+            "Ignored when a latent is given.",
         },
     )
 

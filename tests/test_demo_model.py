@@ -38,3 +38,26 @@ def test_text_to_image_draws_the_asked_colour_and_shape(demo):
     t2i, edit = rates["text-to-image"], rates["edit"]
     assert t2i["colour"] >= 0.6 and t2i["shape"] >= 0.5 and t2i["both"] >= 0.4, rates
     assert edit["colour"] >= 0.5 and edit["both"] >= 0.3, rates
+
+
+def test_tiny_random_is_the_random_model_and_a_bad_demo_header_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from deepgen.errors import CheckpointError
+    from deepgen.loading import resolve_source
+    from deepgen.loading.demo_file import DEMO_FILE, EMBED_KEY
+    from deepgen.loading.state_dict_io import read_metadata
+
+    assert resolve_source("tiny").layout == "demo" and resolve_source("tiny").checkpoint == str(DEMO_FILE)
+    assert resolve_source("tiny-random").layout == "tiny" and resolve_source("tiny:3").seed == 3
+    tensors, metadata = load_file(str(DEMO_FILE)), read_metadata(DEMO_FILE)
+    assert EMBED_KEY not in tensors  # rebuilt from the seed: the file stays a few MB
+    for field, value, words in (
+        ("format_version", "9", "unsupported demo-file version"),
+        ("embed_seed", "-1", "embed_seed"),
+        ("configs", '{"vlm": {}}', "header configs must be exactly"),
+    ):
+        bad = tmp_path / f"bad_{field}.safetensors"
+        save_file(tensors, str(bad), {**metadata, field: value})
+        with pytest.raises(CheckpointError, match=words):
+            load_model(str(bad), dtype=torch.float32)

@@ -160,7 +160,7 @@ def test_example_configs_are_valid(name):
     if name == "stage2_consumer_dit_lora":
         assert c.train_dit == "lora" and c.gradient_checkpointing and c.micro_batch_size == 1
     if name == "tiny":
-        assert c.model == "tiny" and c.mixed_precision == "no" and c.max_steps <= 50
+        assert c.model == "tiny-random" and c.mixed_precision == "no" and c.max_steps <= 50
 
 
 def test_old_names_in_a_file_still_load_with_a_deprecation_warning(tmp_path, caplog):

@@ -36,7 +36,6 @@ from deepgen import demo_world as W  # noqa: E402
 from deepgen import tiny  # noqa: E402
 from deepgen.loading.demo_file import set_seeded_embedding, write_demo_file  # noqa: E402
 
-
 # The tiny VAE with a wider first level: the 8-channel one learns these pictures far more slowly on a CPU.
 DEMO_VAE = {**tiny.TINY_VAE, "block_out_channels": [16, 32, 32, 32]}
 

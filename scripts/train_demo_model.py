@@ -97,6 +97,27 @@ def train_vae(steps: int, size: int, seed: int, batch: int = 8):
     shift, scale = means.mean().item(), 1.0 / means.std().item()
     vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
     log(f"vae: shift {shift:.4f} scale {scale:.4f}; scaled posterior std {stds.mean().item() * scale:.4f}")
+    return to_sd3_latent_factors(vae)
+
+
+def to_sd3_latent_factors(vae):
+    """Fold the VAE's own latent shift/scale into its encoder's last and decoder's first convolution, so its config
+    carries SD3's (0.0609, 1.5305) like the real VAE: ComfyUI's native SD3 path (KSampler, VAEDecode) assumes them.
+    The DiT's latents, (z - shift) * scale, are unchanged."""
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    sd3_shift, sd3_scale = tiny.TINY_VAE["shift_factor"], tiny.TINY_VAE["scaling_factor"]
+    if (shift, scale) == (sd3_shift, sd3_scale):
+        return vae
+    k, c = scale / sd3_scale, vae.config.latent_channels  # z_new = (z - shift) * k + sd3_shift
+    with torch.no_grad():
+        enc = vae.encoder.conv_out
+        enc.weight[:c] *= k
+        enc.bias[:c] = (enc.bias[:c] - shift) * k + sd3_shift
+        enc.bias[c:] += 2 * float(np.log(k))  # log-variance: the std scales by k too
+        dec = vae.decoder.conv_in  # z = (z_new - sd3_shift) / k + shift
+        dec.bias += dec.weight.sum(dim=(1, 2, 3)) * (shift - sd3_shift / k)
+        dec.weight /= k
+    vae.register_to_config(shift_factor=sd3_shift, scaling_factor=sd3_scale)
     return vae
 
 
@@ -160,7 +181,7 @@ def main(argv=None) -> int:
         from diffusers import AutoencoderKL
 
         log(f"2/4 VAE: reusing {vae_dir}")
-        vae = AutoencoderKL.from_pretrained(str(vae_dir))
+        vae = to_sd3_latent_factors(AutoencoderKL.from_pretrained(str(vae_dir)))
     else:
         log("2/4 VAE")
         vae = train_vae(args.vae_steps, args.vae_size, args.seed, batch=8)
@@ -206,6 +227,7 @@ def main(argv=None) -> int:
         allow_pretrain_checkpoint=True,  # no VLM LoRA: the demo's VLM is the seeded base
         connector_config=json.loads((base / "connector_config.json").read_text()),
     )
+    trained.vae = to_sd3_latent_factors(trained.vae)
     out = write_demo_file(trained, work / "deepgen_demo.safetensors", embed_seed=args.seed, default_size=args.size)
     log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {(time.time() - started) / 60:.1f} min")
 

@@ -22,7 +22,9 @@ DEMO_FORMAT = "deepgen-demo"
 DEMO_VERSION = "1"
 DEMO_FILE = Path(__file__).resolve().parents[1] / "assets" / "demo" / "deepgen_demo.safetensors"
 EMBED_KEY = "lmm.model.language_model.embed_tokens.weight"
-EMBED_STD = 0.02  # transformers' initializer_range, the scale the tiny VLM was built with
+# Unit scale, not transformers' 0.02: the token then dominates the residual stream of the random 36-layer VLM, so
+# the prompt reaches SCB's taps clearly (at 0.02 the random layers' sums drown it and the demo ignores its prompt).
+EMBED_STD = 1.0
 
 
 def is_demo_file(metadata: dict | None) -> bool:
@@ -30,7 +32,7 @@ def is_demo_file(metadata: dict | None) -> bool:
 
 
 def seeded_embedding(seed: int, vocab: int, width: int) -> torch.Tensor:
-    """The demo VLM's token embedding: N(0, 0.02²) from torch's CPU generator, the same on every machine."""
+    """The demo VLM's token embedding: N(0, EMBED_STD²) from torch's CPU generator, the same on every machine."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(vocab, width, generator=generator) * EMBED_STD
 

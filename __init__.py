@@ -14,10 +14,15 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.append(_HERE)  # appended, so ComfyUI's own top-level modules (e.g. `nodes`) keep priority
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from .nodes import comfy_services as _services
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes import comfy_services as _services
 
-_services.register_model_folders()
+    _services.register_model_folders()
+else:
+    # Imported as a lone file, not as a package: pytest does this in a clone whose folder name is not a Python
+    # name (custom_nodes/ComfyUI-DeepGen, as the README says). There is no ComfyUI to register with then.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = "./web"
 

@@ -20,8 +20,8 @@ is DEEPGEN_DEVICE (set here to --device) and its offload device the CPU.
 
 Timing: CUDA is synchronised around every timed stage; each configuration runs once untimed (2 steps: same
 shapes, so kernels and allocator are warm), then --reps times; medians are reported. Ratios are against a
-baseline measured in the same process. Rows for features the library does not have yet (fp8 weights,
-torch.compile, a step cache) print "n/a (not implemented yet)": never a made-up number.
+baseline measured in the same process. The feature rows (step cache, torch.compile, fp8 weights) switch the
+feature on for the same model and compare with it off; fp8 runs last, since it recasts the weights in place.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from _real_size import (  # noqa: E402
 )
 
 NAME = "bench_gpu"
-NOT_IMPLEMENTED = "n/a (not implemented yet)"
 NO_CUDA = "n/a (no CUDA device)"
 PROMPT = "a lighthouse on a cliff at dusk, warm light, detailed oil painting"
 EDIT_INSTRUCTION = "make it night and add a full moon"
@@ -136,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch CPU threads (default: 1 on the CPU, where the tiny model is overhead-bound and idle "
         "threads spinning on a shared machine cost more than they give; torch's own on CUDA)",
+    )
+    p.add_argument(
+        "--step-cache",
+        type=_positive(float),
+        default=0.1,
+        help="the step cache threshold of the 'step cache on' row (First Block Cache, deepgen.model.speed)",
+    )
+    p.add_argument(
+        "--compile-backend",
+        choices=("inductor", "aot_eager", "eager"),
+        default="inductor",
+        help="torch.compile backend of the 'compile on' row (aot_eager: the CPU check, no code generation)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the noise")
     p.add_argument("--json", type=Path, default=None, help="also write the rows (and the machine) to this file")
@@ -266,7 +277,7 @@ def memory_rows(model, clock, args) -> list:
             )
         )
     DeepGenModelHandle(model, name=NAME, memory_mode="keep_all_on_gpu").activate()  # everything back on the device
-    return rows
+    return rows, peaks.get("keep_all_on_gpu", (None, None))[0]
 
 
 def bare_sd3(ours):
@@ -284,24 +295,13 @@ def dit_rows(model, clock, args, device_name) -> tuple[list, dict]:
     """Our DiT forward vs the bare diffusers one on the same CFG batch (no references), per size; FLOPs; MFU."""
     import torch
 
-    from deepgen.pipeline import DeepGenPipeline
-
     ours, bare = model.transformer, bare_sd3(model.transformer)
-    cond = DeepGenPipeline(model).encode([PROMPT], guidance=args.cfg > 1.0)
-    context = torch.cat([cond.negative_context, cond.context]) if cond.has_negative else cond.context
-    pooled = torch.cat([cond.negative_pooled, cond.pooled]) if cond.has_negative else cond.pooled
-    batch, dtype = context.shape[0], ours.dtype
     peak, peak_source = peak_tflops(args.peak_tflops, device_name)
     rows, steps = [], {}
     for size in args.sizes:
-        generator = torch.Generator("cpu").manual_seed(args.seed)
-        latents = torch.randn(batch, ours.config.in_channels, size // 8, size // 8, generator=generator)
-        inputs = {
-            "hidden_states": latents.to(ours.device, dtype),
-            "encoder_hidden_states": context.to(dtype),
-            "pooled_projections": pooled.to(dtype),
-            "timestep": torch.full((batch,), 500.0, device=ours.device),
-        }
+        inputs = dit_inputs(model, args, size)
+        context = inputs["encoder_hidden_states"]
+        batch = context.shape[0]
         times = {"ours": [], "bare": []}
         with torch.no_grad():
             for name, dit in (("ours", ours), ("bare", bare)):
@@ -368,28 +368,180 @@ def dit_rows(model, clock, args, device_name) -> tuple[list, dict]:
     return rows, steps
 
 
-def feature_rows(args, dtype_name, dit_steps, images) -> list:
-    """bf16 vs fp8, compile off vs on, step cache off vs on: the 'off' side measured, the 'on' side does not exist
-    yet. When the library grows one, measure it here against the same baseline instead of the n/a row."""
-    size = args.sizes[0]
-    step, image = dit_steps[size] * 1e3, images[size]["sample"]
+def weight_bytes(module) -> int:
+    """Bytes of the parameters and buffers as stored (fp8 counts 1 per element); shared storage once."""
+    seen, total = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        key = (t.untyped_storage().data_ptr(), t.device)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def step_times(clock, dit, inputs, reps) -> list:
+    import torch
+
+    times = []
+    with torch.no_grad():
+        for _ in range(reps):
+            t = {}
+            with clock.time(t, "s"):
+                dit(**inputs)
+            times.append(t["s"])
+    return times
+
+
+def cache_rows(handle, clock, args) -> list:
+    """The sample stage at the first size with the step cache off and on, interleaved image by image."""
+    pipe, size = handle.pipe, args.sizes[0]
+    with handle.stage("encode"):
+        think = pipe.think([PROMPT], guidance=args.cfg > 1.0)
+    with handle.stage("bridge"):
+        cond = pipe.bridge(think)
+    times: dict = {"off": [], "on": []}
+    latents, skipped = {}, []
+    with handle.stage("sample"):
+        for rep in range(args.reps + 1):  # the first pair warms up
+            for name, threshold in (("off", 0.0), ("on", args.step_cache)):
+                t = {}
+                with clock.time(t, "s"):
+                    latents[name] = pipe.sample(
+                        cond, size, size, num_steps=args.steps, cfg_scale=args.cfg, seed=args.seed, step_cache=threshold
+                    )
+                if rep:
+                    times[name].append(t["s"])
+            skipped.append(pipe.last_step_cache.skipped)
+    off, on = median(times["off"]), median(times["on"])
+    err = float((latents["on"].float() - latents["off"].float()).abs().max())
+    what = f"the sample stage of t2i {size}², {args.steps} steps, CFG {args.cfg:g}"
     return [
-        row("precision", f"DiT step {dtype_name}, {size}²", step, "ms/step", 1.0, dtype_name, "ours, as above"),
-        row("precision", f"DiT step fp8 weights, {size}²", NOT_IMPLEMENTED, "ms/step", baseline=dtype_name),
-        row("precision", f"peak VRAM fp8 weights, {size}²", NOT_IMPLEMENTED, "GiB", baseline=dtype_name),
-        row("compile", f"DiT step, compile off, {size}²", step, "ms/step", 1.0, "compile off", "eager"),
-        row("compile", f"DiT step, torch.compile on, {size}²", NOT_IMPLEMENTED, "ms/step", baseline="compile off"),
+        row("step cache", f"sampling, step cache off, {size}²", off, "s/image", 1.0, "cache off", what),
         row(
             "step cache",
-            f"sampling, step cache off, {size}²",
-            image,
+            f"sampling, step cache on, {size}²",
+            on,
             "s/image",
-            1.0,
+            on / off,
             "cache off",
-            f"the sample stage of t2i {size}², {args.steps} steps",
+            f"First Block Cache, threshold {args.step_cache:g}: {skipped[-1]} of {args.steps} steps reused; "
+            f"final latents max |Δ| {err:.3g} vs off (random weights skip differently from the release)",
         ),
-        row("step cache", f"sampling, step cache on, {size}²", NOT_IMPLEMENTED, "s/image", baseline="cache off"),
     ]
+
+
+def dit_inputs(model, args, size):
+    import torch
+
+    from deepgen.pipeline import DeepGenPipeline
+
+    ours = model.transformer
+    cond = DeepGenPipeline(model).encode([PROMPT], guidance=args.cfg > 1.0)
+    context = torch.cat([cond.negative_context, cond.context]) if cond.has_negative else cond.context
+    pooled = torch.cat([cond.negative_pooled, cond.pooled]) if cond.has_negative else cond.pooled
+    batch, dtype = context.shape[0], ours.dtype
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    latents = torch.randn(batch, ours.config.in_channels, size // 8, size // 8, generator=generator)
+    return {
+        "hidden_states": latents.to(ours.device, dtype),
+        "encoder_hidden_states": context.to(dtype),
+        "pooled_projections": pooled.to(dtype),
+        "timestep": torch.full((batch,), 500.0, device=ours.device),
+    }
+
+
+def compile_rows(model, clock, args, eager_step) -> list:
+    """Our DiT step with its blocks compiled (regional torch.compile), against the eager step; then undone."""
+    import torch
+
+    from deepgen.model import speed
+
+    size, dit = args.sizes[0], model.transformer
+    inputs = dit_inputs(model, args, size)
+    with torch.no_grad():
+        eager = dit(**inputs).sample
+    speed.compile_blocks(dit, backend=args.compile_backend)
+    try:
+        first: dict = {}
+        with clock.time(first, "s"), torch.no_grad():
+            compiled = dit(**inputs).sample  # compiles
+        step_times(clock, dit, inputs, 1)  # a second call at the same shapes may still specialise
+        step = median(step_times(clock, dit, inputs, args.dit_reps))
+    finally:
+        speed.uncompile_blocks(dit)
+    err = float((compiled.float() - eager.float()).abs().max())
+    return [
+        row("compile", f"DiT step, compile off, {size}²", eager_step * 1e3, "ms/step", 1.0, "compile off", "eager"),
+        row(
+            "compile",
+            f"DiT step, torch.compile on, {size}²",
+            step * 1e3,
+            "ms/step",
+            step / eager_step,
+            "compile off",
+            f"regional compile of the blocks, backend {args.compile_backend}; first call (compiling) "
+            f"{first['s']:.1f} s; velocity max |Δ| {err:.3g} vs eager; median of {args.dit_reps}",
+        ),
+    ]
+
+
+def fp8_rows(handle, model, clock, args, dtype_name, eager_step, peak_first) -> list:
+    """The same model with its DiT and VLM towers stored in fp8 (deepgen.loading.fp8, in place: run last)."""
+    from deepgen.loading.fp8 import apply_fp8
+
+    size = args.sizes[0]
+    before = weight_bytes(model)
+    apply_fp8(model, model.dtype)
+    after = weight_bytes(model)
+    step = median(step_times(clock, model.transformer, dit_inputs(model, args, size), args.dit_reps + 1)[1:])
+    rows = [
+        row(
+            "precision",
+            f"DiT step {dtype_name}, {size}²",
+            eager_step * 1e3,
+            "ms/step",
+            1.0,
+            dtype_name,
+            "ours, as above",
+        ),
+        row(
+            "precision",
+            f"DiT step fp8 weights, {size}²",
+            step * 1e3,
+            "ms/step",
+            step / eager_step,
+            dtype_name,
+            f"DiT + VLM towers stored in float8_e4m3fn, each layer upcast to {dtype_name}; median of {args.dit_reps}",
+        ),
+        row(
+            "precision",
+            "weights, fp8",
+            after / 2**30,
+            "GiB",
+            after / before,
+            dtype_name,
+            f"counted from the modules: {before / 2**30:.2f} GiB in {dtype_name}",
+        ),
+    ]
+    generate(handle, clock, size, min(2, args.steps), args.cfg, args.seed)  # warm-up at the new dtypes
+    clock.reset_peak()
+    generate(handle, clock, size, args.steps, args.cfg, args.seed)
+    allocated, reserved = clock.peak_gib()
+    if allocated is None or peak_first is None:
+        rows.append(row("precision", f"peak VRAM fp8 weights, {size}²", NO_CUDA, "GiB", baseline=dtype_name))
+    else:
+        rows.append(
+            row(
+                "precision",
+                f"peak VRAM fp8 weights, {size}²",
+                allocated,
+                "GiB",
+                allocated / peak_first,
+                f"{dtype_name}, keep_all_on_gpu",
+                f"t2i {size}², keep_all_on_gpu; reserved {reserved:.2f} GiB",
+            )
+        )
+    return rows
 
 
 def markdown(rows: list) -> str:
@@ -439,7 +591,11 @@ def main(argv=None) -> int:
     rows = [row("setup", "model load / build", setup["load"], "s", note=f"{weights}; {params / 1e9:.3f} B parameters")]
     speed, images = speed_rows(handle, clock, args)
     dit, dit_steps = dit_rows(model, clock, args, device_name)
-    rows += speed + memory_rows(model, clock, args) + feature_rows(args, dtype_name, dit_steps, images) + dit
+    memory, peak_first = memory_rows(model, clock, args)
+    first = args.sizes[0]
+    features = cache_rows(handle, clock, args) + compile_rows(model, clock, args, dit_steps[first])
+    features += fp8_rows(handle, model, clock, args, dtype_name, dit_steps[first], peak_first)  # last: in place
+    rows += speed + memory + features + dit
     elapsed = time.perf_counter() - started
 
     print(

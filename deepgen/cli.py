@@ -37,6 +37,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="fp8: store the DiT and VLM text weights in float8_e4m3fn, each layer upcast to --dtype to run",
     )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps …")
+    g.add_argument("--compile", action="store_true", help="torch.compile the DiT's blocks (slow first image)")
+    g.add_argument(
+        "--sdpa-backend",
+        choices=("auto", "flash", "efficient", "math"),
+        default="auto",
+        help="force one attention kernel in the DiT (auto: torch picks)",
+    )
 
 
 def add_sampling_args(p: argparse.ArgumentParser, default_size: int | None) -> None:
@@ -50,6 +57,14 @@ def add_sampling_args(p: argparse.ArgumentParser, default_size: int | None) -> N
     g.add_argument("--shift", type=float, help="scheduler shift (default: the scheduler config's)")
     g.add_argument("--seed", type=int, default=0, help="image i of the batch uses seed + i")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    g.add_argument(
+        "--step-cache",
+        type=float,
+        default=0.0,
+        metavar="THRESHOLD",
+        help="0: off; e.g. 0.1: skip the DiT's inner blocks on steps whose first block barely changed "
+        "(faster, slightly different images)",
+    )
     g.add_argument("--out", default="outputs", help="output folder, or a .png path for a single image")
 
 
@@ -109,6 +124,8 @@ def load_pipeline(args):
             device=device,
             connector_config=connector,
             weight_dtype=args.weight_dtype,
+            compile_dit=args.compile,
+            sdpa_backend=args.sdpa_backend,
             progress=lambda msg: (bar.set_postfix_str(msg), bar.update()),
             allow_pretrain_checkpoint=True,  # a stage-1 export loads; the loader logs what it lacks
         )
@@ -124,6 +141,8 @@ def check_sampling_args(args) -> None:
         raise InputError("--prompt is empty; describe the image (or the edit) you want")
     if args.steps < 1 or args.num_images < 1:
         raise InputError(f"--steps ({args.steps}) and --num-images ({args.num_images}) must be at least 1")
+    if not args.step_cache >= 0:
+        raise InputError(f"--step-cache must be 0 (off) or a positive threshold such as 0.1, got {args.step_cache}")
     if args.width is not None or args.height is not None:
         check_output_size(args.height or 512, args.width or 512)
 
@@ -162,7 +181,11 @@ def run_sampling(args, references=None) -> list[Path]:
             seed=args.seed,
             shift=args.shift,
             callback=lambda i, n, x: bar.update(),
+            step_cache=args.step_cache,
         )
+    if pipe.last_step_cache is not None:
+        stats = pipe.last_step_cache
+        print(f"step cache {stats.threshold:g}: {stats.skipped} of {len(stats.reused)} steps reused", file=sys.stderr)
     with tqdm(total=1, desc="decoding", unit="batch") as bar:
         images = to_pil(pipe.decode(latents))
         bar.update()

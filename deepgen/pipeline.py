@@ -7,6 +7,7 @@ official negatives co-batched with the prompts, 512x512, the scheduler's own shi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -18,6 +19,7 @@ from PIL import Image
 
 from . import constants as C
 from .images import ImageLike, prepare_reference, to_pil
+from .model import speed
 from .model.deepgen import DeepGenModel, ThinkOutput
 from .sizes import check_output_size, check_reference_size
 
@@ -54,6 +56,7 @@ class StepOutput:
     velocity: torch.Tensor  # (B, 16, h, w): the guided velocity the Euler step used
     next_latents: torch.Tensor  # (B, 16, h, w): after the Euler step (what `callback` receives)
     cfg_scale: float  # the guidance scale used (1.0 when the step ran without guidance)
+    cache_reused: bool = False  # the step cache skipped the DiT's inner blocks this step (sample(step_cache=...))
 
     @property
     def guided(self) -> bool:
@@ -178,6 +181,7 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Te
 class DeepGenPipeline:
     def __init__(self, model: DeepGenModel):
         self.model = model
+        self.last_step_cache: speed.StepCacheStats | None = None  # what the step cache did in the last sample()
 
     @classmethod
     def from_pretrained(cls, checkpoint, vlm=None, diffusion=None, **kwargs) -> "DeepGenPipeline":
@@ -316,6 +320,7 @@ class DeepGenPipeline:
         shift: float | None = None,
         callback: StepCallback | None = None,
         on_step: StepHook | None = None,
+        step_cache: float = 0.0,
     ) -> torch.Tensor:
         """Denoise B latents from noise (or from `init_latents` at `strength`) and return them (B, 16, H/8, W/8).
 
@@ -324,6 +329,9 @@ class DeepGenPipeline:
         callback(step, total, latents) runs after every step; raising from it interrupts the run.
         on_step(StepOutput) runs after every step too, before `callback`, with the step's raw (conditional and
         unconditional) and guided velocities, sigmas and latents (docs/api.md); raising from it interrupts too.
+        step_cache: 0 (off, the default) or a First Block Cache threshold such as 0.1: a step whose first DiT block
+        changed relatively less than that reuses the other blocks' last residual (`deepgen.model.speed`; faster,
+        slightly different images). `self.last_step_cache` then says which steps reused it.
         """
         if height is None or width is None:
             height, width = cond.reference_size or (self.default_size, self.default_size)
@@ -366,10 +374,16 @@ class DeepGenPipeline:
 
         first = num_steps - len(timesteps)  # index of timesteps[0] in scheduler.sigmas
         sigmas = scheduler.sigmas.tolist() if on_step is not None else []  # one device read, not one a step
-        with model.transformer.reference_tokens_once():  # each reference is patch-embedded once a run
+        if step_cache < 0:
+            raise ValueError(f"step_cache must be 0 (off) or a positive threshold, got {step_cache}")
+        cache = speed.step_cache(model.transformer, step_cache) if step_cache > 0 else contextlib.nullcontext()
+        # each reference is patch-embedded once a run
+        with model.transformer.reference_tokens_once(), cache as stats:
+            self.last_step_cache = stats
             for i, t in enumerate(timesteps):
                 model_in = torch.cat([x, x]) if guided else x
                 v_pos = model.velocity(model_in, t.expand(model_in.shape[0]), context, pooled, refs)
+                reused = speed.record(stats)
                 v_neg = None
                 if guided:
                     v_neg, v_pos = v_pos.chunk(2)
@@ -391,6 +405,7 @@ class DeepGenPipeline:
                             velocity=v,
                             next_latents=x,
                             cfg_scale=cfg_scale if guided else 1.0,
+                            cache_reused=reused,
                         )
                     )
                 if callback is not None:
@@ -418,13 +433,22 @@ class DeepGenPipeline:
         callback: StepCallback | None = None,
         reference_resize: str = "fix_pixels",
         on_step: StepHook | None = None,
+        step_cache: float = 0.0,
     ) -> DeepGenOutput:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cond = self.encode(
             prompts, negative_prompts, references, guidance=cfg_scale > 1.0, reference_resize=reference_resize
         ).repeat(num_images_per_prompt)
         latents = self.sample(
-            cond, height, width, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed, callback=callback, on_step=on_step
+            cond,
+            height,
+            width,
+            num_steps=num_steps,
+            cfg_scale=cfg_scale,
+            seed=seed,
+            callback=callback,
+            on_step=on_step,
+            step_cache=step_cache,
         )
         if output_type == "latent":
             return DeepGenOutput(images=[], latents=latents)

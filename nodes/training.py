@@ -46,6 +46,7 @@ class NodeCallback:
         self.losses: list[float] = []
         self.task_losses: dict[str, list] = {}
         self.steps: list[int] = []
+        self.val_losses: list[tuple[int, float]] = []  # (step, val_loss) every val_loss_every steps
 
     def on_train_start(self, run) -> None:
         self.bar.update_absolute(run.start_step, run.total_steps)
@@ -60,6 +61,20 @@ class NodeCallback:
     def on_step_end(self, run, info) -> None:
         self.steps.append(info.step)
         self.losses.append(info.loss)
+        val_loss = info.extra.get("val_loss")
+        if val_loss is not None:  # the fixed-noise validation loss: a second series of the chart
+            self.val_losses.append((info.step, val_loss))
+            cs.send_event(
+                "deepgen1.train_loss",
+                {
+                    "node": self.node_id,
+                    "step": info.step,
+                    "total_steps": info.total_steps,
+                    "loss": val_loss,
+                    "task": "val_loss",
+                    "lr": info.lr,
+                },
+            )
         for task, loss in sorted(info.task_losses.items()):
             self.task_losses.setdefault(task, []).append(loss)
             cs.send_event(
@@ -409,6 +424,7 @@ class DeepGenTrainLoRA:
                 keep_last=2,
                 resume="auto" if resume else "no",
                 log_every=1,
+                val_loss_every=max(1, steps // 20),  # about 20 points of the chart's val_loss series
                 validation_prompt=prompt,
                 validation_every=save_every if 0 < save_every < steps else 0,
                 seed=seed,
@@ -467,6 +483,8 @@ class DeepGenTrainLoRA:
             "loss": [h["loss"] for h in result.history],
             "steps": [h["step"] for h in result.history],
             **{f"loss_{t}": v for t, v in callback.task_losses.items()},
+            "val_loss": [v for _, v in callback.val_losses],
+            "val_loss_steps": [step for step, _ in callback.val_losses],
         }
         images = _to_image_batch(result.validation_images).to(cs.intermediate_device())
         return (trained, lora_path, loss, images)

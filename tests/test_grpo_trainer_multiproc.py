@@ -29,7 +29,11 @@ from deepgen.train.grpo.trainer import GRPOTrainer, read_log
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_cpu_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_cpu_processes_match_one_process(tmp_path, sharding):
+    """DDP, and FSDP2 through the shipped configs/accelerate/fsdp.yaml (rollouts with gathered weights on every
+    process, sharded optimizer checkpoints): the same checks, as both make the same arithmetic up to the order of
+    a few fp32 sums."""
     from deepgen.train.data import write_synthetic_dataset
 
     # SFT-Aux data: same-size images with equal-length captions, no caption drop, so the global batch of 2 (one
@@ -80,6 +84,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
         str(config),
         "--set",
         "cpu=true",
+        config_file=ROOT / "configs" / "accelerate" / "fsdp.yaml" if sharding == "fsdp" else None,
     )
     env = {
         **os.environ,
@@ -109,6 +114,15 @@ def test_two_cpu_processes_match_one_process(tmp_path):
         one = GRPOTrainer(cfg).setup().train()
     finally:
         torch.set_num_threads(before)
+    if sharding == "ddp":  # TensorBoard by default: the stage-3 numbers of the log under the same names
+        from test_train_trackers import read_events
+
+        from deepgen.train.trackers import scalars
+
+        tags = set(read_events(tmp_path / "one" / "trackers").Tags()["scalars"])
+        assert tags == set().union(*(scalars(r) for r in one)), tags
+        assert {"reward/brightness/mean", "reward/brightness/std", "kl", "clip_frac", "sft_loss", "grad_norm"} <= tags
+        assert {"lr", "time/images_per_sec_per_device", "time/tokens_per_sec_per_device"} <= tags
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
     print("\n" + "\n".join(line for line in out.splitlines() if line.startswith("step ")))
@@ -119,6 +133,8 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     assert "step 2" in out and "brightness" in out  # console lines of the main process
     # a DiT-only policy uses every trainable tensor: DDP's unused-parameter search is off, so no warning
     assert "find_unused_parameters" not in out
+    shards = list((tmp_path / "two").glob("checkpoint-*/optimizer_shards"))
+    assert bool(shards) == (sharding == "fsdp")  # FSDP really ran: its optimizer state is saved in shards
     # step 1: identical rollouts (same prompts, x_T and SDE noise by global index) → the same rewards
     for key in ("reward/brightness/mean", "reward/brightness/std"):
         assert two[0][key] == pytest.approx(one[0][key], abs=1e-5), key
@@ -127,6 +143,8 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     # the SFT-Aux samples and their noise are keyed by global stream position: the same loss at step 1
     assert two[0]["sft_loss"] == pytest.approx(one[0]["sft_loss"], rel=1e-5)
     assert two[1]["sft_loss"] == pytest.approx(one[1]["sft_loss"], rel=1e-3)
+    # the fixed-noise validation loss of the SFT data, at the last step: split over the ranks, then averaged
+    assert "val_loss" not in two[0] and two[1]["val_loss"] == pytest.approx(one[1]["val_loss"], rel=1e-3)
     # step 2 after one (all-reduced) update: still the same images up to float noise
     assert two[1]["reward/brightness/mean"] == pytest.approx(one[1]["reward/brightness/mean"], abs=2e-4)
     a = load_checkpoint(tmp_path / "two").trainable

@@ -16,6 +16,7 @@ from deepgen.train.trainable import TrainableSpec, setup_trainable
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "train" / "tiny.toml"
 SHIPPED = sorted((ROOT / "configs" / "train").glob("*.toml"))
+ACCELERATE = ROOT / "configs" / "accelerate"
 
 
 @pytest.mark.parametrize(
@@ -68,9 +69,11 @@ def test_sharding_divides_what_it_shards():
 
 
 def test_activations_scale_with_batch_and_resolution():
-    base = plan_for_config(load_train_config(str(TINY), None, ["gradient_checkpointing=false"])).acts["stored"]
+    base = plan_for_config(load_train_config(str(TINY), None, ["micro_batch_size=2"])).acts["stored"]
     double = plan_for_config(load_train_config(str(TINY), None, ["micro_batch_size=4"])).acts["stored"]
-    bigger = plan_for_config(load_train_config(str(TINY), None, ["resolution=128"])).acts["stored"]
+    bigger = plan_for_config(load_train_config(str(TINY), None, ["micro_batch_size=2", "resolution=128"])).acts[
+        "stored"
+    ]
     assert double == 2 * base
     assert bigger > base
 
@@ -108,6 +111,8 @@ def test_cli_plans_every_shipped_config_without_loading(config, capsys, monkeypa
         (["--config", "no/such.toml"], "not found"),
         (["--config", str(TINY), "--num-processes", "0"], "--num-processes must be ≥ 1"),
         (["--config", str(TINY), "--set", "train_dit=half"], "train_dit must be one of"),
+        (["--config", str(TINY), "--accelerate-config", "no/such.yaml"], "no/such.yaml does not exist"),
+        (["--config", str(TINY), "--accelerate-config", str(TINY)], "is not an accelerate config"),
     ],
 )
 def test_bad_input_is_one_line(argv, message, capsys):
@@ -115,3 +120,40 @@ def test_bad_input_is_one_line(argv, message, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+
+
+@pytest.mark.parametrize(
+    "name, sharding, header",
+    [("fsdp", "fsdp", "8 processes (FSDP)"), ("zero2", "zero2", "8 processes (ZERO2)"), ("zero3", "zero3", "(ZERO3)")],
+)
+def test_shipped_accelerate_configs_parse_and_set_the_plans_sharding(name, sharding, header, capsys):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from deepgen.train.plan import sharding_from_accelerate_config
+
+    path = ACCELERATE / f"{name}.yaml"
+    cfg = load_config_from_file(str(path))  # accelerate's own loader: what `accelerate launch` reads
+    assert cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
+    if name == "fsdp":
+        assert cfg.fsdp_config["fsdp_version"] == 2 and cfg.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    else:
+        assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
+    assert sharding_from_accelerate_config(str(path)) == (sharding, 8)
+    assert main(["train", "--plan", "--config", str(TINY), "--accelerate-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"sharding {sharding}" in out and header in out and out.count("total (peak)") == 1
+
+
+def test_a_deepspeed_launch_without_deepspeed_names_the_package(monkeypatch):
+    import importlib.util
+
+    from deepgen.errors import TrainingError
+    from deepgen.train.accelerate_setup import build_accelerator
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with zero2.yaml sets
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(TrainingError, match="not installed: pip install deepspeed"):
+            build_accelerator("no", cpu=True)
+    # installed or not, the trainers refuse it (they would train wrongly) and point at FSDP
+    with pytest.raises(TrainingError, match=r"do not train under DeepSpeed yet.*configs/accelerate/fsdp\.yaml"):
+        build_accelerator("no", cpu=True)

@@ -113,6 +113,12 @@ def test_print_config_and_stage_conflict(tmp_path, capsys):
     assert "lr = 0.0002" in printed and 'train_dit = "lora"' in printed
     assert main(["train", "--stage", "1", "--config", str(config)]) == 2
     assert "stage-2 config but --stage 1" in capsys.readouterr().err
+    # --set stage=1 on a stage-2 file: the file's own keys of what trains still apply, and a warning names them
+    with pytest.warns(UserWarning, match=r"train_dit = 'lora'.*stage1_tiny.toml"):
+        cfg = load_train_config(str(config), None, ["stage=1"])
+    assert cfg.stage == 1 and cfg.train_dit == "lora"
+    stage1 = load_train_config(str(ROOT / "configs/train/stage1_tiny.toml"), 1, [])
+    assert (stage1.stage, stage1.train_dit, stage1.vlm_lora, stage1.vae_latents) == (1, "frozen", False, "mean")
 
 
 def test_stage3_dispatch(tmp_path, capsys, monkeypatch):

@@ -37,6 +37,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         dit_lora_rank=2,
         dit_lora_alpha=2.0,
         adam_eps=1e-6,
+        val_loss_every=1,
+        val_loss_samples=3,  # odd: rank 0 scores two samples, rank 1 one; the mean is over all three
     )  # see the bound below
     stage = common.pop("stage")
     # two processes, micro batch 1 each
@@ -79,6 +81,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
     assert [r["samples"] for r in log] == [4, 8]  # 2 processes x 1 sample x 2 micro-batches per update
     assert [r["loss"] for r in log] == pytest.approx(one.losses, rel=1e-5, abs=1e-6)
+    # the fixed-noise validation loss: split over the ranks, then averaged, it is the one-process value
+    assert [r["val_loss"] for r in log] == pytest.approx([h["val_loss"] for h in one.history], rel=1e-5)
     a = load_checkpoint(tmp_path / "two").trainable
     b = load_checkpoint(one.checkpoint).trainable
     assert set(a) == set(b) and len(a) > 10

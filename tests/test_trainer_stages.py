@@ -221,3 +221,40 @@ def load_adapter_keys(path, tensors=False):
 
     state = load_file(str(path))
     return state if tensors else set(state)
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        dict(train_dit="frozen", vlm_lora=False),
+        dict(train_dit="lora", vlm_lora=False),
+        dict(train_dit="full", vlm_lora=False, train_meta_queries=False, train_projectors=False),
+        dict(train_dit="frozen", vlm_lora=True),
+    ],
+)
+def test_ddp_searches_unused_tensors_only_when_a_backward_leaves_some(data, tmp_path, selection):
+    """The stage-1/2 rule for DDP's ``find_unused_parameters`` against real backwards of an edit and a T2I
+    micro-batch: some trainable tensor has no gradient exactly when the rule turns the search on."""
+    from deepgen.train.data import MicroBatchLoader, load_datasets
+    from deepgen.train.losses import TrainingGrid
+    from deepgen.train.runtime import TrainableSpec, flow_batch_inputs, load_model_for_training, setup_trainable
+    from deepgen.train.trainer import find_unused_parameters, sft_loss
+
+    cfg = base_config(data, tmp_path, stage=2, micro_batch_size=1, **selection)
+    spec = TrainableSpec.from_config(cfg)
+    model, _ = load_model_for_training("tiny", dtype=torch.float32, device="cpu")
+    params = setup_trainable(model, spec)
+    grid = TrainingGrid.from_model(model)
+    datasets = load_datasets(cfg.data, resolution=cfg.resolution, verify="exists")
+    loader = iter(MicroBatchLoader(datasets, cfg.pattern, 1, seed=0, rank=0, world_size=1, num_workers=0))
+    tasks = []
+    for _ in range(2):  # the pattern alternates: one edit, one T2I micro-batch
+        batch = next(loader)
+        tasks.append(batch.task)
+        for p in params.values():
+            p.grad = None
+        loss, _ = sft_loss(model, grid=grid, **flow_batch_inputs(model, batch, seed=0, rank=0, world=1, device="cpu"))
+        loss.backward()
+        unused = [n for n, p in params.items() if p.grad is None]
+        assert bool(unused) == find_unused_parameters(spec), (batch.task, unused[:5])
+    assert sorted(tasks) == ["image2image", "text2image"]

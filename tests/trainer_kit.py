@@ -229,15 +229,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_process_command(*deepgen_args: str) -> list[str]:
+def two_process_command(*deepgen_args: str, config_file: Path | None = None) -> list[str]:
     """`accelerate launch` of `python -m deepgen ...` in two CPU processes (gloo). On a CPU machine accelerate
-    starts several processes only through its torchrun path (--multi_gpu); `deepgen train --cpu` keeps them on
-    the CPU."""
+    starts several processes only through its torchrun path (--multi_gpu, or a config file's FSDP);
+    `deepgen train --cpu` keeps them on the CPU.  ``config_file``: a shipped accelerate config (FSDP)."""
     launcher = Path(sys.executable).with_name("accelerate")
     return [
         str(launcher),
         "launch",
-        "--multi_gpu",
+        *(["--config_file", str(config_file)] if config_file is not None else ["--multi_gpu"]),
         "--num_processes",
         "2",
         "--num_machines",

@@ -1,7 +1,8 @@
 """The VLM LoRA of the official checkpoint: merged into the weights (default) or kept as a PEFT adapter.
 
-Both go through PEFT: the adapter is attached on exactly the checkpoint's modules and loaded strictly; merging
-is PEFT's own merge (W' = W + (alpha/r)·B·A, and (B·A)ᵀ for the embedding), then the LoRA layers are unwrapped.
+The adapter is attached with PEFT on exactly the checkpoint's modules and loaded strictly. Merging
+(W' = W + (alpha/r)·B·A) is done directly for Linear layers (`merge_linear`), and by PEFT's own merge for
+an embedding ((B·A)ᵀ), whose LoRA layer is then unwrapped.
 Alpha is not stored in checkpoints; the release uses r=64, alpha=128, i.e. a scaling of 2.0, our default.
 `lm_head`'s LoRA is accounted for but not merged: generation never calls lm_head, and in the base model it
 shares its tensor with the embedding, which a merge would corrupt.
@@ -56,13 +57,29 @@ def _resolve(lmm: nn.Module, pairs) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def merge_lora(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], scaling: float) -> list[str]:
-    """Merge in place with PEFT (attach, merge, unwrap); returns the modules deliberately left unmerged (lm_head)."""
+    """Merge in place; returns the modules deliberately left unmerged (lm_head).
+
+    Linear layers are merged directly (`merge_linear`: PEFT's arithmetic, or within one ulp of it in half
+    precision on a CPU); anything else (an Embedding) goes through PEFT (attach, merge, unwrap). At the real size PEFT's route took
+    85 s of a 100 s load: it builds and randomly initialises 0.19 B adapter parameters only to overwrite them."""
     from peft.tuners.lora import LoraLayer
 
-    skipped = sorted(name for name in _resolve(lmm, pairs) if name.endswith(SKIPPED_MODULES))
-    merged = {name: halves for name, halves in pairs.items() if name not in skipped}
-    attach_lora_adapter(lmm, merged, alpha=scaling * lora_rank(pairs), adapter_name="deepgen_merge")
-    for name in merged:
+    modules = _resolve(lmm, pairs)
+    skipped = sorted(name for name in modules if name.endswith(SKIPPED_MODULES))
+    rank = lora_rank(pairs)
+    rest = {}
+    for name, halves in pairs.items():
+        if name in skipped:
+            continue
+        layer = modules[name]
+        if isinstance(layer, nn.Linear) and type(layer) is nn.Linear:  # not a subclass with its own weight handling
+            merge_linear(layer, halves["A"], halves["B"], scaling)
+        else:
+            rest[name] = halves
+    if not rest:
+        return skipped
+    attach_lora_adapter(lmm, rest, alpha=scaling * rank, adapter_name="deepgen_merge")
+    for name in rest:
         layer = lmm.get_submodule(name)
         if not isinstance(layer, LoraLayer):
             raise CheckpointError(f"LoRA on {name}, a {type(layer).__name__}; only Linear and Embedding are supported")
@@ -70,6 +87,24 @@ def merge_lora(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], scalin
         parent, _, leaf = name.rpartition(".")
         setattr(lmm.get_submodule(parent) if parent else lmm, leaf, layer.get_base_layer())
     return skipped
+
+
+@torch.no_grad()
+def merge_linear(layer: nn.Linear, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> None:
+    """W += (B·A)·scaling. In fp32 (and on a GPU) exactly PEFT's arithmetic. For fp16/bf16 on a CPU, where PEFT
+    builds the whole delta in fp32 and casts it back (6.6× slower at the real size), one fused `addmm_`
+    accumulating in fp32 with a single rounding: within one ulp of PEFT's result."""
+    weight = layer.weight
+    if lora_a.shape != (lora_a.shape[0], layer.in_features) or lora_b.shape != (layer.out_features, lora_a.shape[0]):
+        raise CheckpointError(
+            f"LoRA halves {tuple(lora_a.shape)} / {tuple(lora_b.shape)} do not fit a Linear "
+            f"{layer.in_features} -> {layer.out_features}"
+        )
+    a, b = lora_a.to(weight.device, weight.dtype), lora_b.to(weight.device, weight.dtype)
+    if weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16):
+        weight.data.addmm_(b, a, alpha=scaling)
+    else:
+        weight.data += (b @ a) * scaling
 
 
 def attach_lora_adapter(

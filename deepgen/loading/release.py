@@ -25,6 +25,7 @@ from diffusers.models import embeddings
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
+from ..model import speed
 from ..model.connector import ConnectorConfig
 from ..model.deepgen import DeepGenModel
 from ..model.dit import DeepGenTransformer2DModel
@@ -57,6 +58,8 @@ def load_model(
     attn_implementation: str = "sdpa",
     weight_dtype: str = "default",
     progress: Progress | None = None,
+    compile_dit: bool = False,
+    sdpa_backend: str = "auto",
 ) -> DeepGenModel:
     """Load DeepGen 1.0 from any supported release layout (resolved by `deepgen.loading.sources`).
 
@@ -70,15 +73,20 @@ def load_model(
     weight_dtype: "default" (everything in `dtype`) or "fp8_e4m3fn" ("fp8"): the DiT and the VLM text tower
     stored in float8_e4m3fn, each layer upcast to `dtype` for its forward (see `deepgen.loading.fp8`). A file
     written by `deepgen convert --dtype fp8` loads in fp8 whatever this says.
+    compile_dit / sdpa_backend: DiT speed switches, off by default (`deepgen.model.speed`): torch.compile of each
+    transformer block (compiled on the first forward), and "auto" / "flash" / "efficient" / "math" attention.
     """
     weight_dtype = fp8.normalize_weight_dtype(weight_dtype)
+    speed.check_sdpa_backend(sdpa_backend)
     model = _load_on_cpu(
         checkpoint, vlm, diffusion, dtype, lora, lora_alpha, allow_pretrain_checkpoint, connector_config,
         attn_implementation, progress,
     )  # fmt: skip
     if weight_dtype == "fp8_e4m3fn":
         fp8.apply_fp8(model, dtype)  # on the CPU, so the device only ever holds the fp8 copy
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    speed.configure(model.transformer, compile=compile_dit, sdpa_backend=sdpa_backend)
+    return model
 
 
 def _load_on_cpu(

@@ -25,6 +25,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from torch.nn.utils.rnn import pad_sequence
 
+from .speed import sdpa_context
+
 LatentBatch = torch.Tensor | Sequence[torch.Tensor]
 # id(reference latent) -> (that latent, target dtype, its patch-embedded tokens): one memo per `forward` call, or one
 # for a whole sampling run inside `reference_tokens_once()`. It holds the latent, so the id is not reused meanwhile.
@@ -89,6 +91,9 @@ class MaskedJointAttnProcessor(JointAttnProcessor2_0):
 
 class DeepGenTransformer2DModel(SD3Transformer2DModel):
     """SD3 MMDiT that also takes per-sample reference latents (Kontext-style)."""
+
+    _repeated_blocks = ["JointTransformerBlock"]  # what `compile_repeated_blocks` compiles (deepgen.model.speed)
+    sdpa_backend = "auto"  # "flash" / "efficient" / "math" forces that SDPA kernel (deepgen.model.speed)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -180,16 +185,17 @@ class DeepGenTransformer2DModel(SD3Transformer2DModel):
         context = self.context_embedder(encoder_hidden_states)
         attention_kwargs = {"attention_mask": key_mask} if key_mask is not None else None
 
-        for block in self.transformer_blocks:
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                context, tokens = self._gradient_checkpointing_func(block, tokens, context, temb, attention_kwargs)
-            else:
-                context, tokens = block(
-                    hidden_states=tokens,
-                    encoder_hidden_states=context,
-                    temb=temb,
-                    joint_attention_kwargs=attention_kwargs,
-                )
+        with sdpa_context(self.sdpa_backend):
+            for block in self.transformer_blocks:
+                if torch.is_grad_enabled() and self.gradient_checkpointing:
+                    context, tokens = self._gradient_checkpointing_func(block, tokens, context, temb, attention_kwargs)
+                else:
+                    context, tokens = block(
+                        hidden_states=tokens,
+                        encoder_hidden_states=context,
+                        temb=temb,
+                        joint_attention_kwargs=attention_kwargs,
+                    )
 
         tokens = self.proj_out(self.norm_out(tokens, temb))
         outputs = [self._unpatchify(tokens[i], h, w) for i, (h, w) in enumerate(grid_sizes)]

@@ -32,6 +32,7 @@ class RunInfo:
     num_processes: int = 1
     trainable_parameters: int = 0  # elements
     config: dict = field(default_factory=dict)
+    sharding: str = "none"  # none | FSDP2 | ZeRO-2 | ZeRO-3 (sharding.sharding_name)
 
 
 @dataclass

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import sharding
 from .checkpointing import (
     Checkpoint,
     CheckpointError,
@@ -23,6 +25,7 @@ from .checkpointing import (
     save_checkpoint,
     save_checkpoint_accelerate,
 )
+from .checkpointing.layout import OPTIMIZER_SHARDS_DIR, SHARDS_PREFIX, checkpoint_dir_name
 
 log = logging.getLogger("deepgen.train")
 
@@ -60,7 +63,13 @@ class CheckpointManager:
         grad_scaler=None,
         data_position: Mapping | None = None,
         extra: Mapping | None = None,
+        model: nn.Module | None = None,
     ) -> Path | None:
+        """``model``: the prepared (wrapped) module; needed under FSDP, whose optimizer state is saved in shards."""
+        if sharding.is_fsdp(self.accelerator):
+            shards = self._save_optimizer_shards(step, optimizer, model)
+            trainable = sharding.gather_tensors(self.accelerator, trainable)
+            optimizer = None
         kwargs = dict(
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
@@ -74,9 +83,26 @@ class CheckpointManager:
         if self.accelerator is None:
             path = save_checkpoint(self.output_dir, step, trainable=trainable, **kwargs)
         else:
+            if sharding.is_fsdp(self.accelerator):
+                kwargs["shards"] = shards
             path = save_checkpoint_accelerate(self.accelerator, self.output_dir, step, trainable=trainable, **kwargs)
         self.last_saved_step = step
         return path
+
+    def _save_optimizer_shards(self, step: int, optimizer, model) -> Path:
+        """Every process writes its shard of the optimizer state (accelerate's FSDP writer, DCP) into a folder
+        beside the checkpoint's temp folder; the main process then moves it in before the atomic rename."""
+        from accelerate.utils import broadcast_object_list, save_fsdp_optimizer
+
+        acc = self.accelerator
+        if model is None or optimizer is None:
+            raise TypeError("an FSDP checkpoint needs the optimizer and the prepared model")
+        token = [secrets.token_hex(4) if acc.is_main_process else None]
+        broadcast_object_list(token)
+        shards = self.output_dir / f"{SHARDS_PREFIX}{checkpoint_dir_name(step)}-{token[0]}"
+        save_fsdp_optimizer(acc.state.fsdp_plugin, acc, optimizer, model, str(shards))
+        acc.wait_for_everyone()
+        return shards
 
     def find(self, resume: str) -> Path | None:
         """``auto`` → latest in output_dir (or None); ``no`` → None; else the folder (must hold a checkpoint)."""
@@ -99,6 +125,7 @@ class CheckpointManager:
         lr_scheduler=None,
         grad_scaler=None,
         strict: bool = True,
+        model: nn.Module | None = None,
     ) -> Checkpoint | None:
         """``auto`` falls back to the newest *intact* checkpoint when the latest cannot be read (one warning line
         naming it); an explicit folder that cannot be read raises :class:`CheckpointError`."""
@@ -113,17 +140,32 @@ class CheckpointManager:
                 return None
             ckpt = load_checkpoint(path)
         rank = self.accelerator.process_index if self.accelerator is not None else 0
+        fsdp = sharding.is_fsdp(self.accelerator)
         restore_training_state(
             ckpt,
             params=trainable,
-            optimizer=optimizer,
+            optimizer=None if fsdp else optimizer,
             lr_scheduler=lr_scheduler,
             grad_scaler=grad_scaler,
             rank=rank,
             strict=strict,
         )
+        if fsdp and optimizer is not None:
+            self._load_optimizer_shards(ckpt, optimizer, model)
         self.last_saved_step = ckpt.step
         return ckpt
+
+    def _load_optimizer_shards(self, ckpt: Checkpoint, optimizer, model) -> None:
+        from accelerate.utils import load_fsdp_optimizer
+
+        folder = ckpt.path / OPTIMIZER_SHARDS_DIR
+        if not folder.is_dir():
+            raise CheckpointError(
+                f"{ckpt.path} has no sharded optimizer state ({OPTIMIZER_SHARDS_DIR}/): it was not written by an "
+                "FSDP run; resume it the way it was trained, or start from its weights with init_from"
+            )
+        acc = self.accelerator
+        load_fsdp_optimizer(acc.state.fsdp_plugin, acc, optimizer, model, str(folder))
 
 
 def load_init_tensors(model: nn.Module, path: str | os.PathLike) -> list[str]:

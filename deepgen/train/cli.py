@@ -94,6 +94,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="with --plan: none (DDP: all replicated), zero2 (gradients and optimizer states sharded), "
         "zero3 / fsdp (weights too); default none",
     )
+    p.add_argument(
+        "--accelerate-config",
+        default=None,
+        metavar="FILE",
+        help="with --plan: take the sharding (FSDP, DeepSpeed ZeRO stage) and process count from an accelerate "
+        "config file, e.g. configs/accelerate/zero3.yaml (--num-processes still wins)",
+    )
     p.set_defaults(func=cmd_train)
     return p
 
@@ -111,11 +118,38 @@ def load_train_config(path: str, stage: int | None, overrides: list[str]):
         if "stage" in values and values["stage"] != stage:
             raise ConfigError(
                 f"{file_path} is a stage-{values['stage']} config but --stage {stage} was given; "
-                "drop --stage or use another config file"
+                f"drop --stage or use a stage-{stage} config file ({SMALL_CONFIGS.get(stage, 'configs/train/')})"
             )
         if not any(o.split("=", 1)[0].strip() == "stage" for o in overrides):
             overrides.insert(0, f"stage={stage}")
-    return load_config(file_path, overrides)
+    cfg = load_config(file_path, overrides)
+    _warn_foreign_stage_keys(file_path, values, cfg.stage)
+    return cfg
+
+
+SMALL_CONFIGS = {1: "configs/train/stage1_tiny.toml", 2: "configs/train/tiny.toml"}
+
+
+def _warn_foreign_stage_keys(path: Path, values: dict, stage: int) -> None:
+    """``--set stage=N`` on a file of another stage: the file's own keys of what trains still apply (a stage-2
+    file's ``train_dit = "full"`` keeps the DiT training under stage 1), so say which ones."""
+    import warnings
+
+    from .config import stage_preset
+
+    if values.get("stage", 1) == stage:
+        return
+    keys = [
+        k for k in ("train_dit", "vlm_lora", "train_meta_queries", "train_projectors", "train_connector") if k in values
+    ]
+    keys += [k for k in stage_preset(values.get("stage", 1)) if k in values and k not in keys and k != "stage"]
+    if keys:
+        warnings.warn(
+            f"{path} is a stage-{values.get('stage', 1)} config run as stage {stage}: its own keys still apply "
+            f"({', '.join(f'{k} = {values[k]!r}' for k in keys)}); for a stage-{stage} run use a stage-{stage} "
+            f"config ({SMALL_CONFIGS.get(stage, 'configs/train/')}) or --set those keys too",
+            stacklevel=3,
+        )
 
 
 class ConsoleCallback:
@@ -152,8 +186,8 @@ class ConsoleCallback:
         where = f"resuming at step {run.start_step}" if run.start_step else "starting"
         self._print(
             f"[deepgen train] stage {run.stage}: {where}, {run.total_steps} steps, "
-            f"{run.trainable_parameters:,} trainable parameters, {run.num_processes} process(es), "
-            f"output {run.output_dir}"
+            f"{run.trainable_parameters:,} trainable parameters, {run.num_processes} process(es)"
+            f"{'' if run.sharding == 'none' else ', sharded: ' + run.sharding}, output {run.output_dir}"
         )
 
     def check_interrupt(self) -> None:
@@ -168,6 +202,8 @@ class ConsoleCallback:
         if info.step % self.log_every == 0 or info.step == info.total_steps:
             tasks = ", ".join(f"{TASK_SHORT.get(t, t)} {v:.4f}" for t, v in sorted(info.task_losses.items()))
             norm = f" grad {info.grad_norm:.3f}" if info.grad_norm is not None else ""
+            if "val_loss" in info.extra:
+                norm += f" val_loss {info.extra['val_loss']:.4f}"
             self._print(
                 f"step {info.step}/{info.total_steps} loss {info.loss:.4f} ({tasks}) lr {info.lr:.3e}{norm} "
                 f"{info.step_time:.2f} s/step"
@@ -242,15 +278,20 @@ def cmd_train(args) -> int:
 def _print_plan(args) -> int:
     """``--plan``: the memory table for the config (any stage), without loading anything."""
     from ..errors import ConfigError
-    from .plan import format_plan, plan_config_file
+    from .plan import format_plan, plan_config_file, sharding_from_accelerate_config
 
-    counts = args.num_processes or [1, 8]
+    sharding, default_counts = args.sharding, [1, 8]
+    if getattr(args, "accelerate_config", None):
+        sharding, n = sharding_from_accelerate_config(args.accelerate_config)
+        default_counts = [n]
+        print(f"accelerate config {args.accelerate_config}: {n} process(es), sharding {sharding}")
+    counts = args.num_processes or default_counts
     bad = [n for n in counts if n < 1]
     if bad:
         raise ConfigError(f"--num-processes must be ≥ 1 (got {bad[0]})")
     overrides = _flag_overrides(args) + list(args.overrides)
     plan = plan_config_file(args.config, overrides, args.stage)
-    print(format_plan(plan, counts, args.sharding))
+    print(format_plan(plan, counts, sharding))
     return 0
 
 

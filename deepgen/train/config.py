@@ -64,6 +64,7 @@ __all__ = [
 STAGES = (1, 2)
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 TRAIN_DIT_MODES = ("full", "lora", "frozen")
+VAE_LATENTS = ("sample", "mean")  # the training target: a VAE posterior sample (official) or its mean
 # diffusers' SD3 LoRA targets (attention projections of both streams), matched as module-name suffixes
 # The DiT LoRA targets are defined once, as presets in deepgen.lora (DIT_TARGET_PRESETS): "attn" adapts every
 # attention projection of every block, SD3.5's second (image) attention attn2 included, which diffusers' SD3
@@ -96,6 +97,7 @@ class TrainConfig(ConfigSchema):
     task_pattern: dict[str, int] = field(default_factory=lambda: {"image2image": 1, "text2image": 3})
     resolution: int = 512  # fix_pixels target: about resolution² pixels, sides multiples of 32
     caption_dropout: float = 0.1  # T2I only; edits never drop their instruction
+    vae_latents: str = "sample"  # sample (official: a VAE posterior sample) | mean (the posterior mean)
     num_workers: int = 2  # image-decoding processes per rank
     # --- optimisation ---
     micro_batch_size: int = 4  # samples per micro-batch per process (one task per micro-batch)
@@ -119,7 +121,12 @@ class TrainConfig(ConfigSchema):
     resume: str = "auto"  # auto (latest in output_dir if any) | no | path of a checkpoint folder
     log_every: int = 10
     log_file: bool = True  # write output_dir/train_log.jsonl (one JSON line per update)
+    trackers: list[str] = field(default_factory=lambda: ["auto"])  # auto (TensorBoard if installed) | none |
+    #                                                                 tensorboard, wandb (accelerate log_with)
+    tracker_project: str = "deepgen"  # the run/project name the trackers get
     strict_resume_data: bool = True  # refuse to resume when the data set changed size (false: warn, continue)
+    val_loss_every: int = 100  # updates between fixed-noise validation losses (log key val_loss; 0 = off)
+    val_loss_samples: int = 4  # samples of that validation set (the data set's first ones, T2I first)
     # --- validation images ---
     validation_prompt: str = ""
     validation_every: int = 0  # updates between validation images (0 = off)
@@ -189,6 +196,7 @@ class TrainConfig(ConfigSchema):
             self.resolution >= 32 and self.resolution % 32 == 0,
             f"resolution must be a multiple of 32, ≥ 32 (got {self.resolution})",
         )
+        need(self.vae_latents in VAE_LATENTS, f"vae_latents must be one of {VAE_LATENTS} (got {self.vae_latents!r})")
         need(0.0 <= self.caption_dropout <= 1.0, f"caption_dropout must be in [0, 1] (got {self.caption_dropout})")
         need(self.num_workers >= 0, f"num_workers must be ≥ 0 (got {self.num_workers})")
         need(self.micro_batch_size >= 1, f"micro_batch_size must be ≥ 1 (got {self.micro_batch_size})")
@@ -220,6 +228,12 @@ class TrainConfig(ConfigSchema):
         need(self.keep_last >= 0, f"keep_last must be ≥ 0 (0 = keep all) (got {self.keep_last})")
         need(bool(self.resume.strip()), 'resume must be "auto", "no" or a checkpoint folder')
         need(self.log_every >= 1, f"log_every must be ≥ 1 (got {self.log_every})")
+        need(self.val_loss_every >= 0, f"val_loss_every must be ≥ 0 (0 = off) (got {self.val_loss_every})")
+        need(self.val_loss_samples >= 1, f"val_loss_samples must be ≥ 1 (got {self.val_loss_samples})")
+        from .trackers import tracker_problem
+
+        tracker = tracker_problem(self.trackers)
+        need(tracker is None, tracker or "")
         need(self.validation_every >= 0, f"validation_every must be ≥ 0 (0 = off) (got {self.validation_every})")
         if self.validation_every > 0:
             need(bool(self.validation_prompt.strip()), "validation_every > 0 needs a validation_prompt")

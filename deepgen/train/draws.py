@@ -23,17 +23,29 @@ def sample_generator(seed: int, purpose: str, *key: Any) -> torch.Generator:
 
 @torch.no_grad()
 def flow_batch_inputs(
-    model, batch, *, seed: int, rank: int, world: int, device, purpose: str = "", num_timesteps: int = 1000
+    model,
+    batch,
+    *,
+    seed: int,
+    rank: int,
+    world: int,
+    device,
+    purpose: str = "",
+    num_timesteps: int = 1000,
+    sample_latents: bool = True,
 ) -> dict[str, Any]:
     """The flow-matching inputs of one micro-batch (``flow_matching_loss`` keywords): VAE posterior samples of
     the targets and references, the noise and the timestep index of every sample, each drawn from a generator
     keyed by the sample's global stream position, so the draws depend neither on the number of processes nor
-    on a resume. ``purpose`` keeps the streams of different users (stage-3 SFT-Aux) apart."""
+    on a resume. ``purpose`` keeps the streams of different users (stage-3 SFT-Aux) apart; ``sample_latents``
+    False takes the posterior mean instead (config ``vae_latents = "mean"``)."""
     task = batch.task
     end = int(batch.position["consumed"][task])
     positions = [end - len(batch) * world + rank + j * world for j in range(len(batch))]
     targets = [
-        model.encode_image(x[None].to(device), generator=sample_generator(seed, purpose + "vae", task, p))[0]
+        model.encode_image(
+            x[None].to(device), generator=sample_generator(seed, purpose + "vae", task, p), sample=sample_latents
+        )[0]
         for x, p in zip(batch.targets, positions)
     ]
     noise = [
@@ -49,7 +61,9 @@ def flow_batch_inputs(
     ref_latents = (
         [
             [
-                model.encode_image(r[None], generator=sample_generator(seed, purpose + "vae_ref", task, p, j))[0]
+                model.encode_image(
+                    r[None], generator=sample_generator(seed, purpose + "vae_ref", task, p, j), sample=sample_latents
+                )[0]
                 for j, r in enumerate(row)
             ]
             for row, p in zip(refs, positions)

@@ -323,6 +323,32 @@ def _params(n: int) -> str:
     return f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
 
+def sharding_from_accelerate_config(path: str) -> tuple[str, int]:
+    """``(sharding, num_processes)`` of an accelerate config file (``accelerate config`` / configs/accelerate):
+    FSDP → ``fsdp``, DeepSpeed → ``zero<stage>`` (ZeRO-1 counts as ``zero2``'s optimizer sharding without the
+    gradients': planned as ``zero2``, an upper bound), anything else → ``none``."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--accelerate-config: {path} does not exist")
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    try:
+        cfg = load_config_from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - yaml / json / field errors of accelerate's loader
+        raise ConfigError(f"--accelerate-config: {path} is not an accelerate config ({e})") from e
+    kind = str(cfg.distributed_type).rsplit(".", 1)[-1]
+    n = int(cfg.num_processes or 1)
+    if kind == "FSDP":
+        return "fsdp", n
+    if kind == "DEEPSPEED":
+        stage = int((cfg.deepspeed_config or {}).get("zero_stage", 2))
+        if stage not in (1, 2, 3):
+            raise ConfigError(f"--accelerate-config: {path} has zero_stage {stage}; deepgen plans ZeRO 1-3")
+        return ("zero3" if stage == 3 else "zero2"), n
+    return "none", n
+
+
 def format_plan(plan: MemoryPlan, num_processes: Iterable[int] = (1, 8), sharding: str = "none") -> str:
     """The printout: what is counted, then one table per device count (GiB per process)."""
     c, w = plan.count, plan.work

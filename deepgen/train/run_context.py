@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import sharding
+
 if TYPE_CHECKING:
     from .trainer import SFTTrainer
 
@@ -46,13 +48,15 @@ class RunContext:
             grad_scaler=getattr(self.acc, "scaler", None),
             data_position=position,
             extra={"samples": samples, "reason": reason, "source": self.t.source.to_dict() if self.t.source else None},
+            model=self.wrapper,
         )
         if path is not None:
             self.result.checkpoint = path
-        if reason == "periodic" and self.t.cfg.save_lora_every_checkpoint and self.acc.is_main_process:
-            base = self.lora_target()
-            if base is not None and self._lora_wanted():
-                self.write_lora(base.with_name(f"{base.stem}_{step:06d}_steps{base.suffix}"), step)
+        if reason == "periodic" and self.t.cfg.save_lora_every_checkpoint and self._lora_wanted():
+            with sharding.full_weights(self.acc, self.model):  # every process (collective under FSDP)
+                if self.acc.is_main_process:
+                    base = self.lora_target()
+                    self.write_lora(base.with_name(f"{base.stem}_{step:06d}_steps{base.suffix}"), step)
         self.t.callbacks.on_checkpoint(self.run, step, path, reason)
         return path
 
@@ -61,8 +65,11 @@ class RunContext:
         prompt = self.t.cfg.validation_prompt.strip()
         if not prompt:
             return
+        every = sharding.is_fsdp(self.acc)  # FSDP: every process samples (the weights' gathers are collectives)
+        if self.acc.is_main_process or every:
+            with sharding.full_weights(self.acc, self.model):
+                images = self.sample(prompt)
         if self.acc.is_main_process:
-            images = self.sample(prompt)
             folder = self.t.output_dir / VALIDATION_DIR
             folder.mkdir(parents=True, exist_ok=True)
             paths = []
@@ -144,6 +151,12 @@ class RunContext:
         )
 
     def export(self, step: int) -> None:
+        # under FSDP every process gathers the whole weights (collective); the main process writes the files
+        with sharding.full_weights(self.acc, self.model):
+            self._export(step)
+        self.acc.wait_for_everyone()
+
+    def _export(self, step: int) -> None:
         cfg = self.t.cfg
         paths: dict[str, Path] = {}
         if self.acc.is_main_process:
@@ -171,4 +184,3 @@ class RunContext:
                 )
             if paths:
                 self.t.callbacks.on_export(self.run, paths)
-        self.acc.wait_for_everyone()

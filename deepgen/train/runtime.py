@@ -17,6 +17,10 @@ lives in its own module:
   :func:`load_init_tensors`;
 * ``draws.py`` — :func:`sample_generator`, :func:`flow_batch_inputs` and :func:`seeded_step`: draws keyed by the
   sample's global stream position, so they depend neither on the process count nor on a resume;
+* ``sharding.py`` — FSDP2 / DeepSpeed through accelerate: ``prepare`` (model and optimizer together, the VAE
+  kept out of the shards), ``full_weights`` (whole weights for sampling and exports, on every process);
+* ``trackers.py`` — accelerate's ``log_with`` (TensorBoard by default when installed, W&B when asked) and
+  :class:`TrackerCallback`, which logs the JSONL numbers and the validation images;
 * ``callbacks.py`` — :class:`TrainCallback` (progress, loss, interrupt, checkpoint, validation, export hooks),
   :class:`CallbackList` (and the interrupt protocol), :class:`RunInfo`, :class:`StepInfo`, :class:`Stopwatch`.
 """

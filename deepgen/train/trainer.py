@@ -33,6 +33,7 @@ from typing import Sequence
 
 import torch
 
+from . import sharding
 from .checkpointing import Checkpoint
 from .config import TrainConfig
 from .data import MicroBatchLoader, load_datasets
@@ -63,10 +64,20 @@ from .runtime import (
     weight_dtype_for,
 )
 from .step_log import truncate_step_log
+from .trackers import TrackerCallback, resolve_trackers, throughput, tracker_kwargs
+from .val_loss import FixedNoiseValidation
 
 log = logging.getLogger("deepgen.train")
 
-__all__ = ["SFTTrainer", "TrainResult", "sft_loss", "LOG_FILE", "VALIDATION_DIR", "EXPORT_DIR"]
+__all__ = [
+    "SFTTrainer",
+    "TrainResult",
+    "sft_loss",
+    "find_unused_parameters",
+    "LOG_FILE",
+    "VALIDATION_DIR",
+    "EXPORT_DIR",
+]
 
 LOG_FILE = "train_log.jsonl"
 
@@ -105,6 +116,15 @@ def sft_loss(
         timestep_index=timestep_index,
     )
     return out.loss, out.per_sample
+
+
+def find_unused_parameters(spec: TrainableSpec) -> bool:
+    """DDP's ``find_unused_parameters`` for a stage-1/2 selection: on only when a trainable tensor can get no
+    gradient.  Every stage-1/2 backward runs through the think tokens, the SCB and the whole DiT (T2I and edit
+    micro-batches alike: the reference tokens share ``pos_embed``), so the SCB parts and the DiT (full or LoRA)
+    always get one.  The VLM LoRA covers the vision tower, ``lm_head`` and the last decoder layer (officially),
+    which the loss never reaches: on.  (tests/test_trainer_stages.py checks this against real backwards.)"""
+    return bool(spec.vlm_lora)
 
 
 class SFTTrainer:
@@ -184,11 +204,15 @@ class SFTTrainer:
     # ---- the run ----------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
-        find_unused = self.spec.vlm_lora or self.spec.dit != "frozen"  # stage 1: every trainable tensor is used
         acc = self.accelerator or build_accelerator(
-            cfg.mixed_precision, cpu=self.cpu, kwargs_handlers=[ddp_kwargs(find_unused)]
+            cfg.mixed_precision,
+            cpu=self.cpu,
+            kwargs_handlers=[ddp_kwargs(find_unused_parameters(self.spec))],
+            **tracker_kwargs(resolve_trackers(cfg.trackers), self.output_dir),
         )
         self.accelerator = acc
+        if getattr(acc, "log_with", None):  # trackers come with the accelerator (an injected one may have none)
+            self.callbacks.callbacks.append(TrackerCallback(acc, cfg.tracker_project))
         device = torch.device(self.device) if self.device is not None else acc.device
         manager = CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())
         # bad input fails in seconds, before anything big loads: the output folder, then every data row
@@ -220,8 +244,8 @@ class SFTTrainer:
             warmup_steps=cfg.warmup_steps,
             start_factor=cfg.lr_start_factor,
         )
-        wrapper = LossModule(model, sft_loss)
-        wrapper, optimizer = acc.prepare(wrapper, optimizer)  # not the loader, not the scheduler
+        # not the loader, not the scheduler; under FSDP the trainable tensors are the sharded ones from here on
+        wrapper, optimizer, trainable = sharding.prepare(acc, LossModule(model, sft_loss), optimizer, model)
         loader = MicroBatchLoader(
             datasets,
             cfg.pattern,
@@ -235,7 +259,12 @@ class SFTTrainer:
         fresh_schedule = ([dict(fn.__dict__) for fn in scheduler.lr_lambdas], list(scheduler.base_lrs))
         scaler = getattr(acc, "scaler", None)  # fp16 only
         ckpt: Checkpoint | None = manager.resume(
-            cfg.resume, trainable=trainable, optimizer=optimizer, lr_scheduler=scheduler, grad_scaler=scaler
+            cfg.resume,
+            trainable=trainable,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            grad_scaler=scaler,
+            model=wrapper,
         )
         step = 0
         if ckpt is not None:
@@ -246,6 +275,11 @@ class SFTTrainer:
             if acc.is_main_process:
                 log.info("resumed from %s at step %d", ckpt.path, step)
         position = loader.state_dict()
+        validation = (
+            FixedNoiseValidation.from_datasets(datasets, cfg.val_loss_samples, seed=cfg.seed)
+            if cfg.val_loss_every
+            else None
+        )
         samples = int((ckpt.extra or {}).get("samples", 0)) if ckpt is not None else 0
 
         run = RunInfo(
@@ -257,6 +291,7 @@ class SFTTrainer:
             num_processes=acc.num_processes,
             trainable_parameters=count_parameters(trainable),
             config=cfg.to_dict(),
+            sharding=sharding.sharding_name(acc),
         )
         result = TrainResult(step=step, checkpoint=ckpt.path if ckpt is not None else None)
         ctx = RunContext(
@@ -285,6 +320,7 @@ class SFTTrainer:
             while step < cfg.max_steps:
                 sums: dict[str, float] = defaultdict(float)
                 counts: dict[str, float] = defaultdict(float)
+                tokens = 0  # DiT image tokens of this process's targets (throughput)
                 for k in range(cfg.grad_accumulation):
                     self._check_interrupt()
                     batch = next(it)
@@ -292,18 +328,26 @@ class SFTTrainer:
                     sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(wrapper)
                     with sync, seeded_step(cfg.seed, batch.micro_step, acc.process_index):
                         inputs = flow_batch_inputs(
-                            model, batch, seed=cfg.seed, rank=acc.process_index, world=acc.num_processes, device=device
+                            model,
+                            batch,
+                            seed=cfg.seed,
+                            rank=acc.process_index,
+                            world=acc.num_processes,
+                            device=device,
+                            sample_latents=cfg.vae_latents == "sample",
                         )
                         with acc.autocast():
                             loss, per_sample = wrapper(grid=grid, **inputs)
                         acc.backward(loss / cfg.grad_accumulation)
+                    tokens += sum(t.shape[-2] * t.shape[-1] // 4 for t in inputs["targets"])  # 2x2 patches
                     values = per_sample.detach().float()
                     sums[batch.task] += float(values.sum())
                     counts[batch.task] += values.numel()
                 self._check_interrupt()
                 grad_norm = None
                 if cfg.max_grad_norm > 0:
-                    grad_norm = float(acc.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm))
+                    norm = acc.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+                    grad_norm = float(norm) if norm is not None else None  # None: DeepSpeed clips in its engine
                 lr = float(scheduler.get_last_lr()[0])
                 optimizer.step()
                 scheduler.step()
@@ -313,6 +357,12 @@ class SFTTrainer:
                 task_losses = global_mean(acc, sums, counts)
                 total = global_mean(acc, {"all": sum(sums.values())}, {"all": sum(counts.values())})["all"]
                 samples += int(sum(counts.values())) * acc.num_processes
+                step_time = clock.lap()  # the validation below is not part of the update's time
+                extra = throughput(sum(counts.values()), tokens, step_time)
+                if validation is not None and (step % cfg.val_loss_every == 0 or step == cfg.max_steps):
+                    with sharding.full_weights(acc, model):  # collective under FSDP: every rank, same forwards
+                        extra["val_loss"] = validation.compute(model, grid, accelerator=acc, autocast=acc.autocast)
+                    clock.lap()  # nor of the next one's
                 info = StepInfo(
                     step=step,
                     total_steps=cfg.max_steps,
@@ -321,8 +371,9 @@ class SFTTrainer:
                     lr=lr,
                     grad_norm=grad_norm,
                     samples=samples,
-                    step_time=clock.lap(),
+                    step_time=step_time,
                     elapsed=clock.elapsed,
+                    extra=extra,
                 )
                 result.step = step
                 result.history.append(info.to_dict())

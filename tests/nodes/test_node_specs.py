@@ -297,6 +297,16 @@ def load_as_comfyui():
     return module
 
 
+def test_root_file_run_alone_imports_and_registers_nothing():
+    """pytest imports the root __init__.py as a lone file when the clone's folder is not a Python name (the README's
+    custom_nodes/ComfyUI-DeepGen): that must not fail every test with a relative-import error."""
+    import runpy
+
+    module_globals = runpy.run_path(os.path.join(str(ROOT), "__init__.py"))
+    assert module_globals["NODE_CLASS_MAPPINGS"] == {}
+    assert module_globals["WEB_DIRECTORY"] == "./web"
+
+
 def test_package_entry_imports_like_comfyui():
     pack = load_as_comfyui()
     assert NODE_IDS <= set(pack.NODE_CLASS_MAPPINGS)

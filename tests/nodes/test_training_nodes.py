@@ -121,8 +121,12 @@ def test_train_lora_node_round_trip(dataset, tmp_path):
     assert (lora_dir / "test_lora_000002_steps.safetensors").is_file()
     assert len(loss["loss"]) == 3 and loss["steps"] == [1, 2, 3] and all(x == x for x in loss["loss"])
     assert images.shape == (2, 64, 64, 3) and 0 <= images.min() and images.max() <= 1  # step 2 and the end
-    losses = [p for e, p in events if e == "deepgen1.train_loss"]
+    losses = [p for e, p in events if e == "deepgen1.train_loss" and p["task"] != "val_loss"]
     assert [p["step"] for p in losses] == [1, 2, 3]
+    # the fixed-noise validation loss: a second series of the chart, every step of a 3-step run
+    val = [p for e, p in events if e == "deepgen1.train_loss" and p["task"] == "val_loss"]
+    assert [p["step"] for p in val] == loss["val_loss_steps"] == [1, 2, 3]
+    assert [p["loss"] for p in val] == loss["val_loss"] and all(v > 0 for v in loss["val_loss"])
     assert {p["node"] for p in losses} == {"12"} and {p["task"] for p in losses} == {"text2image"}
     assert all(p["total_steps"] == 3 and p["lr"] > 0 and p["loss"] > 0 for p in losses)
     assert events[-1] == ("deepgen1.train_done", {"node": "12", "lora_path": lora_path})

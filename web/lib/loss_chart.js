@@ -5,6 +5,7 @@
 const TASK_COLORS = {
   text2image: "#4e9af1",
   image2image: "#f1a14e",
+  val_loss: "#e86464", // the fixed-noise validation loss (sent with task "val_loss")
 };
 const PALETTE = ["#6fcf73", "#d46fd4", "#e5d14a", "#56c9c9", "#e86464"];
 

@@ -209,3 +209,16 @@ test("fitChartSize: laid-out pixels become the viewBox, with a floor and a fallb
   h.add(loss(1, 0.5));
   assert.equal(buildChart(h, fitChartSize(500, 200)).plot.x1, 492);
 });
+
+test("the fixed-noise validation loss is a series of its own, in its own colour", () => {
+  const h = new LossHistory();
+  h.add({ node: "1", step: 1, totalSteps: 4, loss: 3.9, task: "text2image", lr: 1e-4 });
+  h.add({ node: "1", step: 2, totalSteps: 4, loss: 1.5, task: "val_loss", lr: 1e-4 });
+  h.add({ node: "1", step: 2, totalSteps: 4, loss: 3.8, task: "text2image", lr: 1e-4 });
+  const view = buildChart(h, { width: 300, height: 150, smoothing: 0 });
+  const val = view.series.find((s) => s.task === "val_loss");
+  assert.ok(val && val.rawPath.startsWith("M"));
+  assert.equal(val.color, taskColor("val_loss"));
+  assert.notEqual(taskColor("val_loss"), taskColor("text2image"));
+  assert.equal(val.last, 1.5);
+});

@@ -7,6 +7,7 @@ Layout of ``output_dir``::
       checkpoint-00001000/
         trainable.safetensors      the TRAINABLE parameters only, {name: tensor}, as they are (fp32 masters)
         optimizer.pt               {"optimizer", "lr_scheduler", "grad_scaler"} state dicts (torch.save)
+        optimizer_shards/          FSDP runs only: the optimizer state, one shard per process (torch DCP)
         rng.pt                     {"per_rank": [rng state of rank 0, rank 1, ...]} (tensors, ints, floats)
         config.json                the run's config (TrainConfig.to_dict())
         state.json                 {"format", "format_version", "step", "data_position", "extra", ...}
@@ -28,8 +29,10 @@ Why not ``accelerator.save_state``: it pickles the whole (wrapped) model includi
 3B VLM and the VAE — into ``model.safetensors`` and names files by position.  Our own format keeps only
 the trainable tensors, by name, in one safetensors file that the release loaders can read, and makes the
 atomic-write/``latest`` guarantees explicit.  The price: with plain DDP (accelerate's multi-GPU default)
-optimizer state is replicated, so saving it from the main process is complete; ZeRO/FSDP-sharded
-optimizers are not supported by this format.  Per-rank RNG states are gathered to the main process
+optimizer state is replicated, so saving it from the main process is complete.  Under FSDP the trainable
+tensors are gathered into ``trainable.safetensors`` and the optimizer state stays sharded: every process writes
+its shard (accelerate's ``save_fsdp_optimizer``) into a folder that moves into the checkpoint as
+``optimizer_shards/`` before the atomic rename (``CheckpointManager``).  Per-rank RNG states are gathered to the main process
 (:func:`gather_rng_states`, a collective) so each rank can restore its own.
 
 With accelerate::

@@ -14,12 +14,14 @@ FORMAT_VERSION = 1
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-"  # an unfinished write
 TRASH_PREFIX = ".trash-"  # an old folder swapped out when a step is saved again
+SHARDS_PREFIX = ".shards-"  # a sharded optimizer state being written by every process, before it moves in
 LATEST_FILE = "latest"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
+OPTIMIZER_SHARDS_DIR = "optimizer_shards"  # FSDP runs: the optimizer state, one shard per process (accelerate/DCP)
 
 PathLike = Union[str, os.PathLike]
 

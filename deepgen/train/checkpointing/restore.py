@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import CheckpointError
-from .layout import trainable_parameters
+from .layout import OPTIMIZER_SHARDS_DIR, trainable_parameters
 from .load import Checkpoint
 from .rng import restore_rng_state
 
@@ -33,14 +33,26 @@ def load_trainable_into(
             "parts (train_* / LoRA settings) as the saved run."
         )
     with torch.no_grad():
-        for name in params.keys() & tensors.keys():
+        for name in [n for n in params if n in tensors]:  # one order on every process (FSDP: see below)
             dst, src = params[name], tensors[name]
             if dst.shape != src.shape:
                 raise CheckpointError(
                     f"{name}: checkpoint shape {tuple(src.shape)} != parameter shape {tuple(dst.shape)}"
                 )
-            dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
+            src = src.to(device=dst.device, dtype=dst.dtype)
+            if _is_dtensor(dst):  # an FSDP shard: every process read the whole saved tensor; keep its own part
+                from torch.distributed.tensor import distribute_tensor
+
+                mesh, placements = getattr(dst, "device_mesh"), getattr(dst, "placements")
+                src = distribute_tensor(src, mesh, placements, src_data_rank=None)
+            dst.copy_(src)
     return missing, unexpected
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
 
 
 def _group_names(groups: Sequence[Mapping]) -> list[list[str] | None]:
@@ -50,6 +62,12 @@ def _group_names(groups: Sequence[Mapping]) -> list[list[str] | None]:
 
 def _restore_optimizer(ckpt: Checkpoint, optimizer: Any) -> None:
     if ckpt.optimizer is None:
+        if (ckpt.path / OPTIMIZER_SHARDS_DIR).is_dir():
+            raise CheckpointError(
+                f"{ckpt.path} was written by an FSDP run: its optimizer state is sharded ({OPTIMIZER_SHARDS_DIR}/); "
+                "resume it under FSDP (accelerate launch --config_file configs/accelerate/fsdp.yaml), or start a "
+                "new run from its weights with init_from"
+            )
         raise CheckpointError(f"{ckpt.path} holds no optimizer state")
     saved = _group_names(ckpt.optimizer.get("param_groups", []))
     live_opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer

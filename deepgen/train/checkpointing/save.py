@@ -24,7 +24,9 @@ from .layout import (
     FORMAT_VERSION,
     LATEST_FILE,
     OPTIMIZER_FILE,
+    OPTIMIZER_SHARDS_DIR,
     RNG_FILE,
+    SHARDS_PREFIX,
     STATE_FILE,
     TMP_PREFIX,
     TRAINABLE_FILE,
@@ -142,10 +144,11 @@ def _written(path: Path) -> None:
         package._after_file_hook(path)
 
 
-def _remove_stale(output_dir: Path) -> None:
-    """Remove the temp and trash folders that a crashed save left behind."""
+def _remove_stale(output_dir: Path, keep: Path | None = None) -> None:
+    """Remove the temp, trash and shard folders that a crashed save left behind (all but ``keep``)."""
+    prefixes = (TMP_PREFIX + CHECKPOINT_PREFIX, TRASH_PREFIX, SHARDS_PREFIX)
     for p in output_dir.iterdir():
-        if p.is_dir() and (p.name.startswith(TMP_PREFIX + CHECKPOINT_PREFIX) or p.name.startswith(TRASH_PREFIX)):
+        if p.is_dir() and p.name.startswith(prefixes) and (keep is None or p != keep):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -176,9 +179,15 @@ def _write_files(
     rng_states: Sequence[Mapping] | None,
     config_json: str | None,
     state_json: str,
+    shards: Path | None = None,
 ) -> None:
     """Every file of a checkpoint into ``folder``, each made durable; ``state.json`` last marks it complete."""
     from safetensors.torch import save_file
+
+    if shards is not None:  # written by every process beside the temp folder: one rename moves it in
+        for f in sorted(q for q in shards.rglob("*") if q.is_file()):
+            _fsync_file(f)
+        os.rename(shards, folder / OPTIMIZER_SHARDS_DIR)
 
     save_file(tensors, str(folder / TRAINABLE_FILE), metadata={"format": FORMAT, "step": str(int(step))})
     _written(folder / TRAINABLE_FILE)
@@ -215,6 +224,7 @@ def save_checkpoint(
     rng_states: Sequence[Mapping] | None = None,
     extra: Mapping | None = None,
     keep_last: int | None = None,
+    shards: Path | None = None,
 ) -> Path:
     """Write ``output_dir/checkpoint-<step>`` atomically and point ``latest`` at it; returns its path.
 
@@ -223,12 +233,13 @@ def save_checkpoint(
     defaults to this process's state as rank 0.  ``data_position``, ``config`` and ``extra`` must be
     JSON-able.  ``keep_last`` ≥ 1 prunes older checkpoints afterwards (None/0 keeps all).  Stale temp
     folders of crashed writes are removed first (one trainer per output folder).  Saving a step that
-    already exists replaces it.
+    already exists replaces it.  ``shards``: a folder in ``output_dir`` holding a sharded optimizer state
+    (FSDP runs, written by every process); it moves into the checkpoint as ``optimizer_shards/``.
     """
     if step < 0:
         raise ValueError(f"step must be ≥ 0, got {step}")
     out = check_output_dir_writable(output_dir)
-    _remove_stale(out)
+    _remove_stale(out, keep=shards)
     final = out / checkpoint_dir_name(step)
     tmp = out / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
     tensors = _cpu_tensors(trainable)
@@ -240,7 +251,8 @@ def save_checkpoint(
         "extra": dict(extra) if extra is not None else {},
         "num_trainable_tensors": len(tensors),
         "num_trainable_elements": int(sum(t.numel() for t in tensors.values())),
-        "has_optimizer": optimizer is not None,
+        "has_optimizer": optimizer is not None or shards is not None,
+        "optimizer_shards": shards is not None,
         "world_size": len(rng_states) if rng_states is not None else 1,
         "torch_version": torch.__version__,
     }
@@ -255,7 +267,9 @@ def save_checkpoint(
     except OSError as e:
         raise _write_error(e, final, out, previous) from e
     try:
-        _write_files(tmp, step, tensors, optimizer, lr_scheduler, grad_scaler, rng_states, config_json, state_json)
+        _write_files(
+            tmp, step, tensors, optimizer, lr_scheduler, grad_scaler, rng_states, config_json, state_json, shards
+        )
         if final.exists():  # re-saving a step: swap the old folder out
             trash = out / f"{TRASH_PREFIX}{final.name}-{secrets.token_hex(4)}"
             os.rename(final, trash)
@@ -266,9 +280,13 @@ def save_checkpoint(
         _fsync_dir(out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if shards is not None:
+            shutil.rmtree(shards, ignore_errors=True)
         raise _write_error(e, final, out, previous) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if shards is not None:
+            shutil.rmtree(shards, ignore_errors=True)
         raise
     try:
         _write_text_atomic(out / LATEST_FILE, final.name + "\n")

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import sharding
 from .output import _finite_stats
 from .state import RunState
 
@@ -23,39 +24,15 @@ class Evaluation(RunState):
     def evaluate(self, step: int) -> dict:
         """ODE samples (``eval_num_steps``, CFG ``eval_cfg_scale``, seeds ``eval_seed + 1000·index + dup``) of the
         eval prompts, split over the processes, scored with each prompt's category weights."""
-        acc, cfg, g = self.accelerator, self.cfg, self.g
+        acc, cfg = self.accelerator, self.cfg
         assert self.eval_set is not None, "evaluate() needs eval_prompts"
         recs = self.eval_set.records
         mine = [(i, r) for i, r in enumerate(recs) if i % self.world == self.rank]
         rows: list[dict[str, Any]] = []
-        images_all = []
-        size = g.resolution
-        for i, r in mine:
-            n = cfg.eval_images_per_prompt
-            guided = g.eval_cfg_scale > 1.0
-            with self._autocast():
-                cond = self.pipeline.encode([r.prompt], guidance=guided).repeat(n)
-                lat = self.pipeline.sample(
-                    cond,
-                    size,
-                    size,
-                    num_steps=cfg.eval_num_steps,
-                    cfg_scale=g.eval_cfg_scale,
-                    seed=[cfg.eval_seed + 1000 * i + d for d in range(n)],
-                )
-            images = self.decode(lat)
-            res = self.reward_mix(images, [r.prompt] * n, [i] * n, weights=[self.category_weights[r.category]] * n)
-            for d, im in enumerate(images):
-                rows.append(
-                    {
-                        "index": i,
-                        "dup": d,
-                        "category": r.category,
-                        "scores": {k: float(v[d]) for k, v in res.scores.items()},
-                        "total": float(res.total[d]),
-                    }
-                )
-                images_all.append((i, d, im))
+        images_all: list[tuple[int, int, Any]] = []
+        with sharding.full_weights(acc, self.model):  # FSDP: every process samples as many prompts (setup checks)
+            for i, r in mine:
+                self._eval_prompt(i, r, rows, images_all)
         from accelerate.utils import gather_object
 
         all_rows = gather_object(rows) if self.world > 1 else rows
@@ -82,3 +59,32 @@ class Evaluation(RunState):
             self.callbacks.on_validation(self.run_info, step, [im for _, _, im in images_all], paths)
         self.history.append(out)
         return out
+
+    def _eval_prompt(self, i: int, r, rows: list, images_all: list) -> None:
+        cfg, g = self.cfg, self.g
+        n = cfg.eval_images_per_prompt
+        size = g.resolution
+        guided = g.eval_cfg_scale > 1.0
+        with self._autocast():
+            cond = self.pipeline.encode([r.prompt], guidance=guided).repeat(n)
+            lat = self.pipeline.sample(
+                cond,
+                size,
+                size,
+                num_steps=cfg.eval_num_steps,
+                cfg_scale=g.eval_cfg_scale,
+                seed=[cfg.eval_seed + 1000 * i + d for d in range(n)],
+            )
+        images = self.decode(lat)
+        res = self.reward_mix(images, [r.prompt] * n, [i] * n, weights=[self.category_weights[r.category]] * n)
+        for d, im in enumerate(images):
+            rows.append(
+                {
+                    "index": i,
+                    "dup": d,
+                    "category": r.category,
+                    "scores": {k: float(v[d]) for k, v in res.scores.items()},
+                    "total": float(res.total[d]),
+                }
+            )
+            images_all.append((i, d, im))

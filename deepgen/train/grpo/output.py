@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from .. import runtime as R
+from .. import sharding
 from ..step_log import truncate_step_log
+from ..trackers import throughput
 from .state import RunState
 from .step import RolloutBatch
 
@@ -89,6 +91,8 @@ class RunOutput(RunState):
         """A finished step's record: into the history, the JSONL log and (every ``log_every`` steps) the console
         on the main process, and to the callbacks' ``on_step_end``."""
         g, done = self.g, rec["step"]
+        images = rec["num_images"] / self.world  # this process's rollouts; DiT tokens per image: 2x2 patches
+        rec.update(throughput(images, images * (g.resolution // 16) ** 2, rec.get("time/step", 0.0), "time/"))
         self.history.append(rec)
         if self.accelerator.is_main_process:
             self._write_log(rec)
@@ -111,7 +115,7 @@ class RunOutput(RunState):
     def _check_in_sync(self) -> None:
         """With several processes: every rank must hold bit-identical trainable parameters (DDP averaged the
         same gradients); a mismatch means a desynchronised run, which is an error, not a warning."""
-        if self.world == 1:
+        if self.world == 1 or sharding.is_fsdp(self.accelerator):  # FSDP: each process holds its own shard
             return
         from accelerate.utils import gather_object
 
@@ -158,7 +162,14 @@ class RunOutput(RunState):
             lr_scheduler=self.lr_scheduler,
             data_position=pos,
             extra={"updates": self.updates, "reason": reason},
+            model=self.loss_module,
         )
+        with sharding.full_weights(self.accelerator, self.model):  # FSDP: gathered on every process
+            self._exports(step, reason, path)
+        self.callbacks.on_checkpoint(self.run_info, step, path, reason)
+        return path
+
+    def _exports(self, step: int, reason: str, path: Path | None) -> None:
         exports: dict[str, Path] = {}
         if self.accelerator.is_main_process:
             assert path is not None  # CheckpointManager.save returns the path on the main process
@@ -174,8 +185,6 @@ class RunOutput(RunState):
             if reason == "interrupt":
                 self._truncate_log(step)
             self.callbacks.on_export(self.run_info, exports)
-        self.callbacks.on_checkpoint(self.run_info, step, path, reason)
-        return path
 
     @property
     def log_path(self) -> Path:
@@ -230,6 +239,8 @@ def _console_line(rec: dict, names: Sequence[str]) -> str:
     parts.append(f"ratio-1 {rec.get('ratio_max_dev', 0.0):.1e}")
     if "sft_loss" in rec:
         parts.append(f"sft {rec['sft_loss']:.4f}")
+    if "val_loss" in rec:
+        parts.append(f"val_loss {rec['val_loss']:.4f}")
     parts.append(
         "adv " + "".join(" ▁▂▃▄▅▆▇█"[min(8, math.ceil(8 * c / max(1, max(rec["adv/hist"]))))] for c in rec["adv/hist"])
     )

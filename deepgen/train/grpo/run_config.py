@@ -79,11 +79,16 @@ class Stage3Config(ConfigSchema):
     sft_task_pattern: dict[str, int] = field(default_factory=lambda: {"text2image": 1})
     sft_num_workers: int = 0
     sft_data_verify: str = "header"
+    val_loss_every: int = 10  # steps between fixed-noise validation losses on sft_data (log key val_loss; 0 = off)
+    val_loss_samples: int = 4  # samples of that validation set (sft_data's first ones)
     # --- output ---
     output_dir: str = "outputs/train/stage3"
     keep_last: int = 3
     resume: str = "auto"  # auto | no | a checkpoint folder
     log_every: int = 1  # console; the JSONL log gets every step
+    trackers: list[str] = field(default_factory=lambda: ["auto"])  # auto (TensorBoard if installed) | none |
+    #                                                                 tensorboard, wandb (accelerate log_with)
+    tracker_project: str = "deepgen"
     save_lora_every_checkpoint: bool = True  # LoRA policy: also write a ComfyUI-loadable lora.safetensors
     # --- evaluation ---
     eval_prompts: str = ""  # a prompt file/set; "" = no evaluation
@@ -155,6 +160,12 @@ class Stage3Config(ConfigSchema):
         need(self.keep_last >= 0, "keep_last must be ≥ 0 (0 = keep all)")
         need(bool(self.resume.strip()), 'resume must be "auto", "no" or a checkpoint folder')
         need(self.log_every >= 1, "log_every must be ≥ 1")
+        need(self.val_loss_every >= 0, f"val_loss_every must be ≥ 0 (0 = off) (got {self.val_loss_every})")
+        need(self.val_loss_samples >= 1, f"val_loss_samples must be ≥ 1 (got {self.val_loss_samples})")
+        from ..trackers import tracker_problem
+
+        tracker = tracker_problem(self.trackers)
+        need(tracker is None, tracker or "")
         need(bool(self.output_dir.strip()), "output_dir must be set")
         need(self.eval_num_steps >= 1, "eval_num_steps must be ≥ 1")
         need(self.eval_images_per_prompt >= 1, "eval_images_per_prompt must be ≥ 1")

@@ -16,6 +16,8 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from .. import runtime as R
+from .. import sharding
+from ..trackers import TrackerCallback, resolve_trackers, tracker_kwargs
 from .prompts import PromptSet, load_prompt_set
 from .reward_setup import build_rewards
 from .sde import rollout_schedule
@@ -94,9 +96,14 @@ class RunSetup(RunState):
         # without it would run every process as an independent single process
         cpu = True if (cfg.cpu or not torch.cuda.is_available()) else None
         acc = self._accelerator or R.build_accelerator(
-            cfg.mixed_precision, cpu=cpu, kwargs_handlers=[R.ddp_kwargs(find_unused_parameters(cfg.trainable_spec()))]
+            cfg.mixed_precision,
+            cpu=cpu,
+            kwargs_handlers=[R.ddp_kwargs(find_unused_parameters(cfg.trainable_spec()))],
+            **tracker_kwargs(resolve_trackers(cfg.trackers), cfg.output_dir),
         )
         self.accelerator = acc
+        if getattr(acc, "log_with", None):  # trackers come with the accelerator (an injected one may have none)
+            self.callbacks.callbacks.append(TrackerCallback(acc, cfg.tracker_project))
         self.rank, self.world = acc.process_index, acc.num_processes
         self.device = acc.device
         self.mixed_precision = acc.mixed_precision
@@ -105,6 +112,8 @@ class RunSetup(RunState):
                 f"prompts_per_step ({g.prompts_per_step}) must be a multiple of the number of processes ({self.world})"
             )
         self.prompts_per_rank = g.prompts_per_step // self.world
+        if sharding.is_fsdp(acc) and cfg.eval_prompts:
+            self._check_eval_split(cfg)
         # global like prompts_per_step: checked here, before anything loads (0 = no SFT-Aux term)
         sft_on = bool(cfg.sft_data) and g.sft_lambda != 0.0
         self.sft_batch_per_rank = per_process_batch(g.sft_batch_size, self.world) if sft_on else 0
@@ -153,8 +162,10 @@ class RunSetup(RunState):
         self.lr_scheduler = build_lr_scheduler(
             opt, schedule=g.lr_schedule, max_steps=g.max_steps, warmup_steps=g.warmup_steps
         )
-        self.loss_module = acc.prepare(R.LossModule(model, self._loss_fn))
-        self.optimizer = acc.prepare(opt)
+        # together (FSDP2 replaces the parameters and re-points the optimizer); the trainable tensors after it
+        self.loss_module, self.optimizer, self.params = sharding.prepare(
+            acc, R.LossModule(model, self._loss_fn), opt, model
+        )
 
         from ...pipeline import DeepGenPipeline
         from ..losses import TrainingGrid
@@ -164,7 +175,11 @@ class RunSetup(RunState):
         self.grid = TrainingGrid.from_model(model)
         acc.wait_for_everyone()
         resumed = self.ckpt.resume(
-            cfg.resume, trainable=self.params, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler
+            cfg.resume,
+            trainable=self.params,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            model=self.loss_module,
         )
         if resumed is not None:
             self.start_step = resumed.step
@@ -189,9 +204,20 @@ class RunSetup(RunState):
         self._setup_done = True
         return self
 
+    def _check_eval_split(self, cfg) -> None:
+        """Under FSDP every process must sample as many eval prompts as the others (a wrapped block's forward
+        is a collective): the eval set must split evenly."""
+        n = len(load_prompt_set(cfg.eval_prompts).records)
+        if n % self.world:
+            raise ConfigError(
+                f"under FSDP the eval prompts ({n}) must split evenly over the {self.world} processes: use a "
+                f"multiple of {self.world} prompts"
+            )
+
     def _setup_sft(self) -> None:
         cfg, g = self.cfg, self.g
         self.sft_loader = None
+        self.val_loss_set = None  # the fixed-noise validation loss of sft_data (val_loss_every)
         if not cfg.sft_data or g.sft_lambda == 0.0:
             if g.sft_lambda > 0 and not cfg.sft_data:
                 log.info("no sft_data: the SFT-Aux term (λ = %g) is off", g.sft_lambda)
@@ -201,6 +227,10 @@ class RunSetup(RunState):
         data = load_datasets(
             cfg.sft_data, root=cfg.sft_data_root or None, resolution=cfg.sft_resolution, verify=cfg.sft_data_verify
         )
+        if cfg.val_loss_every:
+            from ..val_loss import FixedNoiseValidation
+
+            self.val_loss_set = FixedNoiseValidation.from_datasets(data, cfg.val_loss_samples, seed=g.seed)
         self.sft_loader = MicroBatchLoader(
             data,
             cfg.sft_task_pattern,

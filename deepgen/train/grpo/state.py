@@ -58,6 +58,7 @@ class RunState:
     mixed_precision: str
     prompts_per_rank: int
     sft_batch_per_rank: int  # sft_batch_size / processes (0 without SFT-Aux data)
+    val_loss_set: Any  # a FixedNoiseValidation of sft_data, or None (no SFT-Aux data, or val_loss_every = 0)
     output_dir: Path
     prompt_set: PromptSet
     eval_set: PromptSet | None

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import runtime as R
+from .. import sharding
 from ..data import derive_seed
 from .advantage import gdpo_advantages, per_sample_weights
 from .logprob import cps_logprob, round_old_logprob
@@ -84,10 +85,17 @@ class StepPhases(RunState):
     def rollout(self, step: int) -> RolloutBatch:
         """Prompts → conditioning → CPS trajectories → decoded images (no gradients)."""
         g = self.g
-        G, P = g.group_size, self.prompts_per_rank
+        P = self.prompts_per_rank
         records = self.prompt_set.sample(P, seed=g.seed, step=step, rank=self.rank, world_size=self.world)
         prompts = [r.prompt for r in records]
         guided = g.cfg_scale > 1.0
+        # FSDP: whole weights outside the training forward (every process rolls out as many images)
+        with sharding.full_weights(self.accelerator, self.model):
+            return self._rollout(step, records, prompts, guided)
+
+    def _rollout(self, step, records, prompts, guided) -> RolloutBatch:
+        g = self.g
+        G, P = g.group_size, self.prompts_per_rank
         with torch.no_grad(), self._autocast():
             cond = self.pipeline.encode(prompts, guidance=guided).repeat(G)
         size = g.resolution
@@ -278,7 +286,7 @@ class StepPhases(RunState):
         else:
             grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
             norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
-        acc_stats["grad_norm"] = float(norm)
+        acc_stats["grad_norm"] = float(norm) if norm is not None else float("nan")  # None: DeepSpeed's own clip
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import runtime as R
+from .. import sharding
 from .cli import main, run_grpo_from_config_file
 from .evaluate import Evaluation
 from .output import LOG_FILE, RunOutput, read_log
@@ -113,6 +114,12 @@ class GRPOTrainer(RunSetup, StepPhases, Evaluation, RunOutput):
                 rec = self.train_step(step)
                 done = self._clean_step = step + 1
                 rec["time/step"] = round(time.perf_counter() - ts, 4)
+                every = self.cfg.val_loss_every
+                if self.val_loss_set is not None and (done % every == 0 or done == g.max_steps):
+                    with sharding.full_weights(self.accelerator, self.model):  # FSDP: every process, same forwards
+                        rec["val_loss"] = self.val_loss_set.compute(
+                            self.model, self.grid, accelerator=self.accelerator, autocast=self.accelerator.autocast
+                        )
                 self.report_step(rec, watch)
                 if g.save_every and done % g.save_every == 0 and done != g.max_steps:
                     self.save(done, "periodic")

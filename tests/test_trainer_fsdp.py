@@ -1,0 +1,164 @@
+"""Sharded training: two CPU processes (gloo) under FSDP2, launched as a user would with the shipped accelerate
+config (configs/accelerate/fsdp.yaml), train the same weights as one process with the same global batch; the
+sharded checkpoint resumes to the very same step; validation and the exports run with every process taking part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from trainer_kit import base_config, free_port, one_thread, write_dataset
+
+from deepgen.train.checkpointing import load_checkpoint
+from deepgen.train.trainer import SFTTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp.yaml"
+
+
+def fsdp_command(config: Path) -> list[str]:
+    launcher = Path(sys.executable).with_name("accelerate")
+    return [
+        str(launcher),
+        "launch",
+        "--config_file",
+        str(FSDP_CONFIG),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "deepgen",
+        "train",
+        "--cpu",
+        "--config",
+        str(config),
+    ]
+
+
+def launch(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # a deadlock: do not leave the processes behind
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError("the 2-process FSDP run did not finish in 240 s:\n" + out[-4000:]) from None
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def read_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path):
+    data = write_dataset(tmp_path / "data", n_t2i=4, n_edit=0)
+    common = dict(
+        max_steps=2,
+        lr=3e-3,
+        train_dit="lora",
+        vlm_lora=False,
+        dit_lora_rank=2,
+        dit_lora_alpha=2.0,
+        adam_eps=1e-6,  # see the bound below
+        max_grad_norm=1e3,  # the clipping path runs (and logs the norm) without scaling
+        task_pattern={"text2image": 1},
+        micro_batch_size=1,
+        validation_prompt="a red square on a grey background",
+        validation_every=1,
+        validation_at_end=False,
+        validation_num_steps=2,
+        validation_size=32,
+    )
+    # two processes, one sample each per update (global batch 2); a checkpoint after every update
+    two = base_config(data, tmp_path / "two", stage=2, grad_accumulation=1, save_every=1, **common)
+    (tmp_path / "two.toml").write_text(two.to_toml(), encoding="utf-8")
+    proc = launch(fsdp_command(tmp_path / "two.toml"), tmp_path)
+    # meanwhile one process here: the same two samples per update, as two micro-batches of one
+    with one_thread():
+        one = SFTTrainer(
+            base_config(data, tmp_path / "one", stage=2, grad_accumulation=2, export_lora=False, **common),
+            cpu=True,
+        ).run()
+    out = finish(proc)
+    assert "2 process(es), sharded: FSDP2" in out, out[-2000:]
+    log = read_log(tmp_path / "two")
+    assert [r["samples"] for r in log] == [2, 4]
+    # step 1 starts from the same weights and sums two per-sample losses (two addends commute): equal here, bit
+    # for bit; a BLAS may round a few ulps differently for the differently aligned gathered weights (MKL does
+    # not promise alignment-independent results), hence 1e-6 (8 fp32 ulps) and not equality
+    assert log[0]["loss"] == pytest.approx(one.history[0]["loss"], rel=1e-6)
+    assert log[1]["loss"] == pytest.approx(one.history[1]["loss"], rel=1e-6)
+    # a missing gradient average would double the norm (and AdamW, scale-free, would hide it in the weights)
+    assert [r["grad_norm"] for r in log] == pytest.approx([h["grad_norm"] for h in one.history], rel=1e-5)
+    # the fixed-noise validation loss of the last update: every process scores every sample under FSDP
+    assert "val_loss" in log[1] and log[1]["val_loss"] == pytest.approx(one.history[1]["val_loss"], rel=1e-5)
+
+    ckpt = load_checkpoint(tmp_path / "two")
+    shards = sorted(p.name for p in (ckpt.path / "optimizer_shards").rglob("*.distcp"))
+    assert len(shards) == 2  # one optimizer shard per process, moved into the atomic folder
+    assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith((".shards-", ".tmp-"))]
+    a, b = ckpt.trainable, load_checkpoint(one.checkpoint).trainable
+    assert set(a) == set(b) and len(a) > 50
+    # Both runs compute each sample with the same kernels on the same shapes, and the gradient average of two
+    # addends is exact; what FSDP changes is the order in which autograd sums a tensor's gradient from several
+    # consumers (its hooks reorder the backward graph), an ulp-level difference in the SCB's gradients (measured:
+    # the DiT LoRA identical after step 1, the SCB off by ≤ 3e-7 = 1e-4·lr). AdamW's step g/(|g| + eps) turns a
+    # gradient change δ into at most lr·δ/eps: with eps = 1e-6 rounding stays far below lr, while a wrong batch
+    # split, a missing reduction or a lost update moves parameters by about lr.
+    diffs = {k: (a[k] - b[k]).abs().max().item() for k in a}
+    worst = max(diffs, key=diffs.get)
+    dit = max(v for k, v in diffs.items() if k.startswith("transformer."))
+    print(f"\nFSDP vs one process: max |Δθ| {diffs[worst]:.2e} ({worst}), DiT LoRA {dit:.2e}, lr {common['lr']}")
+    assert diffs[worst] < 1e-3 * common["lr"], (worst, diffs[worst])
+    assert sum(diffs.values()) / len(diffs) < 1e-7
+    assert any((a[k] != 0).any() for k in a if "lora_B" in k)
+
+    # validation ran on both processes (no deadlock) and shows the 1-process image up to rounding
+    img_two = np.asarray(Image.open(tmp_path / "two" / "validation" / "step-00000001.png"), dtype=np.int16)
+    img_one = np.asarray(Image.open(tmp_path / "one" / "validation" / "step-00000001.png"), dtype=np.int16)
+    assert np.abs(img_two - img_one).max() <= 1
+    # the exports gathered the whole weights: the LoRA file holds the checkpoint's LoRA tensors
+    exported = load_file(str(tmp_path / "two" / "export" / "deepgen_lora.safetensors"))
+    lora_keys = [k for k in a if ".lora_" in k]
+    assert lora_keys and all(
+        torch.equal(exported[k.replace(".default.", ".")].float(), a[k].float()) for k in lora_keys
+    ), sorted(exported)[:4]
+    assert (tmp_path / "two" / "export" / "model.safetensors").is_file()
+
+    # resume the sharded checkpoint of step 1 in a new folder: step 2 again, bit for bit
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(tmp_path / "two" / "checkpoint-00000001", resumed / "checkpoint-00000001")
+    (resumed / "latest").write_text("checkpoint-00000001\n", encoding="utf-8")
+    again = base_config(data, resumed, stage=2, grad_accumulation=1, resume="auto", **{**common, "validation_every": 0})
+    (tmp_path / "resumed.toml").write_text(again.to_toml(), encoding="utf-8")
+    out = finish(launch([*fsdp_command(tmp_path / "resumed.toml"), "--no-export"], tmp_path))
+    assert "resuming at step 1" in out, out[-2000:]
+    (step2,) = read_log(resumed)
+    assert (step2["loss"], step2["grad_norm"]) == (log[1]["loss"], log[1]["grad_norm"])
+    c = load_checkpoint(resumed).trainable
+    assert all(bool((a[k] == c[k]).all()) for k in a)

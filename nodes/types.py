@@ -25,7 +25,9 @@ MAX_RESOLUTION = 8192  # nodes.MAX_RESOLUTION in ComfyUI
 MAX_SEED = 0xFFFFFFFFFFFFFFFF  # what KSampler accepts
 SIZE_MULTIPLE = 16  # deepgen.sizes.OUTPUT_MULTIPLE (VAE /8, then DiT patch 2)
 
-TINY_CHOICE = "deepgen-tiny (random weights, demo)"
+TINY_CHOICE = "deepgen-demo (tiny, trained on shapes)"
+# What workflows saved before the demo model was trained hold; they load the same embedded demo.
+LEGACY_TINY_CHOICES = ("deepgen-tiny (random weights, demo)",)
 REFERENCE_RESIZE = ["fix_pixels", "longest_side", "square", "keep"]
 
 

@@ -1,7 +1,7 @@
 """The `deepgen` command line: generate, edit, convert, info, download (and train, from deepgen.train).
 
-Without --checkpoint, generate/edit use the embedded tiny random-weight model, so a fresh install can run
-end to end offline; point --checkpoint/--vlm/--diffusion at the released files for real images.  What
+Without --checkpoint, generate/edit use the embedded demo model (tiny, trained on coloured shapes by
+scripts/train_demo_model.py), so a fresh install can run end to end offline; point --checkpoint/--vlm/--diffusion at the released files for real images.  What
 `deepgen train` exports loads here too: its model.safetensors as --checkpoint (a stage-1 export has no DiT or
 VLM LoRA: the DiT comes from --diffusion and the VLM runs without the DeepGen LoRA, which one log line says),
 its LoRA files (and the training node's, and stage 3's lora.safetensors) as --lora.
@@ -24,7 +24,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint",
         default="tiny",
         help="DeepGen model.pt/.safetensors, a DeepGen-1.0-diffusers folder, a converted file, "
-        "or 'tiny' (random weights, the default)",
+        "'tiny' (the default: an embedded demo trained on coloured shapes) or 'tiny-random' (random weights)",
     )
     g.add_argument("--vlm", help="Qwen2.5-VL-3B-Instruct folder (official layout)")
     g.add_argument("--diffusion", help="UniPic2-SD3.5M-Kontext folder with transformer/ vae/ scheduler/")
@@ -110,8 +110,8 @@ def load_pipeline(args):
     dtype = pick_dtype(args.dtype, device)
     if args.checkpoint == "tiny":
         print(
-            "Using the embedded tiny DeepGen (random weights: noise-like images). "
-            "Pass --checkpoint/--vlm/--diffusion for the released model.",
+            "Using the embedded demo DeepGen (a tiny model trained on coloured shapes: it draws 'a red circle on "
+            "a blue background' and the like, 64 px). Pass --checkpoint/--vlm/--diffusion for the released model.",
             file=sys.stderr,
         )
     connector = {"num_attention_heads": args.connector_heads} if args.connector_heads else None
@@ -167,7 +167,7 @@ def run_sampling(args, references=None) -> list[Path]:
             references,
             guidance=args.cfg > 1.0,
             reference_resize=getattr(args, "resize", "fix_pixels"),
-            reference_target=getattr(args, "reference_size", 512),
+            reference_target=getattr(args, "reference_size", None),
         )
         bar.update(len(args.prompt))
     cond = cond.repeat(args.num_images)
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="text-to-image")
     add_model_args(p)
-    add_sampling_args(p, 512)
+    add_sampling_args(p, None)  # the model's size: 512, the demo's 64
     add_lora_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fix_pixels", "longest_side", "square", "keep"],
         help="how references are brought to multiples of 32 (default: about 512² pixels)",
     )
-    p.add_argument("--reference-size", type=int, default=512)
+    p.add_argument("--reference-size", type=int, help="fix_pixels target (default: 512, the demo model's 64)")
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("convert", help="write one fast-loading .safetensors with configs and tokenizer")

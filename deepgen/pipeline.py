@@ -207,7 +207,7 @@ class DeepGenPipeline:
         *,
         guidance: bool = True,
         reference_resize: str = "fix_pixels",
-        reference_target: int = 512,
+        reference_target: int | None = None,
         reference_seed: int = 0,
     ) -> Think:
         """Run the VLM (think tokens appended) on the prompts and, co-batched after them, their negatives.
@@ -216,7 +216,8 @@ class DeepGenPipeline:
         guidance: also encode the negatives, in the same VLM batch as the prompts (as the official code does:
         left pads leak into SCB, so encoding them apart would change the result).
         reference_resize / reference_target: how references are brought to multiples of 32 (deepgen.sizes;
-        'keep' refuses other sizes). reference_seed: the VAE posterior draw made later by `bridge`.
+        'keep' refuses other sizes; the target defaults to the model's own size, 512 but for the demo).
+        reference_seed: the VAE posterior draw made later by `bridge`.
         """
         prompts = list(prompts)
         if not prompts:
@@ -224,7 +225,8 @@ class DeepGenPipeline:
         given: list[list[ImageLike]] = [[] for _ in prompts] if references is None else [list(r) for r in references]
         if len(given) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(given)} reference lists")
-        refs = [[prepare_reference(image, reference_resize, reference_target) for image in row] for row in given]
+        target = reference_target or self.default_size
+        refs = [[prepare_reference(image, reference_resize, target) for image in row] for row in given]
         for row in refs:
             for image in row:
                 check_reference_size(*image.shape[-2:])
@@ -267,7 +269,7 @@ class DeepGenPipeline:
         *,
         guidance: bool = True,
         reference_resize: str = "fix_pixels",
-        reference_target: int = 512,
+        reference_target: int | None = None,
         reference_noise: Sequence[Sequence[torch.Tensor]] | None = None,
         seed: int = 0,
     ) -> Conditioning:
@@ -296,6 +298,12 @@ class DeepGenPipeline:
         return latents
 
     # ---- sample -----------------------------------------------------------------------------------------
+    @property
+    def default_size(self) -> int:
+        """The side of a picture when none is asked for: the official 512, or the size a model was trained at
+        when it says so (the embedded demo: 64)."""
+        return getattr(self.model, "default_size", None) or C.DEFAULT_HEIGHT
+
     @torch.no_grad()
     def sample(
         self,
@@ -326,7 +334,7 @@ class DeepGenPipeline:
         slightly different images). `self.last_step_cache` then says which steps reused it.
         """
         if height is None or width is None:
-            height, width = cond.reference_size or (C.DEFAULT_HEIGHT, C.DEFAULT_WIDTH)
+            height, width = cond.reference_size or (self.default_size, self.default_size)
         check_output_size(height, width)
         if num_steps < 1:
             raise ValueError("num_steps must be at least 1")

@@ -139,15 +139,17 @@ def build_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> DeepG
     return model.to(dtype).eval()
 
 
-def save_tiny_release(folder: str | Path, seed: int = 0) -> dict[str, Path]:
+def save_tiny_release(folder: str | Path, seed: int = 0, model: DeepGenModel | None = None) -> dict[str, Path]:
     """Write the tiny model in the official release layout; returns the three paths load_model takes.
+
+    ``model``: a model of the tiny architecture to write instead of a fresh random one (the demo's starting point).
 
     folder/Qwen2.5-VL-tiny (transformers save_pretrained + tokenizer), folder/UniPic2-tiny/{transformer,vae,
     scheduler} (diffusers) and folder/model.safetensors (meta_queries, projector_*, connector.*, transformer.*)
     plus folder/connector_config.json for the non-official connector head count.
     """
     folder = Path(folder)
-    model = build_tiny_model(seed)
+    model = model if model is not None else build_tiny_model(seed)
     vlm_dir, diffusion_dir = folder / "Qwen2.5-VL-tiny", folder / "UniPic2-tiny"
     model.lmm.save_pretrained(vlm_dir)
     model.tokenizer.save_pretrained(vlm_dir)

@@ -8,7 +8,7 @@ import os
 from . import comfy_services as cs
 from .model_handle import MEMORY_MODES, DeepGenModelHandle
 from .native import native_outputs
-from .types import DEEPGEN_MODEL, MODEL, TINY_CHOICE, VAE, category, display_name
+from .types import DEEPGEN_MODEL, LEGACY_TINY_CHOICES, MODEL, TINY_CHOICE, VAE, category, display_name
 
 AUTO = "auto"
 PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
@@ -127,7 +127,7 @@ def resolve_sources(checkpoint: str, vlm: str = AUTO, diffusion: str = AUTO, vae
     """Widget values -> the paths load_model takes (deepgen.loading.resolve_source), with plain-words errors."""
     from deepgen.loading import CheckpointError, resolve_source
 
-    if checkpoint == TINY_CHOICE:
+    if checkpoint == TINY_CHOICE or checkpoint in LEGACY_TINY_CHOICES:
         return {
             "checkpoint": "tiny",
             "layout": "tiny",
@@ -283,7 +283,11 @@ class DeepGenLoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, attention):
+    def VALIDATE_INPUTS(cls, attention, checkpoint):
+        # Naming `checkpoint` here makes ComfyUI skip its own list check for it, so that workflows saved with an
+        # older name of the demo choice still load; any other value must be one of the listed choices.
+        if checkpoint not in LEGACY_TINY_CHOICES and checkpoint not in checkpoint_choices():
+            return f"checkpoint {checkpoint!r} is not in models/deepgen (choices: {', '.join(checkpoint_choices())})"
         if attention not in ATTENTION:
             return f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}"
         if attention == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:

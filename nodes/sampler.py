@@ -64,7 +64,7 @@ def generate(
         height, width = samples.shape[-2] * 8, samples.shape[-1] * 8
         init = from_comfy_samples(samples, scale, shift_factor) if denoise < 1.0 else None
     else:
-        default_h, default_w = cond.reference_size or (512, 512)
+        default_h, default_w = cond.reference_size or (pipe.default_size, pipe.default_size)  # 512; the demo: 64
         height, width = height or default_h, width or default_w
     check_output_size(height, width)
     if not 0.0 < denoise <= 1.0:

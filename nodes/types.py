@@ -25,7 +25,9 @@ MAX_RESOLUTION = 8192  # nodes.MAX_RESOLUTION in ComfyUI
 MAX_SEED = 0xFFFFFFFFFFFFFFFF  # what KSampler accepts
 SIZE_MULTIPLE = 16  # deepgen.sizes.OUTPUT_MULTIPLE (VAE /8, then DiT patch 2)
 
-TINY_CHOICE = "deepgen-tiny (random weights, demo)"
+TINY_CHOICE = "deepgen-demo (tiny, trained on shapes)"
+# What workflows saved before the demo model was trained hold; they load the same embedded demo.
+LEGACY_TINY_CHOICES = ("deepgen-tiny (random weights, demo)",)
 REFERENCE_RESIZE = ["fix_pixels", "longest_side", "square", "keep"]
 
 
@@ -49,7 +51,8 @@ def size_input(which: str, default: int) -> tuple:
             "max": MAX_RESOLUTION,
             "step": SIZE_MULTIPLE,
             "tooltip": f"Output {which} in pixels, a multiple of {SIZE_MULTIPLE}. 0 = the size of the first "
-            "reference image (edits), or 512 without references. Ignored when a latent is given.",
+            "reference image (edits), or the model's own size without references (512; the demo: 64). "
+            "Ignored when a latent is given.",
         },
     )
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # lowest first; the first dotted part below `deepgen.` names the place
 LAYERS = [
-    {"errors", "paths", "constants", "sizes", "devices", "net", "images", "tokenizer", "assets"},
+    {"errors", "paths", "constants", "sizes", "devices", "net", "images", "tokenizer", "assets", "demo_world"},
     {"model"},
     {"tiny"},
     {"loading", "lora"},

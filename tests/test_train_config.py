@@ -160,9 +160,9 @@ def test_example_configs_are_valid(name):
     if name == "stage2_consumer_dit_lora":
         assert c.train_dit == "lora" and c.gradient_checkpointing and c.micro_batch_size == 1
     if name == "tiny":
-        assert c.model == "tiny" and c.mixed_precision == "no" and c.max_steps <= 60 and c.val_loss_every == 1
+        assert c.model == "tiny-random" and c.mixed_precision == "no" and c.max_steps <= 60 and c.val_loss_every == 1
     if name == "stage1_tiny":
-        assert (c.stage, c.train_dit, c.vlm_lora, c.model, c.val_loss_every) == (1, "frozen", False, "tiny", 1)
+        assert (c.stage, c.train_dit, c.vlm_lora, c.model, c.val_loss_every) == (1, "frozen", False, "tiny-random", 1)
 
 
 def test_old_names_in_a_file_still_load_with_a_deprecation_warning(tmp_path, caplog):

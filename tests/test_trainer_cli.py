@@ -102,7 +102,7 @@ def test_shipped_configs_parse():
     consumer = load_train_config(str(ROOT / "configs/train/stage2_consumer_dit_lora.toml"), None, [])
     assert consumer.train_dit == "lora" and consumer.gradient_checkpointing
     tiny = load_train_config(str(ROOT / "configs/train/tiny.toml"), None, ["max_steps=3"])
-    assert tiny.model == "tiny" and tiny.max_steps == 3
+    assert tiny.model == "tiny-random" and tiny.max_steps == 3
 
 
 def test_print_config_and_stage_conflict(tmp_path, capsys):

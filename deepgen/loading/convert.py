@@ -30,6 +30,17 @@ def model_tensors(model: DeepGenModel) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def model_configs(model: DeepGenModel) -> dict[str, dict]:
+    """The configs a whole-model file carries, by part (single_file.CONFIG_PARTS)."""
+    return {
+        "vlm": model.lmm.config.to_dict(),
+        "transformer": dict(model.transformer.config),
+        "vae": dict(model.vae.config),
+        "scheduler": model.scheduler_config,
+        "connector": model.connector.config.to_dict(),
+    }
+
+
 def convert_model(model: DeepGenModel, output: str | os.PathLike, source_layout: str = "official") -> Path:
     """Write `model` to `output` (.safetensors) atomically."""
     output = Path(output)
@@ -37,19 +48,12 @@ def convert_model(model: DeepGenModel, output: str | os.PathLike, source_layout:
         raise InputError(f"The converted file must end in .safetensors, not {output.name!r}")
     tensors = model_tensors(model)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})
-    configs = {
-        "vlm": model.lmm.config.to_dict(),
-        "transformer": dict(model.transformer.config),
-        "vae": dict(model.vae.config),
-        "scheduler": model.scheduler_config,
-        "connector": model.connector.config.to_dict(),
-    }
     metadata = {
         "format": SINGLE_FILE_FORMAT,
         "format_version": FORMAT_VERSION,
         "source_layout": source_layout,
         "dtype": ",".join(dtypes),
-        "configs": json.dumps(configs, default=str),
+        "configs": json.dumps(model_configs(model), default=str),
         "tokenizer_files": json.dumps(tokenizer_files(model.tokenizer)),
     }
     if fp8_parts := stored_fp8_parts(tensors):  # read back with the same layerwise casting (deepgen.loading.fp8)

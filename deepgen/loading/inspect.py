@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import keys as K
 from . import single_file
+from .demo_file import read_demo_header
 from .sources import detect_layout
 from .state_dict_io import read_metadata, read_state_dict
 
@@ -20,12 +21,14 @@ def describe(path) -> dict:
         return info
     if layout == "single":  # an untrusted header: validated before anything else is read
         single_file.parse_header(read_metadata(path), str(path))
+    if layout == "demo":
+        read_demo_header(read_metadata(path), str(path))
     state, meta = read_state_dict(path)
     groups = K.group_keys(state)
     info["tensors"] = len(state)
     info["parameters"] = sum(t.numel() for t in state.values())
     info["dtypes"] = sorted({str(t.dtype).replace("torch.", "") for t in state.values()})
-    if layout == "single":
+    if layout in ("single", "demo"):
         info["metadata"] = {k: v for k, v in meta.items() if k not in ("configs", "tokenizer_files")}
         info["components"] = sorted({k.split(".")[0] for k in state})
         return info

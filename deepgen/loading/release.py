@@ -103,6 +103,8 @@ def _load_on_cpu(
         from ..tiny import build_tiny_model
 
         return build_tiny_model(seed=source.seed, dtype=dtype)
+    if source.layout == "demo":
+        return _load_demo_file(Path(source.path_of("checkpoint")), dtype, attn_implementation, say)
     if source.layout == "single":
         return _load_single_file(Path(source.path_of("checkpoint")), dtype, attn_implementation, say)
     connector_config = {**(source.connector_config or {}), **(connector_config or {})} or None
@@ -325,9 +327,6 @@ def _read_folder_tensors(folder: Path) -> dict:
 
 
 def _load_single_file(path: Path, dtype, attn_implementation, say) -> DeepGenModel:
-    from diffusers import AutoencoderKL as VAE
-    from transformers import Qwen2_5_VLConfig
-
     say("reading converted checkpoint")
     metadata = read_metadata(path)
     configs, files = single_file.parse_header(metadata, str(path))  # before any tensor is touched
@@ -337,6 +336,27 @@ def _load_single_file(path: Path, dtype, attn_implementation, say) -> DeepGenMod
         raise CheckpointError(f"{path} holds a converted-file header but no tensors; convert the model again")
     fp8_parts = fp8.check_fp8_header(claimed, state, str(path))
     tokenizer = single_file.build_tokenizer(files, str(path))
+    return _build_whole(path, configs, state, tokenizer, fp8_parts, dtype, attn_implementation)
+
+
+def _load_demo_file(path: Path, dtype, attn_implementation, say) -> DeepGenModel:
+    from ..tokenizer import demo_tokenizer
+    from . import demo_file
+
+    say("reading the demo model")
+    configs, embed_seed, default_size = demo_file.read_demo_header(read_metadata(path), str(path))
+    state, _ = read_state_dict(path)
+    state = demo_file.demo_state(configs, state, embed_seed, str(path))
+    model = _build_whole(path, configs, state, demo_tokenizer(), [], dtype, attn_implementation)
+    model.default_size = default_size
+    return model
+
+
+def _build_whole(path: Path, configs, state, tokenizer, fp8_parts, dtype, attn_implementation) -> DeepGenModel:
+    """A DeepGenModel from a whole-model file's configs and tensors (converted or demo file)."""
+    from diffusers import AutoencoderKL as VAE
+    from transformers import Qwen2_5_VLConfig
+
     try:
         vlm_config = Qwen2_5_VLConfig.from_dict(configs["vlm"])
     except (TypeError, ValueError, KeyError) as exc:

@@ -1,7 +1,9 @@
 """What the user pointed at, resolved: which release layout it is and the paths `load_model` needs.
 
 One resolver for the CLI (`--checkpoint`), the trainer (the config's `model`) and DeepGenLoader (its widgets):
-- `"tiny"` / `"tiny:<seed>"`: the embedded random-weight demo;
+- `"tiny"`: the embedded demo, the tiny architecture trained on coloured shapes (deepgen.loading.demo_file);
+- `"tiny-random"` / `"tiny:<seed>"`: the tiny architecture with random weights (tests, training from scratch);
+- a demo file (scripts/train_demo_model.py writes one): everything inside;
 - a DeepGen-1.0-diffusers folder (`connector/` + `transformer/` ...): everything inside;
 - a `deepgen convert` single file: everything inside;
 - an official checkpoint file, or a folder holding one (`model.safetensors`, `model.pt`, ... or the only
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import CheckpointError, NotFoundError
+from .demo_file import is_demo_file
 from .single_file import is_single_file
 from .state_dict_io import read_metadata
 
@@ -36,12 +39,12 @@ PathLike = str | os.PathLike
 class ModelSource:
     """A resolved model source (`deepgen.loading.load_model` resolves and builds one)."""
 
-    layout: str  # tiny | official | diffusers | single | bases
+    layout: str  # tiny | demo | official | diffusers | single | bases
     checkpoint: str | None = None  # checkpoint file (official, single) or release folder (diffusers)
     vlm: str | None = None  # Qwen2.5-VL folder (official, bases)
     diffusion: str | None = None  # folder with transformer/ vae/ scheduler/ (official, bases)
     connector_config: dict | None = None
-    seed: int = 0  # tiny only
+    seed: int = 0  # tiny (random weights) only
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -115,7 +118,7 @@ def read_connector_config(folder: PathLike) -> dict | None:
 
 
 def detect_layout(checkpoint: str | os.PathLike) -> str:
-    """'diffusers' | 'single' | 'official', from the path alone (cheap: reads at most a safetensors header)."""
+    """'diffusers' | 'single' | 'demo' | 'official', from the path alone (cheap: reads at most a safetensors header)."""
     path = Path(checkpoint)
     if path.is_dir():
         if (path / "connector").is_dir() and (path / "transformer").is_dir():
@@ -125,8 +128,11 @@ def detect_layout(checkpoint: str | os.PathLike) -> str:
             "(expected vlm/, transformer/, vae/, connector/, scheduler/)"
         )
     if path.suffix == ".safetensors" and path.is_file():
-        if is_single_file(read_metadata(path)):
+        metadata = read_metadata(path)
+        if is_single_file(metadata):
             return "single"
+        if is_demo_file(metadata):
+            return "demo"
     return "official"
 
 
@@ -144,8 +150,19 @@ def resolve_source(
     """Resolve what the user pointed at (see the module doc). `candidates(kind)` (kind "vlm" or "diffusion")
     lists folders to pick from when none is given or found next to the checkpoint."""
     text = os.fspath(checkpoint).strip()
-    if text == "tiny" or text.startswith("tiny:"):
-        seed = text.split(":", 1)[1] if ":" in text else "0"
+    if text == "tiny":
+        from .demo_file import DEMO_FILE
+
+        if not DEMO_FILE.is_file():
+            raise NotFoundError(
+                f"The embedded demo model {DEMO_FILE} is missing (a damaged install?): reinstall ComfyUI-DeepGen, "
+                "run scripts/train_demo_model.py, or use 'tiny-random' for random weights"
+            )
+        return ModelSource("demo", checkpoint=str(DEMO_FILE))
+    if text == "tiny-random":
+        return ModelSource("tiny", seed=0)
+    if text.startswith("tiny:"):
+        seed = text.split(":", 1)[1]
         if not seed.isdigit():
             raise CheckpointError(f"{text!r}: the tiny model's seed must be a whole number, e.g. tiny:1")
         return ModelSource("tiny", seed=int(seed))
@@ -153,7 +170,7 @@ def resolve_source(
     if not path.exists():
         raise NotFoundError(
             f"model {text!r} does not exist: give a DeepGen checkpoint file, a release folder, a "
-            "converted file, or 'tiny'"
+            "converted file, 'tiny' (the demo) or 'tiny-random'"
         )
     if path.is_dir() and is_diffusers_release(path):
         _refuse_parts(path, "diffusers", vlm, diffusion)
@@ -165,9 +182,10 @@ def resolve_source(
             "vae/, connector/, scheduler/) nor a release folder with one checkpoint file "
             "(model.pt or model.safetensors) in it"
         )
-    if file is not None and detect_layout(file) == "single":
-        _refuse_parts(file, "single", vlm, diffusion)
-        return ModelSource("single", checkpoint=str(file))
+    layout = detect_layout(file) if file is not None else None
+    if file is not None and layout in ("single", "demo"):
+        _refuse_parts(file, str(layout), vlm, diffusion)
+        return ModelSource(str(layout), checkpoint=str(file))
     return ModelSource(
         "official" if file is not None else "bases",
         checkpoint=str(file) if file is not None else None,

@@ -85,6 +85,7 @@ class DeepGenModel(nn.Module):
         self.transformer = transformer
         self.vae = vae
         self.scheduler_config = dict(scheduler_config or {})
+        self.default_size: int | None = None  # the side it was trained at, if not the official 512 (the demo's)
         vlm_hidden = lmm.config.text_config.hidden_size
         width = connector_config.hidden_size
         self.meta_queries = nn.Parameter(torch.randn(num_queries, vlm_hidden) / vlm_hidden**0.5)

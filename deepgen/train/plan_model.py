@@ -93,7 +93,7 @@ def model_configs(spec: str) -> ModelConfigs:
     from .model_source import describe_model_source
 
     text = str(spec).strip()
-    if text == "tiny" or text.startswith("tiny:"):
+    if text in ("tiny", "tiny-random") or text.startswith("tiny:"):  # the demo has the tiny sizes too
         return ModelConfigs(
             tiny.TINY_VLM,
             tiny.TINY_TRANSFORMER,

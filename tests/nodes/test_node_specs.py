@@ -156,12 +156,22 @@ def test_empty_prompt_is_refused_when_queued(node_id, name):
     assert validate(**{name: None}, **sizes) is True  # linked: checked when the node runs
 
 
-def test_loader_validation():
+def test_loader_validation(tmp_path, monkeypatch):
+    from nodes.types import LEGACY_TINY_CHOICES
+
+    monkeypatch.setenv("DEEPGEN_MODELS_DIR", str(tmp_path))
     validate = NODE_CLASS_MAPPINGS["DeepGenLoader"].VALIDATE_INPUTS
-    assert validate(attention="sdpa") is True
-    assert "one of" in validate(attention="xformers")
+    assert validate(attention="sdpa", checkpoint=TINY_CHOICE) is True
+    assert "one of" in validate(attention="xformers", checkpoint=TINY_CHOICE)
     if importlib.util.find_spec("flash_attn") is None:
-        assert "flash-attn package" in validate(attention="flash_attention_2")
+        assert "flash-attn package" in validate(attention="flash_attention_2", checkpoint=TINY_CHOICE)
+    # a workflow saved with the demo's earlier name still loads the demo; a file that is not there is refused
+    assert validate(attention="sdpa", checkpoint=LEGACY_TINY_CHOICES[0]) is True
+    from nodes.loader import resolve_sources
+
+    assert resolve_sources(LEGACY_TINY_CHOICES[0])["checkpoint"] == "tiny"
+    message = validate(attention="sdpa", checkpoint="gone.safetensors")
+    assert "'gone.safetensors' is not in models/deepgen" in message and TINY_CHOICE in message
 
 
 def test_loader_lists_demo_and_releases(tmp_path, monkeypatch):

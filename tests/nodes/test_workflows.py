@@ -17,6 +17,7 @@ from PIL import Image
 from workflow_harness import check_workflow, execute, not_run, ui_to_api
 
 from nodes import NODE_CLASS_MAPPINGS
+from nodes.types import TINY_CHOICE
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -82,7 +83,7 @@ def test_workflow_is_valid_and_runs(path, comfy_dirs, demo_model):
 
     types = {n["type"] for n in workflow["nodes"]}
     loaders = [n for n in workflow["nodes"] if n["type"] == "DeepGenLoader"]
-    assert len(loaders) == 1 and loaders[0]["widgets_values"][0] == "deepgen-tiny (random weights, demo)"
+    assert len(loaders) == 1 and loaders[0]["widgets_values"][0] == TINY_CHOICE
     assert types <= set(CLASSES)
 
     prompt = ui_to_api(workflow, CLASSES, core.UI_EXTRA_WIDGET_VALUES)

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+TINY = "deepgen-demo (tiny, trained on shapes)"  # DeepGenLoader's embedded demo choice (nodes/types.py)
+
 SIZE = 64
 STEPS = 6
 SEED = 7
@@ -71,7 +73,7 @@ def test_loader_outputs_native_model_and_vae(ext, comfy_nodes):
     import comfy.model_patcher
     import comfy.sd
 
-    handle, model, vae = ext.NODE_CLASS_MAPPINGS["DeepGenLoader"]().load("deepgen-tiny (random weights, demo)")
+    handle, model, vae = ext.NODE_CLASS_MAPPINGS["DeepGenLoader"]().load(TINY)
     assert isinstance(model, comfy.model_patcher.ModelPatcher) and isinstance(vae, comfy.sd.VAE)
     assert model.model.diffusion_model is handle.model.transformer  # the same weights, no copy
     assert vae.first_stage_model.vae is handle.model.vae

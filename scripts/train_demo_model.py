@@ -1,0 +1,248 @@
+"""Train the embedded demo DeepGen (deepgen/assets/demo/deepgen_demo.safetensors) from nothing, on this machine.
+
+    python scripts/train_demo_model.py                       # about half an hour on 2 CPU cores
+    python scripts/train_demo_model.py --work outputs/demo --no-install   # keep the shipped file as it is
+
+1. data: coloured shapes on coloured backgrounds with captions ("a red circle on a blue background") and edit
+   triplets ("make the circle green"), deepgen.demo_world;
+2. VAE: the tiny model's AutoencoderKL, trained here to reconstruct such pictures with a near-deterministic
+   posterior (the random one's sampled latents are ~90 % noise, so nothing trained on them can learn);
+3. DeepGen: the tiny architecture (deepgen.tiny) with that VAE, written as an official-layout release, then
+   trained by `deepgen train` (stage 2: think tokens, SCB and the whole DiT; the VLM stays as it is) on the data;
+4. export: the trained model as one demo file (deepgen.loading.demo_file: a converted single file without the
+   packaged tokenizer and the seeded, untrained token embedding), which `model="tiny"`, the CLI's default and
+   DeepGenLoader's demo choice load; then its hit rates over the colour x shape grid (the README's table).
+Seeds are fixed: the same torch build on the same CPU reproduces the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deepgen import demo_world as W  # noqa: E402
+from deepgen import tiny  # noqa: E402
+from deepgen.loading.demo_file import set_seeded_embedding, write_demo_file  # noqa: E402
+
+# The tiny VAE with a wider first level: the 8-channel one learns these pictures far more slowly on a CPU.
+DEMO_VAE = {**tiny.TINY_VAE, "block_out_channels": [16, 32, 32, 32]}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---- 2. the VAE ------------------------------------------------------------------------------------------
+
+
+def vae_batch(rng: np.random.Generator, n: int, size: int) -> torch.Tensor:
+    """Random pictures of the demo's world, half in its palette and half in any colours (so other pictures
+    still decode to something close), as (n, 3, size, size) in [-1, 1]."""
+    palette = np.array(list(W.COLOURS.values()), dtype=np.float32)
+    images = []
+    for _ in range(n):
+        alpha = np.asarray(W.draw(str(rng.choice(W.SHAPES)), "white", "black", size, rng), dtype=np.float32)
+        alpha = np.clip((alpha[..., :1] - 15.0) / 230.0, 0.0, 1.0)
+        if rng.random() < 0.5:
+            fg, bg = palette[rng.choice(len(palette), size=2, replace=False)]
+        else:
+            fg, bg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        arr = bg * (1 - alpha) + fg * alpha
+        images.append(torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1))
+    return torch.stack(images).float()
+
+
+def train_vae(steps: int, size: int, seed: int, batch: int = 8):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    vae = AutoencoderKL.from_config({**DEMO_VAE, "scaling_factor": 1.0, "shift_factor": 0.0})
+    with torch.no_grad():  # start near-deterministic: a unit posterior std would drown the mean in noise
+        vae.encoder.conv_out.bias[vae.config.latent_channels :].fill_(-6.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / 20) * 0.5 * (1 + np.cos(np.pi * i / steps))
+    )
+    for step in range(1, steps + 1):
+        x = vae_batch(rng, batch, size)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        # a tiny KL weight keeps the latents bounded; reconstruction pushes the posterior variance down
+        mse = torch.nn.functional.mse_loss(recon, x)
+        loss = mse + torch.nn.functional.l1_loss(recon, x) + 1e-7 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step == 1:
+            log(f"vae step {step}/{steps} mse {mse.item():.4f} std {posterior.std.mean().item():.4f}")
+    vae.eval()
+    with torch.no_grad():  # scale the latents to unit variance, as SD3's VAE config does
+        means = torch.cat([vae.encode(vae_batch(rng, batch, size)).latent_dist.mean for _ in range(8)])
+        stds = torch.cat([vae.encode(vae_batch(rng, batch, size)).latent_dist.std for _ in range(2)])
+    shift, scale = means.mean().item(), 1.0 / means.std().item()
+    vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
+    log(f"vae: shift {shift:.4f} scale {scale:.4f}; scaled posterior std {stds.mean().item() * scale:.4f}")
+    return to_sd3_latent_factors(vae)
+
+
+def to_sd3_latent_factors(vae):
+    """Fold the VAE's own latent shift/scale into its encoder's last and decoder's first convolution, so its config
+    carries SD3's (0.0609, 1.5305) like the real VAE: ComfyUI's native SD3 path (KSampler, VAEDecode) assumes them.
+    The DiT's latents, (z - shift) * scale, are unchanged."""
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    sd3_shift, sd3_scale = tiny.TINY_VAE["shift_factor"], tiny.TINY_VAE["scaling_factor"]
+    if (shift, scale) == (sd3_shift, sd3_scale):
+        return vae
+    k, c = scale / sd3_scale, vae.config.latent_channels  # z_new = (z - shift) * k + sd3_shift
+    with torch.no_grad():
+        enc = vae.encoder.conv_out
+        enc.weight[:c] *= k
+        enc.bias[:c] = (enc.bias[:c] - shift) * k + sd3_shift
+        enc.bias[c:] += 2 * float(np.log(k))  # log-variance: the std scales by k too
+        dec = vae.decoder.conv_in  # z = (z_new - sd3_shift) / k + shift
+        dec.bias += dec.weight.sum(dim=(1, 2, 3)) * (shift - sd3_shift / k)
+        dec.weight /= k
+    vae.register_to_config(shift_factor=sd3_shift, scaling_factor=sd3_scale)
+    return vae
+
+
+# ---- 3. the trainer ---------------------------------------------------------------------------------------
+
+
+TRAIN_CONFIG = """# written by scripts/train_demo_model.py
+stage = 2
+model = "{base}"
+seed = {seed}
+data = ["{data}"]
+task_pattern = {{ image2image = 1, text2image = 2 }}
+resolution = {size}
+caption_dropout = 0.1
+num_workers = 0
+micro_batch_size = {batch}
+grad_accumulation = 1
+max_steps = {steps}
+lr = {lr}
+betas = [0.9, 0.99]
+weight_decay = 0.0
+warmup_steps = {warmup}
+max_grad_norm = 1.0
+mixed_precision = "no"
+output_dir = "{out}"
+save_every = {save_every}
+keep_last = 1
+resume = "auto"
+log_every = 10
+validation_prompt = "a red circle on a blue background"
+validation_every = {validation_every}
+validation_num_steps = 20
+train_dit = "full"
+vlm_lora = false  # the VLM stays the seeded random base: the file need not carry its 151 936-token embedding
+"""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="outputs/demo_model", help="working folder (data, VAE, release, run)")
+    p.add_argument("--size", type=int, default=64, help="training resolution (pixels a side)")
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--vae-size", type=int, default=64, help="VAE training pictures (pixels a side)")
+    p.add_argument("--steps", type=int, default=1500, help="DeepGen training steps (stage 2)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: small ops gain nothing from more)")
+    p.add_argument("--no-install", action="store_true", help="do not copy the result into deepgen/assets/demo/")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    log("1/4 data")
+    data = W.write_dataset(work / "data", 2 * args.size, seed=args.seed)  # > 80 px: the trainer resizes
+
+    vae_dir = work / "vae"
+    if (vae_dir / "config.json").is_file():
+        from diffusers import AutoencoderKL
+
+        log(f"2/4 VAE: reusing {vae_dir}")
+        vae = to_sd3_latent_factors(AutoencoderKL.from_pretrained(str(vae_dir)))
+    else:
+        log("2/4 VAE")
+        vae = train_vae(args.vae_steps, args.vae_size, args.seed, batch=8)
+        vae.save_pretrained(vae_dir)
+
+    log("3/4 release: the tiny architecture with the trained VAE, a seeded embedding and a random SCB/DiT")
+    base = work / "base"
+    model = tiny.build_tiny_model(args.seed)
+    model.vae = vae
+    set_seeded_embedding(model, args.seed)
+    tiny.save_tiny_release(base, model=model)
+
+    log("3/4 deepgen train (stage 2)")
+    config = work / "demo_stage2.toml"
+    config.write_text(
+        TRAIN_CONFIG.format(
+            base=base.as_posix(),
+            seed=args.seed,
+            data=data.as_posix(),
+            size=args.size,
+            batch=args.batch,
+            steps=args.steps,
+            lr=args.lr,
+            warmup=max(1, args.steps // 50),
+            out=(work / "run").as_posix(),
+            save_every=max(50, args.steps // 10),
+            validation_every=max(50, args.steps // 3),
+        ),  # fmt: skip
+        encoding="utf-8",
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "deepgen", "train", "--config", str(config), "--cpu"], check=True, env=env)
+
+    log("4/4 export: one demo file")
+    from deepgen.loading import load_model
+    from deepgen.pipeline import DeepGenPipeline
+
+    trained = load_model(
+        work / "run" / "export" / "model.safetensors",
+        base / "Qwen2.5-VL-tiny",
+        base / "UniPic2-tiny",
+        dtype=torch.float32,
+        allow_pretrain_checkpoint=True,  # no VLM LoRA: the demo's VLM is the seeded base
+        connector_config=json.loads((base / "connector_config.json").read_text()),
+    )
+    trained.vae = to_sd3_latent_factors(trained.vae)
+    out = write_demo_file(trained, work / "deepgen_demo.safetensors", embed_seed=args.seed, default_size=args.size)
+    log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {(time.time() - started) / 60:.1f} min")
+
+    log("measure: the colour x shape grid, judged by deepgen.demo_world.read_picture")
+    demo = load_model(out, dtype=torch.float32)
+    results = W.measure(DeepGenPipeline(demo))
+    (work / "hit_rates.json").write_text(json.dumps(results, indent=2))
+    print(W.table(results), flush=True)
+    if not args.no_install:
+        target = ROOT / "deepgen" / "assets" / "demo" / out.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out, target)
+        log(f"installed {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

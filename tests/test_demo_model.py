@@ -1,0 +1,70 @@
+"""The embedded demo model (model="tiny") draws what it is asked, judged by a pixel rule (deepgen.demo_world):
+the background is the median colour of a border strip, the shape's colour the median of the central tenth, and how
+much of its bounding box the shape fills names it (square ~1, circle ~0.79, triangle ~0.5).
+
+Chance is 1/6 for a colour, 1/3 for a shape, 1/18 for both; the bounds are set well under the rates measured
+(README, "Demo model") and far above chance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepgen import demo_world as W
+from deepgen.loading import load_model
+from deepgen.pipeline import DeepGenPipeline
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return DeepGenPipeline(load_model("tiny", dtype=torch.float32))
+
+
+def test_the_pixel_rule_reads_the_training_pictures():
+    cells = W.grid(backgrounds=2)
+    seen = [W.read_picture(W.draw(shape, colour, background, 64)) for colour, shape, background in cells]
+    assert [(s["colour"], s["shape"], s["background"]) for s in seen] == [(c, s, b) for c, s, b in cells]
+    # and it is not fooled by a flat picture: no shape
+    assert W.read_picture(W.draw("circle", "red", "red", 64))["shape"] == "none"
+
+
+def test_the_demo_loads_as_the_default_at_its_own_size(demo):
+    assert demo.model.default_size == demo.default_size == 64
+    assert demo.model.transformer.config.num_layers == 4  # the tiny architecture (deepgen.tiny)
+
+
+# Measured with these settings (seeds 0, 1, 2; README table: 2 backgrounds, 20 steps): see BOUNDS' comments.
+BOUNDS = {
+    ("text-to-image", "colour"): 0.25,  # measured 0.33-0.44, chance 1/6
+    ("text-to-image", "background"): 0.35,  # measured 0.44-0.56, chance 1/5
+    ("edit", "background"): 0.45,  # measured 0.61-0.72, chance 1/5
+}
+
+
+def test_the_demo_draws_the_asked_colours(demo):
+    rates = W.measure(demo, backgrounds=1, steps=12, seed=0)
+    low = {k: rates[k[0]][k[1]] for k, bound in BOUNDS.items() if rates[k[0]][k[1]] < bound}
+    assert not low, (low, rates)
+
+
+def test_tiny_random_is_the_random_model_and_a_bad_demo_header_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from deepgen.errors import CheckpointError
+    from deepgen.loading import resolve_source
+    from deepgen.loading.demo_file import DEMO_FILE, EMBED_KEY
+    from deepgen.loading.state_dict_io import read_metadata
+
+    assert resolve_source("tiny").layout == "demo" and resolve_source("tiny").checkpoint == str(DEMO_FILE)
+    assert resolve_source("tiny-random").layout == "tiny" and resolve_source("tiny:3").seed == 3
+    tensors, metadata = load_file(str(DEMO_FILE)), read_metadata(DEMO_FILE)
+    assert EMBED_KEY not in tensors  # rebuilt from the seed: the file stays a few MB
+    for field, value, words in (
+        ("format_version", "9", "unsupported demo-file version"),
+        ("embed_seed", "-1", "embed_seed"),
+        ("configs", '{"vlm": {}}', "header configs must be exactly"),
+    ):
+        bad = tmp_path / f"bad_{field}.safetensors"
+        save_file(tensors, str(bad), {**metadata, field: value})
+        with pytest.raises(CheckpointError, match=words):
+            load_model(str(bad), dtype=torch.float32)

@@ -53,7 +53,7 @@ def test_two_cpu_processes_match_one_process(tmp_path, sharding):
         prompts_per_step=2,
         num_steps=4,
         resolution=32,
-        lr=1e-2,
+        lr=1e-3,
         warmup_steps=0,
         max_steps=2,
         save_every=0,
@@ -145,7 +145,9 @@ def test_two_cpu_processes_match_one_process(tmp_path, sharding):
     assert two[1]["sft_loss"] == pytest.approx(one[1]["sft_loss"], rel=1e-3)
     # the fixed-noise validation loss of the SFT data, at the last step: split over the ranks, then averaged
     assert "val_loss" not in two[0] and two[1]["val_loss"] == pytest.approx(one[1]["val_loss"], rel=1e-3)
-    # step 2 after one (all-reduced) update: still the same images up to float noise
+    # step 2 after one (all-reduced) update: still the same images up to float noise. With the demo model the
+    # rewards move (0.42 -> 0.64 in this one step); at lr 1e-2 AdamW's first step, about lr·sign(g), turned the
+    # fp32 summation-order noise of near-zero gradients into a 6.6e-4 difference here, hence lr 1e-3 above (measured now: 6.1e-5)
     assert two[1]["reward/brightness/mean"] == pytest.approx(one[1]["reward/brightness/mean"], abs=2e-4)
     a = load_checkpoint(tmp_path / "two").trainable
     b = load_checkpoint(tmp_path / "one").trainable

@@ -19,7 +19,7 @@ from deepgen.errors import DeepGenError, InputError
 
 from . import comfy_services as cs
 from . import train_rl_inputs as inputs
-from .training import _detach_inference_tensors, _to_image_batch
+from .training import TrainingNodeCallback, _detach_inference_tensors, _to_image_batch
 from .training_files import check_lora_name, load_adapter_cached, lora_output_dir, resolve_dataset, run_dir, start_over
 from .types import DEEPGEN_MODEL, IMAGE, MAX_SEED, category, display_name
 
@@ -62,12 +62,11 @@ def curves(records: list[dict], names) -> dict:
     }
 
 
-class RLNodeCallback:
+class RLNodeCallback(TrainingNodeCallback):
     """The stage-3 trainer's callbacks → ComfyUI: progress bar, interrupt, per-reward chart events, eval previews."""
 
     def __init__(self, node_id, total_steps: int):
-        self.node_id = None if node_id is None else str(node_id)
-        self.bar = cs.Progress(total_steps, node_id=self.node_id, desc="DeepGen RL")
+        super().__init__(node_id, total_steps, "DeepGen RL")
         self.eval_images: list = []
 
     def _send(self, point: dict, total_steps: int) -> None:
@@ -88,9 +87,6 @@ class RLNodeCallback:
     def _names(rec: dict) -> list[str]:
         return sorted({k.split("/")[1] for k in rec if k.startswith("reward/") and k.endswith("/mean")} - {"weighted"})
 
-    def check_interrupt(self) -> None:
-        cs.check_interrupt()
-
     def on_step_end(self, run, info) -> None:
         rec = info.extra
         point = reward_point(rec, self._names(rec))
@@ -103,23 +99,9 @@ class RLNodeCallback:
             self.node_id,
         )
 
-    def on_checkpoint(self, run, step, path, reason) -> None:
-        if path is not None and reason != "final":
-            cs.send_progress_text(f"step {step}: checkpoint saved ({reason})", self.node_id)
-
     def on_validation(self, run, step, images, paths) -> None:
-        if images:  # shown on the node as they are made
-            self.eval_images.extend(images)
-            self.bar.update_absolute(step, run.total_steps, ("JPEG", images[0], 512))
-
-    def on_export(self, run, paths) -> None:
-        pass
-
-    def on_interrupt(self, run, step, checkpoint, exc) -> None:
-        cs.send_progress_text(f"interrupted at step {step}; queue again with resume on to continue", self.node_id)
-
-    def on_train_end(self, run, result) -> None:
-        self.bar.close()
+        self.eval_images.extend(images)  # the node's eval_images output
+        super().on_validation(run, step, images, paths)  # and shown on the node as they are made
 
 
 def _int(tooltip: str, default: int, lo: int, hi: int, step: int = 1) -> tuple:

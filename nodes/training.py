@@ -37,12 +37,40 @@ LOSS_MAP = "LOSS_MAP"  # ComfyUI core's loss history type ({"loss": [floats]}), 
 # ---- progress, interrupt and loss events -----------------------------------------------------------------
 
 
-class NodeCallback:
+class TrainingNodeCallback:
+    """What both training nodes (this one and DeepGenTrainRL) do with a trainer's callbacks: the progress bar with
+    image previews, the interrupt button, and status text for checkpoints and interrupts."""
+
+    def __init__(self, node_id, total_steps: int, desc: str):
+        self.node_id = None if node_id is None else str(node_id)
+        self.bar = cs.Progress(total_steps, node_id=self.node_id, desc=desc)
+
+    def check_interrupt(self) -> None:
+        cs.check_interrupt()
+
+    def on_checkpoint(self, run, step, path, reason) -> None:
+        if path is not None and reason != "final":
+            cs.send_progress_text(f"step {step}: checkpoint saved ({reason})", self.node_id)
+
+    def on_validation(self, run, step, images, paths) -> None:
+        if images:
+            self.bar.update_absolute(step, run.total_steps, ("JPEG", images[0], 512))
+
+    def on_export(self, run, paths) -> None:
+        pass
+
+    def on_interrupt(self, run, step, checkpoint, exc) -> None:
+        cs.send_progress_text(f"interrupted at step {step}; queue again with resume on to continue", self.node_id)
+
+    def on_train_end(self, run, result) -> None:
+        self.bar.close()
+
+
+class NodeCallback(TrainingNodeCallback):
     """The trainer's callbacks → ComfyUI: progress bar, interrupt button, loss chart events, status text."""
 
     def __init__(self, node_id, total_steps: int):
-        self.node_id = None if node_id is None else str(node_id)
-        self.bar = cs.Progress(total_steps, node_id=self.node_id, desc="DeepGen train")
+        super().__init__(node_id, total_steps, "DeepGen train")
         self.losses: list[float] = []
         self.task_losses: dict[str, list] = {}
         self.steps: list[int] = []
@@ -54,9 +82,6 @@ class NodeCallback:
         cs.send_progress_text(
             f"DeepGen train: {where} ({run.trainable_parameters:,} trainable parameters)", self.node_id
         )
-
-    def check_interrupt(self) -> None:
-        cs.check_interrupt()
 
     def on_step_end(self, run, info) -> None:
         self.steps.append(info.step)
@@ -90,23 +115,6 @@ class NodeCallback:
             )
         self.bar.update_absolute(info.step, info.total_steps)
         cs.send_progress_text(f"step {info.step}/{info.total_steps} · loss {info.loss:.4f}", self.node_id)
-
-    def on_checkpoint(self, run, step, path, reason) -> None:
-        if path is not None and reason != "final":
-            cs.send_progress_text(f"step {step}: checkpoint saved ({reason})", self.node_id)
-
-    def on_validation(self, run, step, images, paths) -> None:
-        if images:
-            self.bar.update_absolute(step, run.total_steps, ("JPEG", images[0], 512))
-
-    def on_export(self, run, paths) -> None:
-        pass
-
-    def on_interrupt(self, run, step, checkpoint, exc) -> None:
-        cs.send_progress_text(f"interrupted at step {step}; queue again with resume on to continue", self.node_id)
-
-    def on_train_end(self, run, result) -> None:
-        self.bar.close()
 
 
 # ---- the model while it trains ----------------------------------------------------------------------------

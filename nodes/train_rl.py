@@ -19,8 +19,8 @@ from deepgen.errors import DeepGenError, InputError
 
 from . import comfy_services as cs
 from . import train_rl_inputs as inputs
-from .training import TrainingNodeCallback, _detach_inference_tensors, _to_image_batch
 from .training_files import check_lora_name, load_adapter_cached, lora_output_dir, resolve_dataset, run_dir, start_over
+from .training_run import TrainingNodeCallback, detach_inference_tensors, to_image_batch
 from .types import DEEPGEN_MODEL, IMAGE, MAX_SEED, category, display_name
 
 REWARDS_EVENT = "deepgen1.train_rewards"
@@ -337,7 +337,7 @@ class DeepGenTrainRL:
         callback = RLNodeCallback(unique_id, steps)
         try:
             with handle.loras_merged() as net, torch.inference_mode(False), torch.enable_grad():
-                _detach_inference_tensors(net)
+                detach_inference_tensors(net)
                 cs.free_memory(3 * sum(p.numel() * p.element_size() for p in net.parameters()), device)
                 net.to(device)
                 with preserve_model(net):
@@ -349,7 +349,7 @@ class DeepGenTrainRL:
         cs.send_event(DONE_EVENT, {"node": callback.node_id, "lora_path": str(lora_path)})
         trained = handle.with_loras([(load_adapter_cached(str(lora_path)), 1.0)])
         result = json.dumps(curves(read_log(run), names))
-        images = _to_image_batch(callback.eval_images).to(cs.intermediate_device())
+        images = to_image_batch(callback.eval_images).to(cs.intermediate_device())
         return (trained, str(lora_path), result, images)
 
 

@@ -29,41 +29,13 @@ from .training_files import (
     run_dir,
     start_over,
 )
+from .training_run import TrainingNodeCallback, detach_inference_tensors, to_image_batch
 from .types import DEEPGEN_MODEL, IMAGE, MAX_SEED, category, display_name
 
 LOSS_MAP = "LOSS_MAP"  # ComfyUI core's loss history type ({"loss": [floats]}), read by "Plot Loss Graph"
 
 
 # ---- progress, interrupt and loss events -----------------------------------------------------------------
-
-
-class TrainingNodeCallback:
-    """What both training nodes (this one and DeepGenTrainRL) do with a trainer's callbacks: the progress bar with
-    image previews, the interrupt button, and status text for checkpoints and interrupts."""
-
-    def __init__(self, node_id, total_steps: int, desc: str):
-        self.node_id = None if node_id is None else str(node_id)
-        self.bar = cs.Progress(total_steps, node_id=self.node_id, desc=desc)
-
-    def check_interrupt(self) -> None:
-        cs.check_interrupt()
-
-    def on_checkpoint(self, run, step, path, reason) -> None:
-        if path is not None and reason != "final":
-            cs.send_progress_text(f"step {step}: checkpoint saved ({reason})", self.node_id)
-
-    def on_validation(self, run, step, images, paths) -> None:
-        if images:
-            self.bar.update_absolute(step, run.total_steps, ("JPEG", images[0], 512))
-
-    def on_export(self, run, paths) -> None:
-        pass
-
-    def on_interrupt(self, run, step, checkpoint, exc) -> None:
-        cs.send_progress_text(f"interrupted at step {step}; queue again with resume on to continue", self.node_id)
-
-    def on_train_end(self, run, result) -> None:
-        self.bar.close()
 
 
 class NodeCallback(TrainingNodeCallback):
@@ -89,66 +61,16 @@ class NodeCallback(TrainingNodeCallback):
         val_loss = info.extra.get("val_loss")
         if val_loss is not None:  # the fixed-noise validation loss: a second series of the chart
             self.val_losses.append((info.step, val_loss))
-            cs.send_event(
-                "deepgen1.train_loss",
-                {
-                    "node": self.node_id,
-                    "step": info.step,
-                    "total_steps": info.total_steps,
-                    "loss": val_loss,
-                    "task": "val_loss",
-                    "lr": info.lr,
-                },
-            )
+            self._send_loss(info, "val_loss", val_loss)
         for task, loss in sorted(info.task_losses.items()):
             self.task_losses.setdefault(task, []).append(loss)
-            cs.send_event(
-                "deepgen1.train_loss",
-                {
-                    "node": self.node_id,
-                    "step": info.step,
-                    "total_steps": info.total_steps,
-                    "loss": loss,
-                    "task": task,
-                    "lr": info.lr,
-                },
-            )
+            self._send_loss(info, task, loss)
         self.bar.update_absolute(info.step, info.total_steps)
         cs.send_progress_text(f"step {info.step}/{info.total_steps} · loss {info.loss:.4f}", self.node_id)
 
-
-# ---- the model while it trains ----------------------------------------------------------------------------
-
-
-def _detach_inference_tensors(model) -> None:
-    """ComfyUI runs nodes under torch.inference_mode(): weights created there cannot take part in autograd.
-    Swap such tensors for ordinary copies (same values; other nodes do not notice)."""
-    import torch
-
-    copies: dict[int, torch.Tensor] = {}  # tied weights (lm_head = embed_tokens) stay tied
-    with torch.inference_mode(False):
-        for module in model.modules():
-            for name, param in list(module._parameters.items()):
-                if param is not None and param.is_inference():
-                    if id(param) not in copies:
-                        copies[id(param)] = torch.nn.Parameter(param.clone(), requires_grad=param.requires_grad)
-                    module._parameters[name] = copies[id(param)]
-            for name, buf in list(module._buffers.items()):
-                if buf is not None and buf.is_inference():
-                    if id(buf) not in copies:
-                        copies[id(buf)] = buf.clone()
-                    module._buffers[name] = copies[id(buf)]
-
-
-def _to_image_batch(images):
-    import numpy as np
-    import torch
-
-    if not images:
-        return torch.zeros(1, 64, 64, 3)
-    size = images[0].size
-    arrays = [np.asarray(im.convert("RGB").resize(size), dtype=np.float32) / 255.0 for im in images]
-    return torch.from_numpy(np.stack(arrays))
+    def _send_loss(self, info, task: str, loss: float) -> None:
+        event = {"node": self.node_id, "step": info.step, "total_steps": info.total_steps, "loss": loss}
+        cs.send_event("deepgen1.train_loss", {**event, "task": task, "lr": info.lr})
 
 
 # ---- DeepGenTrainLoRA ----------------------------------------------------------------------------------------
@@ -467,7 +389,7 @@ class DeepGenTrainLoRA:
         try:
             # train on top of the LoRAs this handle carries, merged into the plain model (the manager lets go of it)
             with handle.loras_merged() as net, torch.inference_mode(False), torch.enable_grad():
-                _detach_inference_tensors(net)
+                detach_inference_tensors(net)
                 cs.free_memory(3 * sum(p.numel() * p.element_size() for p in net.parameters()), device)
                 net.to(device)
                 with preserve_model(net, restore_values=scb):
@@ -494,7 +416,7 @@ class DeepGenTrainLoRA:
             "val_loss": [v for _, v in callback.val_losses],
             "val_loss_steps": [step for step, _ in callback.val_losses],
         }
-        images = _to_image_batch(result.validation_images).to(cs.intermediate_device())
+        images = to_image_batch(result.validation_images).to(cs.intermediate_device())
         return (trained, lora_path, loss, images)
 
 

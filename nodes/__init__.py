@@ -22,6 +22,7 @@ NODE_MODULES = (
     "training",  # DeepGenTrainLoRA
     "train_rl",  # DeepGenTrainRL
     "lora_loader",  # DeepGenLoRALoader
+    "speed",  # DeepGenSpeed
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

@@ -51,9 +51,10 @@ def conditioning_key(handle, instruction, negative_prompt, images, reference_res
 def cached_conditioning(handle, instruction, negative_prompt, images, reference_resize, node_id=None):
     """encode_prompt -> bridge (ThinkTokenEncode -> SCBBridge), or the cached result for the same inputs."""
     key = conditioning_key(handle, instruction, negative_prompt, images, reference_resize)
-    cache = _CONDITIONING.get(handle)
+    owner = handle.speed_base or handle  # the speed switches change sampling only: share the handle's entries
+    cache = _CONDITIONING.get(owner)
     if cache is None:
-        cache = _CONDITIONING[handle] = OrderedDict()
+        cache = _CONDITIONING[owner] = OrderedDict()
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
@@ -66,11 +67,12 @@ def cached_conditioning(handle, instruction, negative_prompt, images, reference_
 
 
 def clear_conditioning_cache(handle=None) -> None:
-    """Forget the cached conditioning of one handle, or of all."""
+    """Forget the cached conditioning of one handle (shared with the handle its speed switches were put on), or of
+    all."""
     if handle is None:
         _CONDITIONING.clear()
     else:
-        _CONDITIONING.pop(handle, None)
+        _CONDITIONING.pop(handle.speed_base or handle, None)
 
 
 class DeepGenEdit:

@@ -9,6 +9,8 @@ memory modes are what the manager is then asked to do:
 - sequential_offload: a stage's parts (the SCB aside: small, needed by every stage) are unloaded after it.
 LoRAs are patches on clones of the patchers (with_loras): the shared weights carry exactly the patches of the handle
 that loaded them last, and unloading restores the base weights.
+Speed switches (DeepGenSpeed) ride on a handle too: with_speed gives a new handle on the same patchers whose sample
+stage puts compile and the SDPA kernel on the shared DiT and takes them off after it (deepgen.model.speed.Switches).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from __future__ import annotations
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from deepgen.errors import InputError
 
 from . import comfy_services as cs
 from .comfy_services import managed_models as mm
+
+if TYPE_CHECKING:
+    from deepgen.model.speed import Switches
 
 MEMORY_MODES = ["keep_all_on_gpu", "offload_vlm_after_encode", "sequential_offload"]
 PARTS = ("scb", "vlm", "dit", "vae")
@@ -75,6 +81,13 @@ def base_patchers(model) -> dict:
     return patchers
 
 
+def _all_off() -> Switches:
+    """No speed switch on (imported when a handle is made: the package imports without torch)."""
+    from deepgen.model.speed import Switches
+
+    return Switches()
+
+
 def _part_of(key: str) -> str:
     return "vlm" if key.startswith("lmm.") else "dit" if key.startswith("transformer.") else "scb"
 
@@ -89,6 +102,9 @@ class DeepGenModelHandle:
     sources: dict = field(default_factory=dict)  # resolved paths, for reports
     loras: tuple = ()  # ((adapter, strength), ...): deepgen.lora.LoraFile
     patchers: dict = field(default_factory=dict, repr=False)  # part -> patcher (clones when LoRAs are patched)
+    speed: Switches = field(default_factory=_all_off)  # DiT speed switches for sampling (DeepGenSpeed)
+    # the handle `with_speed` was called on: same weights and LoRAs, so the same conditioning (DeepGenEdit's cache)
+    speed_base: DeepGenModelHandle | None = field(default=None, repr=False)
     pipe: object = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -159,7 +175,18 @@ class DeepGenModelHandle:
                 if len(done) != len(entries):
                     missing = sorted(set(entries) - set(done))
                     raise LoraError(f"{adapter.path}: the model has no weight {missing[0]!r} to patch")
-        return replace(self, loras=tuple(self.loras) + loras, patchers=patchers)
+        return replace(self, loras=tuple(self.loras) + loras, patchers=patchers, speed_base=None)
+
+    # ---- DiT speed switches ---------------------------------------------------------------------------------
+    def with_speed(self, switches) -> DeepGenModelHandle:
+        """A new handle on the same weights and patchers whose sampling uses `switches` (deepgen.model.speed)."""
+        return replace(self, speed=switches, speed_base=self.speed_base or self)
+
+    @contextmanager
+    def sampling(self):
+        """The sample stage, with this handle's compile and SDPA switches on the DiT for its duration only."""
+        with self.stage("sample"), self.speed.applied(self.model.transformer):
+            yield self
 
     @contextmanager
     def loras_merged(self):

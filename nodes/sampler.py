@@ -5,6 +5,7 @@ from __future__ import annotations
 from deepgen.errors import InputError
 
 from . import comfy_services as cs
+from .speed import report_step_cache
 from .types import (
     DEEPGEN_COND,
     DEEPGEN_MODEL,
@@ -84,7 +85,7 @@ def generate(
 
     bar = cs.Progress(runs, node_id=node_id, desc="DeepGen sample")
     try:
-        with handle.stage("sample"):
+        with handle.sampling():
             x = pipe.sample(
                 cond.to(pipe.device),
                 height,
@@ -96,9 +97,11 @@ def generate(
                 strength=denoise if init is not None else 1.0,
                 shift=shift or None,
                 callback=bar.callback(preview),
+                step_cache=handle.speed.step_cache,
             )
     finally:
         bar.close()
+    report_step_cache(pipe.last_step_cache, node_id)
 
     device = cs.intermediate_device()
     bar = cs.Progress(x.shape[0], node_id=node_id, desc="DeepGen decode")

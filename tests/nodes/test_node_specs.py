@@ -18,7 +18,15 @@ from nodes.types import TINY_CHOICE
 
 ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL = ROOT / "tests" / "fixtures" / "deepgen-official-tiny"
-NODE_IDS = {"DeepGenLoader", "ThinkTokenEncode", "SCBBridge", "DeepGenSampler", "DeepGenEdit", "RewardScore"}
+NODE_IDS = {
+    "DeepGenLoader",
+    "ThinkTokenEncode",
+    "SCBBridge",
+    "DeepGenSampler",
+    "DeepGenEdit",
+    "RewardScore",
+    "DeepGenSpeed",
+}
 NATIVE_TYPES = {"IMAGE", "LATENT", "CONDITIONING", "MODEL", "VAE", "MASK", "FLOAT", "INT", "STRING", "BOOLEAN"}
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 OPTION_KEYS = {

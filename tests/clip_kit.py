@@ -98,3 +98,27 @@ def save_single_file(model, path: Path, *, position_ids: bool = True, edit=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+def write_header_only_file(path: Path, shapes: dict, dtype: str = "F16") -> Path:
+    """A valid safetensors file whose tensors are all zeros, written sparse: the header is real, the data is a
+    hole, so a ViT-L/14-shaped file (1.7 GB of tensors) costs no disk and no time. Enough for checks that read
+    the header only (what the nodes do when a prompt is queued); ``position_ids`` entries are stored as int64."""
+    import struct
+
+    size = {"F16": 2, "F32": 4, "I64": 8}
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        kind = "I64" if name.endswith("position_ids") else dtype
+        n = size[kind]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": kind, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    return path

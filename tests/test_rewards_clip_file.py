@@ -7,6 +7,7 @@ import pytest
 import torch
 from clip_kit import save_single_file, tiny_clip, write_tokenizer
 from PIL import Image
+from trainer_kit import one_thread
 
 from deepgen.errors import CheckpointError, InputError
 from deepgen.rewards import CLIPReward, RewardModelNotFound
@@ -15,12 +16,10 @@ from deepgen.rewards.clip_file import VIT_L14_CONFIG, check_clip_file, clip_conf
 PROMPTS = ["a red cat on a chair", "a watercolor lighthouse", "text that says HELLO", "a plain grey square"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -223,8 +223,8 @@ def load_clip_file(path: Path, config: str | Path | Mapping | None, device, dtyp
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise CheckpointError(f"{path.name}: no tensor for {_listing(left)}")
-    # transformers types PreTrainedModel.to's first argument as the model itself
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)  # type: ignore[arg-type]
+    # nn.Module.to: transformers types PreTrainedModel.to's first argument as the model itself
+    return torch.nn.Module.to(model, device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def _arange(shape: tuple[int, ...]) -> torch.Tensor:

@@ -50,7 +50,6 @@ class DeepGenVLMJudge(QwenVLJudge):
         system_prompt: str | None = "You are a helpful assistant.",
     ):
         self.model = model
-        self.model_path = None  # nothing on disk of its own
         self.image_size = int(image_size)
         self.max_new_tokens = int(max_new_tokens)
         self.max_pixels = max_pixels

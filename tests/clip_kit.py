@@ -84,8 +84,8 @@ def tiny_clip(folder: Path, seed: int = 0):
 
 
 def save_single_file(model, path: Path, *, position_ids: bool = True, edit=None) -> Path:
-    """``model``'s tensors as one safetensors file; with ``position_ids`` the two buffers the OpenAI file carries
-    (transformers no longer saves them); ``edit(state)`` may change the dict first."""
+    """``model``'s tensors as one safetensors file; with ``position_ids`` the two buffers that files saved
+    by older transformers carry (the current one saves none); ``edit(state)`` may change the dict first."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

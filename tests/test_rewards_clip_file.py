@@ -37,7 +37,7 @@ def _pil():
     return [Image.fromarray(a) for a in arrs]
 
 
-@pytest.mark.parametrize("position_ids", [True, False], ids=["openai-file", "no-buffers"])
+@pytest.mark.parametrize("position_ids", [True, False], ids=["with-position-ids", "without"])
 def test_single_file_scores_equal_the_folder(tiny, tmp_path, position_ids):
     model, cfg, folder, tok = tiny
     path = save_single_file(model, tmp_path / "clip_vision" / "clip-tiny.safetensors", position_ids=position_ids)

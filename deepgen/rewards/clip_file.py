@@ -12,8 +12,9 @@ Why: the clip reward needs both towers (it compares each image with its prompt).
 
 Many clip_vision files hold the image tower only (``vision_model.*``, or ``visual.*`` in the OpenAI/open_clip
 layout): those are refused with a message saying which file to get instead. Loading is strict: the
-``position_ids`` buffers some files carry (the OpenAI file does; transformers no longer saves them) must be
-``0..n-1`` and are then dropped; any other missing or unexpected tensor is an error.
+``position_ids`` buffers that files saved by older transformers versions carry (they were persistent then; the
+OpenAI file dates from that time, so it may hold them) must be ``0..n-1`` and are then dropped; any other missing
+or unexpected tensor is an error.
 """
 
 from __future__ import annotations

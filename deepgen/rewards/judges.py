@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..errors import CheckpointError, ResourceError
+from ..model.vlm import vision_tower
 from .base import cached_model, default_device, require_model_dir
 from .images import image_to_data_url
 
@@ -227,10 +228,11 @@ class QwenVLJudge:
         images = [_limit_pixels(im.convert("RGB"), self.max_pixels) for im in images]
         inputs = processor(text=[self.chat_text(processor, text)], images=images, return_tensors="pt")
         accepted = set(inspect.signature(model.forward).parameters)
-        # where the model is now (a model manager may have moved it), in its own dtype
+        # where the model is now (a model manager may have moved it), pixels in its vision tower's dtype (the
+        # compute dtype even when the tower's blocks are stored in fp8)
         inputs = {k: v.to(model.device) for k, v in inputs.items() if k in accepted}
         if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            inputs["pixel_values"] = inputs["pixel_values"].to(vision_tower(model).dtype)
         out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **self.generation_kwargs())
         new = out[:, inputs["input_ids"].shape[1] :]
         return processor.batch_decode(new, skip_special_tokens=True)[0]

@@ -39,7 +39,7 @@ def vit_l_shapes(only=None) -> dict:
     from deepgen.rewards.clip_file import _expected_for, clip_config
 
     state, position_ids = _expected_for(clip_config())
-    shapes = {**state, **position_ids}  # as in OpenAI's file
+    shapes = {**state, **position_ids}  # with the buffers older transformers saved
     return {k: v for k, v in shapes.items() if only is None or k.startswith(only)}
 
 

@@ -5,7 +5,8 @@ SCB (think tokens, projectors, connector), the DiT and the VAE -- is one patcher
 load what it needs (ComfyUI evicts other models as far as needed, and frees ours on "Unload models").  The loader's
 memory modes are what the manager is then asked to do:
 - keep_all_on_gpu: every stage loads all four weight sets; nothing is unloaded by us.
-- offload_vlm_after_encode: the VLM (Qwen2.5-VL, the largest part) is unloaded once the prompt is encoded.
+- offload_vlm_after_encode: the VLM (Qwen2.5-VL, the largest part) is unloaded once the prompt is encoded (or once
+  RewardScore's judging with it is done).
 - sequential_offload: a stage's parts (the SCB aside: small, needed by every stage) are unloaded after it.
 LoRAs are patches on clones of the patchers (with_loras): the shared weights carry exactly the patches of the handle
 that loaded them last, and unloading restores the base weights.
@@ -36,6 +37,7 @@ STAGE_PARTS = {
     "bridge": ("scb",),
     "sample": ("scb", "dit"),
     "decode": ("scb", "vae"),
+    "judge": ("vlm",),  # RewardScore: the VLM as the preference judge
 }
 
 # model -> its base patchers: every handle on one model shares them (LoRA handles hold clones), so the manager
@@ -128,8 +130,8 @@ class DeepGenModelHandle:
     # ---- stages ---------------------------------------------------------------------------------------------
     @contextmanager
     def stage(self, name: str):
-        """Load what stage `name` (encode | references | bridge | sample | decode) needs; after it, unload what
-        the memory mode says."""
+        """Load what stage `name` (encode | references | bridge | sample | decode | judge) needs; after it, unload
+        what the memory mode says."""
         parts = STAGE_PARTS[name]
         wanted = PARTS if self.memory_mode == "keep_all_on_gpu" else parts
         mm.load_models([self.patchers[p] for p in wanted])
@@ -139,7 +141,7 @@ class DeepGenModelHandle:
             done: tuple = ()
             if self.memory_mode == "sequential_offload":
                 done = tuple(p for p in parts if p != "scb")
-            elif self.memory_mode == "offload_vlm_after_encode" and name == "encode":
+            elif self.memory_mode == "offload_vlm_after_encode" and "vlm" in parts:
                 done = ("vlm",)
             if done:
                 mm.unload_models([self.patchers[p] for p in done])

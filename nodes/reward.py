@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 
-from deepgen.errors import InputError
+from deepgen.errors import DeepGenError, InputError
 
 from . import comfy_services as cs
-from .types import IMAGE, category, display_name
+from . import reward_sources as rs
+from .types import DEEPGEN_MODEL, IMAGE, category, display_name
 
-AUTO = "auto"
+AUTO = rs.AUTO
 REWARD_CHOICES = ["general", "text_rendering", "clip", "ocr", "preference", "custom"]
-DEFAULT_CLIP_FOLDER = "clip"  # in models/deepgen
-DEFAULT_JUDGE_FOLDER = "unifiedreward-think"  # in models/deepgen
 
 
 def parse_weights(choice: str, custom: str):
@@ -40,28 +38,6 @@ def parse_weights(choice: str, custom: str):
     return weights
 
 
-def _model_folder(choice: str, default: str) -> str:
-    """A folder in models/deepgen (auto: `default`); when missing, the path it was looked for at (for the error)."""
-    name = default if choice == AUTO else choice
-    try:
-        return cs.resolve_model_path("deepgen", name)
-    except FileNotFoundError:
-        folders = cs.model_folders("deepgen")
-        return os.path.join(folders[0], name) if folders else name
-
-
-def _folder_choices() -> list[str]:
-    out = []
-    for name in cs.list_models("deepgen"):
-        try:
-            path = cs.resolve_model_path("deepgen", name)
-        except (OSError, ValueError):
-            continue
-        if os.path.isfile(os.path.join(path, "config.json")):
-            out.append(name)
-    return [AUTO] + sorted(out)
-
-
 def _finite(value: float) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
@@ -71,23 +47,39 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def score(images, prompt: str, weights, clip_model=AUTO, judge_model=AUTO, judge_url="", seed=0, node_id=None):
-    """-> (RewardResult, best index or None)."""
-    from deepgen.rewards import RewardMix
+def reward_names(weights) -> set[str]:
+    """The rewards a weight spec uses (non-zero weights), by canonical name."""
+    from deepgen.rewards.mix import resolve_weights
+
+    return {k for k, v in resolve_weights(weights).items() if v != 0}
+
+
+def score(
+    images, prompt: str, weights, clip_model=AUTO, judge_model=AUTO, judge_url="", seed=0, node_id=None, judge_vlm=None
+):
+    """-> (RewardResult, best index or None, report notes). ``judge_vlm``: a DEEPGEN_MODEL whose own VLM judges
+    the pairs instead of judge_model / judge_url."""
+    from deepgen.rewards import DeepGenVLMJudge, RewardMix
 
     device = str(cs.torch_device())
-    kwargs = {
-        "clip": {"model_path": _model_folder(clip_model, DEFAULT_CLIP_FOLDER), "device": device},
-        "preference": (
-            {"url": judge_url.strip(), "seed": seed}
-            if judge_url and judge_url.strip()
-            else {"model_path": _model_folder(judge_model, DEFAULT_JUDGE_FOLDER), "device": device, "seed": seed}
-        ),
-    }
+    names = reward_names(weights)
+    kwargs: dict[str, dict] = {}
+    if "clip" in names:
+        kwargs["clip"] = {**rs.clip_settings(clip_model), "device": device}
+    if "preference" in names and judge_vlm is not None:
+        kwargs["preference"] = {"judge": DeepGenVLMJudge(judge_vlm.model), "seed": seed}
+    elif "preference" in names:
+        kwargs["preference"] = {**rs.judge_settings(rs.AUTO, judge_url, judge_model), "seed": seed}
+        if "model_path" in kwargs["preference"]:
+            kwargs["preference"]["device"] = device
     mix = RewardMix(weights, reward_kwargs=kwargs)
     bar = cs.Progress(1, node_id=node_id, desc="DeepGen rewards")
     cs.check_interrupt()
-    result = mix(images, prompt)
+    if judge_vlm is not None and "preference" in names:
+        with judge_vlm.stage("judge"):  # the model's VLM on the compute device, as for encoding
+            result = mix(images, prompt)
+    else:
+        result = mix(images, prompt)
     bar.update(1)
     bar.close()
     totals = [_finite(t) for t in result.total.tolist()]
@@ -101,10 +93,16 @@ def judge_notes(mix, result) -> list[str]:
     otherwise pass unnoticed, e.g. with an unreachable judge_url."""
     if "preference" not in result.scores:
         return []
-    comparisons = mix.reward("preference").last_comparisons
+    reward = mix.reward("preference")
+    comparisons = reward.last_comparisons
     failed = sum(c["verdict"] is None for c in comparisons)
     if not failed:
         return []
+    if getattr(reward.judge, "uses_policy_model", False):
+        return [
+            f"NOTE: the DeepGen model's VLM gave no readable verdict on {failed} of {len(comparisons)} comparisons "
+            "(counted as ties, 0.5): its base VLM is not a trained judge (docs/rewards.md)."
+        ]
     return [
         f"WARNING: the preference judge failed or gave no readable answer on {failed} of {len(comparisons)} "
         "comparisons (counted as ties, 0.5). Check judge_url / judge_model; the server log has details."
@@ -143,8 +141,9 @@ class RewardScore:
     DESCRIPTION = (
         "Scores each image of a batch against the prompt with DeepGen's RL rewards (CLIP similarity, OCR of "
         "the quoted text, pairwise VLM preference) mixed with the official presets, and picks the best "
-        "image (best-of-N). Reward models are read from models/deepgen (clip/, unifiedreward-think/) or a "
-        "judge endpoint; nothing is downloaded. OCR works offline out of the box."
+        "image (best-of-N). Reward models are read from models/deepgen (clip/, unifiedreward-think/) or "
+        "models/clip_vision (a CLIP file with both towers), a judge endpoint, or a connected DeepGen model's own "
+        "VLM; nothing is downloaded. OCR works offline out of the box."
     )
     CATEGORY = category("rewards")
     RETURN_TYPES = ("FLOAT", IMAGE, "STRING", "INT")
@@ -167,7 +166,7 @@ class RewardScore:
 
     @classmethod
     def INPUT_TYPES(cls):
-        folders = _folder_choices()
+        folders = [AUTO] + rs.deepgen_folder_choices()
         return {
             "required": {
                 "images": (IMAGE, {"tooltip": "The batch to score, e.g. DeepGenSampler with batch size N."}),
@@ -196,8 +195,13 @@ class RewardScore:
                     },
                 ),
                 "clip_model": (
-                    folders,
-                    {"default": AUTO, "tooltip": "CLIP ViT-L/14 folder in models/deepgen. auto: models/deepgen/clip."},
+                    rs.clip_choices(),
+                    {
+                        "default": AUTO,
+                        "tooltip": "CLIP ViT-L/14: a transformers folder in models/deepgen (auto: models/deepgen/clip) "
+                        "or a clip_vision/ file with both towers (openai/clip-vit-large-patch14's model.safetensors; "
+                        "ComfyUI's own CLIP tokenizer is used with it).",
+                    },
                 ),
                 "judge_model": (
                     folders,
@@ -228,8 +232,36 @@ class RewardScore:
                     },
                 ),
             },
+            "optional": {
+                "model": (
+                    DEEPGEN_MODEL,
+                    {
+                        "tooltip": "Optional: a DeepGen model whose own VLM (Qwen2.5-VL-3B) judges the pairs for the "
+                        "preference reward, instead of judge_model / judge_url. No extra memory, but it is not a "
+                        "trained reward model (docs/rewards.md).",
+                    },
+                ),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, rewards=None, custom_weights=None, clip_model=None):
+        """When the prompt is queued: the reward choice and, if CLIP is used, its model (folder or file header).
+        The judge is checked when the node runs: whether a DeepGen model is connected is not known here."""
+        if rewards is None:
+            return True
+        if rewards not in REWARD_CHOICES:
+            return f"rewards must be one of {', '.join(REWARD_CHOICES)} (got {rewards!r})"
+        try:
+            names = reward_names(parse_weights(rewards, custom_weights or ""))
+        except DeepGenError as exc:
+            return str(exc)
+        if "clip" in names and (problem := rs.clip_problem(clip_model or AUTO)):
+            return problem
+        if "ocr" in names and (problem := rs.ocr_problem()):
+            return problem
+        return True
 
     def score(
         self,
@@ -241,6 +273,7 @@ class RewardScore:
         judge_model=AUTO,
         judge_url="",
         seed=0,
+        model=None,
         unique_id=None,
     ):
         from deepgen.rewards.base import use_model_store
@@ -255,6 +288,7 @@ class RewardScore:
                 judge_url,
                 seed,
                 unique_id,
+                judge_vlm=model,
             )
         rows, text = report(result, best, notes)
         best_image = images[best : best + 1] if best is not None else images[:1]

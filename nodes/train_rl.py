@@ -18,6 +18,7 @@ import shutil
 from deepgen.errors import DeepGenError, InputError
 
 from . import comfy_services as cs
+from . import reward_sources as rs
 from . import train_rl_inputs as inputs
 from .training_files import check_lora_name, load_adapter_cached, lora_output_dir, resolve_dataset, run_dir, start_over
 from .training_run import TrainingNodeCallback, detach_inference_tensors, to_image_batch
@@ -154,10 +155,10 @@ class DeepGenTrainRL:
                         "default": "brightness=1",
                         "multiline": True,
                         "tooltip": (
-                            "Reward weights, 'name=weight, ...': clip (models/deepgen/clip), ocr, preference (judge "
-                            "in models/deepgen/unifiedreward-think, or judge_url), brightness / saturation (toys, "
-                            "no model). A line 'text_rendering: ocr=0.7, clip=0.1, preference=0.2' sets one "
-                            "category's weights."
+                            "Reward weights, 'name=weight, ...': clip (clip_model), ocr, preference (judge: "
+                            "models/deepgen/unifiedreward-think, judge_url or this model's VLM), brightness / "
+                            "saturation (toys, no model). A line 'text_rendering: ocr=0.7, clip=0.1, "
+                            "preference=0.2' sets one category's weights."
                         ),
                     },
                 ),
@@ -235,14 +236,46 @@ class DeepGenTrainRL:
                     "STRING",
                     {"default": "", "tooltip": "URL of a preference judge server (empty: the local judge folder)."},
                 ),
+                "clip_model": (
+                    rs.clip_choices(),
+                    {
+                        "default": rs.AUTO,
+                        "tooltip": (
+                            "CLIP ViT-L/14 for the clip reward: a transformers folder in models/deepgen (auto: "
+                            "models/deepgen/clip) or a clip_vision/ file with both towers (openai/clip-vit-large-"
+                            "patch14's model.safetensors; ComfyUI's own CLIP tokenizer is used with it)."
+                        ),
+                    },
+                ),
+                "judge": (
+                    rs.JUDGE_SOURCES,
+                    {
+                        "default": rs.AUTO,
+                        "tooltip": (
+                            "Preference judge: local folder (models/deepgen/unifiedreward-think), judge_url (a judge "
+                            "server), or this model's VLM (DeepGen's own Qwen2.5-VL-3B as a pairwise judge: no extra "
+                            "memory, but not a trained reward model). auto: judge_url when set, else the folder."
+                        ),
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
     def VALIDATE_INPUTS(
-        cls, lora_name=None, rewards=None, prompts=None, judge_url=None, group_size=None, prompts_file=None
+        cls,
+        lora_name=None,
+        rewards=None,
+        prompts=None,
+        judge_url=None,
+        group_size=None,
+        prompts_file=None,
+        clip_model=None,
+        judge=None,
     ):
+        # clip_model and judge are checked here, not by ComfyUI's list check: a name saved in a workflow must still
+        # resolve inside the model folders, and the message says what is missing
         if lora_name is not None and (error := check_lora_name(lora_name)):
             return error
         try:
@@ -251,7 +284,7 @@ class DeepGenTrainRL:
             if rewards is not None:
                 default, own = inputs.parse_reward_weights(rewards)
                 names = set(default) | {n for w in own.values() for n in w}
-                if problem := inputs.reward_problem(names, judge_url or ""):
+                if problem := inputs.reward_problem(names, judge_url or "", clip_model or rs.AUTO, judge or rs.AUTO):
                     return problem
         except DeepGenError as exc:  # bad text, and a missing, outside or unreadable prompts_file
             return str(exc)
@@ -282,6 +315,8 @@ class DeepGenTrainRL:
         sampling_steps,
         prompts_file="",
         judge_url="",
+        clip_model=rs.AUTO,
+        judge=rs.AUTO,
         unique_id=None,
     ):
         import torch
@@ -292,7 +327,9 @@ class DeepGenTrainRL:
         from deepgen.train.grpo.trainer import GRPOTrainer
         from deepgen.train.runtime import preserve_model
 
-        error = self.VALIDATE_INPUTS(lora_name, rewards, prompts, judge_url, group_size, prompts_file)
+        error = self.VALIDATE_INPUTS(
+            lora_name, rewards, prompts, judge_url, group_size, prompts_file, clip_model, judge
+        )
         if error is not True:
             raise InputError(error)
         lora_name = lora_name.strip()
@@ -315,7 +352,7 @@ class DeepGenTrainRL:
             prompts_file=inputs.write_prompt_file(run / inputs.PROMPTS_FILE, lines),
             eval_file=inputs.write_prompt_file(run / inputs.EVAL_PROMPTS_FILE, evals),
             weights=weights,
-            rewards=inputs.reward_settings(names, judge_url),
+            rewards=inputs.reward_settings(names, judge_url, clip_model, judge),
             steps=steps,
             learning_rate=learning_rate,
             rank=rank,

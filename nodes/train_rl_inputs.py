@@ -5,17 +5,14 @@ with the same settings are the same run; docs/nodes.md lists the mapping)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from deepgen.errors import InputError
 
-from . import comfy_services as cs
+from . import reward_sources as rs
 
 TOY_REWARDS = "deepgen.train.grpo.toy_rewards"  # registers brightness and saturation (no model)
 DEFAULT_CATEGORY = "general"
-CLIP_FOLDER = "clip"  # models/deepgen/clip, as RewardScore
-JUDGE_FOLDER = "unifiedreward-think"  # models/deepgen/unifiedreward-think, as RewardScore
 PROMPTS_FILE = "prompts.jsonl"
 EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
 CONFIG_FILE = "stage3_config.json"
@@ -115,52 +112,36 @@ def category_weights(prompts: list[dict], default: dict, per_category: dict) -> 
     return out
 
 
-def _model_folder(name: str) -> str:
-    """models/deepgen/<name> (the path it would be at when missing, for the error)."""
-    try:
-        return cs.resolve_model_path("deepgen", name)
-    except FileNotFoundError:
-        folders = cs.model_folders("deepgen")
-        return os.path.join(folders[0], name) if folders else name
-
-
-def reward_settings(names, judge_url: str = "") -> dict[str, dict]:
-    """``[rewards.<name>]`` tables for the rewards that need a model: CLIP and the judge from models/deepgen (as
-    RewardScore finds them), or the judge at ``judge_url``."""
+def reward_settings(names, judge_url: str = "", clip_model: str = rs.AUTO, judge: str = rs.AUTO) -> dict[str, dict]:
+    """``[rewards.<name>]`` tables for the rewards that need a model, as RewardScore finds them: CLIP from
+    ``clip_model`` (a models/deepgen folder, or a models/clip_vision file with ComfyUI's CLIP tokenizer), the judge
+    from ``judge`` (auto: ``judge_url`` when set, else models/deepgen/unifiedreward-think; or this model's VLM)."""
     out: dict[str, dict] = {}
     if "clip" in names:
-        out["clip"] = {"model_path": _model_folder(CLIP_FOLDER)}
+        out["clip"] = rs.clip_settings(clip_model)
     if "preference" in names:
-        url = (judge_url or "").strip()
-        out["preference"] = {"url": url} if url else {"model_path": _model_folder(JUDGE_FOLDER)}
+        out["preference"] = rs.judge_settings(judge, judge_url)
     return out
 
 
-def reward_problem(names, judge_url: str = "") -> str | None:
-    """Why a reward cannot run here (unknown name, missing model or engine), or None: checked when the prompt is
-    queued, so a missing reward model is not found after minutes of loading."""
+def reward_problem(names, judge_url: str = "", clip_model: str = rs.AUTO, judge: str = rs.AUTO) -> str | None:
+    """Why a reward cannot run here (unknown name, missing or unusable model, missing engine), or None: checked
+    when the prompt is queued, so a missing reward model is not found after minutes of loading."""
     import importlib
 
-    from deepgen.rewards import RewardModelNotFound, available_rewards
-    from deepgen.rewards.base import require_model_dir
+    from deepgen.rewards import available_rewards
 
     importlib.import_module(TOY_REWARDS)
     known = set(available_rewards())
     unknown = sorted(set(names) - known)
     if unknown:
         return f"rewards: unknown reward {', '.join(unknown)}; registered rewards: {', '.join(sorted(known))}"
-    settings = reward_settings(names, judge_url)
-    try:
-        if "clip" in settings:
-            require_model_dir(settings["clip"]["model_path"], "CLIP", "openai/clip-vit-large-patch14")
-        if "model_path" in settings.get("preference", {}):
-            require_model_dir(
-                settings["preference"]["model_path"], "preference judge", "CodeGoat24/UnifiedReward-Think-qwen-7b"
-            )
-    except RewardModelNotFound as exc:
-        return f"{exc} (or set judge_url for the preference reward)" if "judge" in str(exc) else str(exc)
-    if "ocr" in names and importlib.util.find_spec("rapidocr_onnxruntime") is None:
-        return "the ocr reward needs its offline engine: pip install rapidocr-onnxruntime"
+    if "clip" in names and (problem := rs.clip_problem(clip_model)):
+        return problem
+    if "preference" in names and (problem := rs.judge_problem(judge, judge_url)):
+        return problem
+    if "ocr" in names:
+        return rs.ocr_problem()
     return None
 
 

@@ -93,6 +93,7 @@ class FakeComfy:
         fp.folder_names_and_paths = {
             "loras": ([os.path.join(m, "loras")], fp.supported_pt_extensions),
             "vae": ([os.path.join(m, "vae")], fp.supported_pt_extensions),
+            "clip_vision": ([os.path.join(m, "clip_vision")], fp.supported_pt_extensions),
             "text_encoders": ([os.path.join(m, "text_encoders"), os.path.join(m, "clip")], fp.supported_pt_extensions),
             "diffusion_models": (
                 [os.path.join(m, "unet"), os.path.join(m, "diffusion_models")],

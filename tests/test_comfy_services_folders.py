@@ -5,6 +5,7 @@ and through ComfyUI's folder_paths (the test doubles of tests/comfy_doubles.py, 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,41 @@ def test_deepgen_folder_with_every_file_extension_set(fake_comfy, tmp_path):
     fake_comfy.fp.add_model_folder_path("deepgen", str(extra))
     cs.register_model_folders()
     assert cs.list_models("deepgen") == ["Release", "Release/README.md", "Release/model.pt"]
+
+
+def test_clip_vision_files_list_and_resolve_in_their_folder(models, fake_comfy, tmp_path):
+    """models/clip_vision (the reward nodes' CLIP files): listed and resolved standalone and through folder_paths,
+    names kept inside the folder."""
+    touch(models / "clip_vision" / "openai" / "model.safetensors")
+    outside = touch(tmp_path / "outside" / "clip.safetensors")
+    os.symlink(outside, models / "clip_vision" / "escape.safetensors")
+    with pytest.MonkeyPatch.context() as mp:  # standalone first: no ComfyUI modules
+        for name in ("comfy", "folder_paths", "comfy.model_management"):
+            mp.delitem(sys.modules, name, raising=False)
+        assert cs.list_models("clip_vision") == ["openai/model.safetensors"]
+        assert cs.resolve_model_path("clip_vision", "openai/model.safetensors").endswith("openai/model.safetensors")
+        with pytest.raises(ValueError, match="outside the model folders"):
+            cs.resolve_model_path("clip_vision", "escape.safetensors")
+        with pytest.raises(ValueError):
+            cs.resolve_model_path("clip_vision", "../deepgen/loose.safetensors")
+    touch(fake_comfy.models_dir / "clip_vision" / "clip_vision_l.safetensors")
+    assert cs.list_models("clip_vision") == ["clip_vision_l.safetensors"]
+    assert cs.resolve_model_path("clip_vision", "clip_vision_l.safetensors") == str(
+        fake_comfy.models_dir / "clip_vision" / "clip_vision_l.safetensors"
+    )
+
+
+def test_clip_tokenizer_dir_is_comfyuis_own_or_none(fake_comfy, tmp_path, monkeypatch):
+    """ComfyUI's comfy/sd1_tokenizer (OpenAI's CLIP tokenizer) when running inside a ComfyUI that has it; None
+    outside ComfyUI, or when its comfy package has no such folder."""
+    assert cs.clip_tokenizer_dir() is None  # the double's comfy package has no folder on disk
+    package = tmp_path / "ComfyUI" / "comfy"
+    touch(package / "sd1_tokenizer" / "vocab.json", b"{}")
+    monkeypatch.setattr(sys.modules["comfy"], "__path__", [str(package)])
+    assert cs.clip_tokenizer_dir() is None  # no merges.txt: not a CLIP tokenizer
+    touch(package / "sd1_tokenizer" / "merges.txt", b"#version: 0.2\n")
+    assert cs.clip_tokenizer_dir() == str(package / "sd1_tokenizer")
+    for name in ("comfy", "folder_paths", "comfy.model_management"):
+        monkeypatch.delitem(sys.modules, name)
+    assert cs.clip_tokenizer_dir() is None  # outside ComfyUI: never imports it
+    assert "comfy" not in sys.modules

@@ -1,10 +1,9 @@
 """CLIP reward on a tiny random CLIPModel + offline tokenizer/processor saved into tmp_path."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
+from clip_kit import tiny_clip
 from PIL import Image
 
 from deepgen.rewards import CLIPReward, RewardModelNotFound
@@ -19,66 +18,11 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def _bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A byte-level CLIP BPE vocab (no merges), a 32 px image processor and a 2-layer CLIP."""
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    try:
-        from transformers import CLIPImageProcessorPil as ImageProc  # transformers 5 without torchvision
-    except ImportError:  # pragma: no cover - transformers 4
-        from transformers import CLIPImageProcessor as ImageProc
-
     d = tmp_path_factory.mktemp("clip")
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
-    proc = CLIPProcessor(
-        image_processor=ImageProc(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tok
-    )
-    eos = vocab["<|endoftext|>"]
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=eos - 1,
-            eos_token_id=eos,
-            pad_token_id=eos,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(d)
-    proc.save_pretrained(d)
+    tiny_clip(d)
     return d
 
 

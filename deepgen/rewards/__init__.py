@@ -3,7 +3,8 @@
 Every reward is ``reward(images, prompts, group_ids=None) -> torch.Tensor (B,)`` on PIL
 images or a ComfyUI IMAGE tensor; NaN marks "not applicable". Built-ins: ``clip``,
 ``ocr``, ``preference`` (official names ``clip_sim``, ``ocr``, ``unifiedreward_think``).
-Models load lazily from local folders only; see docs/rewards.md.
+Models load lazily from local folders or files only (CLIP also from one safetensors file, the preference
+judge also from the loaded DeepGen model's VLM); see docs/rewards.md.
 """
 
 from .base import (
@@ -21,6 +22,7 @@ from .base import (
     use_model_store,
 )
 from .clip import CLIP_REPO_ID, DEFAULT_CLIP_DIR, CLIPReward
+from .deepgen_judge import DEEPGEN_JUDGE, DeepGenVLMJudge
 from .images import image_to_data_url, to_pil_images
 from .judges import DEFAULT_JUDGE_DIR, JUDGE_REPO_ID, EndpointJudge, QwenVLJudge
 from .mix import PRESET_SAMPLE_WEIGHTS, PRESETS, RewardMix, RewardResult, resolve_weights
@@ -55,6 +57,8 @@ __all__ = [
     "win_rates",
     "EndpointJudge",
     "QwenVLJudge",
+    "DeepGenVLMJudge",
+    "DEEPGEN_JUDGE",
     "DEFAULT_JUDGE_DIR",
     "JUDGE_REPO_ID",
     "RewardMix",

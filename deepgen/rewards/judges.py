@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..errors import CheckpointError, ResourceError
+from ..model.vlm import vision_tower
 from .base import cached_model, default_device, require_model_dir
 from .images import image_to_data_url
 
@@ -217,16 +218,22 @@ class QwenVLJudge:
         vis = "<|vision_start|><|image_pad|><|vision_end|>" * 2
         return f"{sys}<|im_start|>user\n{vis}{text}<|im_end|>\n<|im_start|>assistant\n"
 
+    def generation_kwargs(self) -> dict:
+        """Extra ``generate`` arguments (none: the judge folder's generation config holds its stop tokens)."""
+        return {}
+
     @torch.inference_mode()
     def generate(self, text: str, images: list[Image.Image]) -> str:
         model, processor = self.load()
         images = [_limit_pixels(im.convert("RGB"), self.max_pixels) for im in images]
         inputs = processor(text=[self.chat_text(processor, text)], images=images, return_tensors="pt")
         accepted = set(inspect.signature(model.forward).parameters)
-        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in accepted}
+        # where the model is now (a model manager may have moved it), pixels in its vision tower's dtype (the
+        # compute dtype even when the tower's blocks are stored in fp8)
+        inputs = {k: v.to(model.device) for k, v in inputs.items() if k in accepted}
         if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            inputs["pixel_values"] = inputs["pixel_values"].to(vision_tower(model).dtype)
+        out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **self.generation_kwargs())
         new = out[:, inputs["input_ids"].shape[1] :]
         return processor.batch_decode(new, skip_special_tokens=True)[0]
 
@@ -297,19 +304,25 @@ class _QwenInputs:
         vis = self.image_processor(images=images, return_tensors="pt")
         merge = int(getattr(self.image_processor, "merge_size", 2)) ** 2
         counts = [int(t.prod()) // merge for t in vis["image_grid_thw"]]
-        out_text, k = [], 0
-        for s in text:
-            parts = s.split(self.image_token)
-            buf = parts[0]
-            for p in parts[1:]:
-                buf += "<|placeholder|>" * counts[k] + p
-                k += 1
-            out_text.append(buf.replace("<|placeholder|>", self.image_token))
-        enc = self.tokenizer(out_text, return_tensors="pt", padding=True)
-        enc = dict(enc)
-        enc["mm_token_type_ids"] = (enc["input_ids"] == self.image_token_id).to(torch.int32)
-        enc.update({k: v for k, v in vis.items()})
-        return enc
+        return image_chat_inputs(self.tokenizer, text, counts, self.image_token, self.image_token_id, dict(vis))
 
     def batch_decode(self, ids, **kw):
         return self.tokenizer.batch_decode(ids, **kw)
+
+
+def image_chat_inputs(tokenizer, text: list[str], counts: list[int], image_token: str, image_token_id: int, vision):
+    """What Qwen2.5-VL's processor returns: each ``image_token`` of ``text`` repeated to its image's vision-token
+    count (``counts``, in order), tokenized, with the vision inputs and the ``mm_token_type_ids`` that
+    transformers 5 reads to place the images' M-RoPE positions."""
+    out_text, k = [], 0
+    for s in text:
+        parts = s.split(image_token)
+        buf = parts[0]
+        for p in parts[1:]:
+            buf += "<|placeholder|>" * counts[k] + p
+            k += 1
+        out_text.append(buf.replace("<|placeholder|>", image_token))
+    enc = dict(tokenizer(out_text, return_tensors="pt", padding=True))
+    enc["mm_token_type_ids"] = (enc["input_ids"] == image_token_id).to(torch.int32)
+    enc.update(vision)
+    return enc

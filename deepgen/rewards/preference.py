@@ -19,7 +19,8 @@ otherwise favour low indices); ``pair_order="index"`` restores the official orde
 better", "Final answer: Image 2", ``\\boxed{1}``, "the first image is better").
 
 Groups come from ``group_ids``; without them, images with the same prompt form a group.
-Backends live in :mod:`deepgen.rewards.judges` (OpenAI-compatible endpoint, local Qwen-VL).
+Backends live in :mod:`deepgen.rewards.judges` (OpenAI-compatible endpoint, local Qwen-VL) and
+:mod:`deepgen.rewards.deepgen_judge` (the loaded DeepGen model's own VLM).
 """
 
 from __future__ import annotations
@@ -159,7 +160,9 @@ class PreferenceReward(Reward):
     """Within-group pairwise win rate from a VLM judge.
 
     ``judge``: an object with ``judge_many(items) -> list[str | None]`` (items are
-    ``(text, image_1, image_2)``), or a callable ``judge(text, image_1, image_2) -> str``.
+    ``(text, image_1, image_2)``), or a callable ``judge(text, image_1, image_2) -> str``, or
+    ``"deepgen"``: the loaded DeepGen model's own VLM (:class:`~deepgen.rewards.deepgen_judge.DeepGenVLMJudge`,
+    bound to the policy model by the stage-3 trainer).
     Without a judge, ``url=`` builds an :class:`~deepgen.rewards.judges.EndpointJudge` and
     otherwise ``model_path=`` (default ``models/deepgen/unifiedreward-think``) a local
     :class:`~deepgen.rewards.judges.QwenVLJudge`; extra kwargs go to the judge.
@@ -181,7 +184,9 @@ class PreferenceReward(Reward):
         fail_after: int = 2,
         **judge_kwargs,
     ):
-        if judge is None:
+        if isinstance(judge, str):  # a judge by name: "deepgen", the loaded DeepGen model's own VLM
+            judge = _named_judge(judge, url, model_path, judge_kwargs)
+        elif judge is None:
             from .judges import DEFAULT_JUDGE_DIR, EndpointJudge, QwenVLJudge
 
             if url:
@@ -212,6 +217,9 @@ class PreferenceReward(Reward):
             probe(timeout)
 
     def _judge_name(self) -> str:
+        label = getattr(self.judge, "label", None)
+        if label:
+            return f"the preference judge ({label})"
         endpoint = getattr(self.judge, "endpoint", None)
         if endpoint:
             return f"the preference judge at {endpoint}"
@@ -265,6 +273,20 @@ class PreferenceReward(Reward):
             outc = [(a, b, v) for (g, a, b), v in zip(meta, verdicts) if g == gkey]
             out[torch.tensor(idx)] = win_rates(len(idx), outc, self.decimals)
         return out
+
+
+def _named_judge(name: str, url, model_path, judge_kwargs: dict):
+    from ..errors import InputError
+    from .deepgen_judge import DEEPGEN_JUDGE, DeepGenVLMJudge
+
+    if name.strip().lower() != DEEPGEN_JUDGE:
+        raise InputError(
+            f"judge {name!r} is not a judge name; the one named judge is {DEEPGEN_JUDGE!r} (the loaded DeepGen "
+            "model's VLM). Otherwise give url= (a judge server) or model_path= (a local Qwen2.5-VL judge folder)"
+        )
+    if url or model_path:
+        raise TypeError(f"judge={DEEPGEN_JUDGE!r} uses the loaded model: it takes no url= or model_path=")
+    return DeepGenVLMJudge(**judge_kwargs)
 
 
 def _run_judge(judge, items: Sequence[tuple]) -> list[str | None]:

@@ -11,7 +11,7 @@ the headless trainer, scripts) each service falls back to a small standalone equ
     interrupt.py      check_interrupt(), interrupted(), request_interrupt(), clear_interrupt(),
                       DeepGenInterrupted, interrupt_exception_types()
     model_folders.py  MODEL_KINDS, register_model_folders(), model_folders(kind), list_models(kind),
-                      resolve_model_path(kind, name)
+                      resolve_model_path(kind, name), clip_tokenizer_dir()
     devices.py        torch_device(), offload_device(), intermediate_device(),
                       free_memory(bytes_needed=None), soft_empty_cache()
     managed_models.py manage(module, load_device, offload_device), load_models(patchers),
@@ -53,6 +53,7 @@ from .model_folders import (
     DEEPGEN_EXTENSIONS,
     DEEPGEN_FOLDER,
     MODEL_KINDS,
+    clip_tokenizer_dir,
     list_models,
     model_folders,
     register_model_folders,
@@ -77,6 +78,7 @@ __all__ = [
     "model_folders",
     "list_models",
     "resolve_model_path",
+    "clip_tokenizer_dir",
     "torch_device",
     "offload_device",
     "intermediate_device",

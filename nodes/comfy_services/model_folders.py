@@ -20,11 +20,12 @@ __all__ = [
     "model_folders",
     "list_models",
     "resolve_model_path",
+    "clip_tokenizer_dir",
 ]
 
 DEEPGEN_FOLDER = "deepgen"
 #: folder kinds this pack uses: ``folder_paths`` names (legacy aliases ``clip``/``unet`` accepted)
-MODEL_KINDS = ("deepgen", "text_encoders", "diffusion_models", "vae", "loras")
+MODEL_KINDS = ("deepgen", "text_encoders", "diffusion_models", "vae", "loras", "clip_vision")
 _LEGACY_KINDS = {"clip": "text_encoders", "unet": "diffusion_models"}
 #: sub-folders of a models root searched outside ComfyUI (mirrors ComfyUI's defaults)
 _STANDALONE_SUBDIRS = {
@@ -33,6 +34,7 @@ _STANDALONE_SUBDIRS = {
     "diffusion_models": ("unet", "diffusion_models"),
     "vae": ("vae",),
     "loras": ("loras",),
+    "clip_vision": ("clip_vision",),
 }
 _PT_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 #: extensions listed in the ``deepgen`` folder (sub-folders are listed separately)
@@ -52,8 +54,8 @@ def register_model_folders() -> None:
     """Register ``models/deepgen`` with ComfyUI's ``folder_paths`` (idempotent; no-op outside).
 
     Paths that users added for ``deepgen`` in ``extra_model_paths.yaml`` are kept.  The standard
-    ``text_encoders``, ``diffusion_models``, ``vae`` and ``loras`` folders are ComfyUI's own and are
-    left untouched.
+    ``text_encoders``, ``diffusion_models``, ``vae``, ``loras`` and ``clip_vision`` folders are ComfyUI's own
+    and are left untouched.
     """
     if not in_comfyui():
         return
@@ -235,3 +237,24 @@ def list_models(kind: str) -> list[str]:
                 continue
             files.add(rel)
     return sorted(files | dirs)
+
+
+#: ComfyUI ships OpenAI's CLIP tokenizer (vocab.json + merges.txt) here, inside its ``comfy`` package
+_COMFY_CLIP_TOKENIZER = "sd1_tokenizer"
+
+
+def clip_tokenizer_dir() -> str | None:
+    """ComfyUI's own copy of OpenAI's CLIP tokenizer (``comfy/sd1_tokenizer/``, the one its SD1 CLIP uses), for
+    a single-file CLIP from ``models/clip_vision`` (such a file holds no tokenizer); None outside ComfyUI or when
+    this ComfyUI has none."""
+    if not in_comfyui():
+        return None
+    try:
+        package_dirs = list(getattr(comfy_module("comfy"), "__path__", []))
+    except ImportError:
+        return None
+    for base in package_dirs:
+        folder = os.path.join(base, _COMFY_CLIP_TOKENIZER)
+        if all(os.path.isfile(os.path.join(folder, f)) for f in ("vocab.json", "merges.txt")):
+            return os.path.abspath(folder)
+    return None

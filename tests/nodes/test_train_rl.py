@@ -260,3 +260,31 @@ def test_bad_input_fails_when_queued(tmp_path):
         {"prompt": "a sign that says 'OPEN'", "category": "text_rendering"},
         {"prompt": "plain", "category": "general"},
     ]
+
+
+def test_the_models_own_vlm_as_judge(tmp_path, headless_model, monkeypatch):
+    """judge = this model's VLM: no judge folder or server needed; the run's config says judge = "deepgen", and the
+    trainer judges with the very model it trains (the random tiny VLM answers nothing readable: all ties)."""
+    from deepgen.rewards import DeepGenVLMJudge
+    from nodes.reward_sources import JUDGE_VLM
+
+    judged_with = []
+    real = DeepGenVLMJudge.generate
+
+    def spy(self, text, images):
+        judged_with.append(self.model)
+        return real(self, text, images)
+
+    monkeypatch.setattr(DeepGenVLMJudge, "generate", spy)
+    v = DeepGenTrainRL.VALIDATE_INPUTS
+    assert "preference judge" in v(rewards="preference=1")  # the folder is missing...
+    assert v(rewards="preference=1", judge=JUDGE_VLM) is True  # ...and not needed
+    handle = node_handle(headless_model)
+    _, _, curve_json, _ = run_node(
+        handle, rewards="preference=1", judge=JUDGE_VLM, lora_name="vlm_judge", steps=1, prompts_per_step=1
+    )
+    curve = json.loads(curve_json)
+    assert curve["rewards"]["preference"]["mean"] == [0.5] and curve["rewards"]["preference"]["std"] == [0.0]
+    assert len(judged_with) == 1 and judged_with[0] is handle.model  # one pair (G = 2), judged by the trained model
+    written = json.loads((tmp_path / "output" / "deepgen_training" / "vlm_judge" / "stage3_config.json").read_text())
+    assert written["rewards"] == {"preference": {"judge": "deepgen"}}

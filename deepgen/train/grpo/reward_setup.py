@@ -21,7 +21,7 @@ from .. import runtime as R
 from .prompts import PromptSet
 from .run_config import Stage3Config
 
-__all__ = ["RewardSetup", "build_rewards"]
+__all__ = ["RewardSetup", "bind_policy_judges", "build_rewards", "policy_judges"]
 
 _PROBE_TIMEOUT = 5.0  # seconds a remote reward judge gets to accept a connection at start-up
 
@@ -133,7 +133,48 @@ def _preflight(reward) -> None:
     if hasattr(reward, "load"):
         reward.load()
     judge = getattr(reward, "judge", None)
-    if judge is not None and hasattr(judge, "load"):
-        judge.load()
+    if judge is not None and hasattr(judge, "load") and not getattr(judge, "uses_policy_model", False):
+        judge.load()  # (a judge on the policy model's VLM has nothing to load: bind_policy_judges gives it the model)
     if hasattr(reward, "engine"):
         reward.engine()
+
+
+def policy_judges(reward_mix, names) -> list:
+    """The judges among the run's rewards that use the policy model's own VLM (``judge = "deepgen"``)."""
+    out = []
+    for name in names:
+        judge = getattr(reward_mix.reward(name), "judge", None)
+        if getattr(judge, "uses_policy_model", False):
+            out.append(judge)
+    return out
+
+
+def check_policy_judge_config(cfg: Stage3Config, sharded: bool) -> None:
+    """Before the model loads: the policy model's VLM can judge only if this run never changes it and every
+    process holds all of it (generation lengths differ between processes, so FSDP's per-layer all-gathers of
+    the VLM would not line up)."""
+    if cfg.trainable_spec().vlm_lora:
+        raise R.TrainingError(
+            '[rewards.preference] judge = "deepgen" judges with the policy model\'s VLM, which this run trains: '
+            "the judge would move with the policy. Use a separate judge (url or model_path) instead"
+        )
+    if sharded:
+        raise R.TrainingError(
+            '[rewards.preference] judge = "deepgen" is not available under FSDP (the VLM is sharded and every process '
+            "generates different answers): use a judge server (url) or DDP"
+        )
+
+
+def bind_policy_judges(judges, model) -> None:
+    """Give each policy-VLM judge the loaded model, after the trainable parameters are chosen: refused if any
+    VLM parameter trains (the judge must stay the model it was at step 0)."""
+    if not judges:
+        return
+    training = [n for n, p in model.lmm.named_parameters() if p.requires_grad]
+    if training:
+        raise R.TrainingError(
+            f'[rewards.preference] judge = "deepgen" needs a frozen VLM, but {len(training)} VLM parameters train '
+            f"(e.g. {training[0]}): use a DiT policy, or a separate judge (url or model_path)"
+        )
+    for judge in judges:
+        judge.bind(model)

@@ -19,7 +19,7 @@ from .. import runtime as R
 from .. import sharding
 from ..trackers import TrackerCallback, resolve_trackers, tracker_kwargs
 from .prompts import PromptSet, load_prompt_set
-from .reward_setup import build_rewards
+from .reward_setup import bind_policy_judges, build_rewards, check_policy_judge_config, policy_judges
 from .sde import rollout_schedule
 from .state import RunState
 
@@ -128,6 +128,9 @@ class RunSetup(RunState):
             self.eval_set = load_prompt_set(cfg.eval_prompts, category_sample_weights=g.category_sample_weights)
         rw = build_rewards(cfg, self.prompt_set, self.eval_set, self._reward_overrides, self.device)
         self.category_weights, self.reward_names, self.reward_mix = rw.category_weights, rw.reward_names, rw.reward_mix
+        vlm_judges = policy_judges(self.reward_mix, self.reward_names)  # judge = "deepgen": the policy's own VLM
+        if vlm_judges:
+            check_policy_judge_config(cfg, sharding.is_fsdp(acc))
         # the output folder and the SFT-Aux data next, still before the model loads
         self.ckpt = R.CheckpointManager(acc, self.output_dir, keep_last=cfg.keep_last, config=cfg.to_dict())
         self.ckpt.check_writable()
@@ -152,6 +155,7 @@ class RunSetup(RunState):
             # computes at step 0 (a bf16 copy would run its norms etc. in bf16: KL ≠ 0 before any update)
             self.ref_transformer = copy.deepcopy(model.transformer).to(torch.float32).requires_grad_(False).eval()
         self.params = R.setup_trainable(model, cfg.trainable_spec(), seed=g.seed)
+        bind_policy_judges(vlm_judges, model)  # refused if a VLM parameter trains
         if cfg.gradient_checkpointing:
             R.enable_gradient_checkpointing(model, parts=("transformer",))
         self.num_trainable = R.count_parameters(self.params)

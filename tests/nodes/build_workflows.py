@@ -25,7 +25,12 @@ from nodes.types import TINY_CHOICE
 CLASSES = {**CORE_NODES, **NODE_CLASS_MAPPINGS}
 PACK_ID, PACK_VERSION = "comfyui-deepgen", "0.1.0"
 
-T2I_PROMPT = "A red fox sitting in a snowy forest at sunrise, soft golden light, detailed fur, photo"
+# The default prompts come from the embedded demo model's world (coloured shapes, README "Demo model"), so every
+# workflow draws something recognisable out of the box; with the real model, write anything.
+T2I_PROMPT = "a red circle on a blue background"
+DEMO_SOURCE_PROMPT = "a yellow square on a black background"
+DEMO_EDIT = "make the square red"
+MODEL_SIZE = {"width": 0, "height": 0}  # 0: the model's own size (512 for DeepGen 1.0, 64 for the demo)
 EDIT_SINGLE = "Change the season to winter: cover the ground and the roofs in fresh snow"
 EDIT_MULTI = "Place the main object of the second image into the scene of the first image, matching its lighting"
 SIGN_PROMPT = 'A wooden shop sign above a bakery door that says "OPEN", photo'
@@ -145,7 +150,7 @@ def text_to_image() -> Graph:
     model = loader(g)
     enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": T2I_PROMPT}, size=(400, 260))
     scb = g.add("SCBBridge", (820, 0), size=(240, 110))
-    smp = g.add("DeepGenSampler", (1100, 0), size=(300, 330))
+    smp = g.add("DeepGenSampler", (1100, 0), dict(MODEL_SIZE), size=(300, 330))
     save = g.add("SaveImage", (1440, 0), {"filename_prefix": "DeepGen/t2i"}, size=(400, 440))
     g.link(model, "model", enc, "model")
     g.link(model, "model", scb, "model")
@@ -157,15 +162,16 @@ def text_to_image() -> Graph:
 
 
 def text_to_image_two_pass() -> Graph:
-    """Composed graph: draft at 512, upscale the LATENT with a core node, refine with a second sampler."""
+    """Composed graph: draft at the model's size, upscale the LATENT with a core node, refine with a second
+    sampler."""
     g = Graph("text_to_image_two_pass")
     model = loader(g)
     enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": T2I_PROMPT}, size=(400, 260))
     scb = g.add("SCBBridge", (820, 0), size=(240, 110))
-    draft = g.add("DeepGenSampler", (1100, 0), title="Draft (512x512)", size=(300, 330))
+    draft = g.add("DeepGenSampler", (1100, 0), dict(MODEL_SIZE), title="Draft (the model's size)", size=(300, 330))
     up = g.add("LatentUpscaleBy", (1100, 380), {"upscale_method": "bicubic", "scale_by": 1.5}, size=(300, 110))
     refine = g.add(
-        "DeepGenSampler", (1440, 0), {"denoise": 0.55}, title="Refine (768x768)", size=(300, 360), control="fixed"
+        "DeepGenSampler", (1440, 0), {"denoise": 0.55}, title="Refine (1.5x the draft)", size=(300, 360), control="fixed"
     )
     preview = g.add("PreviewImage", (1440, 420), title="Draft preview", size=(300, 320))
     save = g.add("SaveImage", (1780, 0), {"filename_prefix": "DeepGen/t2i_two_pass"}, size=(420, 460))
@@ -182,13 +188,28 @@ def text_to_image_two_pass() -> Graph:
 
 
 def edit_single() -> Graph:
+    """Draw a source picture, then edit it with one instruction. The source is drawn so that the workflow shows a
+    real edit on the demo model out of the box; to edit a picture of your own, connect a Load Image to image_1."""
     g = Graph("edit_single")
     model = loader(g)
-    img = g.add("LoadImage", (0, 300), {"image": "example.png"}, size=(340, 340))
-    edit = g.add("DeepGenEdit", (380, 0), {"instruction": EDIT_SINGLE}, size=(400, 520))
-    save = g.add("SaveImage", (820, 0), {"filename_prefix": "DeepGen/edit"}, size=(420, 460))
-    g.link(model, "model", edit, "model")
-    g.link(img, "IMAGE", edit, "image_1")
+    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": DEMO_SOURCE_PROMPT}, title="Source prompt", size=(400, 260))
+    scb = g.add("SCBBridge", (820, 0), size=(240, 110))
+    src = g.add(
+        "DeepGenSampler",
+        (1100, 0),
+        dict(MODEL_SIZE),
+        title="Source picture (for your own picture: Load Image -> Edit's image_1)",
+        size=(300, 330),
+    )
+    preview = g.add("PreviewImage", (1100, 380), title="Source", size=(300, 320))
+    edit = g.add("DeepGenEdit", (1440, 0), {"instruction": DEMO_EDIT}, size=(400, 520))
+    save = g.add("SaveImage", (1880, 0), {"filename_prefix": "DeepGen/edit"}, size=(420, 460))
+    for node in (enc, scb, src, edit):
+        g.link(model, "model", node, "model")
+    g.link(enc, "think", scb, "think")
+    g.link(scb, "cond", src, "cond")
+    g.link(src, "images", preview, "images")
+    g.link(src, "images", edit, "image_1")
     g.link(edit, "images", save, "images")
     return g
 
@@ -296,7 +317,7 @@ def edit_native() -> Graph:
     return g
 
 
-RL_PROMPTS = "a red apple on a wooden table\na lighthouse on a cliff at dusk\na cat sleeping on a sofa"
+RL_PROMPTS = "a red circle on a blue background\na green triangle on a white background\na yellow square on a black background"
 
 
 def rl_finetune() -> Graph:
@@ -318,14 +339,14 @@ def rl_finetune() -> Graph:
             "prompts_per_step": 2,
             "save_every": 10,
             "eval_every": 10,
-            "resolution": 128,
+            "resolution": 64,  # the demo's size
             "sampling_steps": 8,
         },
         size=(420, 900),
     )
-    enc = g.add("ThinkTokenEncode", (840, 0), {"prompt": "a lighthouse on a cliff at dusk"}, size=(400, 260))
+    enc = g.add("ThinkTokenEncode", (840, 0), {"prompt": "a red circle on a blue background"}, size=(400, 260))
     scb = g.add("SCBBridge", (1280, 0), size=(240, 110))
-    smp = g.add("DeepGenSampler", (1560, 0), {"width": 128, "height": 128, "steps": 8}, size=(300, 330))
+    smp = g.add("DeepGenSampler", (1560, 0), {"width": 0, "height": 0, "steps": 8}, size=(300, 330))
     save = g.add("SaveImage", (1900, 0), {"filename_prefix": "DeepGen/rl_finetune"}, size=(420, 460))
     preview = g.add("PreviewImage", (840, 320), title="Eval images (before training, then each eval)", size=(400, 360))
     g.link(model, "model", train, "model")

@@ -250,18 +250,19 @@ def lora_finetune_workflow() -> dict:
         {
             "dataset": "deepgen_lora_dataset",
             "lora_name": "my_deepgen_lora",
-            "validation_prompt": "a portrait of a woman in the style of the training images",
+            # the demo model's world (README "Demo model"); for a real style LoRA: "… in the style of …"
+            "validation_prompt": "a red circle on a blue background",
         },
         size=(400, 640),
     )
     enc = g.add(
         "ThinkTokenEncode",
         (820, 0),
-        {"prompt": "a lighthouse on a cliff at dusk in the style of the training images"},
+        {"prompt": "a green triangle on a white background"},
         size=(400, 260),
     )
     scb = g.add("SCBBridge", (1260, 0), size=(240, 110))
-    smp = g.add("DeepGenSampler", (1540, 0), size=(300, 330))
+    smp = g.add("DeepGenSampler", (1540, 0), {"width": 0, "height": 0}, size=(300, 330))
     save = g.add("SaveImage", (1880, 0), {"filename_prefix": "DeepGen/lora_finetune"}, size=(420, 460))
     preview = g.add("PreviewImage", (820, 320), title="Validation images (each save and the end)", size=(400, 360))
     g.link(model, "model", train, "model")

@@ -5,10 +5,7 @@ sharded checkpoint resumes to the very same step; validation and the exports run
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from trainer_kit import base_config, free_port, one_thread, write_dataset
+from trainer_kit import base_config, finish, free_port, launch, one_thread, read_log, write_dataset
 
 from deepgen.train.checkpointing import load_checkpoint
 from deepgen.train.trainer import SFTTrainer
@@ -46,32 +43,6 @@ def fsdp_command(config: Path) -> list[str]:
         "--config",
         str(config),
     ]
-
-
-def launch(cmd: list[str], cwd: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TQDM_DISABLE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(proc: subprocess.Popen) -> str:
-    try:
-        out, _ = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:  # a deadlock: do not leave the processes behind
-        proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError("the 2-process FSDP run did not finish in 240 s:\n" + out[-4000:]) from None
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
-def read_log(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
 
 
 def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path):

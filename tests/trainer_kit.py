@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = [
     "a red square on a grey background",
     "a blue square on a grey background",
@@ -227,6 +230,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    """Start a launcher command (``two_process_command``) on one thread per process, on the CPU, with this
+    checkout's ``deepgen`` first on the path."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    """The output of a launched run that must succeed; a run past ``timeout`` (a deadlock) is killed."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # do not leave the processes behind
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"the 2-process run did not finish in {timeout:.0f} s:\n" + out[-4000:]) from None
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def read_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
 
 
 def two_process_command(*deepgen_args: str, config_file: Path | None = None) -> list[str]:

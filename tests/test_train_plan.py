@@ -189,7 +189,8 @@ def test_the_training_config_sets_deepspeeds_accumulation_clipping_and_batch(mon
         zero.configure(acc, micro_batch_size=1, grad_accumulation=4, max_grad_norm=1.0)
 
 
-def test_deepspeed_zero_1_is_refused(monkeypatch):
+def test_deepspeed_zero_1_and_fp16_are_refused():
+    """Never run here: refused at start rather than trained unproven."""
     from types import SimpleNamespace
 
     from accelerate.utils import DeepSpeedPlugin
@@ -197,6 +198,13 @@ def test_deepspeed_zero_1_is_refused(monkeypatch):
     from deepgen.errors import TrainingError
     from deepgen.train import zero
 
-    acc = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(zero_stage=1)), num_processes=2)
-    with pytest.raises(TrainingError, match="ZeRO stage 2 or 3 only"):
+    def configure(plugin):
+        acc = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=2)
         zero.configure(acc, micro_batch_size=1, grad_accumulation=1, max_grad_norm=1.0)
+
+    with pytest.raises(TrainingError, match="ZeRO stage 2 or 3 only"):
+        configure(DeepSpeedPlugin(zero_stage=1))
+    fp16 = DeepSpeedPlugin(zero_stage=2)
+    fp16.set_mixed_precision("fp16")
+    with pytest.raises(TrainingError, match="DeepSpeed's fp16"):
+        configure(fp16)

@@ -118,6 +118,11 @@ def configure(acc, *, micro_batch_size: int, grad_accumulation: int, max_grad_no
             "configs/accelerate/zero2.yaml or zero3.yaml"
         )
     config = acc.state.deepspeed_plugin.deepspeed_config
+    if (config.get("fp16") or {}).get("enabled") is True:
+        raise TrainingError(
+            "deepgen does not train under DeepSpeed's fp16 (never run here; its loss scaler may skip an update that "
+            "the LR schedule still counts): use mixed_precision bf16 or no"
+        )
     wanted = {"gradient_accumulation_steps": int(grad_accumulation), "gradient_clipping": float(max_grad_norm)}
     for key, value in wanted.items():
         if _explicit(config.get(key)) and float(config[key]) != value:
@@ -177,7 +182,7 @@ def save(engine, folder: Path) -> None:
 
 
 def load(engine, folder: Path, *, num_processes: int) -> None:
-    """Restore the engine's optimizer partitions and fp32 masters (which DeepSpeed copies into the weights)."""
+    """Restore the engine's optimizer partitions, fp32 masters and weights (collective)."""
     files = sorted((folder / CHECKPOINT_TAG).glob("*optim_states.pt")) if (folder / CHECKPOINT_TAG).is_dir() else []
     if not files:
         raise CheckpointError(
@@ -189,24 +194,31 @@ def load(engine, folder: Path, *, num_processes: int) -> None:
             f"{folder.parent} holds DeepSpeed optimizer partitions of {len(files)} process(es); resume it with "
             f"{len(files)}, not {num_processes} (or start from its weights with init_from)"
         )
-    wanted = sorted(n for n, p in engine.module.named_parameters() if p.requires_grad)
+    params = dict(engine.module.named_parameters())
+    wanted = sorted(n for n, p in params.items() if p.requires_grad)
 
-    def check_names(src: Mapping[str, torch.Tensor], dst: nn.Module) -> None:
-        # the saved module state holds the trainable tensors only (exclude_frozen_parameters); their values come
-        # back with the optimizer's fp32 masters, so this only proves that the same parts train
-        saved = sorted(src)
+    def load_module(src: Mapping[str, torch.Tensor], dst: nn.Module) -> None:
+        # the saved module state holds the trainable parameters (exclude_frozen_parameters drops the frozen ones;
+        # buffers and tied aliases such as lm_head.weight stay): the same parts must train.  ZeRO-2 takes the
+        # weights from it (measured: without this copy the resumed step 2 ran on other weights); ZeRO-3's are
+        # empty partitions here, restored from the optimizer's fp32 partitions instead
+        saved = sorted(k for k in src if k in params)
         if saved != wanted:
             raise CheckpointError(
                 f"the DeepSpeed checkpoint in {folder.parent} trains {len(saved)} tensors, this run {len(wanted)} "
                 f"(e.g. {sorted(set(saved) ^ set(wanted))[:3]}): train the same parts as the saved run"
             )
+        with torch.no_grad():
+            for name in saved:
+                if not hasattr(params[name], "ds_id"):  # ZeRO-3 parameters carry a ds_id
+                    params[name].copy_(src[name].to(params[name].device, params[name].dtype))
 
     path, _ = engine.load_checkpoint(
         str(folder),
         tag=CHECKPOINT_TAG,
         load_optimizer_states=True,
         load_lr_scheduler_states=False,
-        custom_load_fn=check_names,
+        custom_load_fn=load_module,
     )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not read its checkpoint in {folder}")

@@ -150,10 +150,61 @@ def test_a_deepspeed_launch_without_deepspeed_names_the_package(monkeypatch):
     from deepgen.errors import TrainingError
     from deepgen.train.accelerate_setup import build_accelerator
 
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with zero2.yaml sets
-    if importlib.util.find_spec("deepspeed") is None:
-        with pytest.raises(TrainingError, match="not installed: pip install deepspeed"):
-            build_accelerator("no", cpu=True)
-    # installed or not, the trainers refuse it (they would train wrongly) and point at FSDP
-    with pytest.raises(TrainingError, match=r"do not train under DeepSpeed yet.*configs/accelerate/fsdp\.yaml"):
+    with pytest.raises(TrainingError, match="not installed: pip install deepspeed"):
         build_accelerator("no", cpu=True)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_the_training_config_sets_deepspeeds_accumulation_clipping_and_batch(monkeypatch, stage):
+    """What the trainers write into DeepSpeed's config before prepare (the runs themselves:
+    tests/test_trainer_deepspeed.py, which needs deepspeed)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    from deepgen.errors import TrainingError
+    from deepgen.train import zero
+
+    def accelerator(**env):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        plugin = DeepSpeedPlugin(zero_stage=stage)  # as the launcher's environment describes it
+        acc = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=2)
+        return acc, plugin.deepspeed_config
+
+    acc, config = accelerator()
+    zero.configure(acc, micro_batch_size=3, grad_accumulation=4, max_grad_norm=1.0)
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (3, 4)
+    assert (config["gradient_clipping"], config["train_batch_size"]) == (1.0, 3 * 4 * 2)
+    assert acc.gradient_accumulation_steps == 4
+    # a launch config that sets them otherwise is refused, not overridden; the same values pass
+    acc, _ = accelerator(ACCELERATE_GRADIENT_ACCUMULATION_STEPS="2")
+    with pytest.raises(TrainingError, match="gradient_accumulation_steps to 2, the training config to 4"):
+        zero.configure(acc, micro_batch_size=1, grad_accumulation=4, max_grad_norm=1.0)
+    acc, _ = accelerator(ACCELERATE_GRADIENT_ACCUMULATION_STEPS="4", ACCELERATE_GRADIENT_CLIPPING="0.5")
+    with pytest.raises(TrainingError, match="gradient_clipping to 0.5, the training config to 1.0"):
+        zero.configure(acc, micro_batch_size=1, grad_accumulation=4, max_grad_norm=1.0)
+
+
+def test_deepspeed_zero_1_and_fp16_are_refused():
+    """Never run here: refused at start rather than trained unproven."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    from deepgen.errors import TrainingError
+    from deepgen.train import zero
+
+    def configure(plugin):
+        acc = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=2)
+        zero.configure(acc, micro_batch_size=1, grad_accumulation=1, max_grad_norm=1.0)
+
+    with pytest.raises(TrainingError, match="ZeRO stage 2 or 3 only"):
+        configure(DeepSpeedPlugin(zero_stage=1))
+    fp16 = DeepSpeedPlugin(zero_stage=2)
+    fp16.set_mixed_precision("fp16")
+    with pytest.raises(TrainingError, match="DeepSpeed's fp16"):
+        configure(fp16)

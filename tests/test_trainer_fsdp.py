@@ -5,19 +5,22 @@ sharded checkpoint resumes to the very same step; validation and the exports run
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-from safetensors.torch import load_file
-from trainer_kit import base_config, free_port, one_thread, write_dataset
+from trainer_kit import (
+    SHARDED_RUN,
+    base_config,
+    check_exact_resume,
+    check_sharded_outputs,
+    finish,
+    free_port,
+    launch,
+    one_thread,
+    read_log,
+    write_dataset,
+)
 
 from deepgen.train.checkpointing import load_checkpoint
 from deepgen.train.trainer import SFTTrainer
@@ -48,51 +51,9 @@ def fsdp_command(config: Path) -> list[str]:
     ]
 
 
-def launch(cmd: list[str], cwd: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TQDM_DISABLE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(proc: subprocess.Popen) -> str:
-    try:
-        out, _ = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:  # a deadlock: do not leave the processes behind
-        proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError("the 2-process FSDP run did not finish in 240 s:\n" + out[-4000:]) from None
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
-def read_log(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
-
-
 def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path):
     data = write_dataset(tmp_path / "data", n_t2i=4, n_edit=0)
-    common = dict(
-        max_steps=2,
-        lr=3e-3,
-        train_dit="lora",
-        vlm_lora=False,
-        dit_lora_rank=2,
-        dit_lora_alpha=2.0,
-        adam_eps=1e-6,  # see the bound below
-        max_grad_norm=1e3,  # the clipping path runs (and logs the norm) without scaling
-        task_pattern={"text2image": 1},
-        micro_batch_size=1,
-        validation_prompt="a red square on a grey background",
-        validation_every=1,
-        validation_at_end=False,
-        validation_num_steps=2,
-        validation_size=32,
-    )
+    common = SHARDED_RUN
     # two processes, one sample each per update (global batch 2); a checkpoint after every update
     two = base_config(data, tmp_path / "two", stage=2, grad_accumulation=1, save_every=1, **common)
     (tmp_path / "two.toml").write_text(two.to_toml(), encoding="utf-8")
@@ -137,28 +98,8 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path):
     assert sum(diffs.values()) / len(diffs) < 1e-7
     assert any((a[k] != 0).any() for k in a if "lora_B" in k)
 
-    # validation ran on both processes (no deadlock) and shows the 1-process image up to rounding
-    img_two = np.asarray(Image.open(tmp_path / "two" / "validation" / "step-00000001.png"), dtype=np.int16)
-    img_one = np.asarray(Image.open(tmp_path / "one" / "validation" / "step-00000001.png"), dtype=np.int16)
-    assert np.abs(img_two - img_one).max() <= 1
-    # the exports gathered the whole weights: the LoRA file holds the checkpoint's LoRA tensors
-    exported = load_file(str(tmp_path / "two" / "export" / "deepgen_lora.safetensors"))
-    lora_keys = [k for k in a if ".lora_" in k]
-    assert lora_keys and all(
-        torch.equal(exported[k.replace(".default.", ".")].float(), a[k].float()) for k in lora_keys
-    ), sorted(exported)[:4]
-    assert (tmp_path / "two" / "export" / "model.safetensors").is_file()
-
-    # resume the sharded checkpoint of step 1 in a new folder: step 2 again, bit for bit
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(tmp_path / "two" / "checkpoint-00000001", resumed / "checkpoint-00000001")
-    (resumed / "latest").write_text("checkpoint-00000001\n", encoding="utf-8")
-    again = base_config(data, resumed, stage=2, grad_accumulation=1, resume="auto", **{**common, "validation_every": 0})
-    (tmp_path / "resumed.toml").write_text(again.to_toml(), encoding="utf-8")
-    out = finish(launch([*fsdp_command(tmp_path / "resumed.toml"), "--no-export"], tmp_path))
-    assert "resuming at step 1" in out, out[-2000:]
-    (step2,) = read_log(resumed)
-    assert (step2["loss"], step2["grad_norm"]) == (log[1]["loss"], log[1]["grad_norm"])
-    c = load_checkpoint(resumed).trainable
-    assert all(bool((a[k] == c[k]).all()) for k in a)
+    # validation ran on both processes (no deadlock) and shows the 1-process image up to rounding; the exports
+    # gathered the whole weights
+    check_sharded_outputs(tmp_path, a)
+    # the sharded checkpoint of step 1, resumed in a new folder: step 2 again, bit for bit
+    check_exact_resume(tmp_path, data, fsdp_command, grad_accumulation=1)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = [
     "a red square on a grey background",
     "a blue square on a grey background",
@@ -227,6 +231,93 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    """Start a launcher command (``two_process_command``) on one thread per process, on the CPU, with this
+    checkout's ``deepgen`` first on the path."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    """The output of a launched run that must succeed; a run past ``timeout`` (a deadlock) is killed."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # do not leave the processes behind
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"the 2-process run did not finish in {timeout:.0f} s:\n" + out[-4000:]) from None
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def read_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+# a sharded 2-process run (tests/test_trainer_fsdp.py, test_trainer_deepspeed.py): stage 2, DiT LoRA + SCB, one
+# T2I sample per micro-batch, a validation image per update
+SHARDED_RUN = dict(
+    max_steps=2,
+    lr=3e-3,
+    train_dit="lora",
+    vlm_lora=False,
+    dit_lora_rank=2,
+    dit_lora_alpha=2.0,
+    adam_eps=1e-6,  # see the tests' weight bounds
+    max_grad_norm=1e3,  # the clipping path runs (and logs the norm) without scaling
+    task_pattern={"text2image": 1},
+    micro_batch_size=1,
+    validation_prompt="a red square on a grey background",
+    validation_every=1,
+    validation_at_end=False,
+    validation_num_steps=2,
+    validation_size=32,
+)
+
+
+def check_sharded_outputs(tmp_path: Path, trainable: dict) -> None:
+    """A sharded run in ``tmp_path/two`` against one process in ``tmp_path/one``: the validation image of step 1
+    equal up to rounding, and the exported LoRA file holding the checkpoint's LoRA tensors (whole weights)."""
+    from safetensors.torch import load_file
+
+    img_two = np.asarray(Image.open(tmp_path / "two" / "validation" / "step-00000001.png"), dtype=np.int16)
+    img_one = np.asarray(Image.open(tmp_path / "one" / "validation" / "step-00000001.png"), dtype=np.int16)
+    assert np.abs(img_two - img_one).max() <= 1
+    exported = load_file(str(tmp_path / "two" / "export" / "deepgen_lora.safetensors"))
+    lora_keys = [k for k in trainable if ".lora_" in k]
+    assert lora_keys and all(
+        torch.equal(exported[k.replace(".default.", ".")].float(), trainable[k].float()) for k in lora_keys
+    ), sorted(exported)[:4]
+    assert (tmp_path / "two" / "export" / "model.safetensors").is_file()
+
+
+def check_exact_resume(tmp_path: Path, data: Path, command, grad_accumulation: int, timeout: float = 240) -> None:
+    """Resume the sharded checkpoint of step 1 of ``tmp_path/two`` in a new folder with ``command(config)``
+    (a launcher command): step 2 again, bit for bit (loss, grad norm, every weight)."""
+    from deepgen.train.checkpointing import load_checkpoint
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(tmp_path / "two" / "checkpoint-00000001", resumed / "checkpoint-00000001")
+    (resumed / "latest").write_text("checkpoint-00000001\n", encoding="utf-8")
+    settings = {**SHARDED_RUN, "validation_every": 0}
+    again = base_config(data, resumed, stage=2, grad_accumulation=grad_accumulation, resume="auto", **settings)
+    (tmp_path / "resumed.toml").write_text(again.to_toml(), encoding="utf-8")
+    out = finish(launch([*command(tmp_path / "resumed.toml"), "--no-export"], tmp_path), timeout=timeout)
+    assert "resuming at step 1" in out, out[-2000:]
+    (step2,) = read_log(resumed)
+    (_, step2_before) = read_log(tmp_path / "two")
+    assert (step2["loss"], step2["grad_norm"]) == (step2_before["loss"], step2_before["grad_norm"])
+    a, c = load_checkpoint(tmp_path / "two").trainable, load_checkpoint(resumed).trainable
+    assert all(bool((a[k] == c[k]).all()) for k in a)
 
 
 def two_process_command(*deepgen_args: str, config_file: Path | None = None) -> list[str]:

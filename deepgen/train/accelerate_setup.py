@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import TrainingError
+from .zero import switch_cpu_state
 
 __all__ = [
     "resolve_mixed_precision",
@@ -57,7 +58,8 @@ def build_accelerator(
     ``mixed_precision='auto'`` resolves as :func:`resolve_mixed_precision`.  Under ``accelerate launch`` the
     launcher's settings (processes, DDP/FSDP/DeepSpeed) apply.  In a single process an existing accelerate state
     with another precision is reset first, so a ComfyUI node or a test may build several in turn.  Gradient
-    accumulation is done by the trainer (``accelerator.no_sync``), not by accelerate.
+    accumulation is done by the trainer (``accelerator.no_sync``; under DeepSpeed the engine, told where an
+    update's micro-batches end: ``sharding.backward``), not by accelerate's counter.
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState, is_initialized
@@ -77,20 +79,13 @@ def build_accelerator(
         mixed_precision=precision, cpu=bool(cpu), kwargs_handlers=handlers, device_placement=False, **kwargs
     )
     _fsdp_on_cpu(acc)
+    switch_cpu_state(acc)  # the same for a DeepSpeed launch config (zero.py)
     return acc
 
 
-DEEPSPEED_GAPS = (
-    "deepgen's trainers do not train under DeepSpeed yet: its engine steps the optimizer inside backward (the "
-    "trainers accumulate micro-batches themselves) and keeps optimizer partitions their checkpoints do not "
-    "save; shard with configs/accelerate/fsdp.yaml instead (the zero*.yaml configs serve `deepgen train --plan "
-    "--accelerate-config`)"
-)
-
-
 def _check_deepspeed(cpu: bool | None) -> None:
-    """A DeepSpeed launch config (configs/accelerate/zero2.yaml, zero3.yaml) fails here in one line rather than
-    training wrongly: the package is missing (named), or the trainers' known gaps (DEEPSPEED_GAPS)."""
+    """A DeepSpeed launch config (configs/accelerate/zero2.yaml, zero3.yaml) without the package fails here in one
+    line naming it, before anything loads."""
     import importlib.util
     import os
 
@@ -98,10 +93,9 @@ def _check_deepspeed(cpu: bool | None) -> None:
         return
     if importlib.util.find_spec("deepspeed") is None:
         raise TrainingError(
-            "the accelerate config asks for DeepSpeed, which is not installed: pip install deepspeed (on a CUDA "
-            "machine; deepgen does not require it). Note: " + DEEPSPEED_GAPS
+            "the accelerate config asks for DeepSpeed, which is not installed: pip install deepspeed "
+            "(or pip install 'comfyui-deepgen[train]' on Linux)"
         )
-    raise TrainingError(DEEPSPEED_GAPS)
 
 
 def _fsdp_on_cpu(acc) -> None:

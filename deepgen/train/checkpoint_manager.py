@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import sharding
+from . import sharding, zero
 from .checkpointing import (
     Checkpoint,
     CheckpointError,
@@ -65,8 +65,10 @@ class CheckpointManager:
         extra: Mapping | None = None,
         model: nn.Module | None = None,
     ) -> Path | None:
-        """``model``: the prepared (wrapped) module; needed under FSDP, whose optimizer state is saved in shards."""
-        if sharding.is_fsdp(self.accelerator):
+        """``model``: the prepared (wrapped) module; needed under FSDP and DeepSpeed, whose optimizer state is saved
+        in shards."""
+        sharded = sharding.is_fsdp(self.accelerator) or zero.is_deepspeed(self.accelerator)
+        if sharded:
             shards = self._save_optimizer_shards(step, optimizer, model)
             trainable = sharding.gather_tensors(self.accelerator, trainable)
             optimizer = None
@@ -83,24 +85,28 @@ class CheckpointManager:
         if self.accelerator is None:
             path = save_checkpoint(self.output_dir, step, trainable=trainable, **kwargs)
         else:
-            if sharding.is_fsdp(self.accelerator):
+            if sharded:
                 kwargs["shards"] = shards
             path = save_checkpoint_accelerate(self.accelerator, self.output_dir, step, trainable=trainable, **kwargs)
         self.last_saved_step = step
         return path
 
     def _save_optimizer_shards(self, step: int, optimizer, model) -> Path:
-        """Every process writes its shard of the optimizer state (accelerate's FSDP writer, DCP) into a folder
-        beside the checkpoint's temp folder; the main process then moves it in before the atomic rename."""
+        """Every process writes its shard of the optimizer state (FSDP: accelerate's writer, DCP; DeepSpeed: the
+        engine's ZeRO checkpoint) into a folder beside the checkpoint's temp folder; the main process then moves
+        it in before the atomic rename."""
         from accelerate.utils import broadcast_object_list, save_fsdp_optimizer
 
         acc = self.accelerator
         if model is None or optimizer is None:
-            raise TypeError("an FSDP checkpoint needs the optimizer and the prepared model")
+            raise TypeError("a sharded checkpoint needs the optimizer and the prepared model")
         token = [secrets.token_hex(4) if acc.is_main_process else None]
         broadcast_object_list(token)
         shards = self.output_dir / f"{SHARDS_PREFIX}{checkpoint_dir_name(step)}-{token[0]}"
-        save_fsdp_optimizer(acc.state.fsdp_plugin, acc, optimizer, model, str(shards))
+        if zero.is_deepspeed(acc):
+            zero.save(model, shards)
+        else:
+            save_fsdp_optimizer(acc.state.fsdp_plugin, acc, optimizer, model, str(shards))
         acc.wait_for_everyone()
         return shards
 
@@ -140,17 +146,18 @@ class CheckpointManager:
                 return None
             ckpt = load_checkpoint(path)
         rank = self.accelerator.process_index if self.accelerator is not None else 0
-        fsdp = sharding.is_fsdp(self.accelerator)
+        deepspeed = zero.is_deepspeed(self.accelerator)
+        sharded = sharding.is_fsdp(self.accelerator) or deepspeed
         restore_training_state(
             ckpt,
-            params=trainable,
-            optimizer=None if fsdp else optimizer,
+            params=None if deepspeed else trainable,  # DeepSpeed: the weights come back from its fp32 masters
+            optimizer=None if sharded else optimizer,
             lr_scheduler=lr_scheduler,
             grad_scaler=grad_scaler,
             rank=rank,
             strict=strict,
         )
-        if fsdp and optimizer is not None:
+        if sharded and optimizer is not None:
             self._load_optimizer_shards(ckpt, optimizer, model)
         self.last_saved_step = ckpt.step
         return ckpt
@@ -159,12 +166,15 @@ class CheckpointManager:
         from accelerate.utils import load_fsdp_optimizer
 
         folder = ckpt.path / OPTIMIZER_SHARDS_DIR
-        if not folder.is_dir():
-            raise CheckpointError(
-                f"{ckpt.path} has no sharded optimizer state ({OPTIMIZER_SHARDS_DIR}/): it was not written by an "
-                "FSDP run; resume it the way it was trained, or start from its weights with init_from"
-            )
         acc = self.accelerator
+        if zero.is_deepspeed(acc):
+            zero.load(model, folder, num_processes=acc.num_processes)
+            return
+        if not folder.is_dir() or (folder / zero.CHECKPOINT_TAG).is_dir():
+            raise CheckpointError(
+                f"{ckpt.path} has no FSDP optimizer state ({OPTIMIZER_SHARDS_DIR}/ of torch DCP files): it was not "
+                "written by an FSDP run; resume it the way it was trained, or start from its weights with init_from"
+            )
         load_fsdp_optimizer(acc.state.fsdp_plugin, acc, optimizer, model, str(folder))
 
 

@@ -53,7 +53,7 @@ class RunContext:
         if path is not None:
             self.result.checkpoint = path
         if reason == "periodic" and self.t.cfg.save_lora_every_checkpoint and self._lora_wanted():
-            with sharding.full_weights(self.acc, self.model):  # every process (collective under FSDP)
+            with sharding.full_weights(self.acc, self.model):  # every process (collective under FSDP and ZeRO-3)
                 if self.acc.is_main_process:
                     base = self.lora_target()
                     self.write_lora(base.with_name(f"{base.stem}_{step:06d}_steps{base.suffix}"), step)
@@ -65,7 +65,7 @@ class RunContext:
         prompt = self.t.cfg.validation_prompt.strip()
         if not prompt:
             return
-        every = sharding.is_fsdp(self.acc)  # FSDP: every process samples (the weights' gathers are collectives)
+        every = sharding.every_process_samples(self.acc)  # FSDP, ZeRO-3: the weights' gathers are collectives
         if self.acc.is_main_process or every:
             with sharding.full_weights(self.acc, self.model):
                 images = self.sample(prompt)

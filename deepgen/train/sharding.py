@@ -1,11 +1,13 @@
-"""Sharded training through accelerate (FSDP2): what the trainers do differently when ``accelerate launch
---config_file configs/accelerate/fsdp.yaml`` starts them.  (DeepSpeed launches are refused at start:
-``accelerate_setup.DEEPSPEED_GAPS``.)
+"""Sharded training through accelerate (FSDP2, DeepSpeed ZeRO-2/3): what the trainers do differently when
+``accelerate launch --config_file configs/accelerate/fsdp.yaml`` (or ``zero2.yaml`` / ``zero3.yaml``) starts them.
+The DeepSpeed specifics live in ``zero.py``.
 
 * :func:`prepare` hands the loss module and the optimizer to ``accelerator.prepare`` together (FSDP2 swaps every
-  parameter for a sharded one and re-points the optimizer at the new ones), keeps the frozen VAE out of the
-  shards (the trainers call it outside the training forward) and returns the trainable parameters *after*
-  wrapping, which are the ones to clip, step and save;
+  parameter for a sharded one and re-points the optimizer at the new ones; DeepSpeed wraps both in its engine),
+  keeps the frozen VAE out of FSDP's shards (the trainers call it outside the training forward) and returns the
+  trainable parameters *after* wrapping, which are the ones to clip, step and save;
+* :func:`backward` and :func:`optimizer_step`: one micro-batch's backward, and the update (clip, step, zero
+  grad) that returns the gradient norm; under DeepSpeed the engine accumulates and steps (``zero.py``);
 * :func:`full_weights` puts whole weights in the model as plain tensors, for code that reads the model
   outside the training forward (validation sampling, stage-3 rollouts, the exports' ``state_dict``): every
   process must enter it, in the same order, and run the same forwards inside (the wrapped blocks' hooks still
@@ -21,11 +23,15 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from . import zero
 from .trainable import trainable_named_parameters
 
 __all__ = [
     "is_fsdp",
+    "every_process_samples",
     "prepare",
+    "backward",
+    "optimizer_step",
     "full_weights",
     "gather_tensors",
     "sharding_name",
@@ -40,17 +46,29 @@ def is_fsdp(acc) -> bool:
     return acc is not None and _type(acc) == "FSDP"
 
 
+def every_process_samples(acc) -> bool:
+    """Whether sampling outside the training forward is collective (FSDP, ZeRO-3: the weights' gathers are), so
+    every process must sample, not the main one alone."""
+    return is_fsdp(acc) or (zero.is_deepspeed(acc) and zero.zero_stage(acc) == 3)
+
+
 def sharding_name(acc) -> str:
     if is_fsdp(acc):
         return f"FSDP{getattr(acc.state.fsdp_plugin, 'fsdp_version', 1)}"
-    if _type(acc) == "DEEPSPEED":
-        return f"ZeRO-{acc.state.deepspeed_plugin.zero_stage}"
+    if zero.is_deepspeed(acc):
+        return f"ZeRO-{zero.zero_stage(acc)}"
     return "none"
 
 
-def prepare(acc, loss_module: nn.Module, optimizer, model: nn.Module):
+def prepare(acc, loss_module: nn.Module, optimizer, model: nn.Module, *, deepspeed: dict | None = None):
     """``accelerator.prepare(loss_module, optimizer)``; returns ``(wrapped, optimizer, trainable)`` where
-    ``trainable`` is ``{name: parameter}`` of ``model`` after wrapping (FSDP2 replaces the parameter objects)."""
+    ``trainable`` is ``{name: parameter}`` of ``model`` after wrapping (FSDP2 replaces the parameter objects).
+    ``deepspeed``: the keyword arguments of :func:`zero.configure` (micro-batch, accumulation, clipping), needed
+    under DeepSpeed."""
+    if zero.is_deepspeed(acc):
+        if deepspeed is None:
+            raise TypeError("a DeepSpeed run needs the micro-batch, accumulation and clipping settings")
+        zero.configure(acc, **deepspeed)
     if is_fsdp(acc):
         plugin = acc.state.fsdp_plugin
         if getattr(plugin, "fsdp_version", 1) != 2:
@@ -69,6 +87,33 @@ def prepare(acc, loss_module: nn.Module, optimizer, model: nn.Module):
     return wrapped, optimizer, trainable_named_parameters(model)
 
 
+def backward(acc, wrapped, loss: torch.Tensor, *, boundary: bool) -> None:
+    """One micro-batch's backward of an already scaled loss; ``boundary``: the last one before an update (DDP's
+    gradient sync is the caller's ``no_sync``; DeepSpeed is told here)."""
+    if zero.is_deepspeed(acc):
+        zero.backward(wrapped, loss, boundary=boundary)
+    else:
+        acc.backward(loss)
+
+
+def optimizer_step(acc, wrapped, optimizer, params, max_grad_norm: float, *, measure: bool = False) -> float | None:
+    """Clip to ``max_grad_norm`` (0: no clipping), step, zero the gradients; returns the gradient norm before
+    clipping, or None when nothing clipped and ``measure`` is off.  DeepSpeed: its engine does all of it
+    (``gradient_clipping`` = ``max_grad_norm``) and reports its norm."""
+    if zero.is_deepspeed(acc):
+        return zero.step(wrapped)
+    params = list(params)
+    total = None
+    if max_grad_norm > 0:
+        total = acc.clip_grad_norm_(params, max_grad_norm)
+    elif measure:
+        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        total = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(total) if total is not None else None
+
+
 def _init_fsdp_root(wrapped: nn.Module) -> None:
     """FSDP2 decides which module is the root at the first forward of *any* unit.  Stage 3 rolls out (blocks
     called directly) before its first training forward, which would make a block the root; initialise the
@@ -79,15 +124,20 @@ def _init_fsdp_root(wrapped: nn.Module) -> None:
 
 @contextlib.contextmanager
 def full_weights(acc, module: nn.Module) -> Iterator[None]:
-    """Whole weights in ``module`` inside the block, under FSDP2; a no-op otherwise.
+    """Whole weights in ``module`` inside the block, under FSDP2 and ZeRO-3 (``zero.gathered``); a no-op
+    otherwise.
 
-    Every sharded parameter is all-gathered and put in the module as a plain tensor, and the sharded one is put
+    FSDP2: every sharded parameter is all-gathered and put in the module as a plain tensor, and the sharded one is put
     back on exit, so code that reads the model outside the training forward (validation sampling, stage-3
     rollouts, the exports' ``state_dict``) sees ordinary tensors.  FSDP's own hooks keep working inside: a
     wrapped block's forward still all-gathers (and reshards) its unit.  Collective: every process must enter it,
     in the same order, and run the same forwards inside it.  Costs the whole model's memory on every process
     while inside.
     """
+    if zero.is_deepspeed(acc):
+        with zero.gathered(acc, module):
+            yield
+        return
     if not is_fsdp(acc):
         yield
         return
@@ -108,8 +158,10 @@ def full_weights(acc, module: nn.Module) -> Iterator[None]:
 
 
 def gather_tensors(acc, tensors) -> dict[str, torch.Tensor]:
-    """``{name: whole tensor}`` of a ``{name: tensor}`` mapping whose tensors may be FSDP shards (collective under
-    FSDP: call it on every process); detached."""
+    """``{name: whole tensor}`` of a ``{name: tensor}`` mapping whose tensors may be FSDP shards, or DeepSpeed
+    parameters (then their fp32 masters); collective under FSDP and DeepSpeed: call it on every process; detached."""
+    if zero.is_deepspeed(acc):
+        return zero.fp32_tensors(tensors)
     from torch.distributed.tensor import DTensor
 
     out = {}

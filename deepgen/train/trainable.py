@@ -167,7 +167,8 @@ def trainable_named_parameters(model: nn.Module) -> OrderedDict[str, nn.Paramete
 
 def count_parameters(params: Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> int:
     values = params.values() if isinstance(params, Mapping) else params
-    return int(sum(p.numel() for p in values))
+    # a ZeRO-3 parameter is an empty local tensor; DeepSpeed keeps its whole size in ds_numel
+    return int(sum(getattr(p, "ds_numel", p.numel()) for p in values))
 
 
 def enable_gradient_checkpointing(

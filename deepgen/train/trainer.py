@@ -11,7 +11,8 @@ Per optimizer update (``max_steps`` of them):
   over the micro-batch, divided by the accumulation count; 10 % T2I caption drop (done by the loader), none for
   edits;
 * gradients all-reduced by DDP on the last micro-batch only (``accelerator.no_sync`` before), clipped to
-  ``max_grad_norm``, AdamW (0.9, 0.95), wd 0.05 on ≥2-D parameters, warm-up + cosine, one scheduler step.
+  ``max_grad_norm``, AdamW (0.9, 0.95), wd 0.05 on ≥2-D parameters, warm-up + cosine, one scheduler step
+  (under DeepSpeed its engine accumulates, clips and steps: ``sharding.backward`` / ``optimizer_step``).
 
 Every random draw of a sample (timestep, noise, VAE posterior noise) comes from a generator keyed by
 ``(seed, task, global stream position)``, and each micro-step seeds the global RNG (LoRA dropout) from
@@ -33,7 +34,7 @@ from typing import Sequence
 
 import torch
 
-from . import sharding
+from . import sharding, zero
 from .checkpointing import Checkpoint
 from .config import TrainConfig
 from .data import MicroBatchLoader, load_datasets
@@ -196,9 +197,10 @@ class SFTTrainer:
 
     def _build_model(self, acc, precision: str):
         if self.model is None:
-            self.model, self.source = load_model_for_training(
-                self.cfg.model, dtype=weight_dtype_for(precision), device="cpu"
-            )
+            with zero.whole_model(acc):  # ZeRO-3: partitioned at prepare, not while the weights load
+                self.model, self.source = load_model_for_training(
+                    self.cfg.model, dtype=weight_dtype_for(precision), device="cpu"
+                )
         return self.model
 
     # ---- the run ----------------------------------------------------------------------------------------
@@ -245,7 +247,17 @@ class SFTTrainer:
             start_factor=cfg.lr_start_factor,
         )
         # not the loader, not the scheduler; under FSDP the trainable tensors are the sharded ones from here on
-        wrapper, optimizer, trainable = sharding.prepare(acc, LossModule(model, sft_loss), optimizer, model)
+        wrapper, optimizer, trainable = sharding.prepare(
+            acc,
+            LossModule(model, sft_loss),
+            optimizer,
+            model,
+            deepspeed=dict(
+                micro_batch_size=cfg.micro_batch_size,
+                grad_accumulation=cfg.grad_accumulation,
+                max_grad_norm=cfg.max_grad_norm,
+            ),
+        )
         loader = MicroBatchLoader(
             datasets,
             cfg.pattern,
@@ -338,20 +350,16 @@ class SFTTrainer:
                         )
                         with acc.autocast():
                             loss, per_sample = wrapper(grid=grid, **inputs)
-                        acc.backward(loss / cfg.grad_accumulation)
+                        sharding.backward(acc, wrapper, loss / cfg.grad_accumulation, boundary=last)
                     tokens += sum(t.shape[-2] * t.shape[-1] // 4 for t in inputs["targets"])  # 2x2 patches
                     values = per_sample.detach().float()
                     sums[batch.task] += float(values.sum())
                     counts[batch.task] += values.numel()
                 self._check_interrupt()
-                grad_norm = None
-                if cfg.max_grad_norm > 0:
-                    norm = acc.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
-                    grad_norm = float(norm) if norm is not None else None  # None: DeepSpeed clips in its engine
                 lr = float(scheduler.get_last_lr()[0])
-                optimizer.step()
+                # clip, step, zero grad (DeepSpeed: its engine, clipping with gradient_clipping = max_grad_norm)
+                grad_norm = sharding.optimizer_step(acc, wrapper, optimizer, trainable.values(), cfg.max_grad_norm)
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
                 position = loader.state_dict()
                 task_losses = global_mean(acc, sums, counts)

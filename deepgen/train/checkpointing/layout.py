@@ -21,7 +21,8 @@ OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
-OPTIMIZER_SHARDS_DIR = "optimizer_shards"  # FSDP runs: the optimizer state, one shard per process (accelerate/DCP)
+# sharded runs: the optimizer state, one shard per process (FSDP: accelerate/DCP files; DeepSpeed: its zero/ folder)
+OPTIMIZER_SHARDS_DIR = "optimizer_shards"
 
 PathLike = Union[str, os.PathLike]
 

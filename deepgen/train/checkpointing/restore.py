@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import CheckpointError
+from ..zero import CHECKPOINT_TAG
 from .layout import OPTIMIZER_SHARDS_DIR, trainable_parameters
 from .load import Checkpoint
 from .rng import restore_rng_state
@@ -63,9 +64,11 @@ def _group_names(groups: Sequence[Mapping]) -> list[list[str] | None]:
 def _restore_optimizer(ckpt: Checkpoint, optimizer: Any) -> None:
     if ckpt.optimizer is None:
         if (ckpt.path / OPTIMIZER_SHARDS_DIR).is_dir():
+            kind = "DeepSpeed" if (ckpt.path / OPTIMIZER_SHARDS_DIR / CHECKPOINT_TAG).is_dir() else "FSDP"
+            config = "zero2.yaml or zero3.yaml" if kind == "DeepSpeed" else "fsdp.yaml"
             raise CheckpointError(
-                f"{ckpt.path} was written by an FSDP run: its optimizer state is sharded ({OPTIMIZER_SHARDS_DIR}/); "
-                "resume it under FSDP (accelerate launch --config_file configs/accelerate/fsdp.yaml), or start a "
+                f"{ckpt.path} was written by a {kind} run: its optimizer state is sharded ({OPTIMIZER_SHARDS_DIR}/); "
+                f"resume it under {kind} (accelerate launch --config_file configs/accelerate/{config}), or start a "
                 "new run from its weights with init_from"
             )
         raise CheckpointError(f"{ckpt.path} holds no optimizer state")

@@ -115,7 +115,7 @@ class RunOutput(RunState):
     def _check_in_sync(self) -> None:
         """With several processes: every rank must hold bit-identical trainable parameters (DDP averaged the
         same gradients); a mismatch means a desynchronised run, which is an error, not a warning."""
-        if self.world == 1 or sharding.is_fsdp(self.accelerator):  # FSDP: each process holds its own shard
+        if self.world == 1 or sharding.every_process_samples(self.accelerator):  # FSDP, ZeRO-3: own shards only
             return
         from accelerate.utils import gather_object
 

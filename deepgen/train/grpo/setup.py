@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from .. import runtime as R
-from .. import sharding
+from .. import sharding, zero
 from ..trackers import TrackerCallback, resolve_trackers, tracker_kwargs
 from .prompts import PromptSet, load_prompt_set
 from .reward_setup import bind_policy_judges, build_rewards, check_policy_judge_config, policy_judges
@@ -112,7 +112,7 @@ class RunSetup(RunState):
                 f"prompts_per_step ({g.prompts_per_step}) must be a multiple of the number of processes ({self.world})"
             )
         self.prompts_per_rank = g.prompts_per_step // self.world
-        if sharding.is_fsdp(acc) and cfg.eval_prompts:
+        if sharding.every_process_samples(acc) and cfg.eval_prompts:
             self._check_eval_split(cfg)
         # global like prompts_per_step: checked here, before anything loads (0 = no SFT-Aux term)
         sft_on = bool(cfg.sft_data) and g.sft_lambda != 0.0
@@ -139,7 +139,8 @@ class RunSetup(RunState):
         # model, policy, reference
         weight_dtype = R.weight_dtype_for(self.mixed_precision)
         if self._model is None:
-            model, _ = R.load_model_for_training(cfg.model, dtype=weight_dtype, device=self.device)
+            with zero.whole_model(acc):  # ZeRO-3: partitioned at prepare, not while the weights load
+                model, _ = R.load_model_for_training(cfg.model, dtype=weight_dtype, device=self.device)
         else:
             model = self._model.to(self.device)
         self.model = model
@@ -168,7 +169,17 @@ class RunSetup(RunState):
         )
         # together (FSDP2 replaces the parameters and re-points the optimizer); the trainable tensors after it
         self.loss_module, self.optimizer, self.params = sharding.prepare(
-            acc, R.LossModule(model, self._loss_fn), opt, model
+            acc,
+            R.LossModule(model, self._loss_fn),
+            opt,
+            model,
+            # DeepSpeed: each backward says whether it ends an update (sharding.backward), so its accumulation
+            # count is only bookkeeping; the clipping is the run's
+            deepspeed=dict(
+                micro_batch_size=max(1, g.train_micro_batch_size // self.world),
+                grad_accumulation=1,
+                max_grad_norm=g.max_grad_norm,
+            ),
         )
 
         from ...pipeline import DeepGenPipeline
@@ -209,12 +220,12 @@ class RunSetup(RunState):
         return self
 
     def _check_eval_split(self, cfg) -> None:
-        """Under FSDP every process must sample as many eval prompts as the others (a wrapped block's forward
-        is a collective): the eval set must split evenly."""
+        """Under FSDP and ZeRO-3 every process must sample as many eval prompts as the others (the weights'
+        gathers are collectives): the eval set must split evenly."""
         n = len(load_prompt_set(cfg.eval_prompts).records)
         if n % self.world:
             raise ConfigError(
-                f"under FSDP the eval prompts ({n}) must split evenly over the {self.world} processes: use a "
+                f"under {sharding.sharding_name(self.accelerator)} the eval prompts ({n}) must split evenly over the {self.world} processes: use a "
                 f"multiple of {self.world} prompts"
             )
 

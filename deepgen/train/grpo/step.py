@@ -227,7 +227,7 @@ class StepPhases(RunState):
                             advantages=adv[idx],
                             scale=scale,
                         )
-                        self.accelerator.backward(out["loss"])
+                        sharding.backward(self.accelerator, self.loss_module, out["loss"], boundary=last)
                     n = idx.numel()
                     acc_stats["policy_loss"] += float(out["policy_loss"]) * n
                     acc_stats["kl"] += float(out["kl"].sum())
@@ -251,7 +251,7 @@ class StepPhases(RunState):
         batch = next(self._sft_iter)
         with self._maybe_no_sync(False):
             out = self.loss_module("sft", **self._sft_inputs(batch))
-            self.accelerator.backward(out["loss"])
+            sharding.backward(self.accelerator, self.loss_module, out["loss"], boundary=True)
         acc_stats["sft_loss"] = float(out["sft_loss"])
         if self.g.optimizer_step_per_timestep:
             self.optimizer_step(acc_stats)
@@ -279,17 +279,11 @@ class StepPhases(RunState):
 
     def optimizer_step(self, acc_stats: dict) -> None:
         """Clip the gradient norm (``max_grad_norm``), AdamW step, LR-schedule step, zero the gradients."""
-        g = self.g
-        params = list(self.params.values())
-        if g.max_grad_norm > 0:
-            norm = self.accelerator.clip_grad_norm_(params, g.max_grad_norm)
-        else:
-            grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
-        acc_stats["grad_norm"] = float(norm) if norm is not None else float("nan")  # None: DeepSpeed's own clip
-        self.optimizer.step()
+        norm = sharding.optimizer_step(
+            self.accelerator, self.loss_module, self.optimizer, self.params.values(), self.g.max_grad_norm, measure=True
+        )
+        acc_stats["grad_norm"] = norm if norm is not None else float("nan")
         self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
         self._clean_step = None  # parameters are now past the last completed step
         acc_stats["updates_this_step"] += 1

@@ -283,6 +283,23 @@ SHARDED_RUN = dict(
 )
 
 
+# The connector's attention key biases: softmax ignores a shift common to all keys, so their true gradient is 0
+# and what autograd returns is rounding noise (~1e-9) that depends on the order of the sums. AdamW (eps 1e-6)
+# scales it by up to lr/eps, so two correct runs that sum in another order differ there by up to ~1e-3·lr, and
+# more on a CPU whose kernels round differently: a bound derived for real gradients cannot hold for them.
+ZERO_GRADIENT_SUFFIX = "self_attn.k_proj.bias"
+
+
+def weight_differences(a: dict, b: dict, lr: float) -> dict[str, float]:
+    """Max |a - b| per tensor, for the tensors whose gradient is real. The zero-gradient key biases are checked
+    only against what a wrong batch split or a lost update would do (about lr) and left out of the result."""
+    diffs = {k: (a[k] - b[k]).abs().max().item() for k in a}
+    noise = {k: v for k, v in diffs.items() if k.endswith(ZERO_GRADIENT_SUFFIX)}
+    assert all(v < 0.1 * lr for v in noise.values()), noise
+    assert sum(diffs.values()) / len(diffs) < 1e-7
+    return {k: v for k, v in diffs.items() if k not in noise}
+
+
 def check_sharded_outputs(tmp_path: Path, trainable: dict) -> None:
     """A sharded run in ``tmp_path/two`` against one process in ``tmp_path/one``: the validation image of step 1
     equal up to rounding, and the exported LoRA file holding the checkpoint's LoRA tensors (whole weights)."""

@@ -171,7 +171,12 @@ def text_to_image_two_pass() -> Graph:
     draft = g.add("DeepGenSampler", (1100, 0), dict(MODEL_SIZE), title="Draft (the model's size)", size=(300, 330))
     up = g.add("LatentUpscaleBy", (1100, 380), {"upscale_method": "bicubic", "scale_by": 1.5}, size=(300, 110))
     refine = g.add(
-        "DeepGenSampler", (1440, 0), {"denoise": 0.55}, title="Refine (1.5x the draft)", size=(300, 360), control="fixed"
+        "DeepGenSampler",
+        (1440, 0),
+        {"denoise": 0.55},
+        title="Refine (1.5x the draft)",
+        size=(300, 360),
+        control="fixed",
     )
     preview = g.add("PreviewImage", (1440, 420), title="Draft preview", size=(300, 320))
     save = g.add("SaveImage", (1780, 0), {"filename_prefix": "DeepGen/t2i_two_pass"}, size=(420, 460))
@@ -317,7 +322,9 @@ def edit_native() -> Graph:
     return g
 
 
-RL_PROMPTS = "a red circle on a blue background\na green triangle on a white background\na yellow square on a black background"
+RL_PROMPTS = (
+    "a red circle on a blue background\na green triangle on a white background\na yellow square on a black background"
+)
 
 
 def rl_finetune() -> Graph:

@@ -1,6 +1,7 @@
 """benchmarks/bench_fp8_real_size.py: argument parsing and its CPU path on the tiny configs (--size tiny).
 
-The real-size run needs ~17 GB and minutes; these tests check everything else, with no wall-clock assertions.
+The real-size run needs about 15–16 GB and 15–30 minutes; these tests check everything else, with no wall-clock
+assertions.
 """
 
 from __future__ import annotations

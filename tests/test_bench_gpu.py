@@ -5,7 +5,6 @@ The GPU run itself needs a lent device; these tests check everything else, with 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,16 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_kit import assert_argparse_error, load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_gpu.py"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +86,7 @@ def test_tiny_defaults_and_values(bench, tmp_path):
     ],
 )
 def test_bad_values_are_argparse_errors(bench, capsys, argv, message):
-    with pytest.raises(SystemExit) as exc:
-        bench.parse_args(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    assert_argparse_error(bench.parse_args, argv, message, capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when there is no CUDA device")

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_real_size", ROOT / "benchmarks" / "bench_real_size.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_kit import load_script
 
 
 def test_memory_modes_replay_the_node_handle():
-    bench = load_script()
+    bench = load_script("bench_real_size")
     parts = {"scb": 1, "vlm": 100, "dit": 50, "vae": 10}
     peaks = bench.mode_peaks(parts)
     assert peaks["keep_all_on_gpu"] == 161
@@ -31,7 +20,7 @@ def test_part_bytes_count_tied_and_fp8_weights_once():
     from deepgen.loading.fp8 import apply_fp8
     from deepgen.tiny import build_tiny_model
 
-    bench = load_script()
+    bench = load_script("bench_real_size")
     model = build_tiny_model(seed=0)  # its own: recast below
     counted = bench.part_bytes(model)
     total = sum({t.data_ptr(): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]}.values())

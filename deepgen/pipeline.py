@@ -212,7 +212,8 @@ class DeepGenPipeline:
     ) -> Think:
         """Run the VLM (think tokens appended) on the prompts and, co-batched after them, their negatives.
 
-        negative_prompts: default '' for text-to-image and the official quality negative for edits.
+        negative_prompts: default '' for text-to-image and the model's edit negative for edits (the official quality
+        negative; the demo model's is '').
         guidance: also encode the negatives, in the same VLM batch as the prompts (as the official code does:
         left pads leak into SCB, so encoding them apart would change the result).
         reference_resize / reference_target: how references are brought to multiples of 32 (deepgen.sizes;
@@ -233,7 +234,8 @@ class DeepGenPipeline:
         negatives: list[str] | None = None
         if guidance:
             if negative_prompts is None:
-                negative_prompts = [C.EDIT_NEGATIVE_PROMPT if row else C.T2I_NEGATIVE_PROMPT for row in refs]
+                edit_negative = getattr(self.model, "edit_negative_prompt", C.EDIT_NEGATIVE_PROMPT)
+                negative_prompts = [edit_negative if row else C.T2I_NEGATIVE_PROMPT for row in refs]
             negatives = list(negative_prompts)
             if len(negatives) != len(prompts):
                 raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")

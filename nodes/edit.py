@@ -15,13 +15,6 @@ from .encode import bridge, check_prompt, encode_prompt, reference_inputs
 from .sampler import generate, validate_size
 from .types import DEEPGEN_MODEL, IMAGE, LATENT, category, display_name, reference_resize_input, sampler_inputs
 
-
-def _official_edit_negative() -> str:
-    from deepgen import constants
-
-    return constants.EDIT_NEGATIVE_PROMPT
-
-
 CONDITIONING_CACHE_SIZE = 4  # per model handle: the last few instructions / reference sets
 # handle -> LRU {conditioning_key: Conditioning on the intermediate device}. Weak: an entry goes with its handle, and
 # every handle of a model goes before the model does, so an unloaded model leaves no cache behind.
@@ -112,9 +105,9 @@ class DeepGenEdit:
                     "STRING",
                     {
                         "multiline": True,
-                        "default": _official_edit_negative(),
-                        "tooltip": "What to avoid. The default is the official edit negative; "
-                        "empty also means the official one.",
+                        "default": "",
+                        "tooltip": "What to avoid. Empty: the model's own edit negative (DeepGen 1.0's is the "
+                        "official one, 'blurry, low quality, …'; the demo model's is empty).",
                     },
                 ),
                 **sampler_inputs(default_size=0),

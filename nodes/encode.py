@@ -49,8 +49,8 @@ def encode_prompt(
 ):
     """One prompt (+ its negative, + references from IMAGE batches) -> Think on the intermediate device.
 
-    An empty negative means the official one for the task: the empty prompt for text-to-image, the fixed quality
-    negative (deepgen.constants.EDIT_NEGATIVE_PROMPT) for edits.
+    An empty negative means the model's own for the task: the empty prompt for text-to-image, for edits the fixed
+    quality negative (deepgen.constants.EDIT_NEGATIVE_PROMPT; the demo model's is empty).
     """
     from deepgen.images import from_comfy_image
     from deepgen.think import encode_think
@@ -125,9 +125,9 @@ class ThinkTokenEncode:
                     {
                         "multiline": True,
                         "default": "",
-                        "tooltip": "What to avoid (the CFG negative). Empty: the official "
-                        "negative, which is the empty prompt for text-to-image and "
-                        "a fixed quality negative for edits.",
+                        "tooltip": "What to avoid (the CFG negative). Empty: the model's own "
+                        "negative, which is the empty prompt for text-to-image and, for edits, "
+                        "DeepGen 1.0's fixed quality negative (the demo model's is empty).",
                     },
                 ),
                 "reference_resize": reference_resize_input(),

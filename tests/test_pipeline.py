@@ -74,6 +74,14 @@ def test_edit_negative_is_official_by_default(pipe):
     assert rows[1].startswith("blurry, low quality") and rows[3] == ""
 
 
+def test_the_demo_model_edits_with_its_own_empty_negative():
+    """The demo never saw the official edit negative (release._load_demo_file says why it would spoil its edits)."""
+
+    demo = DeepGenPipeline(load_model("tiny", dtype=torch.float32))
+    think = demo.think(["make the circle green"], references=[[torch.zeros(3, 64, 64)]])
+    assert demo.model.edit_negative_prompt == "" and think.negative_prompts == [""]
+
+
 def test_img2img_strength(pipe):
     cond = pipe.encode(["a cat"])
     init = torch.randn(1, 16, 4, 4)

@@ -349,6 +349,11 @@ def _load_demo_file(path: Path, dtype, attn_implementation, say) -> DeepGenModel
     state = demo_file.demo_state(configs, state, embed_seed, str(path))
     model = _build_whole(path, configs, state, demo_tokenizer(), [], dtype, attn_implementation)
     model.default_size = default_size
+    # The demo never saw the official edit negative. Co-batched with it (as officially, pipeline.think), the
+    # instruction is left-padded to the negative's ~60 tokens, and the pads reach SCB: its features move off what
+    # the demo was trained on and its edits turn to noise. Its CFG negative is the empty prompt it learned from
+    # caption dropout.
+    model.edit_negative_prompt = ""
     return model
 
 

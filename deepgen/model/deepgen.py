@@ -86,6 +86,8 @@ class DeepGenModel(nn.Module):
         self.vae = vae
         self.scheduler_config = dict(scheduler_config or {})
         self.default_size: int | None = None  # the side it was trained at, if not the official 512 (the demo's)
+        # The negative an edit gets when none is given: the official one, but the demo's is empty (release.py)
+        self.edit_negative_prompt: str = C.EDIT_NEGATIVE_PROMPT
         vlm_hidden = lmm.config.text_config.hidden_size
         width = connector_config.hidden_size
         self.meta_queries = nn.Parameter(torch.randn(num_queries, vlm_hidden) / vlm_hidden**0.5)

@@ -145,7 +145,9 @@ def test_edit_with_several_references(handle):
     assert images.shape == (2, SIZE, SIZE, 3) and latent["samples"].shape == (2, 16, 8, 8)
     (think,) = N["ThinkTokenEncode"]().encode(handle, "x", "", "keep", image_1=first, image_3=torch.cat([second] * 2))
     assert [tuple(r.shape) for r in think.references[0]] == [(3, 64, 64), (3, 32, 64), (3, 32, 64)]
-    assert think.negative_prompts == [constants.EDIT_NEGATIVE_PROMPT]  # empty negative: the official edit one
+    # an empty negative is the model's own edit negative: the demo's is empty (DeepGen 1.0's the official one,
+    # tests/test_pipeline.py)
+    assert handle.model.edit_negative_prompt == "" and think.negative_prompts == [""]
 
 
 def test_reward_score_picks_best_and_reports(handle):

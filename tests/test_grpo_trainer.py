@@ -290,8 +290,9 @@ def test_zero_variance_groups_warn_and_train_nothing(tmp_path):
 @pytest.mark.parametrize("policy", ["lora", "full"])
 def test_step0_kl_is_zero_and_ratio_is_one_through_the_trainer(tmp_path, policy):
     """At step 0 the policy is the reference (LoRA B = 0 with the adapter disabled as reference; or a frozen copy
-    of the full DiT), and the train forward repeats the rollout forward on the same batches: KL is exactly 0
-    and ρ exactly 1 on every trained (timestep, sample)."""
+    of the full DiT), and the train forward repeats the rollout forward on the same batches: KL is 0 (exactly for
+    the LoRA's switched-off adapter, to rounding for a frozen copy) and ρ exactly 1 on every trained (timestep,
+    sample)."""
     over = {"reference": "copy"} if policy == "full" else {}
     tr = GRPOTrainer(tiny_config(tmp_path, policy=policy, max_steps=1, **over)).setup()
     assert tr.reference_mode == ("copy" if policy == "full" else "disable_adapter")
@@ -305,7 +306,12 @@ def test_step0_kl_is_zero_and_ratio_is_one_through_the_trainer(tmp_path, policy)
     st.update(count=0, updates_this_step=0, grad_norm=float("nan"))
     tr._train_passes(batch, st)
     assert st["count"] == 8 * tr.g.num_train_timesteps
-    assert st["kl"] == 0.0 and st["kl_max"] == 0.0
+    if policy == "lora":
+        assert st["kl"] == 0.0 and st["kl_max"] == 0.0
+    else:
+        # the frozen copy is another module with the same weights: on the demo's 128-wide DiT its output Linear
+        # rounds differently from the policy's on equal inputs (measured: velocities 1.4e-6 apart, KL 5.6e-9)
+        assert 0.0 <= st["kl"] < 1e-7 and st["kl_max"] < 1e-6
     assert st["ratio_max_dev"] == 0.0 and st["ratio"] == st["count"] and st["clip_frac"] == 0.0
     grads = [p.grad for p in tr.params.values() if p.grad is not None]
     assert grads and any(bool(g.abs().sum() > 0) for g in grads)  # the policy term does train

@@ -84,6 +84,13 @@ def test_state_dict_wrapper_in_pt(tmp_path, checkpoint_tensors):
 def test_convert_round_trip_is_bit_identical(tmp_path, official_model):
     out = convert_model(official_model, tmp_path / "deepgen.safetensors")
     assert detect_layout(out) == "single"
+    # a file to share: it names none of the folders it was converted from (transformers' and diffusers' configs
+    # record them as _name_or_path)
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        configs = f.metadata()["configs"]
+    assert "_name_or_path" not in configs and str(OFFICIAL) not in configs
     loaded = load_model(out, dtype=torch.float32)
     a, b = official_model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys()

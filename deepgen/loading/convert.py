@@ -33,12 +33,20 @@ def model_tensors(model: DeepGenModel) -> dict[str, torch.Tensor]:
 def model_configs(model: DeepGenModel) -> dict[str, dict]:
     """The configs a whole-model file carries, by part (single_file.CONFIG_PARTS)."""
     return {
-        "vlm": model.lmm.config.to_dict(),
-        "transformer": dict(model.transformer.config),
-        "vae": dict(model.vae.config),
-        "scheduler": model.scheduler_config,
-        "connector": model.connector.config.to_dict(),
+        "vlm": _without_source_paths(model.lmm.config.to_dict()),
+        "transformer": _without_source_paths(dict(model.transformer.config)),
+        "vae": _without_source_paths(dict(model.vae.config)),
+        "scheduler": _without_source_paths(model.scheduler_config),
+        "connector": _without_source_paths(model.connector.config.to_dict()),
     }
+
+
+def _without_source_paths(config):
+    """``config`` without transformers' and diffusers' ``_name_or_path``: the folder the part was read from, which
+    would put the converting machine's paths into a file meant to be shared (and make equal weights differ)."""
+    if isinstance(config, dict):
+        return {k: _without_source_paths(v) for k, v in config.items() if k != "_name_or_path"}
+    return config
 
 
 def convert_model(model: DeepGenModel, output: str | os.PathLike, source_layout: str = "official") -> Path:

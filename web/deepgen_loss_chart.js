@@ -8,8 +8,8 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { el, mountChart, paint, svg } from "./lib/chart_dom.js";
 import { EVENTS, NODE_CLASSES, parseDoneEvent, parseLossEvent } from "./lib/events.js";
-import { findNodeByExecutionId, isNodeOfClass } from "./lib/graph.js";
 import { LossHistory, buildChart } from "./lib/loss_chart.js";
+import { registerNodeChart } from "./lib/node_chart.js";
 
 const WIDGET = "deepgen1_loss_chart";
 const STATE = Symbol("deepgen1.lossChart");
@@ -72,46 +72,13 @@ function render(state) {
   paint(state.parts, view, items, legend);
 }
 
-function trainingNode(id) {
-  const graph = app.rootGraph ?? app.graph;
-  const node = findNodeByExecutionId(graph, id);
-  return node && (isNodeOfClass(node, NODE_CLASSES.TRAIN_LORA) || node[STATE]) ? node : null;
-}
-
-function onLoss(event) {
-  const evt = parseLossEvent(event);
-  if (!evt) return;
-  const node = trainingNode(evt.node);
-  if (!node) return; // another workflow tab, or a node that was deleted
-  const state = ensureChart(node);
-  state.history.add(evt);
-  state.parts.schedule();
-}
-
-function onDone(event) {
-  const evt = parseDoneEvent(event);
-  if (!evt) return;
-  const node = trainingNode(evt.node);
-  if (!node) return;
-  const state = ensureChart(node);
-  state.history.finish(evt.loraPath);
-  state.parts.schedule();
-}
-
-app.registerExtension({
+registerNodeChart(app, api, {
   name: "DeepGen1.LossChart",
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE_CLASSES.TRAIN_LORA) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const r = onNodeCreated?.apply(this, arguments);
-      ensureChart(this);
-      return r;
-    };
-  },
-  setup() {
-    // Custom websocket messages are only dispatched once a listener for that exact type exists.
-    api.addEventListener(EVENTS.TRAIN_LOSS, onLoss);
-    api.addEventListener(EVENTS.TRAIN_DONE, onDone);
-  },
+  nodeClass: NODE_CLASSES.TRAIN_LORA,
+  ensureChart,
+  hasChart: (node) => !!node[STATE],
+  events: [
+    { type: EVENTS.TRAIN_LOSS, parse: parseLossEvent, update: (state, evt) => state.history.add(evt) },
+    { type: EVENTS.TRAIN_DONE, parse: parseDoneEvent, update: (state, evt) => state.history.finish(evt.loraPath), createChart: false },
+  ],
 });

@@ -8,7 +8,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { el, mountChart, paint, svg } from "./lib/chart_dom.js";
 import { EVENTS, NODE_CLASSES, parseDoneEvent, parseRewardsEvent } from "./lib/events.js";
-import { findNodeByExecutionId, isNodeOfClass } from "./lib/graph.js";
+import { registerNodeChart } from "./lib/node_chart.js";
 import { RewardHistory, buildRewardChart } from "./lib/reward_chart.js";
 
 const WIDGET = "deepgen1_reward_chart";
@@ -63,45 +63,13 @@ function render(state) {
   paint(state.parts, view, items, legend);
 }
 
-function rlNode(id) {
-  const graph = app.rootGraph ?? app.graph;
-  const node = findNodeByExecutionId(graph, id);
-  return node && (isNodeOfClass(node, NODE_CLASSES.TRAIN_RL) || node[STATE]) ? node : null;
-}
-
-function onRewards(event) {
-  const evt = parseRewardsEvent(event);
-  if (!evt) return;
-  const node = rlNode(evt.node);
-  if (!node) return; // another workflow tab, or a node that was deleted
-  const state = ensureChart(node);
-  state.history.add(evt);
-  state.parts.schedule();
-}
-
-function onDone(event) {
-  const evt = parseDoneEvent(event);
-  if (!evt) return;
-  const node = rlNode(evt.node);
-  if (!node || !node[STATE]) return; // a DeepGenTrainLoRA node's done event, or no chart yet
-  node[STATE].history.finish(evt.loraPath);
-  node[STATE].parts.schedule();
-}
-
-app.registerExtension({
+registerNodeChart(app, api, {
   name: "DeepGen1.RewardChart",
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE_CLASSES.TRAIN_RL) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const r = onNodeCreated?.apply(this, arguments);
-      ensureChart(this);
-      return r;
-    };
-  },
-  setup() {
-    // Custom websocket messages are only dispatched once a listener for that exact type exists.
-    api.addEventListener(EVENTS.TRAIN_REWARDS, onRewards);
-    api.addEventListener(EVENTS.TRAIN_DONE, onDone);
-  },
+  nodeClass: NODE_CLASSES.TRAIN_RL,
+  ensureChart,
+  hasChart: (node) => !!node[STATE],
+  events: [
+    { type: EVENTS.TRAIN_REWARDS, parse: parseRewardsEvent, update: (state, evt) => state.history.add(evt) },
+    { type: EVENTS.TRAIN_DONE, parse: parseDoneEvent, update: (state, evt) => state.history.finish(evt.loraPath), createChart: false },
+  ],
 });

@@ -215,6 +215,11 @@ test("DeepGenTrainRL: reward events draw a line and a std band per reward, the t
   assert.equal(svg.getAttribute("viewBox"), "0 0 400 150");
   send("deepgen1.train_done", { node: "21", lora_path: "loras/deepgen/my_deepgen_rl.safetensors" });
   assert.match(w.element.textContent, /done · saved loras\/deepgen\/my_deepgen_rl\.safetensors/);
+  // "train_done" is shared: each chart takes only its own node's
+  send("deepgen1.train_done", { node: "22", lora_path: "loras/deepgen_lora.safetensors" });
+  assert.deepEqual(lora.widgets.map((x) => x.name), ["deepgen1_loss_chart"]);
+  assert.deepEqual(node.widgets.map((x) => x.name), ["deepgen1_reward_chart"]);
+  assert.doesNotMatch(w.element.textContent, /deepgen_lora\.safetensors/);
 });
 
 test("events for a training node inside a subgraph use colon ids", async () => {

@@ -322,6 +322,36 @@ def edit_native() -> Graph:
     return g
 
 
+def lora_finetune() -> Graph:
+    """Dataset folder -> DeepGenTrainLoRA -> sample with the LoRA (+ validation previews)."""
+    g = Graph("lora_finetune")
+    model = loader(g)
+    train = g.add(
+        "DeepGenTrainLoRA",
+        (380, 0),
+        {
+            "dataset": "deepgen_lora_dataset",
+            "lora_name": "my_deepgen_lora",
+            # the demo model's world (README "Demo model"); for a real style LoRA: "… in the style of …"
+            "validation_prompt": "a red circle on a blue background",
+        },
+        size=(400, 640),
+    )
+    enc = g.add("ThinkTokenEncode", (820, 0), {"prompt": "a green triangle on a white background"}, size=(400, 260))
+    scb = g.add("SCBBridge", (1260, 0), size=(240, 110))
+    smp = g.add("DeepGenSampler", (1540, 0), {"width": 0, "height": 0}, size=(300, 330))
+    save = g.add("SaveImage", (1880, 0), {"filename_prefix": "DeepGen/lora_finetune"}, size=(420, 460))
+    preview = g.add("PreviewImage", (820, 320), title="Validation images (each save and the end)", size=(400, 360))
+    g.link(model, "model", train, "model")
+    for node in (enc, scb, smp):
+        g.link(train, "model", node, "model")
+    g.link(enc, "think", scb, "think")
+    g.link(scb, "cond", smp, "cond")
+    g.link(smp, "images", save, "images")
+    g.link(train, "validation_images", preview, "images")
+    return g
+
+
 RL_PROMPTS = (
     "a red circle on a blue background\na green triangle on a white background\na yellow square on a black background"
 )
@@ -375,6 +405,7 @@ WORKFLOWS = {
     "deepgen_edit_multi_reference.json": edit_multi,
     "deepgen_edit_composed.json": edit_composed,
     "deepgen_best_of_n.json": best_of_n,
+    "deepgen_lora_finetune.json": lora_finetune,
     "deepgen_rl_finetune.json": rl_finetune,
 }
 

@@ -76,6 +76,15 @@ def test_every_workflow_is_listed():
     } <= names
 
 
+def test_every_shipped_workflow_is_what_build_workflows_writes():
+    """After changing a node's inputs, regenerate: python tests/nodes/build_workflows.py"""
+    from build_workflows import WORKFLOWS as BUILDERS
+
+    assert sorted(BUILDERS) == [p.name for p in WORKFLOWS]
+    for path in WORKFLOWS:
+        assert json.loads(path.read_text(encoding="utf-8")) == BUILDERS[path.name]().to_json(), path.name
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_is_valid_and_runs(path, comfy_dirs, demo_model):
     workflow = json.loads(path.read_text(encoding="utf-8"))

@@ -322,6 +322,22 @@ def edit_native() -> Graph:
     return g
 
 
+def sample_with_trained(g: Graph, train: dict, previews: str, title: str, *, x: int, prompt: str, sampler: dict):
+    """The right half of a training workflow: sample `prompt` with the trained model (the LoRA applied) and save
+    it, and preview the training node's `previews` images below."""
+    enc = g.add("ThinkTokenEncode", (x, 0), {"prompt": prompt}, size=(400, 260))
+    scb = g.add("SCBBridge", (x + 440, 0), size=(240, 110))
+    smp = g.add("DeepGenSampler", (x + 720, 0), {"width": 0, "height": 0, **sampler}, size=(300, 330))
+    save = g.add("SaveImage", (x + 1060, 0), {"filename_prefix": f"DeepGen/{g.name}"}, size=(420, 460))
+    preview = g.add("PreviewImage", (x, 320), title=title, size=(400, 360))
+    for node in (enc, scb, smp):
+        g.link(train, "model", node, "model")
+    g.link(enc, "think", scb, "think")
+    g.link(scb, "cond", smp, "cond")
+    g.link(smp, "images", save, "images")
+    g.link(train, previews, preview, "images")
+
+
 def lora_finetune() -> Graph:
     """Dataset folder -> DeepGenTrainLoRA -> sample with the LoRA (+ validation previews)."""
     g = Graph("lora_finetune")
@@ -337,18 +353,11 @@ def lora_finetune() -> Graph:
         },
         size=(400, 640),
     )
-    enc = g.add("ThinkTokenEncode", (820, 0), {"prompt": "a green triangle on a white background"}, size=(400, 260))
-    scb = g.add("SCBBridge", (1260, 0), size=(240, 110))
-    smp = g.add("DeepGenSampler", (1540, 0), {"width": 0, "height": 0}, size=(300, 330))
-    save = g.add("SaveImage", (1880, 0), {"filename_prefix": "DeepGen/lora_finetune"}, size=(420, 460))
-    preview = g.add("PreviewImage", (820, 320), title="Validation images (each save and the end)", size=(400, 360))
     g.link(model, "model", train, "model")
-    for node in (enc, scb, smp):
-        g.link(train, "model", node, "model")
-    g.link(enc, "think", scb, "think")
-    g.link(scb, "cond", smp, "cond")
-    g.link(smp, "images", save, "images")
-    g.link(train, "validation_images", preview, "images")
+    sample_with_trained(
+        g, train, "validation_images", "Validation images (each save and the end)", x=820,
+        prompt="a green triangle on a white background", sampler={},
+    )  # fmt: skip
     return g
 
 
@@ -381,18 +390,11 @@ def rl_finetune() -> Graph:
         },
         size=(420, 900),
     )
-    enc = g.add("ThinkTokenEncode", (840, 0), {"prompt": "a red circle on a blue background"}, size=(400, 260))
-    scb = g.add("SCBBridge", (1280, 0), size=(240, 110))
-    smp = g.add("DeepGenSampler", (1560, 0), {"width": 0, "height": 0, "steps": 8}, size=(300, 330))
-    save = g.add("SaveImage", (1900, 0), {"filename_prefix": "DeepGen/rl_finetune"}, size=(420, 460))
-    preview = g.add("PreviewImage", (840, 320), title="Eval images (before training, then each eval)", size=(400, 360))
     g.link(model, "model", train, "model")
-    for node in (enc, scb, smp):
-        g.link(train, "model", node, "model")
-    g.link(enc, "think", scb, "think")
-    g.link(scb, "cond", smp, "cond")
-    g.link(smp, "images", save, "images")
-    g.link(train, "eval_images", preview, "images")
+    sample_with_trained(
+        g, train, "eval_images", "Eval images (before training, then each eval)", x=840,
+        prompt="a red circle on a blue background", sampler={"steps": 8},
+    )  # fmt: skip
     return g
 
 

@@ -12,20 +12,7 @@ from server_kit import REPO, PromptRejected
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 PACK = "ComfyUI-DeepGen"  # the folder name under custom_nodes/ (server_kit.make_base_directory)
-# Training for 500 steps at 512 px takes many minutes on a CPU; the graph and every other value stay as shipped.
-SPEED_OVERRIDES = {
-    "DeepGenTrainLoRA": {"steps": 2, "resolution": 64, "rank": 2, "save_every": 0, "validation_steps": 2},
-    "DeepGenTrainRL": {
-        "steps": 2,
-        "resolution": 64,
-        "rank": 2,
-        "group_size": 2,
-        "prompts_per_step": 1,
-        "save_every": 0,
-        "eval_every": 0,
-        "sampling_steps": 2,
-    },
-}
+SPEED_OVERRIDES = wa.harness.TRAINING_SPEED_OVERRIDES
 
 
 def _repo_nodes():

@@ -14,7 +14,7 @@ import comfy_core_nodes as core
 import numpy as np
 import pytest
 from PIL import Image
-from workflow_harness import check_workflow, execute, not_run, ui_to_api
+from workflow_harness import TRAINING_SPEED_OVERRIDES, check_workflow, execute, not_run, ui_to_api
 
 from nodes import NODE_CLASS_MAPPINGS
 from nodes.types import TINY_CHOICE
@@ -26,17 +26,7 @@ SPEED_OVERRIDES = {
     "DeepGenSampler": {"steps": 2},
     "DeepGenEdit": {"steps": 2, "reference_resize": "keep"},
     "ThinkTokenEncode": {"reference_resize": "keep"},
-    "DeepGenTrainLoRA": {"steps": 2, "resolution": 64, "rank": 2, "save_every": 0, "validation_steps": 2},
-    "DeepGenTrainRL": {
-        "steps": 2,
-        "resolution": 64,
-        "rank": 2,
-        "group_size": 2,
-        "prompts_per_step": 1,
-        "save_every": 0,
-        "eval_every": 0,
-        "sampling_steps": 2,
-    },
+    **TRAINING_SPEED_OVERRIDES,
 }
 SIZE_OVERRIDES = {"width": 64, "height": 64}  # applied where the shipped value is not 0 (auto)
 

@@ -21,6 +21,21 @@ from collections import defaultdict
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 UI_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute", "GetNode", "SetNode"}
+# The shipped training workflows train for hundreds of steps at 512 px, minutes on a CPU: the workflow tests
+# (here and in a real ComfyUI, tests/comfyui) run them with these values; the graph and all else stay as shipped.
+TRAINING_SPEED_OVERRIDES = {
+    "DeepGenTrainLoRA": {"steps": 2, "resolution": 64, "rank": 2, "save_every": 0, "validation_steps": 2},
+    "DeepGenTrainRL": {
+        "steps": 2,
+        "resolution": 64,
+        "rank": 2,
+        "group_size": 2,
+        "prompts_per_step": 1,
+        "save_every": 0,
+        "eval_every": 0,
+        "sampling_steps": 2,
+    },
+}
 
 
 class WorkflowError(AssertionError):

@@ -45,7 +45,7 @@ mkdirSync(opts.out, { recursive: true });
 // the workflow's widget must show (classic pads it to the step's decimals).
 const TARGETS = {
   lora: { node: "DeepGenTrainLoRA", chart: "deepgen1_loss_chart", workflow: "workflows/deepgen_lora_finetune.json", lr: /^0\.00010*$/, feed: "loss" },
-  rl: { node: "DeepGenTrainRL", chart: "deepgen1_reward_chart", workflow: "workflows/deepgen_rl_finetune.json", lr: /^0\.0010*$/, feed: "rewards" },
+  rl: { node: "DeepGenTrainRL", chart: "deepgen1_reward_chart", workflow: "workflows/deepgen_rl_finetune.json", lr: /^0\.0030*$/, feed: "rewards" },
 };
 const TARGET = TARGETS[opts.target];
 if (!TARGET) {
@@ -56,7 +56,7 @@ const NODE_CLASS = TARGET.node;
 const CHART_WIDGET = TARGET.chart;
 const LR_WIDGET = "learning_rate";
 const LONG_PATH = "/very/long/output/folder/".repeat(8) + "deepgen_lora_subject_rank16_steps2000.safetensors";
-const VIEWPORT = { width: 1600, height: 1150 };
+const VIEWPORT = { width: 1600, height: 1400 }; // tall enough for the whole DeepGenTrainRL node in Nodes 2.0
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function waitForServer(url, server, seconds = 180) {

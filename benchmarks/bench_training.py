@@ -217,6 +217,7 @@ def summarize(results: list[dict]) -> list[dict]:
         offs = [find(run, False, r["repeat"]) for r in mine]
         values["time_vs_ref"] = [r["step_s"] / x["step_s"] for r, x in zip(mine, refs)]
         values["train_vs_ref"] = [r["training_mib"] / x["training_mib"] for r, x in zip(mine, refs)]
+        values["train_vs_off"] = [r["training_mib"] / x["training_mib"] for r, x in zip(mine, offs)]
         values["step_peak_vs_off"] = [r["step_peak_mib"] / x["step_peak_mib"] for r, x in zip(mine, offs)]
         values["time_vs_off"] = [r["step_s"] / x["step_s"] for r, x in zip(mine, offs)]
         summary.append(
@@ -232,44 +233,8 @@ def summarize(results: list[dict]) -> list[dict]:
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    def positive(text: str) -> int:
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-        return value
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=positive, default=5)
-    parser.add_argument("--resolution", type=positive, default=256)
-    parser.add_argument("--threads", type=positive, default=1)
-    parser.add_argument("--repeats", type=positive, default=3, help="fresh processes per (run, checkpointing)")
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--worker", nargs=2, metavar=("RUN", "CHECKPOINTING"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
-
-
-def main() -> None:
-    args = parse_args()
-    if args.worker:
-        result = worker(args.worker[0], args.worker[1] == "on", args.steps, args.resolution, args.threads)
-        print("RESULT " + json.dumps(result))
-        return
-
-    base = baseline_rss(args.resolution, args.threads)
-    results = []
-    for repeat in range(args.repeats):
-        for run in args.runs:
-            for gc in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
-                r = run_worker(run, gc, args.steps, args.resolution, args.threads, base)
-                r["repeat"] = repeat
-                results.append(r)
-                print(
-                    f"repeat {repeat + 1}/{args.repeats} {run} checkpointing {gc}: {r['step_s']:.2f} s/update, "
-                    f"+{r['training_mib']:.0f} MiB, step peak {r['step_peak_mib']:.0f} MiB",
-                    flush=True,
-                )
-
+def report(results: list[dict]) -> dict:
+    """Print the table of `results` (median (min–max) cells) and return what the JSON keeps of them."""
     summary = summarize(results)
     cells = [
         ("step_s", 2),
@@ -277,6 +242,7 @@ def main() -> None:
         ("training_mib", 0),
         ("train_vs_ref", 2),
         ("step_peak_mib", 0),
+        ("train_vs_off", 2),
         ("step_peak_vs_off", 2),
         ("time_vs_off", 2),
     ]
@@ -293,22 +259,64 @@ def main() -> None:
         "train MiB",
         "train vs stage1",
         "step peak MiB",
+        "train vs ckpt off",
         "step peak vs ckpt off",
         "time vs ckpt off",
     ]
     print()
     print(table(headers, rows))
-    print(f"cells: median (min–max) over {args.repeats} repeats; ratios paired within a repeat")
+    print(f"cells: median (min–max) over {summary[0]['repeats']} repeats; ratios paired within a repeat")
+    return {"results": results, "summary": summary, "table": {"headers": headers, "rows": rows}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    def positive(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        return value
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=positive, default=5)
+    parser.add_argument("--resolution", type=positive, default=256)
+    parser.add_argument("--threads", type=positive, default=1)
+    parser.add_argument("--repeats", type=positive, default=3, help="fresh processes per (run, checkpointing)")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument(
+        "--report", metavar="JSON", help="print the table of a results file again and rewrite its summary"
+    )
+    parser.add_argument("--worker", nargs=2, metavar=("RUN", "CHECKPOINTING"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        result = worker(args.worker[0], args.worker[1] == "on", args.steps, args.resolution, args.threads)
+        print("RESULT " + json.dumps(result))
+        return
+
+    if args.report:
+        data = json.loads(Path(args.report).read_text())
+        Path(args.report).write_text(json.dumps({**data, **report(data["results"])}, indent=2) + "\n")
+        return
+
+    base = baseline_rss(args.resolution, args.threads)
+    results = []
+    for repeat in range(args.repeats):
+        for run in args.runs:
+            for gc in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
+                r = run_worker(run, gc, args.steps, args.resolution, args.threads, base)
+                r["repeat"] = repeat
+                results.append(r)
+                print(
+                    f"repeat {repeat + 1}/{args.repeats} {run} checkpointing {gc}: {r['step_s']:.2f} s/update, "
+                    f"+{r['training_mib']:.0f} MiB, step peak {r['step_peak_mib']:.0f} MiB",
+                    flush=True,
+                )
+
     path = write_results(
-        NAME,
-        {
-            "machine": machine(),
-            "settings": vars(args),
-            "baseline_rss_mib": base,
-            "results": results,
-            "summary": summary,
-            "table": {"headers": headers, "rows": rows},
-        },
+        NAME, {"machine": machine(), "settings": vars(args), "baseline_rss_mib": base, **report(results)}
     )
     print(f"\nwrote {path}")
 

@@ -5,6 +5,9 @@ No benchmark runs here and nothing is timed: the results fed to `summarize` are 
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 from bench_kit import assert_argparse_error, load_script
 
@@ -49,19 +52,21 @@ def result(run, checkpointing, repeat, step_s, training_mib, step_peak_mib):
     )
 
 
+# repeat 1 runs on/off (interleaved order) and everything in it is twice as slow: paired ratios do not move
+RESULTS = [
+    result("stage1", False, 0, 10.0, 800.0, 200.0),
+    result("stage1", True, 0, 13.0, 500.0, 100.0),
+    result("stage2", False, 0, 20.0, 1600.0, 400.0),
+    result("stage2", True, 0, 30.0, 1200.0, 300.0),
+    result("stage1", True, 1, 26.0, 520.0, 110.0),
+    result("stage1", False, 1, 20.0, 800.0, 220.0),
+    result("stage2", True, 1, 60.0, 1200.0, 200.0),
+    result("stage2", False, 1, 40.0, 1600.0, 400.0),
+]
+
+
 def test_summarize_pairs_ratios_within_a_repeat(bench):
-    # repeat 1 runs on/off (interleaved order) and everything in it is twice as slow: paired ratios do not move
-    results = [
-        result("stage1", False, 0, 10.0, 800.0, 200.0),
-        result("stage1", True, 0, 13.0, 500.0, 100.0),
-        result("stage2", False, 0, 20.0, 1600.0, 400.0),
-        result("stage2", True, 0, 30.0, 1200.0, 300.0),
-        result("stage1", True, 1, 26.0, 520.0, 110.0),
-        result("stage1", False, 1, 20.0, 800.0, 220.0),
-        result("stage2", True, 1, 60.0, 1200.0, 200.0),
-        result("stage2", False, 1, 40.0, 1600.0, 400.0),
-    ]
-    summary = bench.summarize(results)
+    summary = bench.summarize(RESULTS)
     assert [(s["run"], s["checkpointing"], s["repeats"]) for s in summary] == [
         ("stage1", False, 2),
         ("stage1", True, 2),
@@ -73,6 +78,19 @@ def test_summarize_pairs_ratios_within_a_repeat(bench):
     assert s1_on["time_vs_off"] == [1.3, 1.3]  # unpaired, min/max would give 13/20 .. 26/10
     assert s1_on["step_peak_vs_off"] == [0.5, 0.5]
     assert s2_off["time_vs_ref"] == [2.0, 2.0] and s2_off["train_vs_ref"] == [2.0, 2.0]
-    assert s2_on["step_peak_vs_off"] == [0.75, 0.5]
+    assert s2_on["step_peak_vs_off"] == [0.75, 0.5] and s2_on["train_vs_off"] == [0.75, 0.75]
     assert summary[3]["spread"]["step_peak_vs_off"] == {"median": 0.625, "min": 0.5, "max": 0.75, "n": 2}
     assert summary[0]["values"]["time_vs_off"] == [1.0, 1.0]
+
+
+def test_report_rewrites_the_summary_of_a_results_file(bench, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "bench_training.json"
+    path.write_text(json.dumps({"machine": {"cpu_cores": 2}, "results": RESULTS}))
+    monkeypatch.setattr(sys, "argv", ["bench_training.py", "--report", str(path)])
+    bench.main()
+    data = json.loads(path.read_text())
+    assert data["machine"] == {"cpu_cores": 2} and data["results"] == RESULTS
+    assert [s["run"] for s in data["summary"]] == ["stage1", "stage1", "stage2", "stage2"]
+    row = data["table"]["rows"][3]  # stage2 ckpt on
+    assert row[0] == "stage2 ckpt on" and row[7:] == ["0.75", "0.62 (0.50–0.75)", "1.50"]
+    assert "stage2 ckpt on" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: machine facts, medians, a plain table, JSON results, scaled models.
+"""Helpers shared by the benchmarks: machine facts, medians and spreads, a plain table, JSON results, scaled models.
 
 Every benchmark reports RATIOS against a baseline measured side by side in the same run (the machine is
 shared, so absolute seconds drift between runs; ratios much less so).
@@ -40,6 +40,21 @@ def machine() -> dict:
 
 def median(values) -> float:
     return float(statistics.median(values))
+
+
+def spread(values) -> dict:
+    """Median and range of repeated measurements. A single run on the shared machine is no figure: runs of
+    the same benchmark have differed by more than the effect measured, so every figure carries its range."""
+    values = [float(v) for v in values]
+    return {"median": median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def spread_cell(values, digits: int = 2) -> str:
+    """'median (min–max)' for a table cell; the median alone when the range rounds to one value (e.g. a ratio
+    to itself, or a single run)."""
+    s = spread(values)
+    low, mid, high = (f"{s[k]:.{digits}f}" for k in ("min", "median", "max"))
+    return mid if low == high else f"{mid} ({low}–{high})"
 
 
 def repeat_within(fn, reps: int, budget_s: float, started: float | None = None) -> list:

@@ -13,15 +13,12 @@ its comparable number is its peak minus the weights the baseline process already
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, table, write_results  # noqa: E402
-from bench_training import CONNECTOR, DIT, RUNS, baseline_rss  # noqa: E402
+from _common import machine, table, write_results  # noqa: E402
+from bench_training import CONNECTOR, DIT, RUNS, baseline_rss, run_worker  # noqa: E402
 
 NAME = "bench_plan"
 MIB = 1024**2
@@ -81,16 +78,7 @@ def main() -> None:
     results = []
     for run in args.runs:
         for gc in ("off", "on"):
-            command = [sys.executable, str(Path(__file__).with_name("bench_training.py")), "--worker", run, gc]
-            command += ["--steps", str(args.steps), "--resolution", str(args.resolution)]
-            command += ["--threads", str(args.threads)]
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
-            out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-            if out.returncode:
-                raise RuntimeError(out.stderr[-4000:])
-            r = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
-            r["training_mib"] = r["peak_rss_mib"] - base
-            r["step_peak_mib"] = r["peak_rss_mib"] - r["rss_after_warmup_mib"]
+            r = run_worker(run, gc, args.steps, args.resolution, args.threads, base)
             r.update(planned(run, gc == "on", args.resolution))
             results.append(r)
             print(f"{run} ckpt {gc}: measured +{r['training_mib']:.0f} MiB, plan {r['plan_train_mib']:.0f}", flush=True)

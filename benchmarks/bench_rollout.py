@@ -8,52 +8,22 @@ transition, every state copied to CPU storage; then (second figure) the VAE deco
 "batched" runs the G images as one DiT batch per step (``rollout_micro_batch_size = G``), "one at a time" as
 G batches of 1 (``rollout_micro_batch_size = 1``); the noise is keyed per image, so both give the same
 trajectories (checked: max |Δ| is printed). The two are interleaved rep by rep after a warm-up rep of each;
-the figure is the median over reps of the paired ratio (batched images/s) / (one-at-a-time images/s).
+the figure is the median over reps of the paired ratio (batched images/s) / (one-at-a-time images/s), printed
+with its min–max over the reps (the JSON keeps every rep's ratio).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # `python benchmarks/bench_rollout.py` from the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, median, spread, spread_cell, table, write_results  # noqa: E402
 
 NAME = "bench_rollout"
 PROMPT = "a red cube on a wooden table"
-
-
-def median(values) -> float:
-    return float(statistics.median(values))
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-
-    def line(items):
-        return "  ".join(s.rjust(w) for s, w in zip(items, widths))
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
-
-
-def machine() -> dict:
-    import torch
-
-    return {
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-    }
 
 
 def main() -> None:
@@ -127,6 +97,13 @@ def main() -> None:
             "one_at_a_time_images_per_s": median(ips_1),
             "ratio_rollout": median(ratios_roll),
             "ratio_rollout_and_decode": median(ratios_all),
+            "spread": {
+                "batched_images_per_s": spread(ips_b),
+                "one_at_a_time_images_per_s": spread(ips_1),
+                "ratio_rollout": spread(ratios_roll),
+                "ratio_rollout_and_decode": spread(ratios_all),
+            },
+            "per_rep": {"ratio_rollout": ratios_roll, "ratio_rollout_and_decode": ratios_all},
             "max_abs_latent_diff": max_diff,
         }
         results.append(res)
@@ -135,10 +112,10 @@ def main() -> None:
                 f"{size}x{size}",
                 G,
                 args.steps,
-                res["batched_images_per_s"],
-                res["one_at_a_time_images_per_s"],
-                res["ratio_rollout"],
-                res["ratio_rollout_and_decode"],
+                spread_cell(ips_b, 1),
+                spread_cell(ips_1, 1),
+                spread_cell(ratios_roll),
+                spread_cell(ratios_all),
                 f"{max_diff:.1e}",
             ]
         )
@@ -158,9 +135,8 @@ def main() -> None:
             rows,
         )
     )
-    path = HERE / "results" / f"{NAME}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine(), "args": vars(args), "results": results}, indent=2) + "\n")
+    print("cells: median (min–max) over the reps")
+    path = write_results(NAME, {"machine": machine(), "args": vars(args), "results": results})
     print(f"results: {path}")
 
 

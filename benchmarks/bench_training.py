@@ -1,6 +1,6 @@
 """Training step time and peak memory per stage, and the memory gradient checkpointing saves, as ratios.
 
-    python benchmarks/bench_training.py [--steps 5] [--resolution 256] [--threads 1]
+    python benchmarks/bench_training.py [--steps 5] [--resolution 256] [--threads 1] [--repeats 3]
 
 The model is the tiny DeepGen (36-layer toy VLM, so the real SCB taps) with a scaled-up DiT (4 layers, 12 heads
 x 64, joint width 1024) and a scaled-up connector (width 512), trained at 256x256 (256 DiT tokens): big enough
@@ -15,7 +15,10 @@ that activations, gradients and AdamW state are visible next to the weights.  Ru
   gradients, AdamW state, activations, data, LoRA adapters); "step peak MiB" = minus the RSS right after the
   warm-up update (gradients and AdamW state already allocated, so: mostly activations — what checkpointing saves).
 
-Ratios are against stage 1 without checkpointing measured in the same run, and on/off for checkpointing.
+Every (run, checkpointing) worker runs --repeats times, interleaved: each repeat goes through all runs, off and
+on back to back, in the order off/on on even repeats and on/off on odd ones, so a drift in the machine's load
+hits both sides of a pair. Ratios are per repeat: against stage 1 without checkpointing of the same repeat, and
+on over off of the same run and repeat. Every cell is the median (min–max) over the repeats.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, build_model, machine, median, table, write_results  # noqa: E402
+from _common import ROOT, build_model, machine, median, spread, spread_cell, table, write_results  # noqa: E402
 
 NAME = "bench_training"
 DIT = {
@@ -177,69 +180,77 @@ print(json.dumps({{"rss_mib": rss_kib() / 1024}}))
     return json.loads(out.stdout.strip().splitlines()[-1])["rss_mib"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--worker", nargs=2, metavar=("RUN", "CHECKPOINTING"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        result = worker(args.worker[0], args.worker[1] == "on", args.steps, args.resolution, args.threads)
-        print("RESULT " + json.dumps(result))
-        return
+def run_worker(run: str, checkpointing: str, steps: int, resolution: int, threads: int, base_mib: float) -> dict:
+    """One worker in a fresh process; its result with the two memory figures derived from base_mib."""
+    command = [sys.executable, __file__, "--worker", run, checkpointing, "--steps", str(steps)]
+    command += ["--resolution", str(resolution), "--threads", str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    t = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-4000:])
+    r = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    r["training_mib"] = r["peak_rss_mib"] - base_mib
+    r["step_peak_mib"] = r["peak_rss_mib"] - r["rss_after_warmup_mib"]
+    r["wall_s"] = time.perf_counter() - t
+    return r
 
-    base = baseline_rss(args.resolution, args.threads)
-    results = []
-    for run in args.runs:
-        for gc in ("off", "on"):
-            t = time.perf_counter()
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    run,
-                    gc,
-                    "--steps",
-                    str(args.steps),
-                    "--resolution",
-                    str(args.resolution),
-                    "--threads",
-                    str(args.threads),
-                ],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                env={**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"},
-            )
-            if out.returncode:
-                raise RuntimeError(out.stderr[-4000:])
-            r = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
-            r["training_mib"] = r["peak_rss_mib"] - base
-            r["step_peak_mib"] = r["peak_rss_mib"] - r["rss_after_warmup_mib"]
-            r["wall_s"] = time.perf_counter() - t
-            results.append(r)
-            print(f"{run} checkpointing {gc}: {r['step_s']:.2f} s/update, +{r['training_mib']:.0f} MiB", flush=True)
 
-    ref = next(r for r in results if r["run"] == results[0]["run"] and not r["checkpointing"])
-    rows = []
-    for r in results:
-        off = next(x for x in results if x["run"] == r["run"] and not x["checkpointing"])
-        rows.append(
-            [
-                f"{r['run']} ckpt {'on' if r['checkpointing'] else 'off'}",
-                r["trainable_params"] / 1e6,
-                r["step_s"],
-                r["step_s"] / ref["step_s"],
-                r["training_mib"],
-                r["training_mib"] / ref["training_mib"],
-                r["step_peak_mib"],
-                r["step_peak_mib"] / off["step_peak_mib"],
-                r["step_s"] / off["step_s"],
-            ]
+def summarize(results: list[dict]) -> list[dict]:
+    """Per (run, checkpointing), in first-seen order: the per-repeat values and ratios, and their spreads.
+
+    Ratios pair results of the same repeat: against the first run without checkpointing ("vs stage1"), and
+    against the same run without checkpointing ("vs ckpt off")."""
+
+    def find(run, checkpointing, repeat):
+        return next(x for x in results if (x["run"], x["checkpointing"], x["repeat"]) == (run, checkpointing, repeat))
+
+    ref_run = results[0]["run"]
+    keys = list(dict.fromkeys((r["run"], r["checkpointing"]) for r in results))
+    summary = []
+    for run, checkpointing in keys:
+        mine = sorted(
+            (r for r in results if (r["run"], r["checkpointing"]) == (run, checkpointing)), key=lambda r: r["repeat"]
         )
+        values = {k: [r[k] for r in mine] for k in ("step_s", "training_mib", "step_peak_mib")}
+        refs = [find(ref_run, False, r["repeat"]) for r in mine]
+        offs = [find(run, False, r["repeat"]) for r in mine]
+        values["time_vs_ref"] = [r["step_s"] / x["step_s"] for r, x in zip(mine, refs)]
+        values["train_vs_ref"] = [r["training_mib"] / x["training_mib"] for r, x in zip(mine, refs)]
+        values["train_vs_off"] = [r["training_mib"] / x["training_mib"] for r, x in zip(mine, offs)]
+        values["step_peak_vs_off"] = [r["step_peak_mib"] / x["step_peak_mib"] for r, x in zip(mine, offs)]
+        values["time_vs_off"] = [r["step_s"] / x["step_s"] for r, x in zip(mine, offs)]
+        summary.append(
+            {
+                "run": run,
+                "checkpointing": checkpointing,
+                "trainable_params": mine[0]["trainable_params"],
+                "repeats": len(mine),
+                "values": values,
+                "spread": {k: spread(v) for k, v in values.items()},
+            }
+        )
+    return summary
+
+
+def report(results: list[dict]) -> dict:
+    """Print the table of `results` (median (min–max) cells) and return what the JSON keeps of them."""
+    summary = summarize(results)
+    cells = [
+        ("step_s", 2),
+        ("time_vs_ref", 2),
+        ("training_mib", 0),
+        ("train_vs_ref", 2),
+        ("step_peak_mib", 0),
+        ("train_vs_off", 2),
+        ("step_peak_vs_off", 2),
+        ("time_vs_off", 2),
+    ]
+    rows = [
+        [f"{s['run']} ckpt {'on' if s['checkpointing'] else 'off'}", f"{s['trainable_params'] / 1e6:.1f}"]
+        + [spread_cell(s["values"][key], digits) for key, digits in cells]
+        for s in summary
+    ]
     headers = [
         "run",
         "trainable M",
@@ -248,20 +259,64 @@ def main() -> None:
         "train MiB",
         "train vs stage1",
         "step peak MiB",
+        "train vs ckpt off",
         "step peak vs ckpt off",
         "time vs ckpt off",
     ]
     print()
     print(table(headers, rows))
+    print(f"cells: median (min–max) over {summary[0]['repeats']} repeats; ratios paired within a repeat")
+    return {"results": results, "summary": summary, "table": {"headers": headers, "rows": rows}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    def positive(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        return value
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=positive, default=5)
+    parser.add_argument("--resolution", type=positive, default=256)
+    parser.add_argument("--threads", type=positive, default=1)
+    parser.add_argument("--repeats", type=positive, default=3, help="fresh processes per (run, checkpointing)")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument(
+        "--report", metavar="JSON", help="print the table of a results file again and rewrite its summary"
+    )
+    parser.add_argument("--worker", nargs=2, metavar=("RUN", "CHECKPOINTING"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        result = worker(args.worker[0], args.worker[1] == "on", args.steps, args.resolution, args.threads)
+        print("RESULT " + json.dumps(result))
+        return
+
+    if args.report:
+        data = json.loads(Path(args.report).read_text())
+        Path(args.report).write_text(json.dumps({**data, **report(data["results"])}, indent=2) + "\n")
+        return
+
+    base = baseline_rss(args.resolution, args.threads)
+    results = []
+    for repeat in range(args.repeats):
+        for run in args.runs:
+            for gc in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
+                r = run_worker(run, gc, args.steps, args.resolution, args.threads, base)
+                r["repeat"] = repeat
+                results.append(r)
+                print(
+                    f"repeat {repeat + 1}/{args.repeats} {run} checkpointing {gc}: {r['step_s']:.2f} s/update, "
+                    f"+{r['training_mib']:.0f} MiB, step peak {r['step_peak_mib']:.0f} MiB",
+                    flush=True,
+                )
+
     path = write_results(
-        NAME,
-        {
-            "machine": machine(),
-            "settings": vars(args),
-            "baseline_rss_mib": base,
-            "results": results,
-            "table": {"headers": headers, "rows": rows},
-        },
+        NAME, {"machine": machine(), "settings": vars(args), "baseline_rss_mib": base, **report(results)}
     )
     print(f"\nwrote {path}")
 

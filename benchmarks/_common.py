@@ -38,6 +38,14 @@ def machine() -> dict:
     }
 
 
+def proc_status() -> dict[str, int]:
+    """This process image's VmRSS (now), VmHWM (peak RSS), RssAnon (private) and RssFile (file-backed), in bytes.
+    Not ru_maxrss: Linux carries the parent's peak over fork+exec into a child's ru_maxrss. Linux only."""
+    fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines if line.startswith(fields)}
+
+
 def median(values) -> float:
     return float(statistics.median(values))
 

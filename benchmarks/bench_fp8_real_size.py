@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, proc_status, table  # noqa: E402
+from _common import RESULTS, machine, positive, proc_status, table  # noqa: E402
 from bench_fp8 import medium_spec, part_bytes, psnr  # noqa: E402
 from bench_real_size import AnonPeak  # noqa: E402
 
@@ -40,16 +40,6 @@ MEMORY_MARGIN = 3e9  # activations (the VAE decode at 512² dominates), tokenize
 
 
 # ---- arguments ----------------------------------------------------------------------------------------------
-
-
-def positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
 
 
 def sigma(text: str) -> float:

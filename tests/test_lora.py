@@ -172,7 +172,7 @@ def test_direct_embedding_merge_matches_peft(dtype, monkeypatch):
     the delta and a scaled copy, each as large as the 151936-row table (a 78 MB transient on the tiny fixture,
     2.5 GB at the real width in bf16). Same arithmetic as PEFT's, so within rounding of its result (the BLAS may
     round a narrow block differently from the whole product)."""
-    from deepgen.loading import lora
+    from deepgen.loading import CheckpointError, lora
 
     def embedding_model():
         torch.manual_seed(0)
@@ -200,3 +200,5 @@ def test_direct_embedding_merge_matches_peft(dtype, monkeypatch):
     size = 2.0 * (b.abs() @ a.abs()).T  # bounds |ΔW| and the rounding of each B·A dot product
     bound = 2 * torch.finfo(dtype).eps * (base.abs() + 2 * size)  # an ulp of ΔW (when cast) and one of the sum
     assert ((weight.float() - expected).abs() <= bound).all()
+    with pytest.raises(CheckpointError, match="do not fit an Embedding"):
+        lora.merge_lora(ours, {"0": {"A": pairs["0"]["A"][:, :100], "B": pairs["0"]["B"]}}, 2.0)

@@ -6,6 +6,7 @@ shared, so absolute seconds drift between runs; ratios much less so).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import json
@@ -36,6 +37,30 @@ def machine() -> dict:
         "platform": platform.platform(),
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def proc_status() -> dict[str, int]:
+    """This process image's VmRSS (now), VmHWM (peak RSS), RssAnon (private) and RssFile (file-backed), in bytes.
+    Not ru_maxrss: Linux carries the parent's peak over fork+exec into a child's ru_maxrss. Linux only."""
+    fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines if line.startswith(fields)}
+
+
+def positive(kind):
+    """An argparse type: `kind(text)`, refused unless > 0, with a message that names the value."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def median(values) -> float:

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, table  # noqa: E402
+from _common import RESULTS, machine, positive, proc_status, table  # noqa: E402
 from bench_fp8 import medium_spec, part_bytes, psnr  # noqa: E402
-from bench_real_size import AnonPeak, status  # noqa: E402
+from bench_real_size import AnonPeak  # noqa: E402
 
 NAME = "bench_fp8_real_size"
 GB = 1e9
@@ -40,16 +40,6 @@ MEMORY_MARGIN = 3e9  # activations (the VAE decode at 512² dominates), tokenize
 
 
 # ---- arguments ----------------------------------------------------------------------------------------------
-
-
-def positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
 
 
 def sigma(text: str) -> float:
@@ -199,7 +189,7 @@ class Stages:
             start = time.perf_counter()
             yield
             self.times[key] = time.perf_counter() - start
-            self.rss[key] = status()["VmRSS"]
+            self.rss[key] = proc_status()["VmRSS"]
             print(f"[{time.strftime('%H:%M:%S')}] {key}: {self.times[key]:.1f} s, RSS {self.rss[key] / GB:.2f} GB")
 
         return timed()
@@ -235,7 +225,7 @@ def measure(args, spec: dict) -> dict:
 
     result["drift"] = drift(fp8, bf16)
     result["times_s"] = {**stage.times, "total": time.perf_counter() - start}
-    end = status()
+    end = proc_status()
     result["memory"] = {
         "peak_rss": end["VmHWM"],
         "private_peak": anon.stop(),

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Clock, machine, median, table  # noqa: E402
+from _common import Clock, machine, median, positive, table  # noqa: E402
 from _real_size import (  # noqa: E402
     DEFAULT_PEAK_TFLOPS,
     dit_step_flops,
@@ -53,22 +53,8 @@ ROW_KEYS = ("section", "name", "value", "unit", "ratio", "baseline", "note")
 # ---- arguments ---------------------------------------------------------------------------------------------
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
 def _image_size(text: str) -> int:
-    value = _positive(int)(text)
+    value = positive(int)(text)
     if value % 16:
         raise argparse.ArgumentTypeError(f"image sizes must be multiples of 16 (VAE /8, DiT patch 2), got {value}")
     return value
@@ -111,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="square text-to-image sizes in pixels; the first is also the edit and memory-mode size "
         "(default 512 1024; with --tiny 64 128)",
     )
-    p.add_argument("--steps", type=_positive(int), default=50, help="denoising steps per image")
-    p.add_argument("--cfg", type=_positive(float), default=4.0, help="guidance scale (> 1: cond + negative rows)")
-    p.add_argument("--reps", type=_positive(int), default=2, help="timed images per configuration (median)")
-    p.add_argument("--dit-reps", type=_positive(int), default=10, help="timed DiT forwards each, ours and bare")
+    p.add_argument("--steps", type=positive(int), default=50, help="denoising steps per image")
+    p.add_argument("--cfg", type=positive(float), default=4.0, help="guidance scale (> 1: cond + negative rows)")
+    p.add_argument("--reps", type=positive(int), default=2, help="timed images per configuration (median)")
+    p.add_argument("--dit-reps", type=positive(int), default=10, help="timed DiT forwards each, ours and bare")
     p.add_argument(
         "--memory-modes",
         nargs="+",
@@ -124,21 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--peak-tflops",
-        type=_positive(float),
+        type=positive(float),
         default=None,
         help=f"the GPU's dense peak TFLOP/s for --dtype, for MFU (default: from the GPU name, "
         f"{DEFAULT_PEAK_TFLOPS:g} for H100/H200 SXM bf16; on the CPU only if given)",
     )
     p.add_argument(
         "--threads",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="torch CPU threads (default: 1 on the CPU, where the tiny model is overhead-bound and idle "
         "threads spinning on a shared machine cost more than they give; torch's own on CUDA)",
     )
     p.add_argument(
         "--step-cache",
-        type=_positive(float),
+        type=positive(float),
         default=0.1,
         help="the step cache threshold of the 'step cache on' row (First Block Cache, deepgen.model.speed)",
     )

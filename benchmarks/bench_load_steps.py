@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, median, table, write_results  # noqa: E402
+from _common import ROOT, machine, median, proc_status, table, write_results  # noqa: E402
 
 from deepgen.train.plan_model import REAL_DIT  # noqa: E402  (SD3.5-Medium / UniPic2 sizes)
 
@@ -38,11 +38,6 @@ TOKENIZER_MODES = ("AutoTokenizer(fixture)", "demo_tokenizer()", "tokenizers.Tok
 MB = 1e6
 
 
-def _status() -> dict[str, int]:
-    lines = Path("/proc/self/status").read_text().splitlines()
-    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines if line.startswith(("VmRSS", "VmHWM"))}
-
-
 def child(part: str, mode: str) -> dict:
     """Runs in the fresh process."""
     if part == "dit":
@@ -51,7 +46,7 @@ def child(part: str, mode: str) -> dict:
         from deepgen.loading.release import empty_dit, sincos_table
         from deepgen.model.dit import DeepGenTransformer2DModel
 
-        before = _status()
+        before = proc_status()
         start = time.perf_counter()
         if mode == "init_empty_weights":
             with init_empty_weights():
@@ -61,7 +56,7 @@ def child(part: str, mode: str) -> dict:
             if mode.endswith("sincos_table"):
                 dit.pos_embed.pos_embed = sincos_table(dit.pos_embed)
         seconds = time.perf_counter() - start
-        after = _status()
+        after = proc_status()
         params = sum(p.numel() for p in dit.parameters())
         return {"s": seconds, "peak_delta": after["VmHWM"] - before["VmRSS"], "params": params}
     from transformers import AutoTokenizer

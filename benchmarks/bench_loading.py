@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, RESULTS, ROOT, machine, median, repeat_within, table, write_results  # noqa: E402
+from _common import CACHE, RESULTS, ROOT, machine, median, proc_status, repeat_within, table, write_results  # noqa: E402
 
 NAME = "bench_loading"
 # Real SD3.5-M: 24 heads x 64, 24 layers, joint 4096, pooled 2048. Scaled to 12 heads x 64, 4 layers.
@@ -98,21 +98,13 @@ def ensure_converted(paths: dict[str, Path], dtype: str, rebuild: bool) -> Path 
 # ---- child processes -----------------------------------------------------------------------------------
 
 
-def _status() -> dict[str, int]:
-    """This process image's VmRSS (now), VmHWM (peak), RssAnon (private) and RssFile (file-backed), in bytes.
-    Not ru_maxrss: Linux carries the parent's peak over fork+exec into a child's ru_maxrss."""
-    fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
-    lines = Path("/proc/self/status").read_text().splitlines()
-    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines if line.startswith(fields)}
-
-
 def child(mode: str, layout: str, dtype: str, target: str) -> None:
     """Runs in the fresh process; prints one JSON line."""
     import torch
 
     from deepgen.loading import load_model  # the import-only sibling stops here
 
-    out = {"after_imports": _status()}
+    out = {"after_imports": proc_status()}
     if mode == "load":
         paths = json.loads(target)
         start = time.perf_counter()
@@ -127,7 +119,7 @@ def child(mode: str, layout: str, dtype: str, target: str) -> None:
         else:
             model = load_model(paths["single"], dtype=getattr(torch, dtype))
         out["load_s"] = time.perf_counter() - start
-        out["after_load"] = _status()  # VmHWM here is the load's peak
+        out["after_load"] = proc_status()  # VmHWM here is the load's peak
         # Memory-mapped weights are resident only once read: read every one, as a first generation would.
         with torch.no_grad():
             tensors = list(model.parameters()) + list(model.buffers())
@@ -135,7 +127,7 @@ def child(mode: str, layout: str, dtype: str, target: str) -> None:
             out["params_bytes"] = sum(unique.values())
             for t in tensors:
                 t.sum()
-        out["after_touch"] = _status()
+        out["after_touch"] = proc_status()
     print(json.dumps(out))
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, table, write_results  # noqa: E402
+from _common import ROOT, machine, proc_status, table, write_results  # noqa: E402
 
 NAME = "bench_real_size"
 GB = 1e9
@@ -44,29 +44,22 @@ EDIT = "make it night and add a full moon"
 # ---- memory of this process --------------------------------------------------------------------------------------
 
 
-def status() -> dict[str, int]:
-    """VmRSS, VmHWM (peak RSS), RssAnon (private), RssFile (mapped file pages), in bytes."""
-    fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
-    lines = Path("/proc/self/status").read_text().splitlines()
-    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines if line.startswith(fields)}
-
-
 class AnonPeak:
     """Samples RssAnon every 20 ms: the private part of the peak, which VmHWM does not separate."""
 
     def __init__(self):
-        self.peak, self._stop = status()["RssAnon"], threading.Event()
+        self.peak, self._stop = proc_status()["RssAnon"], threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self):
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, status()["RssAnon"])
+            self.peak = max(self.peak, proc_status()["RssAnon"])
 
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
-        return max(self.peak, status()["RssAnon"])
+        return max(self.peak, proc_status()["RssAnon"])
 
 
 # ---- children ------------------------------------------------------------------------------------------------------
@@ -159,18 +152,18 @@ def child_load(p, args) -> dict:
 
     from deepgen.loading import load_model
 
-    before = status()
+    before = proc_status()
     start = time.perf_counter()
     if args["layout"] == "single":
         model = load_model(p["single"], dtype=torch.bfloat16)
     else:
         model = load_model(p["checkpoint"], p["vlm"], p["diffusion"], dtype=torch.bfloat16)
     load_s = time.perf_counter() - start
-    after = status()
+    after = proc_status()
     start = time.perf_counter()
     touch(model)  # page in what the load only mapped, as a first generation would
     touch_s = time.perf_counter() - start
-    return {"load_s": load_s, "touch_s": touch_s, "before": before, "after": after, "touched": status()}
+    return {"load_s": load_s, "touch_s": touch_s, "before": before, "after": after, "touched": proc_status()}
 
 
 def part_bytes(model) -> dict[str, int]:
@@ -249,7 +242,7 @@ def child_run(p, args) -> dict:
     touched = touch(model)
     out["times"]["touch"] = clock() - t0  # load + touch: what a first generation pays before computing
     out["touched_bytes"] = touched
-    out["after_touch"] = status()
+    out["after_touch"] = proc_status()
     out["parts_bf16"] = part_bytes(model)
     pipe = DeepGenPipeline(model)
     with init_empty_weights(include_buffers=True):
@@ -336,7 +329,7 @@ def child_main(mode: str, root: str, args_json: str) -> None:
     anon = AnonPeak()
     start = time.perf_counter()
     result = CHILDREN[mode](paths(Path(root)), json.loads(args_json))
-    result.update(wall_s=time.perf_counter() - start, end=status(), anon_peak=anon.stop())
+    result.update(wall_s=time.perf_counter() - start, end=proc_status(), anon_peak=anon.stop())
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -1,8 +1,8 @@
 """The VLM LoRA of the official checkpoint: merged into the weights (default) or kept as a PEFT adapter.
 
 The adapter is attached with PEFT on exactly the checkpoint's modules and loaded strictly. Merging
-(W' = W + (alpha/r)·B·A) is done directly for Linear layers (`merge_linear`), and by PEFT's own merge for
-an embedding ((B·A)ᵀ), whose LoRA layer is then unwrapped.
+(W' = W + (alpha/r)·B·A) is done directly for Linear layers (`merge_linear`) and for an embedding ((B·A)ᵀ,
+`merge_embedding`); any other layer type goes through PEFT's own merge, and its LoRA layer is then unwrapped.
 Alpha is not stored in checkpoints; the release uses r=64, alpha=128, i.e. a scaling of 2.0, our default.
 `lm_head`'s LoRA is accounted for but not merged: generation never calls lm_head, and in the base model it
 shares its tensor with the embedding, which a merge would corrupt.
@@ -19,6 +19,7 @@ from .errors import CheckpointError, format_keys
 from .keys import split_lora_key
 
 SKIPPED_MODULES = ("lm_head",)
+EMBEDDING_BLOCK = 1 << 20  # elements of the embedding delta built at a time (4 MB in fp32)
 
 
 def collect_lora(lora_state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -59,9 +60,9 @@ def _resolve(lmm: nn.Module, pairs) -> dict[str, nn.Module]:
 def merge_lora(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], scaling: float) -> list[str]:
     """Merge in place; returns the modules deliberately left unmerged (lm_head).
 
-    Linear layers are merged directly (`merge_linear`: PEFT's arithmetic, or within one ulp of it in half
-    precision on a CPU); anything else (an Embedding) goes through PEFT (attach, merge, unwrap). At the real size PEFT's route took
-    85 s of a 100 s load: it builds and randomly initialises 0.19 B adapter parameters only to overwrite them."""
+    Linear and Embedding layers are merged directly (`merge_linear`, `merge_embedding`: PEFT's arithmetic, or
+    within rounding of it); anything else goes through PEFT (attach, merge, unwrap). At the real size PEFT's route
+    took 85 s of a 100 s load: it builds and randomly initialises 0.19 B adapter parameters only to overwrite them."""
     from peft.tuners.lora import LoraLayer
 
     modules = _resolve(lmm, pairs)
@@ -72,8 +73,10 @@ def merge_lora(lmm: nn.Module, pairs: dict[str, dict[str, torch.Tensor]], scalin
         if name in skipped:
             continue
         layer = modules[name]
-        if isinstance(layer, nn.Linear) and type(layer) is nn.Linear:  # not a subclass with its own weight handling
+        if type(layer) is nn.Linear:  # not a subclass with its own weight handling
             merge_linear(layer, halves["A"], halves["B"], scaling)
+        elif type(layer) is nn.Embedding:
+            merge_embedding(layer, halves["A"], halves["B"], scaling)
         else:
             rest[name] = halves
     if not rest:
@@ -105,6 +108,30 @@ def merge_linear(layer: nn.Linear, lora_a: torch.Tensor, lora_b: torch.Tensor, s
         weight.data.addmm_(b, a, alpha=scaling)
     else:
         weight.data += (b @ a) * scaling
+
+
+@torch.no_grad()
+def merge_embedding(layer: nn.Embedding, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> None:
+    """W += (B·A)ᵀ·scaling with PEFT's arithmetic (the delta in fp32 for fp16/bf16 on a CPU, then cast), a block of
+    rows at a time. PEFT's merge builds the whole delta and a scaled copy first, each as large as the 151936-row
+    table (39 MB each on the tiny fixture in fp32): a transient that the official load, which keeps the adapter,
+    does not have, and 2.5 GB at the real width in bf16. Within rounding of PEFT's result (bit-identical in the checks here;
+    the BLAS may round a narrow last block differently). One bf16 `addmm_` would avoid the transient too, but took
+    twice PEFT's time at the real width on this CPU (32 s against 16 s; this loop: 2 s)."""
+    weight, rank = layer.weight, lora_a.shape[0]
+    if lora_a.shape != (rank, layer.num_embeddings) or lora_b.shape != (layer.embedding_dim, rank):
+        raise CheckpointError(
+            f"LoRA halves {tuple(lora_a.shape)} / {tuple(lora_b.shape)} do not fit an Embedding "
+            f"{layer.num_embeddings} x {layer.embedding_dim}"
+        )
+    half_on_cpu = weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16)
+    compute = torch.float32 if half_on_cpu else weight.dtype
+    # the halves in the weight's dtype first, as PEFT's adapter holds them
+    a, b = (t.to(weight.device, weight.dtype).to(compute) for t in (lora_a, lora_b))
+    rows = max(1, EMBEDDING_BLOCK // layer.embedding_dim)
+    for start in range(0, layer.num_embeddings, rows):
+        block = slice(start, start + rows)
+        weight.data[block] += (b @ a[:, block]).mul_(scaling).T.to(weight.dtype)
 
 
 def attach_lora_adapter(

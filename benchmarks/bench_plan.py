@@ -1,13 +1,14 @@
 """Check ``deepgen train --plan``'s estimate against measured memory on the small model (CPU RSS).
 
-    python benchmarks/bench_plan.py [--steps 2] [--resolution 256] [--runs stage1 stage2 stage2_dit_lora]
+    python benchmarks/bench_plan.py [--steps 2] [--resolution 256] [--repeats 3] [--runs stage1 stage2 stage2_dit_lora]
 
 Each run is bench_training.py's worker (same model: the tiny VLM with a scaled-up DiT and connector; same
 trainer settings: micro-batch 2, 1 edit + 1 T2I micro-batch per update, fp32), with gradient checkpointing off
 and on, in a fresh process; memory is measured as there: "train MiB" = peak RSS during the measured updates
 minus the RSS of a process that only built the model (so gradients, AdamW states, LoRA adapters,
 activations, and what the allocator keeps).  The plan is deepgen.train.plan for the same model sizes and config;
-its comparable number is its peak minus the weights the baseline process already holds.
+its comparable number is its peak minus the weights the baseline process already holds. Every worker runs
+--repeats times, interleaved as in bench_training.py; measured cells are median (min–max) over the repeats.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, table, write_results  # noqa: E402
-from bench_training import CONNECTOR, DIT, RUNS, baseline_rss, run_worker  # noqa: E402
+from _common import machine, spread, spread_cell, table, write_results  # noqa: E402
+from bench_training import CONNECTOR, DIT, RUNS, baseline_rss, run_repeats  # noqa: E402
 
 NAME = "bench_plan"
 MIB = 1024**2
@@ -67,32 +68,59 @@ def planned(run: str, checkpointing: bool, resolution: int) -> dict:
     }
 
 
+def summarize(results: list[dict]) -> list[dict]:
+    """Per (run, checkpointing), in first-seen order: the measured values of every repeat and plan / measured
+    per repeat (the plan does not change between repeats), with their spreads."""
+    keys = list(dict.fromkeys((r["run"], r["checkpointing"]) for r in results))
+    summary = []
+    for run, checkpointing in keys:
+        mine = sorted(
+            (r for r in results if (r["run"], r["checkpointing"]) == (run, checkpointing)), key=lambda r: r["repeat"]
+        )
+        values = {k: [r[k] for r in mine] for k in ("training_mib", "step_peak_mib")}
+        values["plan_x_measured"] = [r["plan_train_mib"] / r["training_mib"] for r in mine]
+        summary.append(
+            {
+                "run": run,
+                "checkpointing": checkpointing,
+                "trainable_params": mine[0]["trainable_params"],
+                "plan_train_mib": mine[0]["plan_train_mib"],
+                "plan_activations_mib": mine[0]["plan_activations_mib"],
+                "repeats": len(mine),
+                "values": values,
+                "spread": {k: spread(v) for k, v in values.items()},
+            }
+        )
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per (run, checkpointing)")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     args = parser.parse_args()
     base = baseline_rss(args.resolution, args.threads)
-    results = []
-    for run in args.runs:
-        for gc in ("off", "on"):
-            r = run_worker(run, gc, args.steps, args.resolution, args.threads, base)
-            r.update(planned(run, gc == "on", args.resolution))
-            results.append(r)
-            print(f"{run} ckpt {gc}: measured +{r['training_mib']:.0f} MiB, plan {r['plan_train_mib']:.0f}", flush=True)
+    results = run_repeats(args, base)
+    plans = {}
+    for r in results:
+        key = (r["run"], r["checkpointing"])
+        plans[key] = plans.get(key) or planned(*key, args.resolution)
+        r.update(plans[key])
+    summary = summarize(results)
     rows = [
         [
-            f"{r['run']} ckpt {'on' if r['checkpointing'] else 'off'}",
-            r["trainable_params"] / 1e6,
-            r["training_mib"],
-            r["plan_train_mib"],
-            r["plan_train_mib"] / r["training_mib"],
-            r["step_peak_mib"],
-            r["plan_activations_mib"],
+            f"{s['run']} ckpt {'on' if s['checkpointing'] else 'off'}",
+            f"{s['trainable_params'] / 1e6:.1f}",
+            spread_cell(s["values"]["training_mib"], 0),
+            f"{s['plan_train_mib']:.0f}",
+            spread_cell(s["values"]["plan_x_measured"]),
+            spread_cell(s["values"]["step_peak_mib"], 0),
+            f"{s['plan_activations_mib']:.0f}",
         ]
-        for r in results
+        for s in summary
     ]
     headers = [
         "run",
@@ -105,7 +133,9 @@ def main() -> None:
     ]
     print()
     print(table(headers, rows))
-    path = write_results(NAME, {"machine": machine(), "settings": vars(args), "baseline_mib": base, "results": results})
+    print(f"cells: median (min–max) over {args.repeats} repeats, a fresh process each")
+    data = {"machine": machine(), "settings": vars(args), "baseline_mib": base, "results": results}
+    path = write_results(NAME, {**data, "summary": summary})
     print(f"results: {path}")
 
 

@@ -1,16 +1,18 @@
 """Overhead of the sampler loop: `DeepGenPipeline.sample` per step / a bare DiT forward on the same inputs.
 
-    python benchmarks/bench_sampler.py [--steps 4] [--reps 5] [--budget-s 120] [--size 512]
+    python benchmarks/bench_sampler.py [--steps 4] [--reps 5] [--budget-s 120] [--size 512] [--threads 1]
 
 A random DeepGen with the tiny VLM/VAE and a DiT big enough for its forwards to dominate timing noise (hidden
 256 = 4 heads x 64, 4 layers, 64x64 latents at 512x512). The sampler runs with CFG on (batch [neg; pos]) and a
 step callback; the baseline calls `model.transformer(...)` directly with the same batched inputs, the same
 number of times. The two are interleaved step by step: the sampler's callback runs (and times) one bare forward
 after every sampler step, and the time spent in it is left out of the sampler's. One warm-up run, then `--reps`
-runs. Reported: total sampler time / total bare time over all steps, and the median of the per-step ratios.
+runs. Reported, each as median (min–max): the sampler time / the bare time summed over one run's steps (paired
+within a run, one value per run), and the per-step ratios.
 The ratio (sampler / bare) is the cost of everything else in the loop: scheduler, CFG mix, dtype casts, callback.
 On a shared 2-core machine that ratio is only good to a few per cent, so the loop is also timed alone, with the
-DiT swapped for a stub that returns a ready velocity: that gives the overhead in ms per step directly.
+DiT swapped for a stub that returns a ready velocity: that gives the overhead in ms per step directly (20 runs,
+median (min–max); "x bare" divides each by the median bare step).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_model, machine, median, repeat_within, table, write_results  # noqa: E402
+from _common import build_model, machine, median, repeat_within, spread, spread_cell, table, write_results  # noqa: E402
 
 NAME = "bench_sampler"
 DIT = {
@@ -36,6 +38,13 @@ DIT = {
     "dual_attention_layers": [0, 1],
 }
 PROMPT = "a red cube on a wooden table"
+STUB_RUNS = 20
+
+
+def run_ratios(runs: list[list[tuple[float, float]]]) -> list[float]:
+    """Per run: its sampler seconds over its bare seconds, each summed over the run's steps. Paired within a run,
+    so a change in the machine's load between runs moves both sides."""
+    return [sum(s for s, _ in run) / sum(b for _, b in run) for run in runs]
 
 
 def main() -> None:
@@ -49,6 +58,7 @@ def main() -> None:
         help="run fewer reps when the shared machine is slow, to end within about this (s)",
     )
     parser.add_argument("--size", type=int, default=512, help="output pixels (latents are size/8)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
     args = parser.parse_args()
 
     import torch
@@ -56,6 +66,7 @@ def main() -> None:
 
     from deepgen.pipeline import DeepGenPipeline, initial_noise
 
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = build_model(transformer=DIT)
     pipe = DeepGenPipeline(model)
@@ -101,23 +112,27 @@ def main() -> None:
     velocity = torch.randn_like(model_in)
     model.transformer.forward = lambda *a, **k: Transformer2DModelOutput(sample=velocity)
     stub_s = []
-    for _ in range(20):
+    for _ in range(STUB_RUNS):
         start = time.perf_counter()
         pipe.sample(cond, size, size, num_steps=steps, cfg_scale=4.0, seed=0, callback=lambda i, total, x: None)
         stub_s.append((time.perf_counter() - start) / steps)
-    stub_s = median(stub_s)
     del model.transformer.forward
 
-    sampler_s, bare_s = median(p[0] for p in pairs), median(p[1] for p in pairs)
-    ratio = sum(p[0] for p in pairs) / sum(p[1] for p in pairs)
-    step_ratio = median(s / b for s, b in pairs)
-    results = {
+    sampler_s, bare_s = [p[0] for p in pairs], [p[1] for p in pairs]
+    per_run, per_step = run_ratios(runs), [s / b for s, b in pairs]
+    stub_ms = [s * 1e3 for s in stub_s]
+    stub_x_bare = [1 + s / median(bare_s) for s in stub_s]
+    values = {
         "sampler_s_per_step": sampler_s,
         "bare_dit_s_per_step": bare_s,
-        "sampler_x_bare": ratio,
-        "sampler_x_bare_median_step": step_ratio,
-        "loop_only_ms_per_step": stub_s * 1e3,
-        "loop_only_x_bare": 1 + stub_s / bare_s,
+        "sampler_x_bare_per_run": per_run,
+        "sampler_x_bare_per_step": per_step,
+        "loop_only_ms_per_step": stub_ms,
+        "loop_only_x_bare": stub_x_bare,
+    }
+    results = {
+        "spread": {k: spread(v) for k, v in values.items()},
+        "values": values,
         "pairs": pairs,
         "setup": {
             "dit": DIT,
@@ -137,17 +152,23 @@ def main() -> None:
     )
     print(
         table(
-            ["loop", "median s / step", "x bare (total)", "x bare (median step)"],
+            ["loop", "s / step", "x bare (per run)", "x bare (per step)"],
             [
-                ["DeepGenPipeline.sample", sampler_s, f"{ratio:.3f}", f"{step_ratio:.3f}"],
-                ["bare transformer(...)", bare_s, "1.000", "1.000"],
+                [
+                    "DeepGenPipeline.sample",
+                    spread_cell(sampler_s, 3),
+                    spread_cell(per_run, 3),
+                    spread_cell(per_step, 3),
+                ],
+                ["bare transformer(...)", spread_cell(bare_s, 3), "1.000", "1.000"],
             ],
         )
     )
     print(
-        f"the loop alone (stub DiT, 20 runs): {stub_s * 1e3:.2f} ms / step, "
-        f"i.e. x{1 + stub_s / bare_s:.4f} of a bare step"
+        f"the loop alone (stub DiT, {STUB_RUNS} runs): {spread_cell(stub_ms)} ms / step, "
+        f"i.e. x{spread_cell(stub_x_bare, 4)} of the median bare step"
     )
+    print("cells: median (min–max)")
     write_results(NAME, {"machine": machine(), "results": results, "wall_s": time.perf_counter() - t0})
 
 

@@ -196,6 +196,24 @@ def run_worker(run: str, checkpointing: str, steps: int, resolution: int, thread
     return r
 
 
+def run_repeats(args: argparse.Namespace, base_mib: float) -> list[dict]:
+    """Every (run, checkpointing) worker of args.runs, args.repeats times: off → on in even repeats, on → off in
+    odd ones, so a drift in the machine's load hits both sides of a pair. Each result carries its `repeat`."""
+    results = []
+    for repeat in range(args.repeats):
+        for run in args.runs:
+            for gc in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
+                r = run_worker(run, gc, args.steps, args.resolution, args.threads, base_mib)
+                r["repeat"] = repeat
+                results.append(r)
+                print(
+                    f"repeat {repeat + 1}/{args.repeats} {run} checkpointing {gc}: {r['step_s']:.2f} s/update, "
+                    f"+{r['training_mib']:.0f} MiB, step peak {r['step_peak_mib']:.0f} MiB",
+                    flush=True,
+                )
+    return results
+
+
 def summarize(results: list[dict]) -> list[dict]:
     """Per (run, checkpointing), in first-seen order: the per-repeat values and ratios, and their spreads.
 
@@ -302,19 +320,7 @@ def main() -> None:
         return
 
     base = baseline_rss(args.resolution, args.threads)
-    results = []
-    for repeat in range(args.repeats):
-        for run in args.runs:
-            for gc in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
-                r = run_worker(run, gc, args.steps, args.resolution, args.threads, base)
-                r["repeat"] = repeat
-                results.append(r)
-                print(
-                    f"repeat {repeat + 1}/{args.repeats} {run} checkpointing {gc}: {r['step_s']:.2f} s/update, "
-                    f"+{r['training_mib']:.0f} MiB, step peak {r['step_peak_mib']:.0f} MiB",
-                    flush=True,
-                )
-
+    results = run_repeats(args, base)
     path = write_results(
         NAME, {"machine": machine(), "settings": vars(args), "baseline_rss_mib": base, **report(results)}
     )

@@ -94,3 +94,21 @@ def test_report_rewrites_the_summary_of_a_results_file(bench, tmp_path, monkeypa
     row = data["table"]["rows"][3]  # stage2 ckpt on
     assert row[0] == "stage2 ckpt on" and row[7:] == ["0.75", "0.62 (0.50–0.75)", "1.50"]
     assert "stage2 ckpt on" in capsys.readouterr().out
+
+
+def test_bench_plan_summarizes_measured_repeats_against_one_plan():
+    plan = load_script("bench_plan")
+    results = [
+        dict(result("stage1", False, 0, 10.0, 800.0, 200.0), plan_train_mib=720.0, plan_activations_mib=500.0),
+        dict(result("stage1", True, 0, 13.0, 500.0, 100.0), plan_train_mib=350.0, plan_activations_mib=150.0),
+        dict(result("stage1", True, 1, 13.0, 700.0, 120.0), plan_train_mib=350.0, plan_activations_mib=150.0),
+        dict(result("stage1", False, 1, 10.0, 900.0, 240.0), plan_train_mib=720.0, plan_activations_mib=500.0),
+    ]
+    summary = plan.summarize(results)
+    assert [(s["run"], s["checkpointing"], s["repeats"], s["plan_train_mib"]) for s in summary] == [
+        ("stage1", False, 2, 720.0),
+        ("stage1", True, 2, 350.0),
+    ]
+    assert summary[0]["values"]["training_mib"] == [800.0, 900.0]  # in repeat order
+    assert summary[0]["values"]["plan_x_measured"] == [0.9, 0.8]
+    assert summary[1]["spread"]["plan_x_measured"] == {"median": 0.6, "min": 0.5, "max": 0.7, "n": 2}

@@ -141,7 +141,8 @@ def grid(backgrounds: int = 2) -> list[tuple[str, str, str]]:
 def measure(pipe, *, backgrounds: int = 2, steps: int = 20, seed: int = 0, batch: int = 18) -> dict[str, dict]:
     """How often ``pipe`` (a DeepGenPipeline) draws what it is asked, judged by :func:`read_picture`:
     text-to-image over :func:`grid`, and an edit ("make the circle green") of a drawn picture of each cell
-    to another colour. Returns {task: {"colour": rate, "shape": rate, "both": rate, "background": rate, "n": n}}."""
+    to another colour. Returns {task: {"colour": rate, "shape": rate, "both": rate, "background": rate, "pair": rate,
+    "n": n}}, where "pair" counts pictures whose shape and background show the two asked colours, either way round."""
     from .images import to_pil
 
     size = pipe.default_size
@@ -155,7 +156,7 @@ def measure(pipe, *, backgrounds: int = 2, steps: int = 20, seed: int = 0, batch
         jobs["edit"].append((instruction(shape, new), source, new, shape, background))
     results = {}
     for task, rows in jobs.items():
-        counts = {"colour": 0, "shape": 0, "both": 0, "background": 0}
+        counts = {"colour": 0, "shape": 0, "both": 0, "background": 0, "pair": 0}
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
             refs = [[r[1]] for r in chunk] if task == "edit" else None
@@ -167,6 +168,7 @@ def measure(pipe, *, backgrounds: int = 2, steps: int = 20, seed: int = 0, batch
                 counts["shape"] += seen["shape"] == shape
                 counts["both"] += seen["colour"] == colour and seen["shape"] == shape
                 counts["background"] += seen["background"] == background
+                counts["pair"] += {seen["colour"], seen["background"]} == {colour, background}
         results[task] = {**{k: v / len(rows) for k, v in counts.items()}, "n": len(rows)}
     return results
 
@@ -174,11 +176,10 @@ def measure(pipe, *, backgrounds: int = 2, steps: int = 20, seed: int = 0, batch
 def table(results: dict[str, dict]) -> str:
     """The README's table of :func:`measure`'s rates."""
     lines = [
-        "| task | n | colour right | shape right | both right | background right |",
-        "|---|---|---|---|---|---|",
+        "| task | n | colour right | shape right | both right | background right | both colours, either way |",
+        "|---|---|---|---|---|---|---|",
     ]
     for task, r in results.items():
-        lines.append(
-            f"| {task} | {r['n']} | {r['colour']:.0%} | {r['shape']:.0%} | {r['both']:.0%} | {r['background']:.0%} |"
-        )
+        rates = " | ".join(f"{r[k]:.0%}" for k in ("colour", "shape", "both", "background", "pair"))
+        lines.append(f"| {task} | {r['n']} | {rates} |")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Train the embedded demo DeepGen (deepgen/assets/demo/deepgen_demo.safetensors) from nothing, on this machine.
 
-    python scripts/train_demo_model.py                       # about 50 minutes on one CPU core
+    python scripts/train_demo_model.py                       # about 85 minutes on one CPU core
     python scripts/train_demo_model.py --work outputs/demo --no-install   # keep the shipped file as it is
 
 1. data: coloured shapes on coloured backgrounds with captions ("a red circle on a blue background") and edit
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64, help="training resolution (pixels a side)")
     p.add_argument("--vae-steps", type=int, default=1000)
     p.add_argument("--vae-size", type=int, default=64, help="VAE training pictures (pixels a side)")
-    p.add_argument("--steps", type=int, default=5000, help="DeepGen training steps (stage 2)")
+    p.add_argument("--steps", type=int, default=10000, help="DeepGen training steps (stage 2)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

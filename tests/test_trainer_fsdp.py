@@ -89,7 +89,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path):
     # addends is exact; what FSDP changes is the order in which autograd sums a tensor's gradient from several
     # consumers (its hooks reorder the backward graph), an ulp-level difference in the SCB's gradients (measured:
     # the DiT LoRA identical after step 1, the SCB off by ≤ 3e-7 = 1e-4·lr). AdamW's step g/(|g| + eps) turns a
-    # gradient change δ into at most lr·δ/eps: with eps = 1e-6 rounding stays far below lr, while a wrong batch
+    # gradient change δ into at most lr·δ/eps: with eps = 1e-5 (SHARDED_RUN) rounding stays far below lr, while a wrong batch
     # split, a missing reduction or a lost update moves parameters by about lr. (The connector's key biases have
     # no real gradient: trainer_kit.weight_differences.)
     diffs = weight_differences(a, b, common["lr"])

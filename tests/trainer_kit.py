@@ -271,7 +271,7 @@ SHARDED_RUN = dict(
     vlm_lora=False,
     dit_lora_rank=2,
     dit_lora_alpha=2.0,
-    adam_eps=1e-6,  # see the tests' weight bounds
+    adam_eps=1e-5,  # bounds how far AdamW amplifies rounding in near-zero gradients (slope 1/eps): see the weight bounds
     max_grad_norm=1e3,  # the clipping path runs (and logs the norm) without scaling
     task_pattern={"text2image": 1},
     micro_batch_size=1,
@@ -296,8 +296,9 @@ def weight_differences(a: dict, b: dict, lr: float) -> dict[str, float]:
     diffs = {k: (a[k] - b[k]).abs().max().item() for k in a}
     noise = {k: v for k, v in diffs.items() if k.endswith(ZERO_GRADIENT_SUFFIX)}
     assert all(v < 0.1 * lr for v in noise.values()), noise
-    assert sum(diffs.values()) / len(diffs) < 1e-7
-    return {k: v for k, v in diffs.items() if k not in noise}
+    real = {k: v for k, v in diffs.items() if k not in noise}
+    assert sum(real.values()) / len(real) < 1e-7, "most tensors should agree to rounding"
+    return real
 
 
 def check_sharded_outputs(tmp_path: Path, trainable: dict) -> None:

@@ -89,7 +89,9 @@ def test_step_cache_skips_the_inner_blocks_and_says_which_steps(handle, cond, mo
     stats = cached.pipe.last_step_cache
     assert stats is not None and len(stats.reused) == STEPS and 0 < stats.skipped < STEPS
     assert runs == {"inner": STEPS - stats.skipped, "last": STEPS}  # the last block always runs
-    assert 0 < (latents - ref).abs().max() < 0.5
+    # reusing a step changes the result, not the picture: the relative drift measured 0.14 on the demo model (one of
+    # its 6 steps reused at this loose threshold; 0.03 on the previous, blurrier demo)
+    assert 0 < ((latents - ref).norm() / ref.norm()).item() < 0.3
     steps = ", ".join(str(i + 1) for i, hit in enumerate(stats.reused) if hit)
     text = f"DeepGen step cache 0.5: {stats.skipped} of {STEPS} steps reused (steps {steps})"
     assert shown == [("12", text)] and text in caplog.text

@@ -61,9 +61,21 @@ class LoraError(CheckpointError):
     """A LoRA file or setting that cannot be used."""
 
 
-def vlm_lora_targets(lmm: nn.Module) -> list[str]:
-    """Every Linear and Embedding module of the VLM: the official `find_target_linear_names` ('auto')."""
-    return [name for name, module in lmm.named_modules() if isinstance(module, (nn.Linear, nn.Embedding)) and name]
+# VLM targets: "auto" is the official `find_target_linear_names` (every Linear and Embedding); "linear" leaves
+# the token embedding alone (the demo model: its embedding is seeded, not stored, so it must not train).
+VLM_TARGET_PRESETS = {"auto": (nn.Linear, nn.Embedding), "linear": (nn.Linear,)}
+
+
+def vlm_lora_targets(lmm: nn.Module, targets: str | list[str] = "auto") -> list[str]:
+    """The VLM module names a LoRA adapts: a preset name ("auto", "linear"), or a list of module names."""
+    if isinstance(targets, list):
+        if len(targets) == 1 and targets[0] in VLM_TARGET_PRESETS:
+            return vlm_lora_targets(lmm, targets[0])
+        return targets
+    if targets not in VLM_TARGET_PRESETS:
+        raise LoraError(f"Unknown VLM LoRA targets {targets!r}: use one of {sorted(VLM_TARGET_PRESETS)} or a list")
+    kinds = VLM_TARGET_PRESETS[targets]
+    return [name for name, module in lmm.named_modules() if isinstance(module, kinds) and name]
 
 
 def dit_lora_targets(transformer: nn.Module, targets: str | list[str] = "attn") -> list[str]:

@@ -132,6 +132,22 @@ def test_stage_two_and_three_adapt_the_same_dit_modules():
     assert stage2 == stage3 and any(".attn2." in name for name in stage2)
 
 
+def test_vlm_lora_targets_presets_and_config():
+    """ "auto" (the official default) adapts every Linear and the token embedding; "linear" leaves the embedding out
+    (the demo model's embedding is seeded, not stored, so it must stay as it is); a config string is a one-item list."""
+    from deepgen.train.config import config_from_dict
+    from deepgen.train.runtime import TrainableSpec
+
+    lmm = build_tiny_model(seed=0).lmm
+    auto, linear = vlm_lora_targets(lmm), vlm_lora_targets(lmm, ["linear"])
+    embeddings = [n for n in auto if isinstance(lmm.get_submodule(n), torch.nn.Embedding)]
+    assert embeddings and sorted(linear) == sorted(set(auto) - set(embeddings))
+    cfg = config_from_dict({"stage": 2, "model": "tiny", "data": ["x.jsonl"], "vlm_lora_targets": "linear"})
+    assert TrainableSpec.from_config(cfg).vlm_lora_targets == ["linear"]
+    with pytest.raises(LoraError, match="Unknown VLM LoRA targets"):
+        vlm_lora_targets(lmm, "attention")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_direct_linear_merge_matches_peft(dtype):
     """merge_lora merges Linear layers itself (PEFT's route cost 85 s at the real size): the same bits as PEFT's

@@ -156,6 +156,7 @@ class TrainConfig(ConfigSchema):
     vlm_lora_rank: int = 64
     vlm_lora_alpha: float = 128.0
     vlm_lora_dropout: float = 0.05
+    vlm_lora_targets: list[str] = field(default_factory=lambda: ["auto"])  # "auto" (official), "linear" or names
 
     # ------------------------------------------------------------------------------------------------
 
@@ -260,6 +261,7 @@ class TrainConfig(ConfigSchema):
         )
         need(self.vlm_lora_alpha > 0, f"vlm_lora_alpha must be > 0 (got {self.vlm_lora_alpha})")
         need(0.0 <= self.vlm_lora_dropout < 1.0, f"vlm_lora_dropout must be in [0, 1) (got {self.vlm_lora_dropout})")
+        need(len(self.vlm_lora_targets) > 0, 'vlm_lora_targets needs at least one entry ("auto", "linear" or names)')
         need(
             any(
                 [

@@ -53,7 +53,8 @@ class TrainableSpec:
     vlm_lora_rank: int = 64
     vlm_lora_alpha: float = 128.0
     vlm_lora_dropout: float = 0.05
-    vlm_lora_targets: list[str] | None = None  # None = every Linear and Embedding of the VLM (official 'auto')
+    vlm_lora_targets: list[str] | str = "auto"  # preset ("auto": every Linear and Embedding, official; "linear")
+    #                                              or module names
 
     @classmethod
     def from_config(cls, cfg) -> TrainableSpec:
@@ -74,6 +75,7 @@ class TrainableSpec:
             vlm_lora_rank=cfg.vlm_lora_rank,
             vlm_lora_alpha=cfg.vlm_lora_alpha,
             vlm_lora_dropout=cfg.vlm_lora_dropout,
+            vlm_lora_targets=list(cfg.vlm_lora_targets),
         )
 
     def problems(self) -> list[str]:
@@ -127,7 +129,7 @@ def setup_trainable(
     if spec.vlm_lora:
         if _has_peft(model.lmm):
             raise TrainingError("the VLM already carries a PEFT LoRA; load the model with its LoRA merged")
-        targets = spec.vlm_lora_targets or vlm_lora_targets(model.lmm)
+        targets = vlm_lora_targets(model.lmm, spec.vlm_lora_targets)
         with warnings.catch_warnings(), seeded_step(seed, "lora-init", "lmm"):
             warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")  # lm_head is tied, as officially
             add_lora(

@@ -62,7 +62,7 @@ class LoraError(CheckpointError):
 
 
 # VLM targets: "auto" is the official `find_target_linear_names` (every Linear and Embedding); "linear" leaves
-# the token embedding alone (the demo model: its embedding is seeded, not stored, so it must not train).
+# the token embedding, and the LM head tied to it, alone (the demo model: its embedding is seeded, not stored).
 VLM_TARGET_PRESETS = {"auto": (nn.Linear, nn.Embedding), "linear": (nn.Linear,)}
 
 
@@ -75,7 +75,11 @@ def vlm_lora_targets(lmm: nn.Module, targets: str | list[str] = "auto") -> list[
     if targets not in VLM_TARGET_PRESETS:
         raise LoraError(f"Unknown VLM LoRA targets {targets!r}: use one of {sorted(VLM_TARGET_PRESETS)} or a list")
     kinds = VLM_TARGET_PRESETS[targets]
-    return [name for name, module in lmm.named_modules() if isinstance(module, kinds) and name]
+    names = [name for name, module in lmm.named_modules() if isinstance(module, kinds) and name]
+    if nn.Embedding not in kinds:  # a Linear tied to an embedding (the LM head) is that embedding: leave it too
+        embeddings = {id(m.weight) for m in lmm.modules() if isinstance(m, nn.Embedding)}
+        names = [n for n in names if id(lmm.get_submodule(n).weight) not in embeddings]
+    return names
 
 
 def dit_lora_targets(transformer: nn.Module, targets: str | list[str] = "attn") -> list[str]:

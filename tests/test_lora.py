@@ -133,15 +133,16 @@ def test_stage_two_and_three_adapt_the_same_dit_modules():
 
 
 def test_vlm_lora_targets_presets_and_config():
-    """ "auto" (the official default) adapts every Linear and the token embedding; "linear" leaves the embedding out
-    (the demo model's embedding is seeded, not stored, so it must stay as it is); a config string is a one-item list."""
+    """ "auto" (the official default) adapts every Linear and the token embedding; "linear" leaves the embedding (and the LM head
+    tied to it) out (the demo model's embedding is seeded, not stored, so it must stay as it is); a config string is a one-item list."""
     from deepgen.train.config import config_from_dict
     from deepgen.train.runtime import TrainableSpec
 
     lmm = build_tiny_model(seed=0).lmm
     auto, linear = vlm_lora_targets(lmm), vlm_lora_targets(lmm, ["linear"])
-    embeddings = [n for n in auto if isinstance(lmm.get_submodule(n), torch.nn.Embedding)]
-    assert embeddings and sorted(linear) == sorted(set(auto) - set(embeddings))
+    embedding = lmm.get_input_embeddings().weight
+    tied = [n for n in auto if lmm.get_submodule(n).weight is embedding]  # the embedding and the tied LM head
+    assert len(tied) == 2 and sorted(linear) == sorted(set(auto) - set(tied))
     cfg = config_from_dict({"stage": 2, "model": "tiny", "data": ["x.jsonl"], "vlm_lora_targets": "linear"})
     assert TrainableSpec.from_config(cfg).vlm_lora_targets == ["linear"]
     with pytest.raises(LoraError, match="Unknown VLM LoRA targets"):

@@ -11,9 +11,14 @@
    official-layout release, then trained by `deepgen train` (stage 2: think tokens, SCB and the whole DiT; the VLM
    stays as it is) on the data;
 4. export: the trained model as one demo file (deepgen.loading.demo_file: a converted single file without the
-   packaged tokenizer and the seeded, untrained token embedding), which `model="tiny"`, the CLI's default and
+   packaged tokenizer and the seeded, untrained token embedding);
+5. word order: stage 2 again from that file, now with a VLM LoRA on the VLM's Linear layers (its embedding stays
+   the seeded one, so the file stays small). Step 3's model draws both asked colours but puts them either way
+   round: the random VLM barely marks which colour word goes with which noun, and SCB and the DiT have no token
+   positions to tell. Exported the same way, this is the demo that `model="tiny"`, the CLI's default and
    DeepGenLoader's demo choice load; then its hit rates over the colour x shape grid (the README's table).
-Seeds are fixed: the same torch build on the same CPU reproduces the file.
+Seeds are fixed: the same torch build on the same CPU reproduces the file. `--from-demo FILE` runs step 5 alone
+from a demo file of step 4 (the shipped file was made so, from the 10000-step demo the full script writes).
 """
 
 from __future__ import annotations
@@ -149,6 +154,7 @@ micro_batch_size = {batch}
 grad_accumulation = 1
 max_steps = {steps}
 lr = {lr}
+lr_schedule = "{schedule}"
 betas = [0.9, 0.99]
 weight_decay = 0.0
 warmup_steps = {warmup}
@@ -163,52 +169,22 @@ validation_prompt = "a red circle on a blue background"
 validation_every = {validation_every}
 validation_num_steps = 20
 train_dit = "full"
-vlm_lora = false  # the VLM stays the seeded random base: the file need not carry its 151 936-token embedding
+{vlm}
 """
+# step 3: the VLM stays the seeded random base (the file need not carry its 151 936-token embedding)
+IMAGES_RUN = {"vlm": "vlm_lora = false", "schedule": "cosine"}
+# step 5: a VLM LoRA on Linear layers only (not the seeded embedding, nor the LM head tied to it); alpha/r = 4 lets
+# the LoRA move faster than the DiT's constant lr would
+WORD_ORDER_STEPS = 3000
+WORD_ORDER_RUN = {
+    "vlm": 'vlm_lora = true\nvlm_lora_targets = ["linear"]\nvlm_lora_rank = 16\nvlm_lora_alpha = 64\nvlm_lora_dropout = 0.0',
+    "schedule": "constant",
+}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", default="outputs/demo_model", help="working folder (data, VAE, release, run)")
-    p.add_argument("--size", type=int, default=64, help="training resolution (pixels a side)")
-    p.add_argument("--vae-steps", type=int, default=1000)
-    p.add_argument("--vae-size", type=int, default=64, help="VAE training pictures (pixels a side)")
-    p.add_argument("--steps", type=int, default=10000, help="DeepGen training steps (stage 2)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: small ops gain nothing from more)")
-    p.add_argument("--no-install", action="store_true", help="do not copy the result into deepgen/assets/demo/")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-
-    log("1/4 data")
-    data = W.write_dataset(work / "data", 2 * args.size, seed=args.seed)  # > 80 px: the trainer resizes
-
-    vae_dir = work / "vae"
-    if (vae_dir / "config.json").is_file():
-        from diffusers import AutoencoderKL
-
-        log(f"2/4 VAE: reusing {vae_dir}")
-        vae = to_sd3_latent_factors(AutoencoderKL.from_pretrained(str(vae_dir)))
-    else:
-        log("2/4 VAE")
-        vae = train_vae(args.vae_steps, args.vae_size, args.seed, batch=8)
-        vae.save_pretrained(vae_dir)
-
-    log("3/4 release: the tiny architecture with the trained VAE, a seeded embedding and a random SCB/DiT")
-    base = work / "base"
-    model = tiny.build_tiny_model(args.seed)
-    model.vae = vae
-    model.transformer = demo_transformer(args.seed)
-    set_seeded_embedding(model, args.seed)
-    tiny.save_tiny_release(base, model=model)
-
-    log("3/4 deepgen train (stage 2)")
-    config = work / "demo_stage2.toml"
+def train_stage2(work: Path, name: str, base: Path, data: Path, args, run: dict, steps: int, lr: float) -> Path:
+    """`deepgen train` (stage 2) of the release ``base`` on ``data``; returns the run's official-layout export."""
+    config = work / f"demo_{name}.toml"
     config.write_text(
         TRAIN_CONFIG.format(
             base=base.as_posix(),
@@ -216,37 +192,104 @@ def main(argv=None) -> int:
             data=data.as_posix(),
             size=args.size,
             batch=args.batch,
-            steps=args.steps,
-            lr=args.lr,
-            warmup=max(1, args.steps // 50),
-            out=(work / "run").as_posix(),
-            save_every=max(50, args.steps // 10),
-            validation_every=max(50, args.steps // 3),
+            steps=steps,
+            lr=lr,
+            schedule=run["schedule"],
+            warmup=max(1, steps // 50) if run["schedule"] == "cosine" else 20,
+            out=(work / name).as_posix(),
+            save_every=max(50, steps // 10),
+            validation_every=max(50, steps // 3),
+            vlm=run["vlm"],
         ),  # fmt: skip
         encoding="utf-8",
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "deepgen", "train", "--config", str(config), "--cpu"], check=True, env=env)
+    return work / name / "export" / "model.safetensors"
 
-    log("4/4 export: one demo file")
+
+def export_demo(export: Path, base: Path, out: Path, args) -> Path:
+    """A run's export (read with its base release, as a user would) written as one demo file."""
     from deepgen.loading import load_model
-    from deepgen.pipeline import DeepGenPipeline
 
     trained = load_model(
-        work / "run" / "export" / "model.safetensors",
+        export,
         base / "Qwen2.5-VL-tiny",
         base / "UniPic2-tiny",
         dtype=torch.float32,
-        allow_pretrain_checkpoint=True,  # no VLM LoRA: the demo's VLM is the seeded base
+        allow_pretrain_checkpoint=True,  # step 3 trains no VLM LoRA: its VLM is the seeded base
         connector_config=json.loads((base / "connector_config.json").read_text()),
     )
     trained.vae = to_sd3_latent_factors(trained.vae)
-    out = write_demo_file(trained, work / "deepgen_demo.safetensors", embed_seed=args.seed, default_size=args.size)
+    return write_demo_file(trained, out, embed_seed=args.seed, default_size=args.size)
+
+
+def images_demo(work: Path, data: Path, args) -> Path:
+    """Steps 2-4: the VAE, then the DiT, SCB and think tokens from random (the VLM as it is), as a demo file."""
+    vae_dir = work / "vae"
+    if (vae_dir / "config.json").is_file():
+        from diffusers import AutoencoderKL
+
+        log(f"2/5 VAE: reusing {vae_dir}")
+        vae = to_sd3_latent_factors(AutoencoderKL.from_pretrained(str(vae_dir)))
+    else:
+        log("2/5 VAE")
+        vae = train_vae(args.vae_steps, args.vae_size, args.seed, batch=8)
+        vae.save_pretrained(vae_dir)
+
+    log("3/5 release: the tiny architecture with the trained VAE, a seeded embedding and a random SCB/DiT")
+    base = work / "base"
+    model = tiny.build_tiny_model(args.seed)
+    model.vae = vae
+    model.transformer = demo_transformer(args.seed)
+    set_seeded_embedding(model, args.seed)
+    tiny.save_tiny_release(base, model=model)
+
+    log("3/5 deepgen train (stage 2: the pictures)")
+    export = train_stage2(work, "run", base, data, args, IMAGES_RUN, args.steps, args.lr)
+    log("4/5 export: one demo file")
+    return export_demo(export, base, work / "deepgen_demo_images.safetensors", args)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="outputs/demo_model", help="working folder (data, VAE, release, runs)")
+    p.add_argument("--size", type=int, default=64, help="training resolution (pixels a side)")
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--vae-size", type=int, default=64, help="VAE training pictures (pixels a side)")
+    p.add_argument("--steps", type=int, default=10000, help="step 3's training steps (stage 2, the pictures)")
+    p.add_argument("--word-order-steps", type=int, default=WORD_ORDER_STEPS, help="step 5's (stage 2, VLM LoRA)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--word-order-lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: small ops gain nothing from more)")
+    p.add_argument("--from-demo", type=Path, help="a demo file of step 4: run step 5 alone from it")
+    p.add_argument("--no-install", action="store_true", help="do not copy the result into deepgen/assets/demo/")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    log("1/5 data")
+    data = W.write_dataset(work / "data", 2 * args.size, seed=args.seed)  # > 80 px: the trainer resizes
+    images = args.from_demo.resolve() if args.from_demo else images_demo(work, data, args)
+
+    from deepgen.loading import load_model
+    from deepgen.pipeline import DeepGenPipeline
+
+    log(f"5/5 word order: stage 2 again from {images}, with a VLM LoRA on its Linear layers")
+    base = work / "base_word_order"
+    tiny.save_tiny_release(base, model=load_model(images, dtype=torch.float32))
+    export = train_stage2(
+        work, "run_word_order", base, data, args, WORD_ORDER_RUN, args.word_order_steps, args.word_order_lr
+    )
+    out = export_demo(export, base, work / "deepgen_demo.safetensors", args)
     log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {(time.time() - started) / 60:.1f} min")
 
     log("measure: the colour x shape grid, judged by deepgen.demo_world.read_picture")
-    demo = load_model(out, dtype=torch.float32)
-    results = W.measure(DeepGenPipeline(demo))
+    results = W.measure(DeepGenPipeline(load_model(out, dtype=torch.float32)))
     (work / "hit_rates.json").write_text(json.dumps(results, indent=2))
     print(W.table(results), flush=True)
     if not args.no_install:

@@ -1,6 +1,6 @@
 """Train the embedded demo DeepGen (deepgen/assets/demo/deepgen_demo.safetensors) from nothing, on this machine.
 
-    python scripts/train_demo_model.py                       # about 85 minutes on one CPU core
+    python scripts/train_demo_model.py                       # about 105 minutes on one CPU core
     python scripts/train_demo_model.py --work outputs/demo --no-install   # keep the shipped file as it is
 
 1. data: coloured shapes on coloured backgrounds with captions ("a red circle on a blue background") and edit
@@ -175,7 +175,7 @@ train_dit = "full"
 IMAGES_RUN = {"vlm": "vlm_lora = false", "schedule": "cosine"}
 # step 5: a VLM LoRA on Linear layers only (not the seeded embedding, nor the LM head tied to it); alpha/r = 4 lets
 # the LoRA move faster than the DiT's constant lr would
-WORD_ORDER_STEPS = 3000
+WORD_ORDER_STEPS = 2000
 WORD_ORDER_RUN = {
     "vlm": 'vlm_lora = true\nvlm_lora_targets = ["linear"]\nvlm_lora_rank = 16\nvlm_lora_alpha = 64\nvlm_lora_dropout = 0.0',
     "schedule": "constant",

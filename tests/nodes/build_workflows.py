@@ -28,12 +28,13 @@ PACK_ID, PACK_VERSION = "comfyui-deepgen", "0.1.0"
 # The default prompts come from the embedded demo model's world (coloured shapes, README "Demo model"), so every
 # workflow draws something recognisable out of the box; with the real model, write anything.
 T2I_PROMPT = "a red circle on a blue background"
-DEMO_SOURCE_PROMPT = "a yellow square on a black background"
+DEMO_SOURCE_PROMPT = "a yellow square on a green background"  # with DEMO_EDIT: right on seeds 0-2 at 50 steps
 DEMO_EDIT = "make the square red"
 MODEL_SIZE = {"width": 0, "height": 0}  # 0: the model's own size (512 for DeepGen 1.0, 64 for the demo)
-EDIT_SINGLE = "Change the season to winter: cover the ground and the roofs in fresh snow"
+DEMO_SIZE = {"width": 64, "height": 64}  # core latent nodes have no "model's own": the demo's size, in the title
 EDIT_MULTI = "Place the main object of the second image into the scene of the first image, matching its lighting"
-SIGN_PROMPT = 'A wooden shop sign above a bakery door that says "OPEN", photo'
+# The demo draws the sign (it never learned to write); DeepGen 1.0 also writes the quoted word that OCR scores.
+SIGN_PROMPT = 'a white square on a black background with "OPEN" written on it'
 
 
 class Graph:
@@ -192,28 +193,36 @@ def text_to_image_two_pass() -> Graph:
     return g
 
 
-def edit_single() -> Graph:
-    """Draw a source picture, then edit it with one instruction. The source is drawn so that the workflow shows a
-    real edit on the demo model out of the box; to edit a picture of your own, connect a Load Image to image_1."""
-    g = Graph("edit_single")
-    model = loader(g)
-    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": DEMO_SOURCE_PROMPT}, title="Source prompt", size=(400, 260))
-    scb = g.add("SCBBridge", (820, 0), size=(240, 110))
+def drawn_source(g: Graph, model: dict, y: int) -> dict:
+    """A source picture drawn by the model (DEMO_SOURCE_PROMPT), so that an edit workflow shows a real edit on the
+    demo model out of the box; returns its sampler (output "images"). To edit a picture of your own, connect a
+    Load Image to the edit's image_1 instead."""
+    enc = g.add("ThinkTokenEncode", (0, y), {"prompt": DEMO_SOURCE_PROMPT}, title="Source prompt", size=(400, 260))
+    scb = g.add("SCBBridge", (440, y), size=(240, 110))
     src = g.add(
         "DeepGenSampler",
-        (1100, 0),
+        (720, y),
         dict(MODEL_SIZE),
-        title="Source picture (for your own picture: Load Image -> Edit's image_1)",
+        title="Source picture (for your own picture: Load Image -> image_1)",
         size=(300, 330),
     )
-    preview = g.add("PreviewImage", (1100, 380), title="Source", size=(300, 320))
-    edit = g.add("DeepGenEdit", (1440, 0), {"instruction": DEMO_EDIT}, size=(400, 520))
-    save = g.add("SaveImage", (1880, 0), {"filename_prefix": "DeepGen/edit"}, size=(420, 460))
-    for node in (enc, scb, src, edit):
+    preview = g.add("PreviewImage", (1060, y), title="Source", size=(300, 320))
+    for node in (enc, scb, src):
         g.link(model, "model", node, "model")
     g.link(enc, "think", scb, "think")
     g.link(scb, "cond", src, "cond")
     g.link(src, "images", preview, "images")
+    return src
+
+
+def edit_single() -> Graph:
+    """Draw a source picture, then edit it with one instruction (DeepGenEdit)."""
+    g = Graph("edit_single")
+    model = loader(g)
+    src = drawn_source(g, model, 300)
+    edit = g.add("DeepGenEdit", (1440, 0), {"instruction": DEMO_EDIT}, size=(400, 520))
+    save = g.add("SaveImage", (1880, 0), {"filename_prefix": "DeepGen/edit"}, size=(420, 460))
+    g.link(model, "model", edit, "model")
     g.link(src, "images", edit, "image_1")
     g.link(edit, "images", save, "images")
     return g
@@ -237,14 +246,14 @@ def edit_composed() -> Graph:
     """The editing path spelled out: same result as DeepGenEdit with the same settings."""
     g = Graph("edit_composed")
     model = loader(g)
-    img = g.add("LoadImage", (0, 300), {"image": "example.png"}, size=(340, 340))
-    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": EDIT_SINGLE}, size=(400, 300))
-    scb = g.add("SCBBridge", (820, 0), size=(240, 110))
-    smp = g.add("DeepGenSampler", (1100, 0), {"width": 0, "height": 0}, size=(300, 330))
-    save = g.add("SaveImage", (1440, 0), {"filename_prefix": "DeepGen/edit_composed"}, size=(420, 460))
+    src = drawn_source(g, model, 300)
+    enc = g.add("ThinkTokenEncode", (1440, 0), {"prompt": DEMO_EDIT}, title="Edit instruction", size=(400, 300))
+    scb = g.add("SCBBridge", (1880, 0), size=(240, 110))
+    smp = g.add("DeepGenSampler", (2160, 0), dict(MODEL_SIZE), size=(300, 330))
+    save = g.add("SaveImage", (2500, 0), {"filename_prefix": "DeepGen/edit_composed"}, size=(420, 460))
     for node in (enc, scb, smp):
         g.link(model, "model", node, "model")
-    g.link(img, "IMAGE", enc, "image_1")
+    g.link(src, "images", enc, "image_1")
     g.link(enc, "think", scb, "think")
     g.link(scb, "cond", smp, "cond")
     g.link(smp, "images", save, "images")
@@ -256,7 +265,7 @@ def best_of_n() -> Graph:
     model = loader(g)
     enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": SIGN_PROMPT}, size=(400, 260))
     scb = g.add("SCBBridge", (820, 0), size=(240, 110))
-    smp = g.add("DeepGenSampler", (1100, 0), {"batch_size": 4}, size=(300, 330))
+    smp = g.add("DeepGenSampler", (1100, 0), {**MODEL_SIZE, "batch_size": 4}, size=(300, 330))
     score = g.add("RewardScore", (1440, 0), {"prompt": SIGN_PROMPT, "rewards": "ocr"}, size=(420, 420))
     preview = g.add("PreviewImage", (1440, 460), title="All candidates", size=(420, 360))
     save = g.add("SaveImage", (1900, 0), {"filename_prefix": "DeepGen/best_of_n"}, title="Best image", size=(420, 460))
@@ -272,7 +281,7 @@ def best_of_n() -> Graph:
 
 def _native_sampling(g: Graph, model: dict, scb: dict, x: int, title_size: str) -> dict:
     """EmptySD3LatentImage -> KSampler (euler + normal: DeepGenSampler's result) -> VAEDecode; returns VAEDecode."""
-    latent = g.add("EmptySD3LatentImage", (x, 380), {"width": 512, "height": 512}, title=title_size, size=(300, 130))
+    latent = g.add("EmptySD3LatentImage", (x, 380), dict(DEMO_SIZE), title=title_size, size=(300, 130))
     ks = g.add(
         "KSampler",
         (x, 0),
@@ -296,7 +305,7 @@ def text_to_image_native() -> Graph:
     model = loader(g)
     enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": T2I_PROMPT}, size=(400, 260))
     scb = g.add("SCBBridge", (820, 0), size=(240, 110))
-    dec = _native_sampling(g, model, scb, 1100, "Image size")
+    dec = _native_sampling(g, model, scb, 1100, "Image size (the demo's; DeepGen 1.0: 512 or more)")
     save = g.add("SaveImage", (1700, 0), {"filename_prefix": "DeepGen/t2i_native"}, size=(400, 440))
     g.link(model, "model", enc, "model")
     g.link(model, "model", scb, "model")
@@ -309,14 +318,14 @@ def edit_native() -> Graph:
     """An edit through KSampler: the reference latents travel in SCBBridge's CONDITIONING."""
     g = Graph("edit_native")
     model = loader(g)
-    img = g.add("LoadImage", (0, 300), {"image": "example.png"}, size=(340, 340))
-    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": EDIT_SINGLE}, size=(400, 300))
+    src = drawn_source(g, model, 600)
+    enc = g.add("ThinkTokenEncode", (380, 0), {"prompt": DEMO_EDIT}, title="Edit instruction", size=(400, 300))
     scb = g.add("SCBBridge", (820, 0), size=(240, 110))
-    dec = _native_sampling(g, model, scb, 1100, "Result size (the resized reference's: 512x512 for a square one)")
+    dec = _native_sampling(g, model, scb, 1100, "Result size (the reference's: the demo's 64; DeepGen 1.0: 512)")
     save = g.add("SaveImage", (1700, 0), {"filename_prefix": "DeepGen/edit_native"}, size=(420, 460))
     g.link(model, "model", enc, "model")
     g.link(model, "model", scb, "model")
-    g.link(img, "IMAGE", enc, "image_1")
+    g.link(src, "images", enc, "image_1")
     g.link(enc, "think", scb, "think")
     g.link(dec, "IMAGE", save, "images")
     return g

@@ -123,8 +123,8 @@ def test_workflow_is_valid_and_runs(path, comfy_dirs, demo_model):
         if node["class_type"] == "SCBBridge" and skipped:  # what the native nodes receive
             positive, negative = results[nid][1][0], results[nid][2][0]
             assert positive[0][0].shape[-1] == negative[0][0].shape[-1] and "pooled_output" in positive[0][1]
-            images = [n for n in prompt.values() if n["class_type"] == "LoadImage"]
-            assert ("reference_latents" in positive[0][1]) == bool(images)
+            think = prompt[node["inputs"]["think"][0]]  # the ThinkTokenEncode feeding this bridge
+            assert ("reference_latents" in positive[0][1]) == ("image_1" in think["inputs"])
     if skipped:
         pytest.skip(
             f"ran {len(order)} nodes; not run here: {', '.join(sorted(set(skipped.values())))} ({core.NATIVE_REASON})"

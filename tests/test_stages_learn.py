@@ -73,9 +73,10 @@ def test_stage1_scb_learns_against_a_frozen_dit(tmp_path):
     print(f"\nstage 1: val_loss {np.mean(val[:5]):.4f} -> {np.mean(val[-5:]):.4f} (fall {fall(val):.1%})")
     assert len(val) == 30
     assert all(torch.equal(dit[k], v) for k, v in model.transformer.state_dict().items())  # the DiT stayed frozen
-    # measured against the shipped demo model: a fall of 5.7 % (deterministic: fixed weights, data and draws); the
-    # random tiny model (seeds 0-4) gave 6.1-14.3 %, a frozen DiT that ignores its context gives none
-    assert fall(val) > 0.03
+    # measured against the shipped demo model: a fall of 28.6 % (deterministic: fixed weights, data and draws; the
+    # 10000-step demo before its VLM LoRA gave 27.9 %, the 5000-step one 5.7 %); the random tiny model (seeds 0-4)
+    # gave 6.1-14.3 %, a frozen DiT that ignores its context gives none
+    assert fall(val) > 0.15
 
 
 def test_stage2_tiny_config_learns_in_its_own_run(tmp_path, monkeypatch):

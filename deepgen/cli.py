@@ -253,6 +253,14 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_demo_data(args) -> int:
+    from .demo_world import write_caption_folder
+
+    n = write_caption_folder(args.folder, size=args.size, seed=args.seed, copies=args.copies)
+    print(f"wrote {n} captioned pictures to {args.folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepgen", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
@@ -300,6 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["deepgen", "vlm", "diffusion", "diffusers"],
     )
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "demo-data", help="captioned pictures of the demo model's world (coloured shapes), a dataset to try training"
+    )
+    p.add_argument("folder", help="a new or empty folder, e.g. ComfyUI/input/deepgen_lora_dataset")
+    p.add_argument(
+        "--size", type=int, default=128, help="picture side in pixels (≥ 80, the official data filter's minimum; "
+        "training resizes them to its resolution, the demo model's 64)"
+    )  # fmt: skip
+    p.add_argument("--copies", type=int, default=1, help="pictures per (shape, colour, background): 90 each")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
 
     try:
         from .train.cli import add_train_parser

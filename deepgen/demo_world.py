@@ -50,6 +50,29 @@ def draw(shape: str, colour: str, background: str, size: int, rng: np.random.Gen
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
+def write_caption_folder(root: str | Path, size: int = 128, seed: int = 0, copies: int = 1) -> int:
+    """Every (shape, colour, background) with colour != background as ``NNNNN.png`` + ``NNNNN.txt`` (its caption):
+    a folder dataset to try DeepGenTrainLoRA or `deepgen train` on the demo model. Refuses a folder that already
+    holds files (nothing is overwritten). Returns how many pictures it wrote."""
+    from .errors import InputError
+
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise InputError(f"{root} is not an empty folder: give a new folder for the demo pictures")
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = 0
+    for _ in range(copies):
+        for shape in SHAPES:
+            for colour in COLOURS:
+                for background in COLOURS:
+                    if colour != background:
+                        draw(shape, colour, background, size, rng).save(root / f"{n:05d}.png")
+                        (root / f"{n:05d}.txt").write_text(caption(colour, shape, background), encoding="utf-8")
+                        n += 1
+    return n
+
+
 def write_dataset(root: str | Path, size: int, seed: int = 0, copies: int = 2) -> Path:
     """Every (shape, colour, background) with colour != background, ``copies`` jittered pictures each (text-to-
     image rows), and as many edit rows (the shape recoloured, all else kept). Returns the data.jsonl path."""

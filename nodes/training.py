@@ -237,13 +237,14 @@ class DeepGenTrainLoRA:
                 "resolution": (
                     "INT",
                     {
-                        "default": 512,
-                        "min": 64,
+                        "default": 0,
+                        "min": 0,
                         "max": 2048,
                         "step": 32,
                         "tooltip": (
-                            "Training size: each image is resized to about resolution² pixels, keeping its aspect ratio "
-                            "(DeepGen was trained at 512)."
+                            "Training size: each image is resized to about resolution² pixels, keeping its aspect ratio. "
+                            "0: the model's own size (512 for DeepGen 1.0, 64 for the demo model); the validation "
+                            "images are drawn at it too."
                         ),
                     },
                 ),
@@ -304,7 +305,7 @@ class DeepGenTrainLoRA:
         resume,
         seed,
         batch_size=1,
-        resolution=512,
+        resolution=0,
         gradient_checkpointing=True,
         validation_steps=20,
         unique_id=None,
@@ -328,6 +329,7 @@ class DeepGenTrainLoRA:
         check_output_dir_writable(runs.parent)
         if not resume:
             start_over(runs, lora_name)
+        resolution = resolution or handle.pipe.default_size  # 0: the size the model draws at (the demo: 64)
         datasets = load_datasets([data_path], resolution=resolution, verify="header")
         prompt = (validation_prompt or "").strip() or _first_caption(datasets) or "a photo"
         with warnings.catch_warnings():

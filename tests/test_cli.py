@@ -113,3 +113,21 @@ def test_convert_then_info(tmp_path, capsys):
         "transformer",
         "vae",
     ]
+
+
+def test_demo_data_writes_a_folder_dataset_the_trainer_reads(tmp_path, capsys):
+    from deepgen.demo_world import read_picture
+    from deepgen.train.data import load_datasets
+
+    folder = tmp_path / "deepgen_lora_dataset"
+    assert main(["demo-data", str(folder)]) == 0
+    data = load_datasets([folder], resolution=64, verify="header")
+    assert data.sizes()["text2image"] == 90  # 3 shapes x 6 colours x 5 other backgrounds
+    caption = (folder / "00007.txt").read_text(encoding="utf-8")
+    seen = read_picture(Image.open(folder / "00007.png"))
+    assert caption == f"a {seen['colour']} {seen['shape']} on a {seen['background']} background"
+    # a folder that holds files is refused, and nothing in it is touched
+    before = (folder / "00000.png").read_bytes()
+    assert main(["demo-data", str(folder)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert (folder / "00000.png").read_bytes() == before

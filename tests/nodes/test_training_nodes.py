@@ -164,6 +164,15 @@ def test_train_lora_node_round_trip(dataset, tmp_path):
         assert same_state(state(handle.model), base_state)
 
 
+def test_resolution_0_trains_and_validates_at_the_models_own_size(dataset):
+    """0 (the default) is the size the model draws at: the demo's 64, not the official 512 it would draw texture at."""
+    handle = fresh_handle()
+    handle.model.default_size = 32  # as a demo file's header sets it
+    *_, images = train_node(handle, dataset, steps=1, save_every=0, resolution=0)
+    assert tuple(images.shape[1:3]) == (32, 32)
+    assert DeepGenTrainLoRA.INPUT_TYPES()["required"]["resolution"][1]["default"] == 0
+
+
 def test_interrupt_saves_a_checkpoint_first_then_resume_continues(dataset, tmp_path):
     handle = fresh_handle(inference=False)
     base_state = state(handle.model)

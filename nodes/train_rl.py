@@ -218,7 +218,14 @@ class DeepGenTrainRL:
                         "tooltip": "Seed of the prompt draws, noise and LoRA init (fixed: resume needs the same).",
                     },
                 ),
-                "resolution": _int("Image size of rollouts and evaluations (square).", 512, 32, 2048, 32),
+                "resolution": _int(
+                    "Image size of rollouts and evaluations (square). 0: the model's own size (512 for DeepGen 1.0, "
+                    "64 for the demo model, which draws texture at 512).",
+                    0,
+                    0,
+                    2048,
+                    32,
+                ),  # fmt: skip
                 "sampling_steps": _int("Sampling steps of each rollout and evaluation (1-GPU recipe 25).", 25, 2, 200),
             },
             "optional": {
@@ -364,7 +371,7 @@ class DeepGenTrainRL:
             save_every=save_every,
             eval_every=eval_every,
             seed=seed,
-            resolution=resolution,
+            resolution=resolution or handle.pipe.default_size,  # 0: the size the model draws at (the demo: 64)
             sampling_steps=sampling_steps,
             resume=resume,
             cpu=device.type == "cpu",

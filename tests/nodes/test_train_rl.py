@@ -140,12 +140,14 @@ def test_node_matches_headless_stage3(tmp_path, headless_model):
     from deepgen.train.grpo.output import read_log
 
     handle = node_handle(headless_model)
+    handle.model.default_size = 32  # as a demo file's header sets it: resolution 0 (the default) means this size
+    assert DeepGenTrainRL.INPUT_TYPES()["required"]["resolution"][1]["default"] == 0
     before = {k: v.clone() for k, v in handle.model.state_dict().items()}
     events = []
     listener = lambda event, payload: events.append((event, payload))  # noqa: E731
     cs.add_event_listener(listener)
     try:
-        trained, lora_path, curve_json, images = run_node(handle, unique_id="7")
+        trained, lora_path, curve_json, images = run_node(handle, unique_id="7", resolution=0)
     finally:
         cs.remove_event_listener(listener)
     after = handle.model.state_dict()  # the cached base model is as before: no adapter, same weights
@@ -187,6 +189,7 @@ def test_node_matches_headless_stage3(tmp_path, headless_model):
     by_hand = load_stage3_config(toml)
     assert written.grpo == by_hand.grpo and written.trainable_spec() == by_hand.trainable_spec()
     assert written.model == "tiny"  # the loader's checkpoint
+    assert json.loads(written_file.read_text())["resolution"] == 32  # 0 written as the size it meant
     # ...and run as it is (another output folder), it gives the same curve again
     run_grpo_from_config_file(written_file, [f'output_dir="{tmp_path / "again"}"'])
     again = [r for r in read_log(tmp_path / "again") if not r.get("eval")]

@@ -160,7 +160,7 @@ class DeepGenSampler:
             "required": {
                 "model": (DEEPGEN_MODEL, {"tooltip": "The model from DeepGenLoader."}),
                 "cond": (DEEPGEN_COND, {"tooltip": "The cond output of SCBBridge."}),
-                **sampler_inputs(default_size=512),
+                **sampler_inputs(default_size=0),  # 0: the model's own size (512; the demo: 64)
             },
             "optional": {
                 "latent": (

@@ -1,6 +1,6 @@
 """Train the embedded demo DeepGen (deepgen/assets/demo/deepgen_demo.safetensors) from nothing, on this machine.
 
-    python scripts/train_demo_model.py                       # about 105 minutes on one CPU core
+    python scripts/train_demo_model.py                       # 50-105 minutes on one CPU core
     python scripts/train_demo_model.py --work outputs/demo --no-install   # keep the shipped file as it is
 
 1. data: coloured shapes on coloured backgrounds with captions ("a red circle on a blue background") and edit
@@ -17,7 +17,8 @@
    round: the random VLM barely marks which colour word goes with which noun, and SCB and the DiT have no token
    positions to tell. Exported the same way, this is the demo that `model="tiny"`, the CLI's default and
    DeepGenLoader's demo choice load; then its hit rates over the colour x shape grid (the README's table).
-Seeds are fixed: the same torch build on the same CPU reproduces the file. `--from-demo FILE` runs step 5 alone
+Seeds are fixed: on one machine, the same torch build reproduces the tensors; a rerun on another machine gave a
+model of the same quality, not the same bits (README, "Demo model"). `--from-demo FILE` runs step 5 alone
 from a demo file of step 4 (the shipped file was made so, from the 10000-step demo the full script writes).
 """
 

@@ -50,6 +50,12 @@ def draw(shape: str, colour: str, background: str, size: int, rng: np.random.Gen
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
+def every_picture() -> list[tuple[str, str, str]]:
+    """(shape, colour, background) for every shape and every colour on every other background: 90 pictures, in the
+    order the data sets are written (their seeded jitter depends on it)."""
+    return [(s, c, b) for s in SHAPES for c in COLOURS for b in COLOURS if c != b]
+
+
 def write_caption_folder(root: str | Path, size: int = 128, seed: int = 0, copies: int = 1) -> int:
     """Every (shape, colour, background) with colour != background as ``NNNNN.png`` + ``NNNNN.txt`` (its caption):
     a folder dataset to try DeepGenTrainLoRA or `deepgen train` on the demo model. Refuses a folder that already
@@ -63,13 +69,10 @@ def write_caption_folder(root: str | Path, size: int = 128, seed: int = 0, copie
     rng = np.random.default_rng(seed)
     n = 0
     for _ in range(copies):
-        for shape in SHAPES:
-            for colour in COLOURS:
-                for background in COLOURS:
-                    if colour != background:
-                        draw(shape, colour, background, size, rng).save(root / f"{n:05d}.png")
-                        (root / f"{n:05d}.txt").write_text(caption(colour, shape, background), encoding="utf-8")
-                        n += 1
+        for shape, colour, background in every_picture():
+            draw(shape, colour, background, size, rng).save(root / f"{n:05d}.png")
+            (root / f"{n:05d}.txt").write_text(caption(colour, shape, background), encoding="utf-8")
+            n += 1
     return n
 
 
@@ -83,22 +86,18 @@ def write_dataset(root: str | Path, size: int, seed: int = 0, copies: int = 2) -
     rows: list[dict] = []
     n = 0
     for _ in range(copies):
-        for shape in SHAPES:
-            for colour in names:
-                for background in names:
-                    if colour == background:
-                        continue
-                    state = rng.bit_generator.state
-                    path = f"images/{n:05d}.png"
-                    draw(shape, colour, background, size, rng).save(root / path)
-                    rows.append({"txt": caption(colour, shape, background), "image_path": path})
-                    new = str(rng.choice([c for c in names if c not in (colour, background)]))
-                    after = np.random.default_rng()  # replay the same jitter for the edited picture
-                    after.bit_generator.state = state
-                    target = f"images/{n:05d}_edit.png"
-                    draw(shape, new, background, size, after).save(root / target)
-                    rows.append({"input_image": [path], "output_image": target, "instruction": instruction(shape, new)})
-                    n += 1
+        for shape, colour, background in every_picture():
+            state = rng.bit_generator.state
+            path = f"images/{n:05d}.png"
+            draw(shape, colour, background, size, rng).save(root / path)
+            rows.append({"txt": caption(colour, shape, background), "image_path": path})
+            new = str(rng.choice([c for c in names if c not in (colour, background)]))
+            after = np.random.default_rng()  # replay the same jitter for the edited picture
+            after.bit_generator.state = state
+            target = f"images/{n:05d}_edit.png"
+            draw(shape, new, background, size, after).save(root / target)
+            rows.append({"input_image": [path], "output_image": target, "instruction": instruction(shape, new)})
+            n += 1
     out = root / "data.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return out

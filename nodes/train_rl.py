@@ -113,6 +113,12 @@ def _float(tooltip: str, default: float, lo: float, hi: float, step: float) -> t
     return ("FLOAT", {"default": default, "min": lo, "max": hi, "step": step, "round": False, "tooltip": tooltip})
 
 
+RESOLUTION_TIP = (
+    "Image size of rollouts and evaluations (square). 0: the model's own size (512 for DeepGen 1.0, 64 for the demo "
+    "model, which draws texture at 512)."
+)
+
+
 class DeepGenTrainRL:
     DESCRIPTION = (
         "Reinforcement learning of DeepGen 1.0 from rewards (MR-GRPO, the paper's stage 3) with a DiT LoRA: for each "
@@ -218,14 +224,7 @@ class DeepGenTrainRL:
                         "tooltip": "Seed of the prompt draws, noise and LoRA init (fixed: resume needs the same).",
                     },
                 ),
-                "resolution": _int(
-                    "Image size of rollouts and evaluations (square). 0: the model's own size (512 for DeepGen 1.0, "
-                    "64 for the demo model, which draws texture at 512).",
-                    0,
-                    0,
-                    2048,
-                    32,
-                ),  # fmt: skip
+                "resolution": _int(RESOLUTION_TIP, 0, 0, 2048, 32),
                 "sampling_steps": _int("Sampling steps of each rollout and evaluation (1-GPU recipe 25).", 25, 2, 200),
             },
             "optional": {
